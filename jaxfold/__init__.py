@@ -1,0 +1,1 @@
+"""jaxfold: AlphaFold2 in JAX/Flax."""
