@@ -1,0 +1,73 @@
+"""The AlphaFold trunk: input embeddings, recycling, templates, extra-MSA stack and Evoformer stack.
+
+Mirrors DeepMind's `EmbeddingsAndEvoformer` (Haiku name `evoformer`) so the parameter tree maps 1:1 onto
+the official files. Input: one recycling iteration's processed features (no leading recycling axis) plus
+`prev_pos [N_res, 37, 3]`, `prev_msa_first_row [N_res, c_m]`, `prev_pair [N_res, N_res, c_z]`.
+Output: `single [N_res, c_s]`, `pair [N_res, N_res, c_z]`, `msa [N_seq, N_res, c_m]`, `msa_first_row`.
+
+Activations between the embedders and the end of the Evoformer stack are in `global_config.dtype`
+(float32 or bfloat16); embeddings and outputs are float32. Module-boundary activations are sown into the
+`intermediates` collection (`template_embedding_output`, `extra_msa_stack_input/output`,
+`evoformer_stack_input/output`) for tests and debugging.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxfold.model import embedders
+from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.primitives import Linear
+from jaxfold.model.template import TemplateEmbedding
+
+
+class EmbeddingsAndEvoformer(nn.Module):
+    config: object  # model.embeddings_and_evoformer
+    global_config: object
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, batch: dict) -> dict:
+        c, gc = self.config, self.global_config
+        dtype = jnp.dtype(gc.dtype)
+        msa, pair = embedders.input_embedding(batch, c)
+        seq_mask = batch["seq_mask"]
+        mask_2d = seq_mask[:, None] * seq_mask[None, :]
+        msa, pair = embedders.recycling_embedding(batch, c, msa, pair, gc.kernels)
+        if c.max_relative_feature:
+            pair = pair + embedders.relative_position_encoding(batch["residue_index"], c)
+        pair = pair.astype(dtype)
+
+        if c.template.enabled:
+            template_batch = {k: batch[k] for k in batch if k.startswith("template_")}
+            template_update = TemplateEmbedding(c.template, gc, self.is_training, name="template_embedding")(
+                pair, template_batch, mask_2d.astype(dtype))
+            self.sow("intermediates", "template_embedding_output", template_update)
+            pair = pair + template_update
+
+        extra_msa = embedders.extra_msa_embedding(batch, c).astype(dtype)
+        self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
+        if c.extra_msa_stack_num_block:
+            extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,
+                                          is_training=self.is_training, name="extra_msa_stack")
+            (extra_msa, pair), _ = extra_stack((extra_msa, pair), batch["extra_msa_mask"].astype(dtype),
+                                               mask_2d.astype(dtype))
+        self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
+
+        msa_mask = batch["msa_mask"]
+        num_sequences = batch["msa_feat"].shape[0]
+        if c.template.enabled and c.template.embed_torsion_angles:
+            template_rows, template_row_mask = embedders.template_single_embedding(batch, c, gc.zero_init)
+            msa = jnp.concatenate([msa, template_rows], axis=0)
+            msa_mask = jnp.concatenate([msa_mask, template_row_mask.astype(msa_mask.dtype)], axis=0)
+        msa = msa.astype(dtype)
+        self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
+        stack = evoformer_stack(c.evoformer, gc, c.evoformer_num_block, is_extra_msa=False,
+                                is_training=self.is_training, name="evoformer_iteration")
+        (msa, pair), _ = stack((msa, pair), msa_mask.astype(dtype), mask_2d.astype(dtype))
+        self.sow("intermediates", "evoformer_stack_output", (msa, pair))
+
+        msa, pair = msa.astype(jnp.float32), pair.astype(jnp.float32)
+        single = Linear(c.seq_channel, name="single_activations")(msa[0])
+        return {"single": single, "pair": pair, "msa": msa[:num_sequences], "msa_first_row": msa[0]}

@@ -1,0 +1,97 @@
+"""The three MSA attentions of the Evoformer (Jumper et al. 2021, Suppl. Algs. 7, 8, 19).
+
+Each returns the residual update `[N_seq, N_res, c_m]` (before dropout and the residual add), as AlphaFold's
+modules do. `config` is the sub-module's section of the model config; `global_config` the model's
+`global_config`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from jaxfold.model.attention import Attention, GlobalAttention, mask_to_bias
+from jaxfold.model.primitives import LayerNorm
+
+
+def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: str) -> jax.Array:
+    """Per-head attention bias from the pair representation: LayerNorm then a linear map.
+
+    pair_act `[N, N, c_z]` -> `[H, N, N]`. Creates `feat_2d_norm`-style params in the caller's scope, so it
+    must be called from inside the caller's compact method; the norm's name differs per caller.
+    """
+    c_z = pair_act.shape[-1]
+    weights = module.param("feat_2d_weights", nn.initializers.normal(1.0 / np.sqrt(c_z)), (c_z, num_head))
+    return jnp.einsum("qkc,ch->hqk", pair_act, weights.astype(pair_act.dtype))
+
+
+def attention_for(config, global_config, output_dim: int) -> Attention:
+    return Attention(
+        num_head=config.num_head, output_dim=output_dim, gating=config.gating,
+        key_dim=config.get("key_dim"), value_dim=config.get("value_dim"),
+        zero_init=global_config.zero_init, chunk_size=global_config.chunk_size,
+        kernels=global_config.kernels, name="attention")
+
+
+class MSARowAttentionWithPairBias(nn.Module):
+    """Row-wise gated self-attention on the MSA, biased by the pair representation.
+
+    msa_act `[N_seq, N_res, c_m]`, msa_mask `[N_seq, N_res]`, pair_act `[N_res, N_res, c_z]`.
+    """
+
+    config: object
+    global_config: object
+
+    @nn.compact
+    def __call__(self, msa_act, msa_mask, pair_act):
+        kernels = self.global_config.kernels
+        bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
+        msa_act = LayerNorm(kernels, name="query_norm")(msa_act)
+        pair_act = LayerNorm(kernels, name="feat_2d_norm")(pair_act)
+        nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, kernels)
+        attn = attention_for(self.config, self.global_config, msa_act.shape[-1])
+        return attn(msa_act, msa_act, bias, nonbatched_bias)
+
+
+class MSAColumnAttention(nn.Module):
+    """Column-wise gated self-attention on the MSA (every residue attends over sequences).
+
+    msa_act `[N_seq, N_res, c_m]`, msa_mask `[N_seq, N_res]`.
+    """
+
+    config: object
+    global_config: object
+
+    @nn.compact
+    def __call__(self, msa_act, msa_mask):
+        msa_act = jnp.swapaxes(msa_act, -2, -3)
+        msa_mask = jnp.swapaxes(msa_mask, -1, -2)
+        bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
+        msa_act = LayerNorm(self.global_config.kernels, name="query_norm")(msa_act)
+        attn = attention_for(self.config, self.global_config, msa_act.shape[-1])
+        return jnp.swapaxes(attn(msa_act, msa_act, bias), -2, -3)
+
+
+class MSAColumnGlobalAttention(nn.Module):
+    """Column-wise global attention, used by the extra-MSA stack (Suppl. Alg. 19).
+
+    msa_act `[N_extra, N_res, c_e]`, msa_mask `[N_extra, N_res]`.
+    """
+
+    config: object
+    global_config: object
+
+    @nn.compact
+    def __call__(self, msa_act, msa_mask):
+        msa_act = jnp.swapaxes(msa_act, -2, -3)
+        msa_mask = jnp.swapaxes(msa_mask, -1, -2)
+        msa_act = LayerNorm(self.global_config.kernels, name="query_norm")(msa_act)
+        attn = GlobalAttention(
+            num_head=self.config.num_head, output_dim=msa_act.shape[-1], gating=self.config.gating,
+            key_dim=self.config.get("key_dim"), value_dim=self.config.get("value_dim"),
+            zero_init=self.global_config.zero_init, chunk_size=self.global_config.chunk_size,
+            name="attention")
+        out = attn(msa_act, msa_act, msa_mask[..., None].astype(msa_act.dtype))
+        return jnp.swapaxes(out, -2, -3)

@@ -1,0 +1,169 @@
+"""Template pair embedding (Jumper et al. 2021, Suppl. Algs. 2 lines 7-13, 16, 17).
+
+For every template: pair features (distogram of pseudo-beta positions, masks, both residues' aatype,
+backbone unit vectors) -> linear `embedding2d` -> template pair stack -> LayerNorm. The query pair
+representation then attends over templates at every (i, j) ("pointwise attention") and the result is
+added to the pair representation by the caller. Templates share weights; they are processed one after
+another with `nn.scan`, so only one template's pair stack is live at a time.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxfold.common import residue_constants as rc
+from jaxfold.common.geometry import Rigid, Vec3
+from jaxfold.model.attention import Attention, mask_to_bias
+from jaxfold.model.distogram import dgram_from_positions
+from jaxfold.model.evoformer import residual_update, scanned_stack
+from jaxfold.model.primitives import LayerNorm, Linear
+from jaxfold.model.transition import Transition
+from jaxfold.model.triangle_attention import TriangleAttention
+from jaxfold.model.triangle_multiplication import TriangleMultiplication
+
+
+class TemplatePairBlock(nn.Module):
+    """One template pair stack block: triangle attentions first, then multiplications, then transition.
+
+    Scan body: `pair, None = block(pair, pair_mask)`; pair `[N_res, N_res, c_t]`.
+    """
+
+    config: object  # template.template_pair_stack
+    global_config: object
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, pair, pair_mask):
+        c, gc = self.config, self.global_config
+        for name, cls in (("triangle_attention_starting_node", TriangleAttention),
+                          ("triangle_attention_ending_node", TriangleAttention),
+                          ("triangle_multiplication_outgoing", TriangleMultiplication),
+                          ("triangle_multiplication_incoming", TriangleMultiplication),
+                          ("pair_transition", Transition)):
+            module = cls(c[name], gc, name=name)
+            pair = residual_update(module, self, pair, module(pair, pair_mask), self.is_training)
+        return pair, None
+
+
+class TemplatePairStack(nn.Module):
+    """`num_block` template pair blocks; parameters stacked under `__layer_stack_no_state` as in the official files."""
+
+    config: object
+    global_config: object
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, pair, pair_mask):
+        if not self.config.num_block:
+            return pair
+        stack = scanned_stack(TemplatePairBlock, self.config.num_block, bool(self.global_config.use_remat))
+        pair, _ = stack(self.config, self.global_config, self.is_training, name="__layer_stack_no_state")(
+            pair, pair_mask)
+        return pair
+
+
+def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.Array) -> list[jax.Array]:
+    """Unit vectors from residue i's backbone frame to residue j's CA: 3 x `[N_res, N_res]`.
+
+    Frame as AlphaFold's `quat_affine.make_transform_from_reference`: origin CA, x-axis towards C,
+    N in the xy-plane. Zero where either backbone is incomplete.
+    """
+    n, ca, c = (positions[:, rc.atom_order[a]] for a in ("N", "CA", "C"))
+    ca_v = Vec3(*jnp.moveaxis(ca, -1, 0))
+    frames = Rigid.from_3_points(
+        point_on_neg_x_axis=Vec3(*jnp.moveaxis(2 * ca - c, -1, 0)), origin=ca_v,
+        point_on_xy_plane=Vec3(*jnp.moveaxis(n, -1, 0)))
+    frames = jax.tree_util.tree_map(lambda x: x[:, None], frames)
+    local = frames.apply_inverse(jax.tree_util.tree_map(lambda x: x[None, :], ca_v))
+    inv_distance = jax.lax.rsqrt(1e-6 + local.x ** 2 + local.y ** 2 + local.z ** 2) * backbone_mask_2d
+    return [local.x * inv_distance, local.y * inv_distance, local.z * inv_distance]
+
+
+def template_pair_features(template: dict, num_bins_config, use_unit_vector: bool, dtype) -> tuple:
+    """Concatenated template pair features `[N_res, N_res, 88]` and the backbone mask `[N_res, N_res]`.
+
+    Channels: distogram (39), pseudo-beta pair mask (1), aatype one-hot of j then of i (22 + 22),
+    unit vector (3, zeros unless `use_template_unit_vector`), backbone pair mask (1).
+    """
+    num_res = template["template_aatype"].shape[0]
+    pb_mask = template["template_pseudo_beta_mask"]
+    pb_mask_2d = (pb_mask[:, None] * pb_mask[None, :]).astype(dtype)
+    dgram = dgram_from_positions(template["template_pseudo_beta"], **num_bins_config).astype(dtype)
+    aatype = jax.nn.one_hot(template["template_aatype"], 22, dtype=dtype)
+    atom_mask = template["template_all_atom_masks"]
+    backbone = (atom_mask[..., rc.atom_order["N"]] * atom_mask[..., rc.atom_order["CA"]]
+                * atom_mask[..., rc.atom_order["C"]])
+    backbone_2d = backbone[:, None] * backbone[None, :]
+    if use_unit_vector:
+        unit = template_backbone_unit_vectors(template["template_all_atom_positions"], backbone_2d)
+        unit = [u[..., None].astype(dtype) for u in unit]
+    else:
+        unit = [jnp.zeros((num_res, num_res, 1), dtype)] * 3
+    backbone_2d = backbone_2d.astype(dtype)
+    features = jnp.concatenate(
+        [dgram, pb_mask_2d[..., None],
+         jnp.broadcast_to(aatype[None, :, :], (num_res, num_res, 22)),
+         jnp.broadcast_to(aatype[:, None, :], (num_res, num_res, 22)),
+         *unit, backbone_2d[..., None]], axis=-1)
+    # Zero the non-template regions so padded distogram bins carry no signal.
+    return features * backbone_2d[..., None], backbone_2d
+
+
+class SingleTemplateEmbedding(nn.Module):
+    """Embeds one template into a pair tensor `[N_res, N_res, c_t]`. Scan body over templates."""
+
+    config: object  # embeddings_and_evoformer.template
+    global_config: object
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, carry, template, mask_2d):
+        c = self.config
+        dtype = mask_2d.dtype
+        num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
+        act, _ = template_pair_features(template, c.dgram_features, bool(c.use_template_unit_vector), dtype)
+        act = Linear(num_channels, initializer="relu", name="embedding2d")(act)
+        act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training,
+                                name="template_pair_stack")(act, mask_2d)
+        act = LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
+        return carry, act
+
+
+class TemplateEmbedding(nn.Module):
+    """All templates -> pair update `[N_res, N_res, c_z]` via pointwise attention from the query pair.
+
+    query_embedding `[N_res, N_res, c_z]`; template_batch holds `template_*` arrays with a leading
+    template axis; mask_2d `[N_res, N_res]`.
+    """
+
+    config: object
+    global_config: object
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, query_embedding, template_batch, mask_2d):
+        c, gc = self.config, self.global_config
+        num_res, _, c_z = query_embedding.shape
+        dtype = query_embedding.dtype
+        template_mask = template_batch["template_mask"].astype(dtype)
+        num_templates = template_mask.shape[0]
+        per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
+        embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
+                            split_rngs={"params": False, "dropout": True},
+                            in_axes=(0, nn.broadcast), out_axes=0, length=num_templates)
+        _, templates = embed_all(c, gc, self.is_training, name="single_template_embedding")(
+            jnp.zeros((), dtype), per_template, mask_2d.astype(dtype))
+        num_channels = templates.shape[-1]
+        flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)
+        flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates,
+                                                                        num_channels)
+        bias = mask_to_bias(template_mask)[None, None, None, :].astype(jnp.float32)
+        attn = Attention(num_head=c.attention.num_head, output_dim=c_z, gating=c.attention.gating,
+                         key_dim=c.attention.key_dim, value_dim=c.attention.value_dim,
+                         zero_init=gc.zero_init, chunk_size=gc.chunk_size, kernels=gc.kernels,
+                         name="attention")
+        embedding = attn(flat_query, flat_templates, bias).reshape(num_res, num_res, c_z)
+        # No signal (and no gradient) when no template is present.
+        return embedding * (jnp.sum(template_mask) > 0.0).astype(dtype)

@@ -1,0 +1,32 @@
+"""Triangle self-attention around the starting or ending node (Jumper et al. 2021, Suppl. Algs. 13, 14).
+
+pair_act `[N_res, N_res, c_z]`, pair_mask `[N_res, N_res]` -> residual update `[N_res, N_res, c_z]`.
+`orientation` 'per_row' attends along rows (starting node); 'per_column' transposes first (ending node).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxfold.model.attention import mask_to_bias
+from jaxfold.model.msa_attention import attention_for, pair_bias
+from jaxfold.model.primitives import LayerNorm
+
+
+class TriangleAttention(nn.Module):
+    config: object
+    global_config: object
+
+    @nn.compact
+    def __call__(self, pair_act, pair_mask):
+        per_column = self.config.orientation == "per_column"
+        if per_column:
+            pair_act = jnp.swapaxes(pair_act, -2, -3)
+            pair_mask = jnp.swapaxes(pair_mask, -1, -2)
+        bias = mask_to_bias(pair_mask)[:, None, None, :].astype(jnp.float32)
+        pair_act = LayerNorm(self.global_config.kernels, name="query_norm")(pair_act)
+        nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, self.global_config.kernels)
+        attn = attention_for(self.config, self.global_config, pair_act.shape[-1])
+        out = attn(pair_act, pair_act, bias, nonbatched_bias)
+        return jnp.swapaxes(out, -2, -3) if per_column else out
