@@ -1,0 +1,74 @@
+"""AlphaFold2 in Flax. Public API:
+
+- `run_alphafold(config, params, features) -> dict[str, np.ndarray]`: the whole model with recycling on
+  DeepMind's processed features (leading recycling axis), returning outputs under the key names of
+  DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
+- `AlphaFold`: the Flax module underneath (`AlphaFold(config.model).apply({'params': params}, batch)`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfold.common.geometry import Rigid, Vec3
+from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
+from jaxfold.model.confidence import get_confidence_metrics
+
+__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "flatten_outputs", "compiled_model"]
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_model(config):
+    """`jit(AlphaFold(config.model).apply)`, compiled once per config (and per input shape)."""
+    model = AlphaFold(config.model)
+    return jax.jit(lambda params, batch: model.apply({"params": params}, batch))
+
+
+def flatten_outputs(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested model outputs -> flat `a/b/c` keys; Vec3 become `x/y/z`, Rot3 `xx..zz`, Rigid `rot/trans`."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Rigid):
+            value = {"rot": value.rot, "trans": value.trans}
+        if isinstance(value, Vec3) or type(value).__name__ == "Rot3":
+            value = {f.name if hasattr(f, "name") else f: getattr(value, f.name if hasattr(f, "name") else f)
+                     for f in _fields(value)}
+        if isinstance(value, Mapping):
+            flat.update(flatten_outputs(value, name + "/"))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def _fields(obj):
+    import dataclasses  # noqa: PLC0415
+
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def run_alphafold(config, params: Mapping, features: Mapping) -> dict[str, np.ndarray]:
+    """Predict a structure with the whole model.
+
+    config: a `jaxfold.config.Config` (e.g. `model_config('model_1_ptm')`).
+    params: the tree from `jaxfold.weights.load_alphafold_params`.
+    features: DeepMind's processed features with a leading recycling axis (`features.npz` layout).
+    Returns numpy arrays: `representations/*`, `structure_module/*`, each head's outputs, and
+    `confidence/*` (`plddt`, and with the pTM head `predicted_aligned_error`,
+    `max_predicted_aligned_error`, `aligned_confidence_probs`, `ptm`; plus `ranking_confidence`).
+    """
+    batch = {k: jnp.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
+    outputs = compiled_model(config)(params, batch)
+    outputs = jax.tree_util.tree_map(np.asarray, outputs)
+    flat = flatten_outputs(outputs)
+    heads = {"predicted_lddt": outputs["predicted_lddt"]}
+    if "predicted_aligned_error" in outputs:
+        heads["predicted_aligned_error"] = outputs["predicted_aligned_error"]
+    for key, value in get_confidence_metrics(heads).items():
+        flat[f"confidence/{key}"] = np.asarray(value)
+    return flat

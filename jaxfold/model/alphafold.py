@@ -1,0 +1,111 @@
+"""The whole AlphaFold2 monomer model: trunk, structure module, heads, and recycling.
+
+`AlphaFold` (scope `alphafold`, the root of the official parameter files) holds one
+`AlphaFoldIteration` (`alphafold_iteration`) that is applied `num_recycle + 1` times. The recycling
+passes run inside `nn.while_loop` without gradient, so the model compiles once whatever the number of
+iterations; the last pass is differentiable.
+
+Input `batch`: DeepMind's processed features with a leading recycling axis (`features.npz` layout):
+slice `i` is the MSA sample of recycling iteration `i` when `resample_msa_in_recycling`, else slice 0 is
+used throughout. `batch['num_iter_recycling']` (optional, `[R]` int) lowers the number of recycling
+iterations at run time (training samples it), capped by `config.num_recycle`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxfold.common import residue_constants
+from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
+from jaxfold.model.heads import (
+    DistogramHead, ExperimentallyResolvedHead, MaskedMsaHead, PredictedAlignedErrorHead, PredictedLDDTHead)
+from jaxfold.model.structure_module import StructureModule
+
+# Head name in the config -> (module class, Haiku scope name). Heads that read the structure module's
+# activations (pLDDT) or pair-level confidences run after the structure module.
+HEADS = {
+    "distogram": (DistogramHead, "distogram_head"),
+    "experimentally_resolved": (ExperimentallyResolvedHead, "experimentally_resolved_head"),
+    "masked_msa": (MaskedMsaHead, "masked_msa_head"),
+    "predicted_aligned_error": (PredictedAlignedErrorHead, "predicted_aligned_error_head"),
+    "predicted_lddt": (PredictedLDDTHead, "predicted_lddt_head"),
+}
+RECYCLED = ("prev_pos", "prev_msa_first_row", "prev_pair")
+
+
+class AlphaFoldIteration(nn.Module):
+    """One pass: trunk -> structure module -> heads. Heads with zero loss weight are not built, as in
+    AlphaFold (so `_ptm` parameters carry the PAE head and the others do not).
+
+    batch: one iteration's features (no recycling axis) plus `prev_*` recycling inputs.
+    Returns a nested dict: `representations/{single,pair,msa,msa_first_row,structure_module}`,
+    `structure_module/...`, and each head's outputs under its config name.
+    """
+
+    config: object  # cfg.model
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, batch: dict) -> dict:
+        c = self.config
+        gc = c.global_config
+        representations = EmbeddingsAndEvoformer(c.embeddings_and_evoformer, gc, self.is_training,
+                                                 name="evoformer")(batch)
+        structure = StructureModule(c.heads.structure_module, gc, self.is_training,
+                                    name="structure_module")(representations, batch)
+        representations = dict(representations, structure_module=structure.pop("act"))
+        ret = {"representations": representations, "structure_module": structure}
+        for head_name, (cls, scope) in HEADS.items():
+            if c.heads[head_name].weight:
+                ret[head_name] = cls(c.heads[head_name], gc, name=scope)(representations, batch,
+                                                                         self.is_training)
+        return ret
+
+
+def recycling_outputs(ret: dict) -> dict:
+    """What the next recycling iteration sees; no gradient flows through recycling."""
+    prev = {"prev_pos": ret["structure_module"]["final_atom_positions"],
+            "prev_msa_first_row": ret["representations"]["msa_first_row"],
+            "prev_pair": ret["representations"]["pair"]}
+    return jax.tree_util.tree_map(jax.lax.stop_gradient, prev)
+
+
+class AlphaFold(nn.Module):
+    """AlphaFold2 with recycling. `batch` arrays carry a leading recycling axis (see module doc)."""
+
+    config: object  # cfg.model
+    is_training: bool = False
+
+    @nn.compact
+    def __call__(self, batch: dict) -> dict:
+        c = self.config
+        emb = c.embeddings_and_evoformer
+        num_res = batch["aatype"].shape[1]
+        iteration = AlphaFoldIteration(c, self.is_training, name="alphafold_iteration")
+        features = {k: v for k, v in batch.items() if k != "num_iter_recycling"}
+
+        def iteration_batch(idx):
+            idx = idx if c.resample_msa_in_recycling else 0
+            return jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, idx, 0, False), features)
+
+        prev = {"prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
+                "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
+                "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.float32)}
+        num_iter = c.num_recycle
+        if "num_iter_recycling" in batch:
+            num_iter = jnp.minimum(batch["num_iter_recycling"][0], c.num_recycle)
+
+        def body(module, carry):
+            idx, prev = carry
+            ret = module(dict(iteration_batch(idx), **prev))
+            return idx + 1, recycling_outputs(ret)
+
+        if c.num_recycle:
+            if self.is_initializing():
+                _, prev = body(iteration, (0, prev))
+            else:
+                _, prev = nn.while_loop(lambda module, carry: carry[0] < num_iter, body, iteration,
+                                        (jnp.asarray(0), prev), split_rngs={"dropout": True})
+        return iteration(dict(iteration_batch(num_iter), **prev))

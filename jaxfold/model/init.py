@@ -1,0 +1,44 @@
+"""Parameter initialisation for a config: shapes only depend on the config, not on the protein."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfold.common import residue_constants as rc
+
+
+def dummy_features(config, num_res: int = 4, num_seq: int = 2, num_extra: int = 2, num_templates: int = 1,
+                   num_iterations: int = 1) -> dict:
+    """A minimal, valid feature dict (leading recycling axis) in DeepMind's processed layout."""
+    del config  # every width comes from the config inside the model; features have fixed widths
+    r = num_iterations
+    aatype = np.zeros((r, num_res), np.int32)
+    ones = lambda *s: np.ones((r,) + s, np.float32)  # noqa: E731
+    zeros = lambda *s: np.zeros((r,) + s, np.float32)  # noqa: E731
+    atom14_exists = rc.restype_atom14_mask[aatype].astype(np.float32)
+    atom37_exists = rc.restype_atom37_mask[aatype].astype(np.float32)
+    return {
+        "aatype": aatype, "seq_mask": ones(num_res), "residue_index": np.tile(np.arange(num_res), (r, 1)),
+        "target_feat": zeros(num_res, 22), "msa_feat": zeros(num_seq, num_res, 49), "msa_mask": ones(num_seq, num_res),
+        "extra_msa": np.zeros((r, num_extra, num_res), np.int32), "extra_has_deletion": zeros(num_extra, num_res),
+        "extra_deletion_value": zeros(num_extra, num_res), "extra_msa_mask": ones(num_extra, num_res),
+        "template_aatype": np.zeros((r, num_templates, num_res), np.int32),
+        "template_all_atom_positions": zeros(num_templates, num_res, 37, 3),
+        "template_all_atom_masks": zeros(num_templates, num_res, 37), "template_mask": ones(num_templates),
+        "template_pseudo_beta": zeros(num_templates, num_res, 3),
+        "template_pseudo_beta_mask": zeros(num_templates, num_res),
+        "atom14_atom_exists": atom14_exists, "atom37_atom_exists": atom37_exists,
+        "residx_atom14_to_atom37": rc.restype_atom14_to_atom37[aatype].astype(np.int32),
+        "residx_atom37_to_atom14": rc.restype_atom37_to_atom14[aatype].astype(np.int32),
+    }
+
+
+def init_params(config, rng: jax.Array | None = None) -> dict:
+    """Fresh parameters (AlphaFold's initialisers) for `config`, rooted below `alphafold/`."""
+    from jaxfold.model.alphafold import AlphaFold  # noqa: PLC0415  (avoid an import cycle)
+
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    batch = jax.tree_util.tree_map(jnp.asarray, dummy_features(config))
+    return AlphaFold(config.model).init(rng, batch)["params"]
