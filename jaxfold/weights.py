@@ -12,6 +12,7 @@ Validation compares the file with the shapes the model expects for the given con
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from pathlib import Path
@@ -108,12 +109,28 @@ def expected_shapes(init_fn: Callable[[], Mapping]) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in tree_to_flat(shapes).items()}
 
 
+@functools.lru_cache(maxsize=16)
 def model_param_shapes(config) -> dict[str, tuple]:
     """Shapes of the official-format parameters (`alphafold/...` keys) the model builds for `config`."""
     from jaxfold.model.init import init_params  # noqa: PLC0415
 
     shapes = expected_shapes(lambda: init_params(config))
     return {f"{ROOT_SCOPE}/{k}": v for k, v in shapes.items()}
+
+
+PAE_HEAD = f"{ROOT_SCOPE}/alphafold_iteration/predicted_aligned_error_head/"
+
+
+def check_ptm_agreement(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], path) -> None:
+    """`_ptm` files carry a predicted-aligned-error head and the other presets do not: say so plainly."""
+    file_has = any(k.startswith(PAE_HEAD) for k in flat)
+    model_has = any(k.startswith(PAE_HEAD) for k in expected)
+    if file_has and not model_has:
+        raise ParamsError(f"parameter file {str(path)!r} is a pTM model (it has a predicted_aligned_error "
+                          "head) but the config has none: use the matching `model_N_ptm` preset")
+    if model_has and not file_has:
+        raise ParamsError(f"parameter file {str(path)!r} has no predicted_aligned_error head but the config is "
+                          "a pTM preset: use the matching `model_N` preset (without `_ptm`)")
 
 
 def load_alphafold_params(path: str | os.PathLike, config) -> dict:
@@ -124,6 +141,7 @@ def load_alphafold_params(path: str | os.PathLike, config) -> dict:
     """
     flat = read_npz(path)
     expected = model_param_shapes(config)
+    check_ptm_agreement(flat, expected, path)
     check_against(flat, expected, f"parameter file {str(path)!r}")
     tree = flat_to_tree({k: v.astype(np.float32, copy=False) for k, v in flat.items()})
     return tree[ROOT_SCOPE]

@@ -36,9 +36,19 @@ def dummy_features(config, num_res: int = 4, num_seq: int = 2, num_extra: int = 
 
 
 def init_params(config, rng: jax.Array | None = None) -> dict:
-    """Fresh parameters (AlphaFold's initialisers) for `config`, rooted below `alphafold/`."""
-    from jaxfold.model.alphafold import AlphaFold  # noqa: PLC0415  (avoid an import cycle)
+    """Fresh parameters (AlphaFold's initialisers) for `config`, rooted below `alphafold/`.
+
+    Initialises one `AlphaFoldIteration` (the only parameterised child of `AlphaFold`) rather than the
+    recycling wrapper, which would trace the iteration twice.
+    """
+    from jaxfold.model.alphafold import AlphaFoldIteration  # noqa: PLC0415  (avoid an import cycle)
 
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    batch = jax.tree_util.tree_map(jnp.asarray, dummy_features(config))
-    return AlphaFold(config.model).init(rng, batch)["params"]
+    batch = {k: jnp.asarray(v[0]) for k, v in dummy_features(config).items()}
+    emb = config.model.embeddings_and_evoformer
+    num_res = batch["aatype"].shape[0]
+    batch["prev_pos"] = jnp.zeros((num_res, rc.atom_type_num, 3))
+    batch["prev_msa_first_row"] = jnp.zeros((num_res, emb.msa_channel))
+    batch["prev_pair"] = jnp.zeros((num_res, num_res, emb.pair_channel))
+    params = AlphaFoldIteration(config.model).init(rng, batch)["params"]
+    return {"alphafold_iteration": params}
