@@ -1,0 +1,174 @@
+"""The structure module against DeepMind's own outputs on the official parameter layout (shared/reference).
+
+References: `modules/invariant_point_attention`, `modules/fold_iteration`, `modules/structure_module` (23
+residues, the last 2 padding; structure module shrunk to 2 layers). Only valid residues are compared.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfold.common.all_atom import make_atom14_masks
+from jaxfold.common.geometry import Rigid, Rot3, Vec3
+from jaxfold.config import model_config
+from jaxfold.model.structure_module import (
+    FoldIteration, InvariantPointAttention, StructureModule, affine_to_rigid)
+from jaxfold.weights import tree_to_flat
+from reference_utils import assert_close_on, module_reference
+
+# shared/reference/README.md: IPA, fold iteration, structure module (fp32, rtol 1e-4).
+ATOL_SM = 1e-4       # activations, affines, sin/cos, rotations
+ATOL_SM_POS = 5e-4   # positions and translations in Angstrom
+NUM_VALID = 21       # of 23 residues
+
+CONFIG = model_config("model_1_ptm", structure_module_num_layer=2)
+SM = CONFIG.model.heads.structure_module
+GC = CONFIG.model.global_config
+
+
+def get_path(tree, path: str):
+    """`'sidechains/frames/rot/xx'` -> the leaf, through dicts and Vec3/Rot3/Rigid attributes."""
+    for part in path.split("/"):
+        tree = tree[part] if isinstance(tree, dict) else getattr(tree, part)
+    return tree
+
+
+def residue_valid(shape, residue_axis: int) -> np.ndarray:
+    """Boolean mask broadcastable to `shape` that is true on the valid residues along `residue_axis`."""
+    valid_shape = [1] * len(shape)
+    valid_shape[residue_axis] = shape[residue_axis]
+    return (np.arange(shape[residue_axis]) < NUM_VALID).reshape(valid_shape)
+
+
+def atol_for(path: str) -> float:
+    """Atom positions and frame translations (Angstrom) get the position tolerance; everything else,
+    affines (`traj` included) too, the activation one, as the README's table says."""
+    if "atom_pos" in path or "positions" in path or "frames/trans" in path:
+        return ATOL_SM_POS
+    return ATOL_SM
+
+
+def test_ipa_matches_deepmind(shared_dir):
+    io, params = module_reference(shared_dir, "invariant_point_attention")
+    rigid = Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])),
+                  Vec3.from_array(jnp.asarray(io["input/translation"])))
+    # jit: compiling once is much faster than dispatching the many small ops one by one.
+    out = jax.jit(InvariantPointAttention(SM, GC).apply)(
+        {"params": params["invariant_point_attention"]},
+        io["input/inputs_1d"], io["input/inputs_2d"], io["input/mask"], rigid)
+    assert_close_on(out, io["output/update"], residue_valid(out.shape, 0), ATOL_SM, what="ipa update")
+
+
+def test_reference_rotation_is_the_affine_quaternion_rotation(shared_dir):
+    """The fold iteration consumes only the affine tensor; DeepMind's `input/rotation` is its rotation."""
+    io, _ = module_reference(shared_dir, "fold_iteration")
+    rot = affine_to_rigid(jnp.asarray(io["input/affine"])).rot.to_array()
+    np.testing.assert_allclose(rot, io["input/rotation"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fold_iteration_run(shared_dir):
+    io, params = module_reference(shared_dir, "fold_iteration")
+    new_act, outputs = jax.jit(FoldIteration(SM, GC).apply)(
+        {"params": params["fold_iteration"]},
+        {"act": io["input/act"], "affine": io["input/affine"]},
+        io["input/sequence_mask"], io["input/initial_act"], io["input/static_feat_2d"], io["input/aatype"])
+    return io, {"activations": new_act, "outputs": outputs}
+
+
+FOLD_ITERATION_OUTPUTS = (
+    ["activations/act", "activations/affine", "outputs/affine", "outputs/sc/angles_sin_cos",
+     "outputs/sc/unnormalized_angles_sin_cos"]
+    + [f"outputs/sc/atom_pos/{c}" for c in "xyz"]
+    + [f"outputs/sc/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"]
+    + [f"outputs/sc/frames/trans/{c}" for c in "xyz"])
+
+
+@pytest.mark.parametrize("path", FOLD_ITERATION_OUTPUTS)
+def test_fold_iteration_matches_deepmind(fold_iteration_run, path):
+    io, out = fold_iteration_run
+    actual, expected = np.asarray(get_path(out, path)), io[f"output/{path}"]
+    assert_close_on(actual, expected, residue_valid(expected.shape, 0), atol_for(path), what=path)
+
+
+@pytest.fixture(scope="module")
+def structure_module_run(shared_dir):
+    io, params = module_reference(shared_dir, "structure_module")
+    batch = {k[len("input/"):]: v for k, v in io.items() if k.startswith("input/")}
+    representations = {"single": batch.pop("single"), "pair": batch.pop("pair")}
+    module = StructureModule(SM, GC)
+    out = jax.jit(module.apply)({"params": params["structure_module"]}, representations, batch)
+    return io, params, representations, batch, jax.device_get(out)
+
+
+def structure_module_outputs():
+    return ["final_affines", "final_atom14_mask", "final_atom14_positions", "final_atom_mask",
+            "final_atom_positions", "representations/structure_module", "traj",
+            "sidechains/angles_sin_cos", "sidechains/unnormalized_angles_sin_cos"] + [
+        f"sidechains/atom_pos/{c}" for c in "xyz"] + [
+        f"sidechains/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"] + [
+        f"sidechains/frames/trans/{c}" for c in "xyz"]
+
+
+@pytest.mark.parametrize("path", structure_module_outputs())
+def test_structure_module_matches_deepmind(structure_module_run, path):
+    io, _, _, _, out = structure_module_run
+    expected = io[f"output/{path}"]
+    # DeepMind's representations/structure_module is returned as `act` (the caller renames it).
+    actual = np.asarray(out["act"] if path == "representations/structure_module" else get_path(out, path))
+    residue_axis = 1 if path.startswith(("sidechains/", "traj")) else 0
+    assert_close_on(actual, expected, residue_valid(expected.shape, residue_axis), atol_for(path), what=path)
+
+
+def test_structure_module_params_match_official_layout(structure_module_run):
+    """One shared `fold_iteration` without a layer axis, every name and shape as in the official file."""
+    _, params, representations, batch, _ = structure_module_run
+    module = StructureModule(SM, GC)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), representations, batch))
+    ours = {k: tuple(v.shape) for k, v in tree_to_flat(shapes["params"]).items()}
+    official = {k: tuple(v.shape) for k, v in tree_to_flat(params["structure_module"]).items()}
+    assert ours == official
+
+
+def test_structure_module_output_shapes(structure_module_run):
+    _, _, _, _, out = structure_module_run
+    layers, n = SM.num_layer, 23
+    assert out["traj"].shape == (layers, n, 7)
+    assert out["final_affines"].shape == (n, 7)
+    assert out["act"].shape == (n, SM.num_channel)
+    assert out["sidechains"]["atom_pos"].shape == (layers, n, 14)
+    assert out["sidechains"]["frames"].shape == (layers, n, 8)
+    assert out["final_atom_positions"].shape == (n, 37, 3)
+    # Absent atom37 slots are exactly zero.
+    absent = np.asarray(out["final_atom_mask"]) == 0
+    assert np.all(np.asarray(out["final_atom_positions"])[absent] == 0)
+
+
+def test_structure_module_training_dropout():
+    """Training mode: dropout (needs the `dropout` RNG) is drawn afresh per layer and per key; the result
+    stays finite. A tiny config keeps compilation cheap."""
+    cfg = model_config("model_1_ptm", structure_module_num_layer=2, deterministic=False)
+    sm = cfg.model.heads.structure_module.replace(
+        **{"num_channel": 16, "num_head": 2, "sidechain.num_channel": 8})
+    gc = cfg.model.global_config
+    n = 5
+    rng = np.random.default_rng(0)
+    aatype = jnp.asarray([0, 7, 12, 17, 3])
+    representations = {"single": rng.normal(size=(n, 16)).astype(np.float32),
+                       "pair": rng.normal(size=(n, n, 8)).astype(np.float32)}
+    batch = {"seq_mask": jnp.ones(n), "aatype": aatype, **make_atom14_masks(aatype)}
+    module = StructureModule(sm, gc, is_training=True)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), representations, batch))
+    params = jax.tree_util.tree_map(
+        lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+
+    def run(key):
+        return module.apply(params, representations, batch, rngs={"dropout": key})["final_atom_positions"]
+
+    run = jax.jit(run)
+    pos = [np.asarray(run(key)) for key in jax.random.split(jax.random.PRNGKey(1), 2)]
+    assert np.isfinite(pos).all()
+    assert np.abs(pos[0] - pos[1]).max() > 1e-3
