@@ -65,20 +65,23 @@ class TemplatePairStack(nn.Module):
 
 
 def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.Array) -> list[jax.Array]:
-    """Unit vectors from residue i's backbone frame to residue j's CA: 3 x `[N_res, N_res]`.
+    """AlphaFold's template "unit vector" features: 3 x `[N_res, N_res]`, zero where a backbone is incomplete.
 
-    Frame as AlphaFold's `quat_affine.make_transform_from_reference`: origin CA, x-axis towards C,
-    N in the xy-plane. Zero where either backbone is incomplete.
+    The frame is `quat_affine.make_transform_from_reference` (origin CA, x towards C, N in the xy-plane).
+    AlphaFold builds that matrix as the global->local map but then uses it as a local->global rotation
+    (`invert_point` applies its transpose), so the vector is `M (ca_j - ca_i)` with `M` the frame's
+    local->global rotation. We reproduce that exactly; no official monomer preset turns the feature on.
     """
     n, ca, c = (positions[:, rc.atom_order[a]] for a in ("N", "CA", "C"))
     ca_v = Vec3(*jnp.moveaxis(ca, -1, 0))
     frames = Rigid.from_3_points(
         point_on_neg_x_axis=Vec3(*jnp.moveaxis(2 * ca - c, -1, 0)), origin=ca_v,
         point_on_xy_plane=Vec3(*jnp.moveaxis(n, -1, 0)))
-    frames = jax.tree_util.tree_map(lambda x: x[:, None], frames)
-    local = frames.apply_inverse(jax.tree_util.tree_map(lambda x: x[None, :], ca_v))
-    inv_distance = jax.lax.rsqrt(1e-6 + local.x ** 2 + local.y ** 2 + local.z ** 2) * backbone_mask_2d
-    return [local.x * inv_distance, local.y * inv_distance, local.z * inv_distance]
+    rot = jax.tree_util.tree_map(lambda x: x[:, None], frames.rot)
+    offsets = jax.tree_util.tree_map(lambda a, b: a[None, :] - b[:, None], ca_v, ca_v)
+    vec = rot.apply(offsets)
+    inv_distance = jax.lax.rsqrt(1e-6 + vec.x ** 2 + vec.y ** 2 + vec.z ** 2) * backbone_mask_2d
+    return [vec.x * inv_distance, vec.y * inv_distance, vec.z * inv_distance]
 
 
 def template_pair_features(template: dict, num_bins_config, use_unit_vector: bool, dtype) -> tuple:
