@@ -1,0 +1,784 @@
+"""Template hits -> template features, following AlphaFold2 v2.3.2's ``HhsearchHitFeaturizer``.
+
+For a query sequence and a list of template hits (HHsearch ``.hhr`` or hmmsearch ``.sto`` hits as
+parsed by :mod:`jaxfold.data.parsers`; any object with the ``TemplateHit`` attributes ``index,
+name, aligned_cols, sum_probs, query, hit_sequence, indices_query, indices_hit`` works),
+:class:`TemplateFeaturizer` does what AlphaFold does:
+
+1. Hits are visited in decreasing ``sum_probs`` (stable sort; input order when a hit has no
+   ``sum_probs``, as for hmmsearch hits, whose ``template_sum_probs`` is then 0) until
+   ``max_hits`` templates are made.
+2. The hit name gives PDB id and chain (``1ABC_A``, ``1abc_A mol:protein length:76``,
+   ``4zey_A/2-84``: 4 alphanumerics, ``_``, chain); the id is lower-cased and, when it is not in
+   the release-date table, replaced by its successor from the obsolete table.
+3. Prefilter (no mmCIF read): released after the cut-off (only when a release-date table is
+   given); same PDB id as the query; aligned columns / query length <= 0.1; the ungapped hit
+   sequence is a substring of the query *and* longer than 0.95 x the query (near-duplicate);
+   fewer than 10 hit residues. These hits are skipped silently (``strict_error_check`` reports the
+   date, PDB-id and duplicate cases as errors), as AlphaFold does.
+4. The mmCIF ``<mmcif_dir>/<pdb_id>.cif`` is parsed; a release date after the cut-off drops the
+   hit. The cut-off is ``max_template_date``, or ``query_release_date - 60 days`` when earlier.
+5. The ungapped hit sequence is looked up in the mmCIF SEQRES: exact substring of the named
+   chain, else of any chain, else a match with ``X`` as wildcard. If none, the hit sequence is
+   realigned to the named chain's SEQRES (or the only chain's) and the query->hit mapping is
+   carried through that alignment; the realignment must reach 90 % identity relative to the
+   shorter sequence. AlphaFold runs ``kalign`` for this; here the ``kalign`` binary is used when
+   given or on ``PATH``, otherwise :func:`global_align` (our own affine-gap Needleman-Wunsch,
+   BLOSUM62, gap open 11 / extend 1, free end gaps). Both give the same alignment for the nearly
+   identical sequences this step is meant for.
+6. Features: for each query residue mapped to a template residue, that residue's atom37
+   coordinates/mask and its SEQRES letter; unmapped query residues get zeros and ``'-'``.
+   ``template_aatype`` is the one-hot of that string in the *HHblits* alphabet (22 classes,
+   ``'-'`` = 21); downstream code maps it to AlphaFold's residue order.
+
+Errors never abort the search; they are returned as strings in ``errors`` (problems with a hit or
+the set-up, e.g. a missing mmCIF file, which would crash AlphaFold) or ``warnings`` (missing
+experimental data or unparseable mmCIF, and realignments), as AlphaFold sorts them. Skipped hits
+are listed in ``skipped`` with the reason.
+
+AlphaFold quirk kept on purpose: after a realignment, a query residue whose hit residue has no
+partner in the realigned chain gets template index -1, i.e. the *last* SEQRES residue's atoms and
+letter (Python negative indexing), exactly as AlphaFold's ``_extract_template_features`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from jaxfold.common import residue_constants
+from jaxfold.data import mmcif
+
+__all__ = [
+    'TEMPLATE_FEATURES',
+    'TemplateSearchResult',
+    'TemplateFeaturizer',
+    'TemplateError',
+    'empty_template_features',
+    'get_pdb_id_and_chain',
+    'build_query_to_hit_index_mapping',
+    'assess_hit',
+    'find_template_in_mmcif',
+    'realign_template_to_chain',
+    'extract_template_features',
+    'global_align',
+    'kalign_align',
+    'parse_release_dates',
+    'parse_obsolete_pdbs',
+]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FEATURES = {
+    'template_aatype': np.float32,
+    'template_all_atom_masks': np.float32,
+    'template_all_atom_positions': np.float32,
+    'template_domain_names': object,
+    'template_sequence': object,
+    'template_sum_probs': np.float32,
+}
+
+_DateLike = Union[str, datetime.date, datetime.datetime]
+
+# 20 amino acids + X + gap.
+_NUM_HHBLITS_CLASSES = max(residue_constants.HHBLITS_AA_TO_ID.values()) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Errors (AlphaFold's classes, one hierarchy).
+# --------------------------------------------------------------------------------------------
+
+class TemplateError(Exception):
+    """Feature extraction failed for one hit."""
+
+
+class NoChainsError(TemplateError):
+    """The mmCIF has no usable protein chain (or could not be parsed)."""
+
+
+class SequenceNotInTemplateError(TemplateError):
+    """The hit sequence is not in the mmCIF SEQRES."""
+
+
+class NoAtomDataInTemplateError(TemplateError):
+    """Atom data of the template chain could not be read."""
+
+
+class TemplateAtomMaskAllZerosError(TemplateError):
+    """The aligned template residues have (almost) no atoms."""
+
+
+class QueryToTemplateAlignError(TemplateError):
+    """The hit could not be realigned to the mmCIF chain."""
+
+
+class PrefilterError(Exception):
+    """A hit rejected before reading its mmCIF."""
+
+
+class DateError(PrefilterError):
+    pass
+
+
+class PdbIdError(PrefilterError):
+    pass
+
+
+class AlignRatioError(PrefilterError):
+    pass
+
+
+class DuplicateError(PrefilterError):
+    pass
+
+
+class LengthError(PrefilterError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers.
+# --------------------------------------------------------------------------------------------
+
+def _to_datetime(value: _DateLike, what: str) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day)
+    try:
+        return datetime.datetime.strptime(str(value).strip(), '%Y-%m-%d')
+    except ValueError as e:
+        raise ValueError(f'{what} must be a date in format YYYY-MM-DD, got {value!r}.') from e
+
+
+_PDB_ID_CHAIN_RE = re.compile(r'[a-zA-Z\d]{4}_[a-zA-Z0-9.]+')
+
+
+def get_pdb_id_and_chain(hit_name: str) -> Tuple[str, str]:
+    """``'1ABC_A ...'`` -> ``('1abc', 'A')``: lower-case PDB id, chain id as written."""
+    match = _PDB_ID_CHAIN_RE.match(hit_name)
+    if not match:
+        raise ValueError(f'Hit name does not start with PDBID_chain: {hit_name!r}')
+    pdb_id, chain_id = match.group(0).split('_')
+    return pdb_id.lower(), chain_id
+
+
+def parse_release_dates(path: str) -> Dict[str, datetime.datetime]:
+    """Reads ``pdb_id: YYYY-MM-DD`` lines (AlphaFold's ``.txt`` release-date table)."""
+    dates = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                pdb_id, date = line.split(':')
+                date = date.strip()
+                dates[pdb_id.strip()] = datetime.datetime(
+                    year=int(date[:4]), month=int(date[5:7]), day=int(date[8:10]))
+            except ValueError as e:
+                raise ValueError(f'{path}:{line_no}: expected "pdb_id: YYYY-MM-DD", '
+                                 f'got {line.rstrip()!r}') from e
+    return dates
+
+
+def parse_obsolete_pdbs(path: str) -> Dict[str, str]:
+    """Reads the PDB ``obsolete.dat`` (``OBSLTE  31-JUL-94 116L     216L``): old id -> new id.
+
+    Entries without a replacement are left out.
+    """
+    result = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith('OBSLTE') and len(line) > 30:
+                result[line[20:24].lower()] = line[29:33].lower()
+    return result
+
+
+def empty_template_features(num_res: int) -> Dict[str, np.ndarray]:
+    """Template features with zero templates (``T = 0``) and the right trailing shapes."""
+    return {
+        'template_aatype': np.zeros((0, num_res, _NUM_HHBLITS_CLASSES), np.float32),
+        'template_all_atom_masks': np.zeros(
+            (0, num_res, residue_constants.atom_type_num), np.float32),
+        'template_all_atom_positions': np.zeros(
+            (0, num_res, residue_constants.atom_type_num, 3), np.float32),
+        'template_domain_names': np.zeros((0,), dtype=object),
+        'template_sequence': np.zeros((0,), dtype=object),
+        'template_sum_probs': np.zeros((0, 1), np.float32),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Pairwise alignment for template realignment.
+# --------------------------------------------------------------------------------------------
+
+_BLOSUM_ALPHABET = 'ARNDCQEGHILKMFPSTWYVBZX'
+
+
+def _blosum62() -> np.ndarray:
+    from Bio.Align import substitution_matrices  # pylint: disable=import-outside-toplevel
+    matrix = substitution_matrices.load('BLOSUM62')
+    n = len(_BLOSUM_ALPHABET)
+    table = np.zeros((n, n), np.float64)
+    for i, a in enumerate(_BLOSUM_ALPHABET):
+        for j, b in enumerate(_BLOSUM_ALPHABET):
+            table[i, j] = matrix[a, b]
+    return table
+
+
+_BLOSUM62 = None
+
+
+def _encode(seq: str) -> np.ndarray:
+    x = _BLOSUM_ALPHABET.index('X')
+    lookup = {c: i for i, c in enumerate(_BLOSUM_ALPHABET)}
+    return np.array([lookup.get(c, x) for c in seq.upper()], dtype=np.int64)
+
+
+def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0,
+                 gap_extend: float = 1.0) -> Tuple[str, str]:
+    """Global alignment (affine-gap Needleman-Wunsch / Gotoh) with free end gaps.
+
+    Scores: BLOSUM62 (letters outside it count as ``X``); an internal gap of length L costs
+    ``gap_open + (L - 1) * gap_extend``; leading and trailing gaps in either sequence are free,
+    so a fragment aligns inside a longer chain without penalty. Ties prefer a match, then a gap
+    in ``seq_b``, then a gap in ``seq_a``. Rows are vectorised with numpy (O(len_a * len_b)
+    memory for the trace-back), fast enough for chains of a few thousand residues.
+
+    Returns:
+      the two aligned strings (same length, ``'-'`` for gaps).
+    """
+    global _BLOSUM62  # pylint: disable=global-statement
+    if gap_open < gap_extend:
+        raise ValueError('gap_open must be >= gap_extend.')
+    if _BLOSUM62 is None:
+        _BLOSUM62 = _blosum62()
+    n, m = len(seq_a), len(seq_b)
+    if n == 0 or m == 0:
+        return seq_a + '-' * m, '-' * n + seq_b
+    scores = _BLOSUM62[_encode(seq_a)[:, None], _encode(seq_b)[None, :]]  # [n, m]
+
+    neg = -1e18
+    cols = np.arange(m + 1)
+    # Per-column cost of a gap in seq_b (consumes seq_a): free in the first and last column.
+    col_open = np.full(m + 1, gap_open)
+    col_ext = np.full(m + 1, gap_extend)
+    col_open[[0, m]] = 0.0
+    col_ext[[0, m]] = 0.0
+
+    h_prev = np.zeros(m + 1)  # row 0: leading gaps in seq_a are free.
+    e_prev = np.full(m + 1, neg)
+    h_state = np.zeros((n + 1, m + 1), np.int8)   # 0 diag, 1 gap in b (E), 2 gap in a (F)
+    g_state = np.zeros((n + 1, m + 1), np.int8)   # best of diag / E, for after an F jump
+    e_extend = np.zeros((n + 1, m + 1), bool)     # E extended (vs opened from H above)
+    f_origin = np.zeros((n + 1, m + 1), np.int32)  # F: column where the gap run starts
+    h_state[0, 1:] = 2
+
+    for i in range(1, n + 1):
+        diag = np.full(m + 1, neg)
+        diag[1:] = h_prev[:-1] + scores[i - 1]
+        e_open = h_prev - col_open
+        e_ext = e_prev - col_ext
+        extend = e_ext > e_open
+        e_row = np.where(extend, e_ext, e_open)
+        use_e = e_row > diag
+        g_row = np.where(use_e, e_row, diag)
+        # Gap in seq_a along this row: F[j] = max_{k<j} G[k] - open - (j-k-1) * ext.
+        row_open, row_ext = (0.0, 0.0) if i == n else (gap_open, gap_extend)
+        t = g_row + cols * row_ext
+        running = np.maximum.accumulate(t)
+        arg = np.maximum.accumulate(np.where(t == running, cols, 0))
+        f_row = np.full(m + 1, neg)
+        f_row[1:] = running[:-1] - row_open - (cols[1:] - 1) * row_ext
+        f_arg = np.zeros(m + 1, np.int64)
+        f_arg[1:] = arg[:-1]
+        use_f = f_row > g_row
+        h_row = np.where(use_f, f_row, g_row)
+
+        h_state[i] = np.where(use_f, 2, np.where(use_e, 1, 0))
+        g_state[i] = np.where(use_e, 1, 0)
+        e_extend[i] = extend
+        f_origin[i] = f_arg
+        h_prev, e_prev = h_row, e_row
+
+    out_a: List[str] = []
+    out_b: List[str] = []
+    i, j = n, m
+    state = 'H'
+    while i > 0 or j > 0:
+        if i == 0:
+            out_a.append('-')
+            out_b.append(seq_b[j - 1])
+            j -= 1
+            continue
+        if j == 0:
+            out_a.append(seq_a[i - 1])
+            out_b.append('-')
+            i -= 1
+            continue
+        if state == 'H':
+            s = h_state[i, j]
+        elif state == 'G':
+            s = g_state[i, j]
+        else:  # 'E'
+            s = 1
+        if s == 0:
+            out_a.append(seq_a[i - 1])
+            out_b.append(seq_b[j - 1])
+            i, j, state = i - 1, j - 1, 'H'
+        elif s == 1:
+            out_a.append(seq_a[i - 1])
+            out_b.append('-')
+            state = 'E' if e_extend[i, j] else 'H'
+            i -= 1
+        else:
+            k = int(f_origin[i, j])
+            for jj in range(j, k, -1):
+                out_a.append('-')
+                out_b.append(seq_b[jj - 1])
+            j, state = k, 'G'
+    return ''.join(reversed(out_a)), ''.join(reversed(out_b))
+
+
+def kalign_align(seq_a: str, seq_b: str, binary_path: str) -> Tuple[str, str]:
+    """Aligns two sequences with the ``kalign`` binary, as AlphaFold's wrapper calls it."""
+    for s in (seq_a, seq_b):
+        if len(s) < 6:
+            raise ValueError('Kalign requires all sequences to be at least 6 residues long. '
+                             f'Got {s} ({len(s)} residues).')
+    with tempfile.TemporaryDirectory(prefix='jaxfold_kalign_') as tmp:
+        in_path = os.path.join(tmp, 'input.fasta')
+        out_path = os.path.join(tmp, 'output.a3m')
+        with open(in_path, 'w') as f:
+            f.write(f'>sequence 1\n{seq_a}\n>sequence 2\n{seq_b}\n')
+        cmd = [binary_path, '-i', in_path, '-o', out_path, '-format', 'fasta']
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f'Kalign failed (exit {proc.returncode}):\n'
+                               f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}')
+        with open(out_path) as f:
+            text = f.read()
+    seqs: List[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith('>'):
+            seqs.append('')
+        elif seqs:
+            # A3M semantics (as AlphaFold parses kalign's output): drop insertions.
+            seqs[-1] += ''.join(c for c in line if not c.islower() and c != '.')
+    if len(seqs) != 2 or len(seqs[0]) != len(seqs[1]):
+        raise RuntimeError(f'Unexpected kalign output:\n{text}')
+    return seqs[0], seqs[1]
+
+
+# --------------------------------------------------------------------------------------------
+# The per-hit steps.
+# --------------------------------------------------------------------------------------------
+
+def build_query_to_hit_index_mapping(hit_query_sequence: str, hit_sequence: str,
+                                     indices_hit: Sequence[int], indices_query: Sequence[int],
+                                     original_query_sequence: str) -> Dict[int, int]:
+    """Query index -> index in the *ungapped* hit sequence, from a hit's aligned columns.
+
+    As AlphaFold: both index lists are re-based to their smallest non-gap value, the query
+    part is located in the full query by substring search, and columns with a gap (-1) on
+    either side or beyond either sequence are dropped.
+    """
+    if not hit_query_sequence:
+        return {}
+    query_part = hit_query_sequence.replace('-', '')
+    hit_ungapped = hit_sequence.replace('-', '')
+    query_offset = original_query_sequence.find(query_part)
+
+    hit_idx = [x for x in indices_hit if x > -1]
+    query_idx = [x for x in indices_query if x > -1]
+    if not hit_idx or not query_idx:
+        return {}
+    min_hit, min_query = min(hit_idx), min(query_idx)
+    mapping = {}
+    for q, t in zip(indices_query, indices_hit):
+        if q == -1 or t == -1:
+            continue
+        q, t = q - min_query, t - min_hit
+        if t >= len(hit_ungapped) or q + query_offset >= len(original_query_sequence):
+            continue
+        mapping[q + query_offset] = t
+    return mapping
+
+
+def assess_hit(hit: Any, hit_pdb_code: str, query_sequence: str,
+               query_pdb_code: Optional[str],
+               release_dates: Mapping[str, datetime.datetime],
+               release_date_cutoff: datetime.datetime,
+               max_subsequence_ratio: float = 0.95,
+               min_align_ratio: float = 0.1) -> bool:
+    """AlphaFold's prefilter; returns True or raises a :class:`PrefilterError`."""
+    align_ratio = hit.aligned_cols / len(query_sequence)
+    template_sequence = hit.hit_sequence.replace('-', '')
+    length_ratio = float(len(template_sequence)) / len(query_sequence)
+    duplicate = template_sequence in query_sequence and length_ratio > max_subsequence_ratio
+
+    if hit_pdb_code in release_dates and release_dates[hit_pdb_code] > release_date_cutoff:
+        raise DateError(f'Date ({release_dates[hit_pdb_code]}) > max template date '
+                        f'({release_date_cutoff}).')
+    if query_pdb_code is not None and query_pdb_code.lower() == hit_pdb_code.lower():
+        raise PdbIdError('PDB code identical to Query PDB code.')
+    if align_ratio <= min_align_ratio:
+        raise AlignRatioError('Proportion of residues aligned to query too small. '
+                              f'Align ratio: {align_ratio}.')
+    if duplicate:
+        raise DuplicateError('Template is an exact subsequence of query with large coverage. '
+                             f'Length ratio: {length_ratio}.')
+    if len(template_sequence) < 10:
+        raise LengthError(f'Template too short. Length: {len(template_sequence)}.')
+    return True
+
+
+def find_template_in_mmcif(template_chain_id: str, template_sequence: str,
+                           mmcif_object: mmcif.MmcifObject) -> Tuple[str, str, int]:
+    """Finds the hit sequence in the mmCIF SEQRES: (chain sequence, chain id, offset).
+
+    Tries, in order: exact substring of the named chain; exact substring of any chain (in
+    entity order); a match where ``X`` on either side is a wildcard. Raises
+    :class:`SequenceNotInTemplateError` otherwise.
+    """
+    chain_sequence = mmcif_object.chain_to_seqres.get(template_chain_id)
+    if chain_sequence and template_sequence in chain_sequence:
+        return chain_sequence, template_chain_id, chain_sequence.find(template_sequence)
+    for chain_id, chain_sequence in mmcif_object.chain_to_seqres.items():
+        if chain_sequence and template_sequence in chain_sequence:
+            return chain_sequence, chain_id, chain_sequence.find(template_sequence)
+    pattern = re.compile(''.join(
+        '.' if aa == 'X' else f'(?:{re.escape(aa)}|X)' for aa in template_sequence))
+    for chain_id, chain_sequence in mmcif_object.chain_to_seqres.items():
+        match = pattern.search(chain_sequence)
+        if match:
+            return chain_sequence, chain_id, match.start()
+    raise SequenceNotInTemplateError(
+        f'Could not find the template sequence in {mmcif_object.file_id}_{template_chain_id}. '
+        f'Template sequence: {template_sequence}, chain_to_seqres: '
+        f'{dict(mmcif_object.chain_to_seqres)}')
+
+
+def realign_template_to_chain(old_template_sequence: str, template_chain_id: str,
+                              mmcif_object: mmcif.MmcifObject, old_mapping: Mapping[int, int],
+                              kalign_binary: Optional[str] = None) -> Tuple[str, Dict[int, int]]:
+    """Realigns a hit sequence to the actual SEQRES of its chain and remaps the query.
+
+    Returns ``(chain SEQRES, query index -> SEQRES index)``; query residues whose hit residue
+    has no partner in the chain map to -1 (AlphaFold's behaviour). Raises
+    :class:`QueryToTemplateAlignError` when the chain is not found, the alignment fails, or
+    identity (identical aligned pairs / length of the shorter sequence) is below 90 %.
+    """
+    new_sequence = mmcif_object.chain_to_seqres.get(template_chain_id, '')
+    if not new_sequence:
+        if len(mmcif_object.chain_to_seqres) == 1:
+            new_sequence = next(iter(mmcif_object.chain_to_seqres.values()))
+        else:
+            raise QueryToTemplateAlignError(
+                f'Could not find chain {template_chain_id} in {mmcif_object.file_id}. If there '
+                'are no mmCIF parsing errors, it is possible it was not a protein chain.')
+    try:
+        if kalign_binary:
+            old_aligned, new_aligned = kalign_align(old_template_sequence, new_sequence,
+                                                    kalign_binary)
+        else:
+            old_aligned, new_aligned = global_align(old_template_sequence, new_sequence)
+    except Exception as e:  # pylint: disable=broad-except
+        raise QueryToTemplateAlignError(
+            f'Could not align old template {old_template_sequence} to template {new_sequence} '
+            f'({mmcif_object.file_id}_{template_chain_id}). Error: {e}') from e
+
+    old_to_new: Dict[int, int] = {}
+    old_index = new_index = -1
+    num_same = 0
+    for old_aa, new_aa in zip(old_aligned, new_aligned):
+        if old_aa != '-':
+            old_index += 1
+        if new_aa != '-':
+            new_index += 1
+        if old_aa != '-' and new_aa != '-':
+            old_to_new[old_index] = new_index
+            if old_aa == new_aa:
+                num_same += 1
+    if float(num_same) / min(len(old_template_sequence), len(new_sequence)) < 0.9:
+        raise QueryToTemplateAlignError(
+            f'Insufficient similarity of the sequence in the database: {old_template_sequence} '
+            f'to the actual sequence in the mmCIF file {mmcif_object.file_id}_'
+            f'{template_chain_id}: {new_sequence}. We require at least 90 % similarity wrt to '
+            'the shorter of the sequences.')
+    new_mapping = {q: old_to_new.get(t, -1) for q, t in old_mapping.items()}
+    return new_sequence.replace('-', ''), new_mapping
+
+
+def extract_template_features(mmcif_object: Optional[mmcif.MmcifObject], pdb_id: str,
+                              mapping: Mapping[int, int], template_sequence: str,
+                              query_sequence: str, template_chain_id: str,
+                              kalign_binary: Optional[str] = None
+                              ) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Features of one template aligned to the query, and a realignment warning (or None)."""
+    if mmcif_object is None or not mmcif_object.chain_to_seqres:
+        raise NoChainsError(f'No chains in PDB: {pdb_id}_{template_chain_id}')
+
+    warning = None
+    try:
+        seqres, chain_id, mapping_offset = find_template_in_mmcif(
+            template_chain_id, template_sequence, mmcif_object)
+    except SequenceNotInTemplateError:
+        chain_id = template_chain_id
+        warning = (f'The exact sequence {template_sequence} was not found in '
+                   f'{pdb_id}_{chain_id}. Realigning the template to the actual sequence.')
+        logger.warning(warning)
+        seqres, mapping = realign_template_to_chain(template_sequence, template_chain_id,
+                                                    mmcif_object, mapping, kalign_binary)
+        template_sequence = seqres
+        mapping_offset = 0
+
+    try:
+        positions, masks = mmcif_object.get_atom_positions(chain_id)
+        # AlphaFold rejects a chain whose consecutive observed CA atoms are > 150 A apart.
+        _check_ca_distances(positions, masks, max_ca_ca_distance=150.0)
+    except (KeyError, ValueError) as e:
+        raise NoAtomDataInTemplateError(
+            f'Could not get atom data ({pdb_id}_{chain_id}): {e}') from e
+
+    num_res = len(query_sequence)
+    out_positions = np.zeros((num_res, residue_constants.atom_type_num, 3), np.float32)
+    out_masks = np.zeros((num_res, residue_constants.atom_type_num), np.float32)
+    out_sequence = ['-'] * num_res
+    for query_index, template_index in mapping.items():
+        # template_index may be -1 after a realignment: Python indexing then takes the last
+        # residue, as AlphaFold does.
+        index = template_index + mapping_offset
+        out_positions[query_index] = positions[index]
+        out_masks[query_index] = masks[index]
+        out_sequence[query_index] = template_sequence[template_index]
+
+    if np.sum(out_masks) < 5:  # Alanine, the smallest residue, has 5 heavy atoms.
+        values = list(mapping.values())
+        span = (f'{min(values) + mapping_offset}-{max(values) + mapping_offset}'
+                if values else 'empty')
+        raise TemplateAtomMaskAllZerosError(
+            f'Template all atom mask was all zeros: {pdb_id}_{chain_id}. Residue range: {span}')
+
+    sequence = ''.join(out_sequence)
+    aatype = residue_constants.sequence_to_onehot(sequence, residue_constants.HHBLITS_AA_TO_ID)
+    return {
+        'template_all_atom_positions': out_positions,
+        'template_all_atom_masks': out_masks,
+        'template_sequence': sequence.encode(),
+        'template_aatype': aatype.astype(np.float32),
+        'template_domain_names': f'{pdb_id.lower()}_{chain_id}'.encode(),
+    }, warning
+
+
+def _check_ca_distances(positions: np.ndarray, masks: np.ndarray,
+                        max_ca_ca_distance: float) -> None:
+    ca = residue_constants.atom_order['CA']
+    prev = None
+    prev_present = False
+    for i in range(positions.shape[0]):
+        present = bool(masks[i, ca])
+        if present:
+            if prev_present:
+                distance = float(np.linalg.norm(positions[i, ca] - prev))
+                if distance > max_ca_ca_distance:
+                    raise ValueError(f'The distance between residues {i} and {i + 1} is '
+                                     f'{distance:f} > limit {max_ca_ca_distance:f}.')
+            prev = positions[i, ca]
+        prev_present = present
+
+
+# --------------------------------------------------------------------------------------------
+# The featurizer.
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TemplateSearchResult:
+    """Stacked features (``T`` templates), and messages about hits that gave none.
+
+    ``errors`` and ``warnings`` are AlphaFold's lists; ``skipped`` (ours) names the hits dropped
+    by the prefilter or the release-date check, with the reason.
+    """
+    features: Mapping[str, np.ndarray]
+    errors: Sequence[str]
+    warnings: Sequence[str]
+    skipped: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _HitResult:
+    features: Optional[Dict[str, Any]]
+    error: Optional[str] = None
+    warning: Optional[str] = None
+    skipped: Optional[str] = None
+
+
+class TemplateFeaturizer:
+    """Turns template hits into AlphaFold template features (``HhsearchHitFeaturizer``).
+
+    Args:
+      mmcif_dir: folder of ``<pdb_id>.cif`` files (lower-case ids).
+      max_template_date: ``YYYY-MM-DD`` (or a date); templates released later are dropped.
+      max_hits: at most this many templates are returned.
+      release_dates_path: optional ``pdb_id: YYYY-MM-DD`` table used to drop late hits before
+        parsing their mmCIF.
+      obsolete_pdbs_path: optional PDB ``obsolete.dat``; obsolete ids (not in the release
+        table) are replaced by their successors.
+      kalign_binary: kalign executable for realignments; ``None`` looks for ``kalign`` on
+        ``PATH`` and falls back to :func:`global_align`; ``''`` forces :func:`global_align`.
+      strict_error_check: AlphaFold's option: report date / PDB-id / duplicate prefilter
+        rejections, post-parse date rejections and missing-data problems as errors.
+    """
+
+    def __init__(self, mmcif_dir: Union[str, os.PathLike], max_template_date: _DateLike,
+                 max_hits: int = 20, release_dates_path: Optional[str] = None,
+                 obsolete_pdbs_path: Optional[str] = None,
+                 kalign_binary: Optional[str] = None, strict_error_check: bool = False):
+        self._mmcif_dir = os.fspath(mmcif_dir)
+        if not os.path.isdir(self._mmcif_dir) or not any(
+                name.endswith('.cif') for name in os.listdir(self._mmcif_dir)):
+            raise ValueError(f'Could not find CIFs in {self._mmcif_dir}')
+        self._max_template_date = _to_datetime(max_template_date, 'max_template_date')
+        if max_hits < 0:
+            raise ValueError(f'max_hits must be >= 0, got {max_hits}.')
+        self._max_hits = max_hits
+        if kalign_binary is None:
+            kalign_binary = shutil.which('kalign')
+        self._kalign_binary = kalign_binary or None
+        self._strict_error_check = strict_error_check
+        self._release_dates = parse_release_dates(release_dates_path) if release_dates_path else {}
+        self._obsolete_pdbs = parse_obsolete_pdbs(obsolete_pdbs_path) if obsolete_pdbs_path else {}
+
+    @property
+    def kalign_binary(self) -> Optional[str]:
+        """The kalign executable used for realignment, or None for :func:`global_align`."""
+        return self._kalign_binary
+
+    def get_templates(self, query_sequence: str, hits: Sequence[Any], *,
+                      query_pdb_code: Optional[str] = None,
+                      query_release_date: Optional[_DateLike] = None) -> TemplateSearchResult:
+        """Template features for ``query_sequence`` from ``hits``.
+
+        ``query_pdb_code`` drops hits from the query's own entry; ``query_release_date``
+        moves the cut-off to 60 days before it when that is earlier than max_template_date.
+        """
+        if not query_sequence:
+            raise ValueError('query_sequence is empty.')
+        cutoff = self._max_template_date
+        if query_release_date is not None:
+            query_date = _to_datetime(query_release_date, 'query_release_date')
+            cutoff = min(cutoff, query_date - datetime.timedelta(days=60))
+
+        collected: Dict[str, List[Any]] = {name: [] for name in TEMPLATE_FEATURES}
+        errors: List[str] = []
+        warnings_: List[str] = []
+        skipped: List[str] = []
+        num_hits = 0
+        if hits and all(h.sum_probs is not None for h in hits):
+            ordered = sorted(hits, key=lambda h: h.sum_probs, reverse=True)  # stable
+        else:  # hmmsearch hits carry no sum_probs: keep their order (AlphaFold does too).
+            ordered = list(hits)
+        for hit in ordered:
+            if num_hits >= self._max_hits:
+                break
+            result = self._process_hit(query_sequence, query_pdb_code, hit, cutoff)
+            if result.error:
+                errors.append(result.error)
+            if result.warning:
+                warnings_.append(result.warning)
+            if result.skipped:
+                skipped.append(result.skipped)
+            if result.features is not None:
+                num_hits += 1
+                for name in collected:
+                    collected[name].append(result.features[name])
+
+        if num_hits == 0:
+            features = empty_template_features(len(query_sequence))
+        else:
+            features = {}
+            for name, dtype in TEMPLATE_FEATURES.items():
+                if dtype is object:
+                    arr = np.empty((num_hits,), dtype=object)
+                    arr[:] = collected[name]
+                    features[name] = arr
+                else:
+                    features[name] = np.stack(collected[name], axis=0).astype(dtype)
+        return TemplateSearchResult(features=features, errors=errors, warnings=warnings_,
+                                    skipped=skipped)
+
+    def _process_hit(self, query_sequence: str, query_pdb_code: Optional[str], hit: Any,
+                     cutoff: datetime.datetime) -> _HitResult:
+        strict = self._strict_error_check
+        try:
+            pdb_code, chain_id = get_pdb_id_and_chain(hit.name)
+        except ValueError as e:  # AlphaFold raises here; we report and go on.
+            return _HitResult(None, error=f'hit {getattr(hit, "index", "?")}: {e}')
+        if pdb_code not in self._release_dates and pdb_code in self._obsolete_pdbs:
+            pdb_code = self._obsolete_pdbs[pdb_code]
+        label = f'{pdb_code}_{chain_id}'
+        sum_probs = 0.0 if hit.sum_probs is None else float(hit.sum_probs)
+        context = f'{label} (sum_probs: {sum_probs:.2f}, rank: {hit.index})'
+
+        try:
+            assess_hit(hit, pdb_code, query_sequence, query_pdb_code, self._release_dates, cutoff)
+        except PrefilterError as e:
+            msg = f'hit {label} did not pass prefilter: {e}'
+            logger.info(msg)
+            if strict and isinstance(e, (DateError, PdbIdError, DuplicateError)):
+                return _HitResult(None, error=msg, skipped=msg)
+            return _HitResult(None, skipped=msg)
+
+        mapping = build_query_to_hit_index_mapping(hit.query, hit.hit_sequence, hit.indices_hit,
+                                                   hit.indices_query, query_sequence)
+        template_sequence = hit.hit_sequence.replace('-', '')
+
+        cif_path = os.path.join(self._mmcif_dir, pdb_code + '.cif')
+        if not os.path.exists(cif_path):
+            # AlphaFold crashes here (open() fails); we report the hit and go on.
+            return _HitResult(None, error=f'{context}: mmCIF file not found: {cif_path}')
+        parse_error = None
+        try:
+            mmcif_object = mmcif.parse_mmcif_file(cif_path, file_id=pdb_code)
+        except mmcif.MmcifParseError as e:
+            mmcif_object, parse_error = None, str(e)
+
+        if mmcif_object is not None:
+            if mmcif_object.release_date is None:
+                return _HitResult(None, error=f'{context}: mmCIF {cif_path} has no release date '
+                                  '(_pdbx_audit_revision_history); cannot apply the date cut-off.')
+            hit_date = datetime.datetime.strptime(mmcif_object.release_date, '%Y-%m-%d')
+            if hit_date > cutoff:
+                msg = f'Template {pdb_code} date ({hit_date}) > max template date ({cutoff}).'
+                logger.info(msg)
+                return _HitResult(None, error=msg if strict else None, skipped=msg)
+
+        try:
+            features, realign_warning = extract_template_features(
+                mmcif_object=mmcif_object, pdb_id=pdb_code, mapping=mapping,
+                template_sequence=template_sequence, query_sequence=query_sequence,
+                template_chain_id=chain_id, kalign_binary=self._kalign_binary)
+            features['template_sum_probs'] = np.array([sum_probs], np.float32)
+            return _HitResult(features, warning=realign_warning)
+        except (NoChainsError, NoAtomDataInTemplateError, TemplateAtomMaskAllZerosError) as e:
+            msg = (f'{context}: feature extracting errors: {e}, mmCIF parsing errors: '
+                   f'{parse_error}')
+            if strict:
+                return _HitResult(None, error=msg)
+            return _HitResult(None, warning=msg)
+        except TemplateError as e:
+            return _HitResult(None, error=(f'{context}: feature extracting errors: {e}, mmCIF '
+                                           f'parsing errors: {parse_error}'))
