@@ -8,8 +8,10 @@ import pytest
 # The suite runs on small CPU shapes where XLA's compile time dominates; the backend's optimisation passes
 # roughly halve it and cost nothing that the tests measure (tolerances are set by the references, not by
 # speed). Set before jax is imported by any test module.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# Eight virtual CPU devices let the DAP tests run shard_map code; single-device code still uses device 0.
+for flag in ("--xla_backend_optimization_level=0", "--xla_force_host_platform_device_count=8"):
+    if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
 @pytest.fixture(scope="session")

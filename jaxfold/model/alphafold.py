@@ -22,6 +22,7 @@ from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
 from jaxfold.model.heads import (
     DistogramHead, ExperimentallyResolvedHead, MaskedMsaHead, PredictedAlignedErrorHead, PredictedLDDTHead)
 from jaxfold.model.structure_module import StructureModule
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 # Head name in the config -> (module class, Haiku scope name). Heads that read the structure module's
 # activations (pLDDT) or pair-level confidences run after the structure module.
@@ -46,12 +47,13 @@ class AlphaFoldIteration(nn.Module):
 
     config: object  # cfg.model
     is_training: bool = False
+    dap: Dap = NO_DAP  # DAP over the trunk's stacks (inside shard_map); the rest runs replicated
 
     @nn.compact
     def __call__(self, batch: dict) -> dict:
         c = self.config
         gc = c.global_config
-        representations = EmbeddingsAndEvoformer(c.embeddings_and_evoformer, gc, self.is_training,
+        representations = EmbeddingsAndEvoformer(c.embeddings_and_evoformer, gc, self.is_training, self.dap,
                                                  name="evoformer")(batch)
         structure = StructureModule(c.heads.structure_module, gc, self.is_training,
                                     name="structure_module")(representations, batch)
@@ -77,13 +79,14 @@ class AlphaFold(nn.Module):
 
     config: object  # cfg.model
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, batch: dict) -> dict:
         c = self.config
         emb = c.embeddings_and_evoformer
         num_res = batch["aatype"].shape[1]
-        iteration = AlphaFoldIteration(c, self.is_training, name="alphafold_iteration")
+        iteration = AlphaFoldIteration(c, self.is_training, self.dap, name="alphafold_iteration")
         features = {k: v for k, v in batch.items() if k != "num_iter_recycling"}
 
         def iteration_batch(idx):

@@ -9,6 +9,10 @@ Activations between the embedders and the end of the Evoformer stack are in `glo
 (float32 or bfloat16); embeddings and outputs are float32. Module-boundary activations are sown into the
 `intermediates` collection (`template_embedding_output`, `extra_msa_stack_input/output`,
 `evoformer_stack_input/output`) for tests and debugging.
+
+Under DAP (inside `shard_map` with `dap.enabled`) the embeddings are computed on every device, the stacks
+run on slices (MSA rows, pair rows) padded to a multiple of the DAP size, and their outputs are gathered
+back, so everything outside the stacks sees whole, replicated tensors.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.evoformer import apply_stack, evoformer_stack
 from jaxfold.model.primitives import Linear
 from jaxfold.model.template import TemplateEmbedding
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 
 class EmbeddingsAndEvoformer(nn.Module):
     config: object  # model.embeddings_and_evoformer
     global_config: object
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, batch: dict) -> dict:
@@ -41,7 +47,7 @@ class EmbeddingsAndEvoformer(nn.Module):
 
         if c.template.enabled:
             template_batch = {k: batch[k] for k in batch if k.startswith("template_")}
-            template_update = TemplateEmbedding(c.template, gc, self.is_training, name="template_embedding")(
+            template_update = TemplateEmbedding(c.template, gc, self.is_training, self.dap, name="template_embedding")(
                 pair, template_batch, mask_2d.astype(dtype))
             self.sow("intermediates", "template_embedding_output", template_update)
             pair = pair + template_update
@@ -50,8 +56,8 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
         if c.extra_msa_stack_num_block:
             extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,
-                                          is_training=self.is_training, name="extra_msa_stack")
-            (extra_msa, pair), _ = extra_stack((extra_msa, pair), batch["extra_msa_mask"].astype(dtype),
+                                          is_training=self.is_training, name="extra_msa_stack", dap=self.dap)
+            extra_msa, pair = apply_stack(extra_stack, self.dap, extra_msa, pair, batch["extra_msa_mask"].astype(dtype),
                                                mask_2d.astype(dtype))
         self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
 
@@ -64,10 +70,11 @@ class EmbeddingsAndEvoformer(nn.Module):
         msa = msa.astype(dtype)
         self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
         stack = evoformer_stack(c.evoformer, gc, c.evoformer_num_block, is_extra_msa=False,
-                                is_training=self.is_training, name="evoformer_iteration")
-        (msa, pair), _ = stack((msa, pair), msa_mask.astype(dtype), mask_2d.astype(dtype))
+                                is_training=self.is_training, name="evoformer_iteration", dap=self.dap)
+        msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype))
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
 
         msa, pair = msa.astype(jnp.float32), pair.astype(jnp.float32)
         single = Linear(c.seq_channel, name="single_activations")(msa[0])
         return {"single": single, "pair": pair, "msa": msa[:num_sequences], "msa_first_row": msa[0]}
+

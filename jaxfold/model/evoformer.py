@@ -13,20 +13,25 @@ exactly like the official files (`evoformer_iteration/...` `[48, ...]`), and wra
 
 from __future__ import annotations
 
-import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.msa_attention import (
     MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias)
 from jaxfold.model.outer_product_mean import OuterProductMean
-from jaxfold.model.primitives import dropout
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
+from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask
 
 
-def residual_update(module: nn.Module, parent: nn.Module, act, update, is_training: bool):
-    """`act + dropout(update)` with the sub-module's dropout rate and shared-dropout orientation."""
+def residual_update(module: nn.Module, parent: nn.Module, act, update, is_training: bool,
+                    dap: Dap = NO_DAP, split_axis: int | None = None):
+    """`act + dropout(update)` with the sub-module's dropout rate and shared-dropout orientation.
+
+    Under DAP, `split_axis` is the axis of `update` that is sliced over devices; the dropout mask is drawn
+    at the global shape and sliced, so sharded and unsharded training drop the same entries.
+    """
     config, gc = module.config, parent.global_config
     rate = 0.0 if gc.deterministic or not is_training else float(config.dropout_rate)
     if rate == 0.0:
@@ -34,7 +39,9 @@ def residual_update(module: nn.Module, parent: nn.Module, act, update, is_traini
     broadcast_dim = None
     if config.shared_dropout:
         broadcast_dim = 0 if config.orientation == "per_row" else 1
-    return act + dropout(update, rate, parent.make_rng("dropout"), broadcast_dim)
+    keep_rate = 1.0 - rate
+    keep = local_dropout_mask(dap, parent.make_rng("dropout"), keep_rate, update.shape, split_axis, broadcast_dim)
+    return act + keep.astype(update.dtype) * update / jnp.asarray(keep_rate, update.dtype)
 
 
 class EvoformerIteration(nn.Module):
@@ -42,42 +49,65 @@ class EvoformerIteration(nn.Module):
 
     msa `[N_seq, N_res, c_m]`, pair `[N_res, N_res, c_z]`, msa_mask `[N_seq, N_res]`,
     pair_mask `[N_res, N_res]`.
+
+    Under DAP (`dap.enabled`, inside `shard_map`): msa arrives and leaves split along sequences
+    `[N_seq/d, N_res, c_m]`, pair along rows `[N_res/d, N_res, c_z]`; the masks are whole (replicated).
+    The block switches layouts as DESIGN.md's plan says: the MSA goes to residue slices for column
+    attention, transition and outer product mean and back (2 all-to-alls); the pair goes to column slices
+    for the incoming triangle update and the ending-node attention and back (4 all-to-alls).
     """
 
     config: object  # the `evoformer` section of the model config
     global_config: object
     is_extra_msa: bool = False
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, activations, msa_mask, pair_mask):
-        c, gc, train = self.config, self.global_config, self.is_training
+        c, gc, train, dap = self.config, self.global_config, self.is_training, self.dap
         msa, pair = activations
+        rows, cols = 0, 1
+        msa_mask_rows, msa_mask_cols = dap.scatter(msa_mask, rows), dap.scatter(msa_mask, cols)
+        pair_mask_rows, pair_mask_cols = dap.scatter(pair_mask, rows), dap.scatter(pair_mask, cols)
 
-        def add(module, act, *args):
-            return residual_update(module, self, act, module(*args), train)
+        def add(module, act, split_axis, *args):
+            return residual_update(module, self, act, module(*args), train, dap, split_axis)
 
-        row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc,
+        row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, dap,
                                           name="msa_row_attention_with_pair_bias")
-        msa = add(row, msa, msa, msa_mask, pair)
+        msa = add(row, msa, rows, msa, msa_mask_rows, pair)
+        msa = dap.row_to_col(msa)
         if self.is_extra_msa:
             column = MSAColumnGlobalAttention(c.msa_column_attention, gc, name="msa_column_global_attention")
         else:
             column = MSAColumnAttention(c.msa_column_attention, gc, name="msa_column_attention")
-        msa = add(column, msa, msa, msa_mask)
+        msa = add(column, msa, cols, msa, msa_mask_cols)
         msa_transition = Transition(c.msa_transition, gc, name="msa_transition")
-        msa = add(msa_transition, msa, msa, msa_mask)
-        opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1],
+        msa = add(msa_transition, msa, cols, msa, msa_mask_cols)
+        opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], dap=dap,
                                name="outer_product_mean")
-        pair = add(opm, pair, msa, msa_mask)
-        for name in ("triangle_multiplication_outgoing", "triangle_multiplication_incoming"):
-            module = TriangleMultiplication(c[name], gc, name=name)
-            pair = add(module, pair, pair, pair_mask)
-        for name in ("triangle_attention_starting_node", "triangle_attention_ending_node"):
-            module = TriangleAttention(c[name], gc, name=name)
-            pair = add(module, pair, pair, pair_mask)
+        pair = add(opm, pair, rows, msa, msa_mask_cols, msa_mask)
+        # Independent of the pair updates below, so XLA can overlap this all-to-all with them.
+        msa = dap.col_to_row(msa)
+
+        outgoing = TriangleMultiplication(c.triangle_multiplication_outgoing, gc, dap,
+                                          name="triangle_multiplication_outgoing")
+        pair = add(outgoing, pair, rows, pair, pair_mask_rows)
+        pair = dap.row_to_col(pair)
+        incoming = TriangleMultiplication(c.triangle_multiplication_incoming, gc, dap,
+                                          name="triangle_multiplication_incoming")
+        pair = add(incoming, pair, cols, pair, pair_mask_cols)
+        pair = dap.col_to_row(pair)
+        starting = TriangleAttention(c.triangle_attention_starting_node, gc, dap,
+                                     name="triangle_attention_starting_node")
+        pair = add(starting, pair, rows, pair, pair_mask_rows)
+        pair = dap.row_to_col(pair)
+        ending = TriangleAttention(c.triangle_attention_ending_node, gc, dap, name="triangle_attention_ending_node")
+        pair = add(ending, pair, cols, pair, pair_mask_cols)
         pair_transition = Transition(c.pair_transition, gc, name="pair_transition")
-        pair = add(pair_transition, pair, pair, pair_mask)
+        pair = add(pair_transition, pair, cols, pair, pair_mask_cols)
+        pair = dap.col_to_row(pair)
         return (msa, pair), None
 
 
@@ -93,10 +123,27 @@ def scanned_stack(block_cls, num_block: int, use_remat: bool):
 
 
 def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, is_training: bool,
-                    name: str):
+                    name: str, dap: Dap = NO_DAP):
     """The scanned Evoformer (or extra-MSA) stack as a Flax module named `name`.
 
     Usage: `(msa, pair), _ = evoformer_stack(...)((msa, pair), msa_mask, pair_mask)`.
     """
     stack = scanned_stack(EvoformerIteration, num_block, bool(global_config.use_remat))
-    return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, name=name)
+    return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)
+
+
+def apply_stack(stack: nn.Module, dap: Dap, msa, pair, msa_mask, pair_mask):
+    """Run a scanned Evoformer/extra-MSA stack; under DAP pad to the DAP size, slice rows, run, gather, unpad.
+
+    msa `[N_seq, N_res, c]`, pair `[N_res, N_res, c_z]` and both masks whole (replicated); returns whole,
+    replicated outputs. Padded rows/columns carry zero masks, so valid outputs are unchanged (masked keys
+    get exactly zero attention weight, masked residues contribute nothing to the triangle and outer products).
+    """
+    num_seq, num_res = msa.shape[:2]
+    msa_mask = dap.pad_to_multiple(msa_mask, (0, 1))
+    pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
+    msa = dap.scatter(dap.pad_to_multiple(msa, (0, 1)), 0)
+    pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
+    (msa, pair), _ = stack((msa, pair), msa_mask, pair_mask)
+    return (dap.gather_replicated(msa, 0)[:num_seq, :num_res],
+            dap.gather_replicated(pair, 0)[:num_res, :num_res])

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxfold.model.attention import Attention, GlobalAttention, mask_to_bias
 from jaxfold.model.primitives import LayerNorm
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 
 def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: str) -> jax.Array:
@@ -39,10 +40,13 @@ class MSARowAttentionWithPairBias(nn.Module):
     """Row-wise gated self-attention on the MSA, biased by the pair representation.
 
     msa_act `[N_seq, N_res, c_m]`, msa_mask `[N_seq, N_res]`, pair_act `[N_res, N_res, c_z]`.
+    Under DAP the MSA rows (sequences) and pair rows are local slices; the projected pair bias
+    `[H, N_res, N_res]` is all-gathered (the only communication).
     """
 
     config: object
     global_config: object
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, msa_act, msa_mask, pair_act):
@@ -50,7 +54,7 @@ class MSARowAttentionWithPairBias(nn.Module):
         bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
         msa_act = LayerNorm(kernels, name="query_norm")(msa_act)
         pair_act = LayerNorm(kernels, name="feat_2d_norm")(pair_act)
-        nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, kernels)
+        nonbatched_bias = self.dap.gather(pair_bias(self, pair_act, self.config.num_head, kernels), axis=1)
         attn = attention_for(self.config, self.global_config, msa_act.shape[-1])
         return attn(msa_act, msa_act, bias, nonbatched_bias)
 

@@ -22,28 +22,38 @@ from jaxfold.model.primitives import LayerNorm, Linear
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 
 class TemplatePairBlock(nn.Module):
     """One template pair stack block: triangle attentions first, then multiplications, then transition.
 
-    Scan body: `pair, None = block(pair, pair_mask)`; pair `[N_res, N_res, c_t]`.
+    Scan body: `pair, None = block(pair, pair_mask)`; pair `[N_res, N_res, c_t]`, pair_mask whole.
+    Under DAP the pair enters and leaves split along rows; row-wise updates (starting node, outgoing) run
+    on row slices, column-wise ones (ending node, incoming, and the transition) on column slices.
     """
 
     config: object  # template.template_pair_stack
     global_config: object
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, pair, pair_mask):
-        c, gc = self.config, self.global_config
-        for name, cls in (("triangle_attention_starting_node", TriangleAttention),
-                          ("triangle_attention_ending_node", TriangleAttention),
-                          ("triangle_multiplication_outgoing", TriangleMultiplication),
-                          ("triangle_multiplication_incoming", TriangleMultiplication),
-                          ("pair_transition", Transition)):
-            module = cls(c[name], gc, name=name)
-            pair = residual_update(module, self, pair, module(pair, pair_mask), self.is_training)
+        c, gc, dap = self.config, self.global_config, self.dap
+        masks = {0: dap.scatter(pair_mask, 0), 1: dap.scatter(pair_mask, 1)}
+        layout = 0  # the split axis of `pair`
+        for name, cls, split in (("triangle_attention_starting_node", TriangleAttention, 0),
+                                 ("triangle_attention_ending_node", TriangleAttention, 1),
+                                 ("triangle_multiplication_outgoing", TriangleMultiplication, 0),
+                                 ("triangle_multiplication_incoming", TriangleMultiplication, 1),
+                                 ("pair_transition", Transition, 1)):
+            if split != layout:
+                pair = dap.row_to_col(pair) if split == 1 else dap.col_to_row(pair)
+                layout = split
+            module = cls(c[name], gc, name=name) if cls is Transition else cls(c[name], gc, dap, name=name)
+            pair = residual_update(module, self, pair, module(pair, masks[split]), self.is_training, dap, split)
+        pair = dap.col_to_row(pair) if layout == 1 else pair
         return pair, None
 
 
@@ -53,15 +63,22 @@ class TemplatePairStack(nn.Module):
     config: object
     global_config: object
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, pair, pair_mask):
+        """pair `[N_res, N_res, c_t]` and pair_mask whole (replicated); under DAP the stack runs on row
+        slices of the pair padded to a multiple of the DAP size and the result is gathered back."""
         if not self.config.num_block:
             return pair
+        dap = self.dap
+        num_res = pair.shape[0]
+        pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
+        pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
         stack = scanned_stack(TemplatePairBlock, self.config.num_block, bool(self.global_config.use_remat))
-        pair, _ = stack(self.config, self.global_config, self.is_training, name="__layer_stack_no_state")(
+        pair, _ = stack(self.config, self.global_config, self.is_training, dap, name="__layer_stack_no_state")(
             pair, pair_mask)
-        return pair
+        return dap.gather_replicated(pair, 0)[:num_res, :num_res]
 
 
 def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.Array) -> list[jax.Array]:
@@ -120,6 +137,7 @@ class SingleTemplateEmbedding(nn.Module):
     config: object  # embeddings_and_evoformer.template
     global_config: object
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, carry, template, mask_2d):
@@ -128,7 +146,7 @@ class SingleTemplateEmbedding(nn.Module):
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
         act, _ = template_pair_features(template, c.dgram_features, bool(c.use_template_unit_vector), dtype)
         act = Linear(num_channels, initializer="relu", name="embedding2d")(act)
-        act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training,
+        act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training, self.dap,
                                 name="template_pair_stack")(act, mask_2d)
         act = LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
         return carry, act
@@ -144,6 +162,7 @@ class TemplateEmbedding(nn.Module):
     config: object
     global_config: object
     is_training: bool = False
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, query_embedding, template_batch, mask_2d):
@@ -156,7 +175,7 @@ class TemplateEmbedding(nn.Module):
         embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
                             split_rngs={"params": False, "dropout": True},
                             in_axes=(0, nn.broadcast), out_axes=0, length=num_templates)
-        _, templates = embed_all(c, gc, self.is_training, name="single_template_embedding")(
+        _, templates = embed_all(c, gc, self.is_training, self.dap, name="single_template_embedding")(
             jnp.zeros((), dtype), per_template, mask_2d.astype(dtype))
         num_channels = templates.shape[-1]
         flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)

@@ -2,6 +2,8 @@
 
 pair_act `[N_res, N_res, c_z]`, pair_mask `[N_res, N_res]` -> residual update `[N_res, N_res, c_z]`.
 `orientation` 'per_row' attends along rows (starting node); 'per_column' transposes first (ending node).
+Under DAP the pair arrives split along the attention's batch axis (rows for the starting node, columns for
+the ending node); the projected bias `[H, N_res, N_res]` is all-gathered.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import flax.linen as nn
 from jaxfold.model.attention import mask_to_bias
 from jaxfold.model.msa_attention import attention_for, pair_bias
 from jaxfold.model.primitives import LayerNorm
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 
 class TriangleAttention(nn.Module):
     config: object
     global_config: object
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, pair_act, pair_mask):
@@ -27,6 +31,7 @@ class TriangleAttention(nn.Module):
         bias = mask_to_bias(pair_mask)[:, None, None, :].astype(jnp.float32)
         pair_act = LayerNorm(self.global_config.kernels, name="query_norm")(pair_act)
         nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, self.global_config.kernels)
+        nonbatched_bias = self.dap.gather(nonbatched_bias, axis=1)
         attn = attention_for(self.config, self.global_config, pair_act.shape[-1])
         out = attn(pair_act, pair_act, bias, nonbatched_bias)
         return jnp.swapaxes(out, -2, -3) if per_column else out

@@ -11,11 +11,17 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.primitives import LayerNorm, Linear, final_init
+from jaxfold.parallel.dap import NO_DAP, Dap
+
+# Under DAP the outgoing update runs on row slices and the incoming one on column slices; the operand indexed
+# by the output's split axis must be whole, so it is all-gathered along that axis.
+GATHER_AXIS = {"ikc,jkc->ijc": 0, "kjc,kic->ijc": 1}
 
 
 class TriangleMultiplication(nn.Module):
     config: object
     global_config: object
+    dap: Dap = NO_DAP
 
     @nn.compact
     def __call__(self, act, mask):
@@ -28,6 +34,10 @@ class TriangleMultiplication(nn.Module):
         right = mask * Linear(c, name="right_projection")(act)
         left = left * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="left_gate")(act))
         right = right * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
+        if self.dap.enabled:
+            if self.config.equation not in GATHER_AXIS:
+                raise ValueError(f"DAP supports the equations {sorted(GATHER_AXIS)}, not {self.config.equation!r}")
+            right = self.dap.gather(right, axis=GATHER_AXIS[self.config.equation])
         act = jnp.einsum(self.config.equation, left, right)
         act = LayerNorm(gc.kernels, name="center_layer_norm")(act)
         channels = input_act.shape[-1]
