@@ -439,9 +439,8 @@ def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], conf
     import jax.numpy as jnp  # noqa: PLC0415
 
     from jaxfold.data.feature_processing import process_features  # noqa: PLC0415
-    from jaxfold.model import flatten_outputs  # noqa: PLC0415
+    from jaxfold.model import flat_outputs_with_confidence  # noqa: PLC0415
     from jaxfold.model.alphafold import recycling_outputs  # noqa: PLC0415
-    from jaxfold.model.confidence import get_confidence_metrics  # noqa: PLC0415
 
     progress = progress or _NoProgress()
     timings = {} if timings is None else timings
@@ -506,12 +505,7 @@ def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], conf
     outputs = jax.tree_util.tree_map(np.asarray, ret)
     timings['predict'] = time.perf_counter() - start_all
 
-    flat = flatten_outputs(outputs)
-    heads = {'predicted_lddt': outputs['predicted_lddt']}
-    if 'predicted_aligned_error' in outputs:
-        heads['predicted_aligned_error'] = outputs['predicted_aligned_error']
-    for key, value in get_confidence_metrics(heads).items():
-        flat[f'confidence/{key}'] = np.asarray(value)
+    flat = flat_outputs_with_confidence(outputs)
     flat['features/aatype'] = batch_all['aatype'][0]
     flat['features/residue_index'] = batch_all['residue_index'][0]
     flat['features/seq_mask'] = batch_all['seq_mask'][0]

@@ -21,7 +21,8 @@ from jaxfold.model.confidence import get_confidence_metrics
 from jaxfold.parallel.mesh import dap_for_mesh
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "flatten_outputs", "compiled_model"]
+__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "flatten_outputs", "flat_outputs_with_confidence",
+           "compiled_model"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -80,7 +81,11 @@ def run_alphafold(config, params: Mapping, features: Mapping, mesh=None) -> dict
     """
     batch = {k: jnp.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
     outputs = compiled_model(config, mesh)(params, batch)
-    outputs = jax.tree_util.tree_map(np.asarray, outputs)
+    return flat_outputs_with_confidence(jax.tree_util.tree_map(np.asarray, outputs))
+
+
+def flat_outputs_with_confidence(outputs: Mapping) -> dict[str, np.ndarray]:
+    """Nested numpy model outputs -> flat keys plus AlphaFold's `confidence/*` metrics (computed on host)."""
     flat = flatten_outputs(outputs)
     heads = {"predicted_lddt": outputs["predicted_lddt"]}
     if "predicted_aligned_error" in outputs:

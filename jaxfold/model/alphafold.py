@@ -19,20 +19,10 @@ import flax.linen as nn
 
 from jaxfold.common import residue_constants
 from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
-from jaxfold.model.heads import (
-    DistogramHead, ExperimentallyResolvedHead, MaskedMsaHead, PredictedAlignedErrorHead, PredictedLDDTHead)
+from jaxfold.model.heads import HEADS
 from jaxfold.model.structure_module import StructureModule
 from jaxfold.parallel.dap import NO_DAP, Dap
 
-# Head name in the config -> (module class, Haiku scope name). Heads that read the structure module's
-# activations (pLDDT) or pair-level confidences run after the structure module.
-HEADS = {
-    "distogram": (DistogramHead, "distogram_head"),
-    "experimentally_resolved": (ExperimentallyResolvedHead, "experimentally_resolved_head"),
-    "masked_msa": (MaskedMsaHead, "masked_msa_head"),
-    "predicted_aligned_error": (PredictedAlignedErrorHead, "predicted_aligned_error_head"),
-    "predicted_lddt": (PredictedLDDTHead, "predicted_lddt_head"),
-}
 RECYCLED = ("prev_pos", "prev_msa_first_row", "prev_pair")
 
 
@@ -59,6 +49,7 @@ class AlphaFoldIteration(nn.Module):
                                     name="structure_module")(representations, batch)
         representations = dict(representations, structure_module=structure.pop("act"))
         ret = {"representations": representations, "structure_module": structure}
+        # After the structure module: the pLDDT head reads its final activations.
         for head_name, (cls, scope) in HEADS.items():
             if c.heads[head_name].weight:
                 ret[head_name] = cls(c.heads[head_name], gc, name=scope)(representations, batch,

@@ -45,6 +45,21 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
     return jnp.einsum("bhqk,bkhc->bqhc", weights, v)
 
 
+def gating_and_output_params(module: nn.Module, c_q: int, num_head: int, value_dim: int, output_dim: int,
+                             gating: bool, zero_init: bool):
+    """The gate (`gating_w [c_q, H, c_v]` zeros, `gating_b [H, c_v]` ones: gates start open at sigmoid(1))
+    and output projection (`output_w [H, c_v, c_out]`, zero-initialised under `zero_init`) of both
+    attention variants. Gating params are None when `gating` is off."""
+    gating_w = gating_b = None
+    if gating:
+        gating_w = module.param("gating_w", nn.initializers.zeros, (c_q, num_head, value_dim))
+        gating_b = module.param("gating_b", nn.initializers.ones, (num_head, value_dim))
+    out_init = nn.initializers.zeros if zero_init else glorot_uniform
+    output_w = module.param("output_w", out_init, (num_head, value_dim, output_dim))
+    output_b = module.param("output_b", nn.initializers.zeros, (output_dim,))
+    return gating_w, gating_b, output_w, output_b
+
+
 class Attention(nn.Module):
     """Multi-head attention from `q_data` to `m_data` with optional sigmoid gating.
 
@@ -72,12 +87,8 @@ class Attention(nn.Module):
         query_w = self.param("query_w", glorot_uniform, (c_q, h, key_dim))
         key_w = self.param("key_w", glorot_uniform, (c_m, h, key_dim))
         value_w = self.param("value_w", glorot_uniform, (c_m, h, value_dim))
-        if self.gating:
-            gating_w = self.param("gating_w", nn.initializers.zeros, (c_q, h, value_dim))
-            gating_b = self.param("gating_b", nn.initializers.ones, (h, value_dim))
-        out_init = nn.initializers.zeros if self.zero_init else glorot_uniform
-        output_w = self.param("output_w", out_init, (h, value_dim, self.output_dim))
-        output_b = self.param("output_b", nn.initializers.zeros, (self.output_dim,))
+        gating_w, gating_b, output_w, output_b = gating_and_output_params(
+            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init)
         dtype = q_data.dtype
 
         def rows(q_data, m_data, bias):
@@ -123,12 +134,8 @@ class GlobalAttention(nn.Module):
         query_w = self.param("query_w", glorot_uniform, (c_q, h, key_dim))
         key_w = self.param("key_w", nn.initializers.glorot_uniform(), (c_m, key_dim))
         value_w = self.param("value_w", nn.initializers.glorot_uniform(), (c_m, value_dim))
-        if self.gating:
-            gating_w = self.param("gating_w", nn.initializers.zeros, (c_q, h, value_dim))
-            gating_b = self.param("gating_b", nn.initializers.ones, (h, value_dim))
-        out_init = nn.initializers.zeros if self.zero_init else glorot_uniform
-        output_w = self.param("output_w", out_init, (h, value_dim, self.output_dim))
-        output_b = self.param("output_b", nn.initializers.zeros, (self.output_dim,))
+        gating_w, gating_b, output_w, output_b = gating_and_output_params(
+            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init)
         dtype = q_data.dtype
 
         def rows(q_data, m_data, q_mask):
