@@ -1,0 +1,532 @@
+"""Training dataset: mmCIF chains + precomputed alignments -> AlphaFold training samples.
+
+:class:`TrainingDataset` enumerates ``<pdb_id>_<chain>`` entries that have both an mmCIF
+file (``<mmcif_dir>/<pdb_id>.cif``) and an alignment folder (``<alignment_dir>/<pdb_id>_<chain>/``,
+OpenProteinSet layout), filters them as AlphaFold's training does (resolution, length,
+single-residue dominance) and turns one of them into a fixed-size training sample:
+
+1. raw features (AlphaFold ``DataPipeline.process``): sequence features from the mmCIF
+   SEQRES, MSA features from the precomputed alignments, template features (optional);
+2. ground truth: atom37 positions / mask of the chain, aligned to SEQRES, and resolution
+   (plus :func:`jaxfold.data.ground_truth.make_ground_truth` when that module exists);
+3. AlphaFold's TRAINING-time processing (``alphafold/model/tf/input_pipeline.py`` with
+   ``is_training``): non-ensembled transforms over the full chain; per recycling iteration
+   an independent MSA sample (cluster sampling, BERT masking, nearest-neighbour cluster
+   profiles, extra MSA) from :mod:`jaxfold.data.feature_processing`; then a contiguous
+   random crop to ``crop_size`` (the same crop for every slice, the templates and the
+   ground truth) and zero padding to ``crop_size`` so every sample has the same shapes;
+   ``num_iter_recycling`` drawn uniformly from ``[0, num_recycle]``.
+
+Everything is a pure function of ``(index, seed)`` and uses NumPy only (no JAX), so
+samples can be produced in worker processes (:mod:`jaxfold.data.loader`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from jaxfold.common import residue_constants as rc
+from jaxfold.data import feature_processing as fp
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "DatasetError",
+    "TrainingDataset",
+    "TrainSettings",
+    "crop_and_pad",
+]
+
+# AlphaFold2 training values (paper, suppl. 1.11 / Table 4, initial training; OpenFold's
+# `config.data.train`). jaxfold's config has no `data.train` section yet: these are used
+# unless `config["data"]["train"]` or constructor keywords override them.
+TRAIN_DEFAULTS: Dict[str, Any] = {
+    "crop_size": 256,
+    "max_msa_clusters": 128,
+    "max_extra_msa": 1024,
+    "max_templates": 4,
+    "subsample_templates": True,
+    "masked_msa_replace_fraction": 0.15,
+    "max_template_hits": 20,
+    "uniform_recycling": True,
+    "max_resolution": 9.0,
+    "max_single_residue_fraction": 0.8,
+}
+
+
+class DatasetError(ValueError):
+    """Unusable dataset set-up or sample; the message names the entry / files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    crop_size: int
+    max_msa_clusters: int
+    max_extra_msa: int
+    max_templates: int
+    subsample_templates: bool
+    masked_msa_replace_fraction: float
+    num_recycle: int
+    uniform_recycling: bool
+    use_templates: bool
+    max_template_hits: int
+
+
+def _plain(obj: Any) -> Any:
+    """Config (immutable Mapping) -> plain nested dicts (picklable, editable)."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------
+# NumPy atom14 masks (feature_processing's helper imports JAX).
+# ---------------------------------------------------------------------------------------
+def _np_atom14_masks(aatype: np.ndarray) -> Dict[str, np.ndarray]:
+    aatype = np.clip(np.asarray(aatype, np.int64), 0, 20)
+    return {
+        "atom14_atom_exists": np.asarray(rc.restype_atom14_mask, np.float32)[aatype],
+        "residx_atom14_to_atom37": np.asarray(rc.restype_atom14_to_atom37, np.int32)[aatype],
+        "residx_atom37_to_atom14": np.asarray(rc.restype_atom37_to_atom14, np.int32)[aatype],
+        "atom37_atom_exists": np.asarray(rc.STANDARD_ATOM_MASK, np.float32)[aatype],
+    }
+
+
+_SWAP_LOCK = threading.Lock()
+
+
+def _nonensembled_numpy(raw: Mapping[str, Any], config: Mapping[str, Any],
+                        seed: np.random.SeedSequence) -> Dict[str, np.ndarray]:
+    """feature_processing.nonensembled_features without touching JAX.
+
+    Its last step (`_atom14_masks`) goes through jaxfold.common.all_atom (jnp), which
+    would initialise an accelerator backend in every worker process; the identical
+    NumPy table lookup is substituted for the duration of the call.
+    """
+    with _SWAP_LOCK:
+        original = fp._atom14_masks  # noqa: SLF001
+        fp._atom14_masks = _np_atom14_masks  # noqa: SLF001
+        try:
+            return fp.nonensembled_features(raw, config, seed)
+        finally:
+            fp._atom14_masks = original  # noqa: SLF001
+
+
+# ---------------------------------------------------------------------------------------
+# Crop / pad helpers.
+# ---------------------------------------------------------------------------------------
+def crop_and_pad(feats: Mapping[str, np.ndarray], start: int, length: int, size: int,
+                 schema: Mapping[str, tuple] = fp.FEATURE_SCHEMA,
+                 lead: int = 0) -> Dict[str, np.ndarray]:
+    """Crops every NUM_RES axis of ``feats`` to ``[start, start + length)`` and zero-pads it
+    to ``size``. ``lead`` leading axes (e.g. the slice axis) precede the schema axes."""
+    out = {}
+    for k, v in feats.items():
+        v = np.asarray(v)
+        dims = schema.get(k)
+        if dims is None:
+            out[k] = v
+            continue
+        for axis, dim in enumerate(dims):
+            if dim != fp.NUM_RES:
+                continue
+            ax = axis + lead
+            v = np.take(v, np.arange(start, start + length), axis=ax)
+            if size > length:
+                pad = [(0, 0)] * v.ndim
+                pad[ax] = (0, size - length)
+                v = np.pad(v, pad)
+        out[k] = v
+    return out
+
+
+def _read_lines(path: PathLike) -> List[str]:
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _norm_id(chain_id: str) -> str:
+    pdb, _, chain = chain_id.partition("_")
+    if not chain:
+        raise DatasetError(f"chain id {chain_id!r} is not of the form <pdb_id>_<chain>")
+    return f"{pdb.lower()}_{chain}"
+
+
+# ---------------------------------------------------------------------------------------
+# The dataset.
+# ---------------------------------------------------------------------------------------
+class TrainingDataset:
+    """AlphaFold training samples from mmCIF chains and precomputed alignments.
+
+    Args:
+      mmcif_dir: folder of ``<pdb_id>.cif`` (lower-case ids).
+      alignment_dir: folder of ``<pdb_id>_<chain>/`` alignment folders (OpenProteinSet).
+      config: ``jaxfold.config.model_config(...)`` (uses ``data.common``; ``data.train``
+        when present, else :data:`TRAIN_DEFAULTS`).
+      chain_list: optional file of chain ids (one per line) restricting the entries.
+      cluster_file: optional file, one cluster of whitespace/comma-separated chain ids per
+        line; then ``sample(index, seed)`` picks a cluster uniformly, then a member.
+      template_mmcif_dir: with ``data.common.use_templates``, the template structures
+        (default ``mmcif_dir``); hits come from the alignment folder.
+      max_template_date: template cut-off (default: each chain's release date; AlphaFold's
+        featurizer also moves it to 60 days before the query's release).
+      crop_size, max_msa_clusters, max_extra_msa, max_templates, num_recycle: override the
+        training values.
+      min_resolution / max_resolution: keep chains with resolution in that range
+        (AlphaFold: <= 9 Å; NMR entries have resolution 0 and pass).
+      min_length / max_length: SEQRES length filters.
+      max_single_residue_fraction: drop chains where one residue type exceeds this fraction
+        (AlphaFold: 0.8); None disables.
+      chain_data_cache: optional OpenFold-style JSON ``{id: {"resolution", "seq", ...}}``
+        used for filtering instead of parsing every mmCIF up front.
+      ground_truth: add :func:`jaxfold.data.ground_truth.make_ground_truth`'s features
+        (atom14 gt, frames, chi angles, pseudo-beta): None = when that module imports,
+        True = required, False = never (raw atom37 ground truth only).
+      seed: default seed of :meth:`sample`.
+    """
+
+    def __init__(self, mmcif_dir: PathLike, alignment_dir: PathLike, config: Mapping[str, Any],
+                 chain_list: Optional[PathLike] = None, cluster_file: Optional[PathLike] = None,
+                 template_mmcif_dir: Optional[PathLike] = None,
+                 max_template_date: Union[None, str, datetime.date] = None,
+                 crop_size: Optional[int] = None, *,
+                 max_msa_clusters: Optional[int] = None, max_extra_msa: Optional[int] = None,
+                 max_templates: Optional[int] = None, num_recycle: Optional[int] = None,
+                 min_resolution: Optional[float] = None,
+                 max_resolution: Optional[float] = TRAIN_DEFAULTS["max_resolution"],
+                 min_length: Optional[int] = None, max_length: Optional[int] = None,
+                 max_single_residue_fraction: Optional[float] =
+                 TRAIN_DEFAULTS["max_single_residue_fraction"],
+                 chain_data_cache: Optional[PathLike] = None,
+                 ground_truth: Optional[bool] = None,
+                 seed: int = 0):
+        self.mmcif_dir = Path(mmcif_dir)
+        self.alignment_dir = Path(alignment_dir)
+        self.template_mmcif_dir = Path(template_mmcif_dir) if template_mmcif_dir else None
+        self.max_template_date = max_template_date
+        self.seed = int(seed)
+        self.ground_truth = ground_truth
+        for what, p in (("mmCIF folder", self.mmcif_dir), ("alignment folder", self.alignment_dir)):
+            if not p.is_dir():
+                raise DatasetError(f"{what} not found: {p}")
+
+        cfg = _plain(config)
+        if "data" not in cfg:
+            raise TypeError("config must be a jaxfold config with a 'data' section "
+                            "(jaxfold.config.model_config(...))")
+        common = dict(cfg["data"]["common"])
+        train = {**TRAIN_DEFAULTS, **dict(cfg["data"].get("train", {}) or {})}
+        overrides = {"crop_size": crop_size, "max_msa_clusters": max_msa_clusters,
+                     "max_extra_msa": max_extra_msa, "max_templates": max_templates}
+        train.update({k: v for k, v in overrides.items() if v is not None})
+        if num_recycle is not None:
+            common["num_recycle"] = int(num_recycle)
+        self.settings = TrainSettings(
+            crop_size=int(train["crop_size"]), max_msa_clusters=int(train["max_msa_clusters"]),
+            max_extra_msa=int(train["max_extra_msa"]), max_templates=int(train["max_templates"]),
+            subsample_templates=bool(train["subsample_templates"]),
+            masked_msa_replace_fraction=float(train["masked_msa_replace_fraction"]),
+            num_recycle=int(common["num_recycle"]),
+            uniform_recycling=bool(train["uniform_recycling"]),
+            use_templates=bool(common["use_templates"]),
+            max_template_hits=int(train["max_template_hits"]))
+        s = self.settings
+        if s.crop_size < 1 or s.max_msa_clusters < 1 or s.num_recycle < 0:
+            raise DatasetError(f"invalid training settings {s}")
+        common["max_extra_msa"] = s.max_extra_msa
+        # The config feature_processing reads: its `eval` section carries training values.
+        self._fp_config = {"data": {"common": common, "eval": {
+            **dict(cfg["data"].get("eval", {})),
+            "max_msa_clusters": s.max_msa_clusters, "max_templates": s.max_templates,
+            "subsample_templates": s.subsample_templates,
+            "masked_msa_replace_fraction": s.masked_msa_replace_fraction,
+            "num_ensemble": 1}}}
+        fp._settings(self._fp_config)  # noqa: SLF001  validate early
+        self._fp_settings = fp._settings(self._fp_config)  # noqa: SLF001
+
+        # --- enumerate entries -------------------------------------------------------
+        cifs = {p.name.split(".")[0].lower(): p for p in self.mmcif_dir.iterdir()
+                if p.name.endswith(".cif")}
+        aln = {}
+        for p in self.alignment_dir.iterdir():
+            if p.is_dir() and "_" in p.name:
+                aln[_norm_id(p.name)] = p
+        if chain_list is not None:
+            wanted = [_norm_id(x.split()[0]) for x in _read_lines(chain_list)]
+        else:
+            wanted = sorted(aln)
+        self.skipped: Dict[str, str] = {}
+        entries = []
+        for cid in dict.fromkeys(wanted):
+            pdb = cid.split("_")[0]
+            problems = []
+            if pdb not in cifs:
+                problems.append(f"no mmCIF {self.mmcif_dir / (pdb + '.cif')}")
+            if cid not in aln:
+                problems.append(f"no alignment folder {self.alignment_dir / cid}")
+            if problems:
+                self.skipped[cid] = "; ".join(problems)
+            else:
+                entries.append(cid)
+        if not entries:
+            listing = "\n".join(f"  {k}: {v}" for k, v in list(self.skipped.items())[:50])
+            raise DatasetError(
+                f"no usable training chain: need both {self.mmcif_dir}/<pdb_id>.cif and "
+                f"{self.alignment_dir}/<pdb_id>_<chain>/ for each chain"
+                + (f" (chain list {chain_list})" if chain_list else "")
+                + (f"; missing:\n{listing}" if listing else
+                   f"; found {len(cifs)} mmCIF files and {len(aln)} alignment folders"))
+        self._cif_paths = {cid: str(cifs[cid.split("_")[0]]) for cid in entries}
+        self._aln_paths = {cid: str(aln[cid]) for cid in entries}
+
+        # --- metadata + filters ---------------------------------------------------------
+        cache = json.loads(Path(chain_data_cache).read_text()) if chain_data_cache else {}
+        cache = {_norm_id(k): v for k, v in cache.items()}
+        self.metadata: Dict[str, Dict[str, Any]] = {}
+        kept = []
+        for cid in entries:
+            meta = self._metadata(cid, cache.get(cid))
+            self.metadata[cid] = meta
+            why = self._filter_reason(meta, min_resolution, max_resolution, min_length,
+                                      max_length, max_single_residue_fraction)
+            if why:
+                self.skipped[cid] = why
+            else:
+                kept.append(cid)
+        if not kept:
+            listing = "\n".join(f"  {k}: {v}" for k, v in self.skipped.items())
+            raise DatasetError(f"every training chain was filtered out:\n{listing}")
+        self.entries: List[str] = kept
+
+        # --- clusters ---------------------------------------------------------------------
+        self.clusters: Optional[List[List[str]]] = None
+        if cluster_file is not None:
+            keep = set(kept)
+            clusters = []
+            for line in _read_lines(cluster_file):
+                members = [_norm_id(x) for x in line.replace(",", " ").split()]
+                members = [m for m in members if m in keep]
+                if members:
+                    clusters.append(sorted(set(members)))
+            if not clusters:
+                raise DatasetError(f"cluster file {cluster_file}: no cluster holds a usable "
+                                   f"chain (usable: {', '.join(kept[:20])})")
+            self.clusters = clusters
+
+    # ------------------------------------------------------------------------------------
+    def _metadata(self, cid: str, cached: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        if cached and "seq" in cached and "resolution" in cached:
+            return {"resolution": float(cached["resolution"]), "seq": cached["seq"],
+                    "release_date": cached.get("release_date")}
+        obj = self._mmcif(cid)
+        chain = cid.split("_", 1)[1]
+        if chain not in obj.chain_to_seqres:
+            raise DatasetError(f"{cid}: chain {chain!r} is not a protein chain of "
+                               f"{self._cif_paths[cid]} (chains: {', '.join(obj.chain_to_seqres)})")
+        return {"resolution": float(obj.resolution), "seq": obj.chain_to_seqres[chain],
+                "release_date": obj.release_date}
+
+    @staticmethod
+    def _filter_reason(meta, min_res, max_res, min_len, max_len, max_frac) -> Optional[str]:
+        res, n = meta["resolution"], len(meta["seq"])
+        if max_res is not None and res > max_res:
+            return f"resolution {res} Å > {max_res} Å"
+        if min_res is not None and res < min_res:
+            return f"resolution {res} Å < {min_res} Å"
+        if min_len is not None and n < min_len:
+            return f"length {n} < {min_len}"
+        if max_len is not None and n > max_len:
+            return f"length {n} > {max_len}"
+        if max_frac is not None and n:
+            top = max(meta["seq"].count(c) for c in set(meta["seq"])) / n
+            if top > max_frac:
+                return f"one residue type makes {top:.0%} of the sequence (> {max_frac:.0%})"
+        return None
+
+    def _mmcif(self, cid: str):
+        from jaxfold.data import mmcif  # noqa: PLC0415  (Biopython)
+
+        return mmcif.parse_mmcif_file(self._cif_paths[cid])
+
+    def __len__(self) -> int:
+        return len(self.clusters) if self.clusters is not None else len(self.entries)
+
+    def __repr__(self) -> str:
+        return (f"TrainingDataset({len(self.entries)} chains"
+                + (f", {len(self.clusters)} clusters" if self.clusters else "")
+                + f", crop {self.settings.crop_size})")
+
+    @property
+    def num_slices(self) -> int:
+        return self._fp_settings.num_slices
+
+    # ------------------------------------------------------------------------------------
+    def chain_for(self, index: int, seed: Optional[int] = None) -> str:
+        """The chain id sample ``index`` uses: with clusters, a uniform cluster then a
+        uniform member; else the ``index % len``-th chain of a per-epoch permutation."""
+        seed = self.seed if seed is None else int(seed)
+        index = int(index)
+        if index < 0:
+            raise IndexError(f"sample index must be >= 0; got {index}")
+        if self.clusters is not None:
+            rng = np.random.default_rng([seed, index, 1])
+            cluster = self.clusters[int(rng.integers(len(self.clusters)))]
+            return cluster[int(rng.integers(len(cluster)))]
+        n = len(self.entries)
+        epoch, pos = divmod(index, n)
+        perm = np.random.default_rng([seed, epoch, 2]).permutation(n)
+        return self.entries[int(perm[pos])]
+
+    def raw_features(self, cid: str) -> Dict[str, Any]:
+        """AlphaFold raw features (sequence, MSA, templates) + raw ground truth of ``cid``."""
+        from jaxfold.data import msa_features, msa_search, parsers  # noqa: PLC0415
+
+        obj = self._mmcif(cid)
+        pdb, chain = cid.split("_", 1)
+        seq = obj.chain_to_seqres[chain]
+        n = len(seq)
+        record = parsers.parse_fasta(f">{cid}\n{seq}\n", source=cid)[0]
+        raw: Dict[str, Any] = dict(msa_features.make_sequence_features(seq, cid, n))
+        msas = msa_search.load_precomputed_msas(record, self._aln_paths[cid])
+        raw.update(msa_features.make_msa_features(msas))
+        if raw["msa"].shape[1] != n:
+            raise DatasetError(f"{cid}: alignments have {raw['msa'].shape[1]} columns, "
+                               f"SEQRES has {n} residues")
+        if self.settings.use_templates:
+            raw.update(self._templates(cid, record, obj))
+        positions, mask = obj.get_atom_positions(chain)
+        raw["all_atom_positions"] = positions.astype(np.float32)
+        raw["all_atom_mask"] = mask.astype(np.float32)
+        raw["resolution"] = np.asarray(obj.resolution, np.float32)
+        raw["release_date"] = obj.release_date
+        return raw
+
+    def _templates(self, cid, record, obj) -> Dict[str, np.ndarray]:
+        from jaxfold.data import pipeline, templates  # noqa: PLC0415
+
+        n = len(record.sequence)
+        tdir = self.template_mmcif_dir or self.mmcif_dir
+        hits_path = pipeline.find_template_hits(record, self._aln_paths[cid])
+        if hits_path is None:
+            return dict(templates.empty_template_features(n))
+        hits = pipeline.read_template_hits(hits_path, record.sequence)
+        date = self.max_template_date or obj.release_date or datetime.date.today()
+        featurizer = templates.TemplateFeaturizer(tdir, date, max_hits=self.settings.max_template_hits,
+                                                  kalign_binary="")
+        result = featurizer.get_templates(record.sequence, hits, query_pdb_code=cid.split("_")[0],
+                                          query_release_date=obj.release_date)
+        return dict(result.features if hasattr(result, "features") else result)
+
+    # ------------------------------------------------------------------------------------
+    def sample(self, index: int, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Training sample ``index``: a pure function of ``(index, seed)``.
+
+        Returns ``{name: array}``: the processed features as
+        :func:`feature_processing.process_features` names them, with a leading slice axis
+        ``[num_recycle + 1, ...]`` (one MSA sample per recycling iteration), NUM_RES axes
+        cropped and padded to ``crop_size``; ``num_iter_recycling`` int32 [num_slices];
+        ground truth (no slice axis): ``all_atom_positions`` [C, 37, 3], ``all_atom_mask``
+        [C, 37], ``resolution`` (), plus the ``make_ground_truth`` features when
+        :mod:`jaxfold.data.ground_truth` exists; ``crop_start``, ``num_res`` (uncropped
+        length), ``chain_index`` (into :attr:`entries`), ``sample_index``.
+        """
+        seed = self.seed if seed is None else int(seed)
+        cid = self.chain_for(index, seed)
+        try:
+            return self._sample(cid, int(index), seed)
+        except DatasetError:
+            raise
+        except Exception as e:  # name the chain
+            raise DatasetError(f"sample {index} (chain {cid}, seed {seed}): "
+                               f"{type(e).__name__}: {e}") from e
+
+    def _sample(self, cid: str, index: int, seed: int) -> Dict[str, np.ndarray]:
+        s = self.settings
+        raw = self.raw_features(cid)
+        n = int(raw["seq_length"][0])
+        ss = np.random.SeedSequence([seed, index, 3])
+        nonens_ss, crop_ss, recycle_ss, *slice_ss = ss.spawn(3 + self.num_slices)
+
+        feats = _nonensembled_numpy(raw, self._fp_config, nonens_ss)
+
+        # Recycling: AlphaFold training samples num_iter_recycling ~ U{0..num_recycle};
+        # the batch always holds num_recycle + 1 slices (fixed shapes).
+        if s.uniform_recycling:
+            num_iter = int(np.random.default_rng(recycle_ss).integers(0, s.num_recycle + 1))
+        else:
+            num_iter = s.num_recycle
+        # Contiguous crop (AlphaFold random_crop_to_size, monomer).
+        crop_len = min(n, s.crop_size)
+        crop_start = int(np.random.default_rng(crop_ss).integers(0, n - crop_len + 1))
+
+        slices = []
+        for i in range(self.num_slices):
+            if i > num_iter and slices:  # never used by the model: repeat the last one
+                slices.append(slices[-1])
+                continue
+            rng = np.random.default_rng(slice_ss[i])
+            sl = fp.ensembled_features(feats, self._fp_config,
+                                       fp.sample_msa(feats, self._fp_config, rng))
+            sl = crop_and_pad(sl, crop_start, crop_len, s.crop_size)
+            sl["seq_length"] = np.asarray(crop_len, np.int32)
+            slices.append(sl)
+        out = {k: np.stack([sl[k] for sl in slices]) for k in slices[0]}
+        out["num_iter_recycling"] = np.full([self.num_slices], num_iter, np.int32)
+
+        # Ground truth, cropped consistently.
+        gt = {"all_atom_positions": raw["all_atom_positions"],
+              "all_atom_mask": raw["all_atom_mask"]}
+        gt = crop_and_pad(gt, crop_start, crop_len, s.crop_size)
+        out.update(gt)
+        out["resolution"] = np.asarray(raw["resolution"], np.float32)
+        extra = self._ground_truth(feats["aatype"][crop_start:crop_start + crop_len],
+                                   raw["all_atom_positions"][crop_start:crop_start + crop_len],
+                                   raw["all_atom_mask"][crop_start:crop_start + crop_len],
+                                   float(raw["resolution"]), crop_len)
+        for k, v in extra.items():
+            out.setdefault(k, v)
+        out["crop_start"] = np.asarray(crop_start, np.int32)
+        out["num_res"] = np.asarray(n, np.int32)
+        out["chain_index"] = np.asarray(self.entries.index(cid), np.int32)
+        out["sample_index"] = np.asarray(index, np.int64)
+        return out
+
+    def _ground_truth(self, aatype, positions, mask, resolution, crop_len) -> Dict[str, np.ndarray]:
+        if self.ground_truth is False:
+            return {}
+        try:
+            from jaxfold.data import ground_truth  # noqa: PLC0415
+        except ImportError:
+            if self.ground_truth:
+                raise
+            return {}
+        gt = ground_truth.make_ground_truth(aatype, positions, mask, resolution=resolution)
+        out = {}
+        size = self.settings.crop_size
+        for k, v in gt.items():
+            v = np.asarray(v)
+            if v.ndim >= 1 and v.shape[0] == crop_len and size > crop_len:
+                pad = [(0, size - crop_len)] + [(0, 0)] * (v.ndim - 1)
+                v = np.pad(v, pad)
+            out[k] = v
+        return out
+
+    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+        return self.sample(index, self.seed)

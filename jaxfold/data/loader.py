@@ -1,0 +1,271 @@
+"""Non-blocking, resumable multi-process batch loader (ScaleFold-style).
+
+:class:`Loader` asks ``dataset.sample(k, seed)`` for global sample positions
+``k = 0, 1, 2, ...`` in worker processes (``ProcessPoolExecutor``, spawn context), keeps up
+to ``queue_size`` samples in flight and yields a batch as soon as ``batch_size`` samples
+are READY, in whatever order they finish: one slow sample never stalls a step, it just
+lands in a later batch. The sample for position ``k`` is a pure function of
+``(seed, k)``, so the multiset of samples over a range of positions does not depend on
+the number of workers or on timing; only their grouping into batches does.
+
+Resumption: :meth:`Loader.state_dict` records the first position never issued and the
+issued-but-not-yielded ("pending") positions; :meth:`Loader.from_state` re-issues the
+pending ones first, so a resumed run neither repeats nor skips a sample.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import multiprocessing
+import os
+import traceback
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["Loader", "LoaderError", "stack_samples"]
+
+
+class LoaderError(RuntimeError):
+    """A sample could not be prepared; the message names the sample position."""
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side.
+# ---------------------------------------------------------------------------------------
+_WORKER_DATASET: Any = None
+
+
+def _init_worker(dataset: Any, env: Mapping[str, str]) -> None:
+    global _WORKER_DATASET  # noqa: PLW0603
+    os.environ.update(env)
+    _WORKER_DATASET = dataset
+
+
+def _describe(dataset: Any, position: int, seed: int) -> str:
+    chain_for = getattr(dataset, "chain_for", None)
+    if chain_for is None:
+        return ""
+    try:
+        return f", chain {chain_for(position, seed)}"
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _make_sample(dataset: Any, position: int, seed: int) -> Dict[str, np.ndarray]:
+    try:
+        return dataset.sample(position, seed)
+    except Exception as e:  # noqa: BLE001 -- re-raised, picklable, naming the sample
+        raise LoaderError(
+            f"sample at position {position} (seed {seed}{_describe(dataset, position, seed)}) "
+            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+
+def _work(position: int, seed: int):
+    return position, _make_sample(_WORKER_DATASET, position, seed)
+
+
+def stack_samples(samples: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+    """``[{k: array}]`` -> ``{k: array[batch, ...]}``; every sample needs the same keys and shapes."""
+    keys = list(samples[0])
+    out = {}
+    for k in keys:
+        try:
+            out[k] = np.stack([np.asarray(s[k]) for s in samples])
+        except (KeyError, ValueError) as e:
+            shapes = [np.shape(s.get(k)) for s in samples]
+            raise LoaderError(f"cannot batch feature {k!r}: shapes {shapes} ({e})") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Loader.
+# ---------------------------------------------------------------------------------------
+class Loader:
+    """Batches of ``dataset.sample(k, seed)``, prepared by worker processes.
+
+    Args:
+      dataset: object with ``sample(position, seed) -> {name: array}`` (picklable when
+        ``num_workers > 0``), e.g. :class:`jaxfold.data.dataset.TrainingDataset`.
+      batch_size: samples per batch (stacked on a new leading axis).
+      num_workers: worker processes; 0 prepares samples in the calling process, in order.
+      seed: the run seed (sample ``k`` = ``dataset.sample(k, seed)``).
+      queue_size: samples in flight or ready at most (default ``2 * batch_size *
+        max(1, num_workers)``, at least ``batch_size``).
+      start_step: first step; positions ``< start_step * batch_size`` count as consumed.
+      num_steps: stop after this many batches (None: endless). The positions used are then
+        exactly ``[start, start + num_steps * batch_size)`` (as a multiset).
+      worker_env: environment for the workers (default ``JAX_PLATFORMS=cpu`` so a dataset
+        that happens to import JAX never grabs an accelerator).
+
+    Iterating yields ``{name: array[batch_size, ...]}`` plus ``sample_position``
+    (int64 [batch_size]). Use as a context manager (or call :meth:`close`).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, num_workers: int = 0, seed: int = 0,
+                 queue_size: Optional[int] = None, start_step: int = 0, *,
+                 num_steps: Optional[int] = None,
+                 worker_env: Optional[Mapping[str, str]] = None,
+                 _pending: Sequence[int] = (), _next_position: Optional[int] = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0; got {num_workers}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        if queue_size is None:
+            queue_size = 2 * self.batch_size * max(1, self.num_workers)
+        self.queue_size = max(int(queue_size), self.batch_size)
+        self.step = int(start_step)
+        self._end_step = None if num_steps is None else self.step + int(num_steps)
+        self._next_position = (self.step * self.batch_size if _next_position is None
+                               else int(_next_position))
+        self._reissue: collections.deque = collections.deque(sorted(int(p) for p in _pending))
+        self._pending: set = set(self._reissue)  # issued (or to re-issue), not yet yielded
+        self._end_position = (None if self._end_step is None
+                              else self._end_step * self.batch_size)
+        self._worker_env = dict({"JAX_PLATFORMS": "cpu"} if worker_env is None else worker_env)
+        self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._futures: Dict[concurrent.futures.Future, int] = {}
+        self._ready: List[tuple] = []
+        self._closed = False
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Resumable state after the batches yielded so far (plain ints and lists)."""
+        return {"version": 1, "seed": self.seed, "batch_size": self.batch_size,
+                "step": self.step, "next_position": self._next_position,
+                "pending": sorted(self._pending)}
+
+    @classmethod
+    def from_state(cls, dataset: Any, state: Mapping[str, Any], num_workers: int = 0,
+                   queue_size: Optional[int] = None, *, num_steps: Optional[int] = None,
+                   **kwargs: Any) -> "Loader":
+        """A loader continuing ``state``: pending positions are re-issued first, then
+        ``next_position`` onwards. ``num_steps`` counts from the resumed step."""
+        if int(state.get("version", 1)) != 1:
+            raise ValueError(f"unknown loader state version {state.get('version')}")
+        return cls(dataset, int(state["batch_size"]), num_workers, int(state["seed"]),
+                   queue_size, int(state["step"]), num_steps=num_steps,
+                   _pending=list(state["pending"]), _next_position=int(state["next_position"]),
+                   **kwargs)
+
+    # -- issuing --------------------------------------------------------------------------
+    def _take_position(self) -> Optional[int]:
+        if self._reissue:
+            return self._reissue.popleft()
+        if self._end_position is not None and self._next_position >= self._end_position:
+            return None
+        p = self._next_position
+        self._next_position += 1
+        self._pending.add(p)
+        return p
+
+    def _ensure_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.num_workers, mp_context=ctx, initializer=_init_worker,
+                initargs=(self.dataset, self._worker_env))
+        return self._executor
+
+    def _fill(self) -> None:
+        ex = self._ensure_executor()
+        while len(self._futures) + len(self._ready) < self.queue_size:
+            p = self._take_position()
+            if p is None:
+                return
+            self._futures[ex.submit(_work, p, self.seed)] = p
+
+    def _collect(self) -> None:
+        """Waits for at least one in-flight sample; moves finished ones to ``_ready``."""
+        done, _ = concurrent.futures.wait(list(self._futures),
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        # Keep completion order stable-ish: by position among those finishing together.
+        for fut in sorted(done, key=lambda f: self._futures[f]):
+            p = self._futures.pop(fut)
+            try:
+                _, sample = fut.result()
+            except LoaderError as e:
+                self.close()
+                raise LoaderError(str(e)) from None
+            except Exception as e:  # noqa: BLE001 (worker died, unpicklable result, ...)
+                self.close()
+                raise LoaderError(f"sample at position {p} (seed {self.seed}) failed: "
+                                  f"{type(e).__name__}: {e}") from e
+            self._ready.append((p, sample))
+
+    def _batch(self, items: List[tuple]) -> Dict[str, np.ndarray]:
+        batch = stack_samples([s for _, s in items])
+        batch["sample_position"] = np.asarray([p for p, _ in items], np.int64)
+        for p, _ in items:
+            self._pending.discard(p)
+        self.step += 1
+        return batch
+
+    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+        if self._closed:
+            raise RuntimeError("Loader is closed")
+        while self._end_step is None or self.step < self._end_step:
+            if self.num_workers == 0:
+                items = []
+                while len(items) < self.batch_size:
+                    p = self._take_position()
+                    if p is None:
+                        break
+                    try:
+                        sample = _make_sample(self.dataset, p, self.seed)
+                    except LoaderError as e:
+                        raise LoaderError(str(e)) from None
+                    items.append((p, sample))
+            else:
+                self._fill()
+                while len(self._ready) < self.batch_size and self._futures:
+                    self._collect()
+                    self._fill()
+                items, self._ready = self._ready[:self.batch_size], self._ready[self.batch_size:]
+            if len(items) < self.batch_size:  # positions exhausted (cannot happen with num_steps)
+                return
+            yield self._batch(items)
+
+    # -- shutdown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stops the workers (in-flight samples are dropped; they stay pending in
+        :meth:`state_dict` and are re-issued on resume)."""
+        self._closed = True
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        for fut in self._futures:
+            fut.cancel()
+        procs = list(getattr(ex, "_processes", {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        try:
+            ex.shutdown(wait=True)
+        except Exception:  # noqa: BLE001
+            pass
+        self._futures.clear()
+        self._ready.clear()
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
