@@ -4,7 +4,6 @@ Tolerances per output family from shared/reference/README.md; every key of the r
 (except the `captured/*` activations, covered by test_trunk_reference.py).
 """
 
-import jax
 import numpy as np
 import pytest
 

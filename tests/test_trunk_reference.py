@@ -2,7 +2,6 @@
 against the activations DeepMind's model captured at each module boundary (shared/reference/outputs.npz)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

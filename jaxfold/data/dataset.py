@@ -28,14 +28,12 @@ import datetime
 import json
 import logging
 import os
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from jaxfold.common import residue_constants as rc
 from jaxfold.data import feature_processing as fp
 
 logger = logging.getLogger(__name__)
@@ -90,39 +88,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: _plain(v) for k, v in obj.items()}
     return obj
-
-
-# ---------------------------------------------------------------------------------------
-# NumPy atom14 masks (feature_processing's helper imports JAX).
-# ---------------------------------------------------------------------------------------
-def _np_atom14_masks(aatype: np.ndarray) -> Dict[str, np.ndarray]:
-    aatype = np.clip(np.asarray(aatype, np.int64), 0, 20)
-    return {
-        "atom14_atom_exists": np.asarray(rc.restype_atom14_mask, np.float32)[aatype],
-        "residx_atom14_to_atom37": np.asarray(rc.restype_atom14_to_atom37, np.int32)[aatype],
-        "residx_atom37_to_atom14": np.asarray(rc.restype_atom37_to_atom14, np.int32)[aatype],
-        "atom37_atom_exists": np.asarray(rc.STANDARD_ATOM_MASK, np.float32)[aatype],
-    }
-
-
-_SWAP_LOCK = threading.Lock()
-
-
-def _nonensembled_numpy(raw: Mapping[str, Any], config: Mapping[str, Any],
-                        seed: np.random.SeedSequence) -> Dict[str, np.ndarray]:
-    """feature_processing.nonensembled_features without touching JAX.
-
-    Its last step (`_atom14_masks`) goes through jaxfold.common.all_atom (jnp), which
-    would initialise an accelerator backend in every worker process; the identical
-    NumPy table lookup is substituted for the duration of the call.
-    """
-    with _SWAP_LOCK:
-        original = fp._atom14_masks  # noqa: SLF001
-        fp._atom14_masks = _np_atom14_masks  # noqa: SLF001
-        try:
-            return fp.nonensembled_features(raw, config, seed)
-        finally:
-            fp._atom14_masks = original  # noqa: SLF001
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,7 +429,7 @@ class TrainingDataset:
         ss = np.random.SeedSequence([seed, index, 3])
         nonens_ss, crop_ss, recycle_ss, *slice_ss = ss.spawn(3 + self.num_slices)
 
-        feats = _nonensembled_numpy(raw, self._fp_config, nonens_ss)
+        feats = fp.nonensembled_features(raw, self._fp_config, nonens_ss)
 
         # Recycling: AlphaFold training samples num_iter_recycling ~ U{0..num_recycle};
         # the batch always holds num_recycle + 1 slices (fixed shapes).

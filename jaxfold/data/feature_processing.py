@@ -364,13 +364,17 @@ def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
 
 
 def _atom14_masks(aatype: np.ndarray) -> dict[str, np.ndarray]:
-    """make_atom14_masks, via jaxfold.common.all_atom (same tables as AlphaFold)."""
-    from jaxfold.common import all_atom  # local import: pulls in JAX
+    """AlphaFold's make_atom14_masks as NumPy table lookups (no JAX: this runs in data-loader workers).
 
-    masks = all_atom.make_atom14_masks(aatype)
-    dtypes = {"atom14_atom_exists": _F32, "atom37_atom_exists": _F32,
-              "residx_atom14_to_atom37": np.int32, "residx_atom37_to_atom14": np.int32}
-    return {k: np.asarray(masks[k]).astype(dt) for k, dt in dtypes.items()}
+    Unknown residues (20) have all-zero rows, as in AlphaFold's tables.
+    """
+    from jaxfold.common import residue_constants as rc  # noqa: PLC0415
+
+    aatype = np.clip(np.asarray(aatype, np.int64), 0, 20)
+    return {"atom14_atom_exists": np.asarray(rc.restype_atom14_mask, _F32)[aatype],
+            "atom37_atom_exists": np.asarray(rc.restype_atom37_mask, _F32)[aatype],
+            "residx_atom14_to_atom37": np.asarray(rc.restype_atom14_to_atom37, np.int32)[aatype],
+            "residx_atom37_to_atom14": np.asarray(rc.restype_atom37_to_atom14, np.int32)[aatype]}
 
 
 # ---------------------------------------------------------------------------

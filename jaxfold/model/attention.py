@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.chunking import chunked
-from jaxfold.model.primitives import linear_initializer
 
 glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
 
