@@ -504,6 +504,70 @@ def sweep_attention(cases, budget: Budget, quick: bool, log):
 # ------------------------------------------------------------------------------------------------------
 
 
+def bench_copy_ceiling(budget: Budget, quick: bool, log):
+    """Measured device copy bandwidth (read + write of a large buffer): the ceiling LayerNorm GB/s is judged by."""
+    n = (1 << 16) if quick else (1 << 28)  # 1 GiB of float32 on a GPU
+    x = jnp.ones((n,), jnp.float32)
+    compiled, _ = _compile(lambda a: a * 1.0001, (x,))
+    seconds, meta = _time_compiled(compiled, (x,), quick)
+    gbps = 2 * x.nbytes / seconds / 1e9
+    log(f"copy ceiling: {gbps:.0f} GB/s")
+    return {"kind": "copy_ceiling", "case": "copy_ceiling", "shape": f"{n}", "dtype": "fp32", "mode": "fwd", "impl": "xla",
+            "bytes": 2 * x.nbytes, "time_ms": seconds * 1e3, "gbps": gbps, **meta}
+
+
+def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
+    """One full-size Evoformer block (N_seq 128, N_res 256) forward+backward, kernels='pallas' vs 'xla'."""
+    import flax.linen as nn  # noqa: PLC0415
+
+    from jaxfold.config import model_config  # noqa: PLC0415
+    from jaxfold.model.evoformer import EvoformerIteration  # noqa: PLC0415
+
+    n_seq, n_res = (8, 16) if quick else (128, 256)
+    rows = []
+    for dtype in dtypes:
+        jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+        key = jax.random.PRNGKey(0)
+        msa = jax.random.normal(key, (n_seq, n_res, 256), jdt)
+        pair = jax.random.normal(key, (n_res, n_res, 128), jdt)
+        msa_mask = jnp.ones((n_seq, n_res), jdt)
+        pair_mask = jnp.ones((n_res, n_res), jdt)
+        params = None
+        results = {}
+        for kernels in ("xla", "pallas"):
+            if budget.left() <= 0:
+                rows.append({"kind": "evoformer_block", "case": "evoformer_block", "shape": "", "dtype": dtype,
+                             "mode": "fwd+bwd", "impl": kernels, "error": "skipped: budget"})
+                continue
+            cfg = model_config("model_1_ptm", kernels=kernels, dtype="bfloat16" if dtype == "bf16" else "float32",
+                               zero_init=False)
+            block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
+            if params is None:
+                params = block.init(key, (msa, pair), msa_mask, pair_mask)
+
+            def loss(p, msa, pair, block=block):
+                (m, z), _ = block.apply(p, (msa, pair), msa_mask, pair_mask)
+                return jnp.sum(m.astype(jnp.float32) ** 2) + jnp.sum(z.astype(jnp.float32) ** 2)
+
+            fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
+            row = {"kind": "evoformer_block", "case": "evoformer_block", "shape": f"N_seq={n_seq} N_res={n_res}",
+                   "dtype": dtype, "mode": "fwd+bwd", "impl": kernels}
+            try:
+                compiled, temp = _compile(fn, (params, msa, pair))
+                seconds, meta = _time_compiled(compiled, (params, msa, pair), quick)
+                row.update(time_ms=seconds * 1e3, temp_bytes=temp, **meta)
+                results[kernels] = compiled(params, msa, pair)
+            except Exception as e:  # noqa: BLE001  (record, keep going)
+                row["error"] = _short_error(e)
+            rows.append(row)
+            log(f"evoformer block {dtype} {kernels}: {row.get('time_ms', row.get('error'))}")
+        if len(results) == 2:
+            (loss_x, _), (loss_p, _) = results["xla"], results["pallas"]
+            for r in rows[-2:]:
+                r["loss_rel_diff"] = float(abs(loss_p - loss_x) / abs(loss_x))
+    return rows
+
+
 def _fmt(v, spec):
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
@@ -556,7 +620,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU / interpret-mode smoke run)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop starting new measurements after this many seconds (default 330; quick: 900)")
-    ap.add_argument("--only", choices=["attention", "layer_norm", "all", "sweep"], default="all",
+    ap.add_argument("--only", choices=["attention", "layer_norm", "block", "all", "sweep"], default="all",
                     help="'sweep': only the Pallas attention tile sweep")
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--impls", default="pallas,xla,cudnn")
@@ -582,10 +646,19 @@ def main(argv=None):
         for case in attention_cases(args.quick):
             log(f"attention {case.name}: {case.shape_str()}")
             rows += bench_attention(case, budget, args.quick, impl_names, dtypes, log)
+    ceiling = None
     if args.only in ("layer_norm", "all"):
+        ceiling = bench_copy_ceiling(budget, args.quick, log)
+        rows.append(ceiling)
         for case in ln_cases(args.quick):
             log(f"layer_norm {case.name}: {case.shape_str()}")
             rows += bench_layer_norm(case, budget, args.quick, dtypes, log)
+    if ceiling is not None:
+        for r in rows:
+            if r.get("gbps") is not None and r is not ceiling:
+                r["fraction_of_copy_ceiling"] = r["gbps"] / ceiling["gbps"]
+    if args.only in ("block", "all"):
+        rows += bench_evoformer_block(budget, args.quick, dtypes, log)
     sweep = []
     if (args.sweep and args.only in ("attention", "all")) or args.only == "sweep":
         cases = attention_cases(args.quick)
