@@ -1,0 +1,345 @@
+"""Training: presets, schedule, EMA, the compiled step (stand-in and real model), checkpoints, train.py.
+
+Most step tests inject a small stand-in model (`apply_fn`) so they compile in seconds; one test runs the
+real `AlphaFold(is_training=True)` (tiny preset, cut down) with a stand-in distogram loss.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfold.model.init import dummy_features
+from jaxfold.parallel.mesh import make_mesh
+from jaxfold.train import load_training_config
+from jaxfold.train.checkpoint import CheckpointError, CheckpointManager
+from jaxfold.train.optimizer import alphafold_schedule, make_optimizer
+from jaxfold.train.state import TrainState, ema_update
+from jaxfold.train.step import make_train_step, replicate, shard_batch, stack_examples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------
+# Presets and schedule
+# ---------------------------------------------------------------------------
+def test_training_presets_follow_the_published_recipe():
+    init = load_training_config("initial_training")
+    fine = load_training_config("finetuning")
+    for cfg in (init, fine):
+        t = cfg.training
+        assert (t.adam_b1, t.adam_b2, t.adam_eps) == (0.9, 0.999, 1e-6)
+        assert (t.warmup_steps, t.decay_steps, t.decay_factor) == (1000, 50000, 0.95)
+        assert (t.clip_global_norm, t.ema_decay, t.batch_size) == (0.1, 0.999, 128)
+        assert cfg.model.global_config.use_remat and cfg.model.global_config.dtype == "bfloat16"
+    assert (init.training.learning_rate, init.training.crop_size) == (1e-3, 256)
+    assert (init.data.eval.max_msa_clusters, init.data.common.max_extra_msa) == (128, 1024)
+    assert init.model.heads.structure_module.structural_violation_loss_weight == 0.0
+    assert (fine.training.learning_rate, fine.training.crop_size) == (5e-4, 384)
+    assert (fine.data.eval.max_msa_clusters, fine.data.common.max_extra_msa) == (512, 5120)
+    assert fine.model.heads.structure_module.structural_violation_loss_weight == 1.0
+    assert fine.model.heads.predicted_aligned_error.weight == 0.1
+    tiny = load_training_config("tiny", **{"training.batch_size": 4}, num_recycle=0)
+    assert tiny.training.batch_size == 4 and tiny.model.num_recycle == 0
+    with pytest.raises(ValueError, match="learning_rat"):
+        load_training_config("tiny", **{"training.learning_rat": 1.0})
+
+
+def test_schedule_warmup_constant_decay():
+    sched = alphafold_schedule(load_training_config("initial_training"))
+    expect = {0: 1e-6, 499: 5e-4, 998: 0.999e-3, 999: 1e-3, 1000: 1e-3, 20000: 1e-3, 49999: 1e-3,
+              50000: 0.95e-3, 100000: 0.95e-3}
+    for step, lr in expect.items():
+        np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-6, err_msg=f"step {step}")
+    fine = alphafold_schedule(load_training_config("finetuning"))
+    np.testing.assert_allclose(float(fine(5000)), 5e-4, rtol=1e-6)
+
+
+def test_ema_math():
+    ema = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(4.0)}
+    new = {"a": jnp.array([3.0, 2.0]), "b": jnp.array(0.0)}
+    out = ema_update(ema, new, 0.9)
+    np.testing.assert_allclose(out["a"], [1.2, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(out["b"], 3.6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Stand-in model: the step's mechanics without AlphaFold's compile time
+# ---------------------------------------------------------------------------
+NUM_RES = 8
+
+
+def toy_apply(params, example, key, dap):
+    del dap
+    x = example["msa_feat"][0].mean(0)                      # [N, 49] (recycling slice 0)
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    keep = jax.random.bernoulli(key, 0.9, h.shape)          # dropout: per-example keys matter
+    h = jnp.where(keep, h / 0.9, 0.0)
+    return {"pos": h @ params["w2"]}
+
+
+def toy_loss(outputs, example):
+    err = jnp.mean((outputs["pos"] - example["target_pos"]) ** 2)
+    return err, {"mse": err, "pos_norm": jnp.mean(outputs["pos"] ** 2)}
+
+
+def toy_params(seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    return {"w1": 0.3 * jax.random.normal(k1, (49, 16)), "b1": jnp.zeros(16),
+            "w2": 0.3 * jax.random.normal(k2, (16, 3))}
+
+
+def example(seed, num_res=NUM_RES):
+    rng = np.random.default_rng(seed)
+    f = dummy_features(None, num_res=num_res, num_seq=3, num_extra=2, num_templates=1)
+    f["msa_feat"] = rng.normal(size=f["msa_feat"].shape).astype(np.float32)
+    f["target_pos"] = rng.normal(size=(1, num_res, 3)).astype(np.float32)
+    return f
+
+
+def toy_batch(batch_size=4, offset=0):
+    return stack_examples([example(offset + i) for i in range(batch_size)])
+
+
+@pytest.fixture(scope="module")
+def toy_cfg():
+    return load_training_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
+                                                           "training.warmup_steps": 2,
+                                                           "training.ema_decay": 0.9})
+
+
+@pytest.fixture(scope="module")
+def toy_step(toy_cfg):
+    return make_train_step(toy_cfg, toy_loss, apply_fn=toy_apply)
+
+
+def toy_state(cfg, seed=0):
+    return TrainState.create(toy_params(seed), make_optimizer(cfg), rng=seed)
+
+
+def host(tree):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def assert_trees_equal(a, b):
+    la, ta = jax.tree_util.tree_flatten(host(a))
+    lb, tb = jax.tree_util.tree_flatten(host(b))
+    assert ta == tb
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+def test_step_reduces_loss_and_updates_ema(toy_cfg, toy_step):
+    state = toy_state(toy_cfg)
+    p0 = host(state.params)
+    batch = shard_batch(toy_batch(), None)
+    losses = []
+    for i in range(8):
+        prev = host(state)
+        state, m = toy_step(state, batch)
+        losses.append(float(m["loss"]))
+        assert int(m["skipped"]) == 0 and int(state.step) == i + 1
+        assert set(m) >= {"loss", "mse", "pos_norm", "grad_norm", "learning_rate", "num_skipped"}
+        # EMA after the update: ema' = d * ema + (1 - d) * params'
+        expect = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, prev.ema_params, host(state.params))
+        for e, g in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(host(state.ema_params))):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    assert losses[-1] < 0.9 * losses[0], losses
+    np.testing.assert_allclose(float(m["learning_rate"]), 1e-2, rtol=1e-6)
+    assert not np.allclose(host(state.params)["w1"], p0["w1"])
+
+
+def test_nan_loss_or_gradient_skips_the_update(toy_cfg, toy_step):
+    state = toy_state(toy_cfg)
+    state, _ = toy_step(state, shard_batch(toy_batch(), None))
+    before = host(state)
+    bad = toy_batch()
+    bad["msa_feat"][1, 0, 0, 2, 5] = np.nan
+    state, m = toy_step(state, shard_batch(bad, None))
+    assert int(m["skipped"]) == 1 and int(m["num_skipped"]) == 1
+    assert not np.isfinite(float(m["loss"]))
+    after = host(state)
+    assert int(after.step) == int(before.step) + 1 and int(after.num_skipped) == 1
+    assert_trees_equal((after.params, after.opt_state, after.ema_params),
+                       (before.params, before.opt_state, before.ema_params))
+    bad["msa_feat"][1, 0, 0, 2, 5] = np.inf
+    state, m = toy_step(state, shard_batch(bad, None))
+    assert int(m["skipped"]) == 1 and int(state.num_skipped) == 2
+    state, m = toy_step(state, shard_batch(toy_batch(), None))  # training goes on
+    assert int(m["skipped"]) == 0 and np.isfinite(float(m["loss"]))
+
+
+def test_data_parallel_step_equals_single_device(toy_cfg, toy_step):
+    mesh = make_mesh("1x2", devices=jax.devices()[:2])
+    dp_step = make_train_step(toy_cfg, toy_loss, mesh=mesh, apply_fn=toy_apply)
+    single, sharded = toy_state(toy_cfg), replicate(toy_state(toy_cfg), mesh)
+    for i in range(3):
+        batch = toy_batch(offset=10 * i)
+        single, m1 = toy_step(single, shard_batch(batch, None))
+        sharded, m2 = dp_step(sharded, shard_batch(batch, mesh))
+        for k in ("loss", "mse", "pos_norm", "grad_norm"):
+            np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=2e-6, err_msg=k)
+    for a, b in zip(jax.tree_util.tree_leaves(host(sharded)), jax.tree_util.tree_leaves(host(single))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+def test_checkpoint_restore_is_exact_and_resume_matches_uninterrupted(toy_cfg, toy_step, tmp_path):
+    batches = [shard_batch(toy_batch(offset=10 * i), None) for i in range(4)]
+    state = toy_state(toy_cfg)
+    ref_losses = []
+    for b in batches:
+        state, m = toy_step(state, b)
+        ref_losses.append(float(m["loss"]))
+    final_ref = host(state)
+
+    state = toy_state(toy_cfg)
+    with CheckpointManager(tmp_path / "ckpt", keep=3) as ckpt:
+        for b in batches[:2]:
+            state, _ = toy_step(state, b)
+        saved = host(state)
+        ckpt.save(state, loader_state={"epoch": 1, "position": 17, "seed": 3})
+        state, _ = toy_step(state, batches[2])  # donation right after an async save is safe
+    del state
+
+    ckpt = CheckpointManager(tmp_path / "ckpt", keep=3)
+    assert ckpt.latest_step() == 2
+    restored, loader_state = ckpt.restore(toy_state(toy_cfg, seed=5))
+    ckpt.close()
+    assert loader_state == {"epoch": 1, "position": 17, "seed": 3}
+    assert isinstance(restored, TrainState)
+    assert_trees_equal(restored, saved)
+    losses = []
+    for b in batches[2:]:
+        restored, m = toy_step(restored, b)
+        losses.append(float(m["loss"]))
+    assert losses == ref_losses[2:]
+    assert_trees_equal(restored, final_ref)
+
+
+def test_keep_last_k(toy_cfg, tmp_path):
+    state = toy_state(toy_cfg)
+    with CheckpointManager(tmp_path, keep=2) as ckpt:
+        for step in range(1, 6):
+            ckpt.save(state.replace(step=jnp.asarray(step, jnp.int32)))
+    ckpt = CheckpointManager(tmp_path, keep=2)
+    assert ckpt.all_steps() == [4, 5]
+    restored, _ = ckpt.restore(state)
+    assert int(restored.step) == 5
+    ckpt.close()
+
+
+def test_missing_and_corrupt_checkpoints_raise_clear_errors(toy_cfg, tmp_path):
+    state = toy_state(toy_cfg)
+    ckpt = CheckpointManager(tmp_path / "run", keep=3)
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        ckpt.restore(state)
+    ckpt.save(state.replace(step=jnp.asarray(3, jnp.int32)))
+    ckpt.wait()
+    with pytest.raises(CheckpointError, match=r"has no step 7 \(available: \[3\]\)"):
+        ckpt.restore(state, step=7)
+    step_dir = tmp_path / "run" / "3" / "state"
+    files = [p for p in step_dir.rglob("*") if p.is_file()]
+    assert files
+    for p in files:  # corrupt every file of the state item
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=rf"step 3 in '.*run' is corrupt"):
+        ckpt.restore(state)
+    assert (tmp_path / "run" / "3").is_dir()  # never deleted
+    ckpt.close()
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+def test_background_evaluation_of_ema(toy_cfg, toy_step):
+    from jaxfold.train.evaluation import Evaluator
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(NUM_RES, 37, 3)).astype(np.float32) * 5
+    ex = {"all_atom_positions": truth, "all_atom_mask": np.ones((NUM_RES, 37), np.float32), "name": "x_A"}
+
+    def predict(params, features):  # perfect prediction scaled by a parameter: lDDT 1 at scale 1
+        return features["all_atom_positions"] * params["scale"]
+
+    ev = Evaluator(toy_cfg, [ex, dict(ex, name="y_B")], predict_fn=predict)
+    params = {"scale": jnp.asarray(1.0)}
+    assert ev.submit(10, params)
+    (step, m), = ev.wait()
+    assert step == 10 and m["num_chains"] == 2 and m["lddt_ca"] == pytest.approx(1.0)
+    assert set(m["per_chain"]) == {"x_A", "y_B"}
+    ev.submit(20, {"scale": jnp.asarray(3.0)})
+    (step, m), = ev.wait()
+    assert step == 20 and m["lddt_ca"] < 0.5
+
+
+# ---------------------------------------------------------------------------
+# train.py
+# ---------------------------------------------------------------------------
+def test_train_py_bad_mesh_names_both_numbers(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--mesh", "3x5", "--config", "tiny",
+                           "--data-dir", str(tmp_path), "--alignment-dir", str(tmp_path),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "dap 3" in proc.stderr and "data 5" in proc.stderr and "15 devices" in proc.stderr, proc.stderr
+    assert "8 are available" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# The real model (tiny preset, cut down further to keep XLA's compile time low)
+# ---------------------------------------------------------------------------
+def distogram_stand_in_loss(outputs, example):
+    """Distogram cross-entropy against bins of a synthetic target (stand-in for jaxfold.losses)."""
+    logits = outputs["distogram"]["logits"]
+    edges = outputs["distogram"]["bin_edges"]
+    pos = example["target_pos"]
+    d = jnp.sqrt(jnp.sum((pos[:, None] - pos[None]) ** 2, -1) + 1e-8)
+    labels = jax.nn.one_hot(jnp.sum(d[..., None] > edges, -1), logits.shape[-1])
+    ce = -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1))
+    return ce, {"distogram": ce}
+
+
+@pytest.mark.slow  # ~2-6 min of XLA compile on 2 shared CPU cores; run with -m slow
+def test_alphafold_train_step_reduces_loss_and_skips_nan():
+    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
+                               use_remat=True, **{
+                                   "model.embeddings_and_evoformer.template.enabled": False,
+                                   "model.heads.masked_msa.weight": 0.0,
+                                   "model.heads.experimentally_resolved.weight": 0.0,
+                                   "model.heads.predicted_aligned_error.weight": 0.0,
+                                   "model.heads.predicted_lddt.weight": 0.0,
+                                   "training.learning_rate": 1e-3, "training.warmup_steps": 0})
+    from jaxfold.model.init import init_params
+
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
+    state = TrainState.create(params, make_optimizer(cfg), rng=0)
+    examples = []
+    for i in range(2):
+        f = example(i)
+        f["target_pos"] = 3.8 * np.cumsum(np.random.default_rng(i).normal(size=(NUM_RES, 3)), 0).astype(np.float32)
+        examples.append(f)
+    batch = stack_examples(examples)
+    assert batch["target_pos"].shape == (2, NUM_RES, 3)  # ground truth without the recycling axis
+    step = make_train_step(cfg, distogram_stand_in_loss)
+    losses = []
+    for _ in range(4):
+        state, m = step(state, shard_batch(batch, None))
+        losses.append(float(m["loss"]))
+        assert int(m["skipped"]) == 0 and np.isfinite(float(m["grad_norm"]))
+    assert losses[-1] < losses[0], losses
+    before = host(state.params)
+    bad = dict(batch, msa_feat=batch["msa_feat"].copy())
+    bad["msa_feat"][0, 0, 0, 0, 0] = np.nan
+    state, m = step(state, shard_batch(bad, None))
+    assert int(m["skipped"]) == 1 and int(state.num_skipped) == 1 and int(state.step) == 5
+    assert_trees_equal(state.params, before)
