@@ -21,7 +21,7 @@ from jaxfold.common import residue_constants
 from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
 from jaxfold.model.heads import HEADS
 from jaxfold.model.structure_module import StructureModule
-from jaxfold.parallel.dap import NO_DAP, Dap
+from jaxfold.parallel.dap import NO_DAP, Dap, vary_like
 
 RECYCLED = ("prev_pos", "prev_msa_first_row", "prev_pair")
 
@@ -97,6 +97,7 @@ class AlphaFold(nn.Module):
             return idx + 1, recycling_outputs(ret)
 
         if c.num_recycle:
+            prev = vary_like(prev, features)  # under shard_map the carry varies like the batch
             if self.is_initializing():
                 _, prev = body(iteration, (0, prev))
             else:

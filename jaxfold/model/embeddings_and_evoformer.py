@@ -53,12 +53,14 @@ class EmbeddingsAndEvoformer(nn.Module):
             pair = pair + template_update
 
         extra_msa = embedders.extra_msa_embedding(batch, c).astype(dtype)
+        # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
+        vary_refs = (self.make_rng("dropout"),) if self.is_training and not gc.deterministic else ()
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
         if c.extra_msa_stack_num_block:
             extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,
                                           is_training=self.is_training, name="extra_msa_stack", dap=self.dap)
             extra_msa, pair = apply_stack(extra_stack, self.dap, extra_msa, pair, batch["extra_msa_mask"].astype(dtype),
-                                               mask_2d.astype(dtype))
+                                          mask_2d.astype(dtype), *vary_refs)
         self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
 
         msa_mask = batch["msa_mask"]
@@ -71,7 +73,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
         stack = evoformer_stack(c.evoformer, gc, c.evoformer_num_block, is_extra_msa=False,
                                 is_training=self.is_training, name="evoformer_iteration", dap=self.dap)
-        msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype))
+        msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype), *vary_refs)
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
 
         msa, pair = msa.astype(jnp.float32), pair.astype(jnp.float32)

@@ -22,7 +22,7 @@ from jaxfold.model.outer_product_mean import OuterProductMean
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
-from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask
+from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask, vary_like
 
 
 def residual_update(module: nn.Module, parent: nn.Module, act, update, is_training: bool,
@@ -132,18 +132,20 @@ def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, i
     return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)
 
 
-def apply_stack(stack: nn.Module, dap: Dap, msa, pair, msa_mask, pair_mask):
+def apply_stack(stack: nn.Module, dap: Dap, msa, pair, msa_mask, pair_mask, *vary_refs):
     """Run a scanned Evoformer/extra-MSA stack; under DAP pad to the DAP size, slice rows, run, gather, unpad.
 
     msa `[N_seq, N_res, c]`, pair `[N_res, N_res, c_z]` and both masks whole (replicated); returns whole,
     replicated outputs. Padded rows/columns carry zero masks, so valid outputs are unchanged (masked keys
     get exactly zero attention weight, masked residues contribute nothing to the triangle and outer products).
+    `vary_refs` (e.g. a dropout key) are values the loop body mixes in; see `vary_like`.
     """
     num_seq, num_res = msa.shape[:2]
     msa_mask = dap.pad_to_multiple(msa_mask, (0, 1))
     pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
     msa = dap.scatter(dap.pad_to_multiple(msa, (0, 1)), 0)
     pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
+    msa, pair = vary_like((msa, pair), msa, pair, msa_mask, pair_mask, *vary_refs)
     (msa, pair), _ = stack((msa, pair), msa_mask, pair_mask)
     return (dap.gather_replicated(msa, 0)[:num_seq, :num_res],
             dap.gather_replicated(pair, 0)[:num_res, :num_res])

@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxfold.common import all_atom
 from jaxfold.common.geometry import Rigid, Rot3, Vec3, quat_affine_pre_compose
+from jaxfold.parallel.dap import vary_like
 from jaxfold.model.primitives import LayerNorm, Linear, dropout, final_init
 
 # AlphaFold's IPA masks logits with `-1e5 * (1 - mask_2d)` (not the trunk's -1e9).
@@ -346,6 +347,9 @@ class StructureModule(nn.Module):
         act_2d = LayerNorm(gc.kernels, name="pair_layer_norm")(pair)
 
         activations = {"act": act, "affine": identity_affine(single.shape[0])}
+        # Under shard_map the carry must vary over every axis the loop body mixes in (see `vary_like`).
+        refs = (self.make_rng("dropout"),) if self.is_training and not gc.deterministic else ()
+        activations = vary_like(activations, act, act_2d, seq_mask, *refs)
         fold_stack = nn.scan(
             FoldIteration,
             variable_broadcast="params",

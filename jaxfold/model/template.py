@@ -3,8 +3,8 @@
 For every template: pair features (distogram of pseudo-beta positions, masks, both residues' aatype,
 backbone unit vectors) -> linear `embedding2d` -> template pair stack -> LayerNorm. The query pair
 representation then attends over templates at every (i, j) ("pointwise attention") and the result is
-added to the pair representation by the caller. Templates share weights; they are processed one after
-another with `nn.scan`, so only one template's pair stack is live at a time.
+added to the pair representation by the caller. Templates share weights: one embedder module is applied to
+each template in turn.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from jaxfold.model.primitives import LayerNorm, Linear
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
-from jaxfold.parallel.dap import NO_DAP, Dap
+from jaxfold.parallel.dap import NO_DAP, Dap, vary_like
 
 
 class TemplatePairBlock(nn.Module):
@@ -75,6 +75,8 @@ class TemplatePairStack(nn.Module):
         num_res = pair.shape[0]
         pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
         pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
+        refs = (self.make_rng("dropout"),) if self.is_training and not self.global_config.deterministic else ()
+        pair = vary_like(pair, pair, pair_mask, *refs)
         stack = scanned_stack(TemplatePairBlock, self.config.num_block, bool(self.global_config.use_remat))
         pair, _ = stack(self.config, self.global_config, self.is_training, dap, name="__layer_stack_no_state")(
             pair, pair_mask)
@@ -132,7 +134,7 @@ def template_pair_features(template: dict, num_bins_config, use_unit_vector: boo
 
 
 class SingleTemplateEmbedding(nn.Module):
-    """Embeds one template into a pair tensor `[N_res, N_res, c_t]`. Scan body over templates."""
+    """Embeds one template into a pair tensor `[N_res, N_res, c_t]`; one instance serves every template."""
 
     config: object  # embeddings_and_evoformer.template
     global_config: object
@@ -140,7 +142,7 @@ class SingleTemplateEmbedding(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, carry, template, mask_2d):
+    def __call__(self, template, mask_2d):
         c = self.config
         dtype = mask_2d.dtype
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
@@ -148,8 +150,7 @@ class SingleTemplateEmbedding(nn.Module):
         act = Linear(num_channels, initializer="relu", name="embedding2d")(act)
         act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training, self.dap,
                                 name="template_pair_stack")(act, mask_2d)
-        act = LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
-        return carry, act
+        return LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
 
 
 class TemplateEmbedding(nn.Module):
@@ -172,11 +173,12 @@ class TemplateEmbedding(nn.Module):
         template_mask = template_batch["template_mask"].astype(dtype)
         num_templates = template_mask.shape[0]
         per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
-        embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
-                            split_rngs={"params": False, "dropout": True},
-                            in_axes=(0, nn.broadcast), out_axes=0, length=num_templates)
-        _, templates = embed_all(c, gc, self.is_training, self.dap, name="single_template_embedding")(
-            jnp.zeros((), dtype), per_template, mask_2d.astype(dtype))
+        # One shared-weight embedder applied template by template (max_templates is 4). A Python loop, not
+        # nn.scan: Flax's scan tracing drops shard_map's varying-axis types of the nested pair-stack loop.
+        embedder = SingleTemplateEmbedding(c, gc, self.is_training, self.dap, name="single_template_embedding")
+        templates = jnp.stack([
+            embedder(jax.tree_util.tree_map(lambda x, t=t: x[t], per_template), mask_2d.astype(dtype))
+            for t in range(num_templates)])
         num_channels = templates.shape[-1]
         flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)
         flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates,

@@ -86,6 +86,36 @@ class Dap:
 NO_DAP = Dap()
 
 
+def vary_like(tree, *refs):
+    """Mark `tree`'s leaves as varying over every mesh axis any of `refs` varies over.
+
+    Inside `shard_map` a loop carry must keep its type: a carry that starts invariant (zeros, constants,
+    replicated values) but mixes with per-device data in the loop body (the batch split over `data`,
+    per-example dropout keys, DAP slices) must be cast to varying before the loop. Outside `shard_map`,
+    or on jax versions without varying-axis types, this is the identity.
+    """
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None or not hasattr(jax.lax, "pcast"):
+        return tree
+    def vma(x) -> set:
+        aval = typeof(x)
+        if hasattr(aval, "vma"):  # jax versions that expose the varying axes directly
+            return set(aval.vma or ())
+        return set(getattr(getattr(aval, "mat", None), "varying", ()) or ())
+
+    axes = set()
+    for ref in jax.tree_util.tree_leaves(refs):
+        axes |= vma(ref)
+    if not axes:
+        return tree
+
+    def cast(x):
+        missing = tuple(sorted(axes - vma(x)))
+        return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
 def local_dropout_mask(dap: Dap, rng: jax.Array, keep_rate: float, local_shape: tuple[int, ...],
                        split_axis: int | None, broadcast_dim: int | None) -> jax.Array:
     """Dropout keep-mask for a DAP-local tensor that equals the slice of the unsharded mask.
