@@ -478,6 +478,9 @@ def test_cli_bad_fasta_is_one_clear_line(tmp_path):
      'sequence data before the first header'),
     (lambda d, t: [t / 'unknown.fasta', '--params', 'random', '--msa-mode', 'single_sequence'], 1,
      "illegal residue letter 'J'"),
+    (lambda d, t: [t / 'empty.fasta', '--params', 'random', '--msa-mode', 'single_sequence'], 1,
+     'no FASTA record found'),
+
     (lambda d, t: [d / 'seqs' / f'{NAME}.fasta', '--params', 'random', '--msa-dir', t / 'no_msas'], 1,
      'MSA folder not found'),
     (lambda d, t: [d / 'seqs' / f'{NAME}.fasta', '--params', 'random'], 1, 'no alignments'),
@@ -492,6 +495,8 @@ def test_cli_bad_fasta_is_one_clear_line(tmp_path):
 ])
 def test_cli_input_errors(data, tmp_path, capsys, monkeypatch, make_args, code, message):
     (tmp_path / 'noheader.fasta').write_text('ACDEF\n')
+    (tmp_path / 'empty.fasta').write_text('')
+
     (tmp_path / 'unknown.fasta').write_text('>x\nACDJEF\n')
     (tmp_path / 'params_model_1_ptm.npz').write_bytes(b'this is not a zip archive')
     out = tmp_path / 'out'
@@ -502,6 +507,29 @@ def test_cli_input_errors(data, tmp_path, capsys, monkeypatch, make_args, code, 
     assert message in err, err
     assert err.count('error:') == 1 and 'Traceback' not in err
     assert [p.name for p in out.iterdir()] == ['earlier.txt']
+
+
+def test_cli_alignment_of_another_protein_is_a_clear_error(data, tmp_path, capsys, monkeypatch):
+    """A per-sequence failure: its error line names the file and the mismatch, then the run's summary."""
+    other = tmp_path / 'other_msas' / NAME
+    other.mkdir(parents=True)  # an alignment whose query is another protein (ubiquitin 1-37)
+    (other / 'bfd_uniclust_hits.a3m').write_text('>q\nMQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIP\n')
+    out = tmp_path / 'out'
+    got, err = _run_cli([data / 'seqs' / f'{NAME}.fasta', '--params', 'random', '--models', 'tiny',
+                         '--msa-dir', tmp_path / 'other_msas', '--output-dir', out], capsys, monkeypatch)
+    assert got == 1, err
+    assert 'bfd_uniclust_hits.a3m' in err and 'is not the query sequence' in err and 'Traceback' not in err
+    assert not list(out.glob('**/*.pdb')) and not list(out.glob('**/ranking.json'))
+
+
+def test_cli_unwritable_output_dir_is_a_clear_error(data, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / 'out'
+    blocker.write_text('a file, not a folder')  # root ignores permission bits, so block with a file
+    got, err = _run_cli([data / 'seqs' / f'{NAME}.fasta', '--params', 'random', '--models', 'tiny',
+                         '--msa-mode', 'single_sequence', '--output-dir', blocker / 'sub'], capsys, monkeypatch)
+    assert got == 1, err
+    assert 'Not a directory' in err and err.count('error:') == 1 and 'Traceback' not in err
+    assert blocker.read_text() == 'a file, not a folder'
 
 
 def test_cli_ptm_mismatch_and_shrunk_depth_hint(params_file, data, tmp_path, capsys, monkeypatch):
