@@ -60,42 +60,36 @@ class MSARowAttentionWithPairBias(nn.Module):
 
 
 class MSAColumnAttention(nn.Module):
-    """Column-wise gated self-attention on the MSA (every residue attends over sequences).
+    """Column-wise attention on the MSA: every residue attends over sequences.
 
-    msa_act `[N_seq, N_res, c_m]`, msa_mask `[N_seq, N_res]`.
+    msa_act `[N_seq, N_res, c_m]`, msa_mask `[N_seq, N_res]`. Gated multi-head attention in the main
+    Evoformer; with `use_global` AlphaFold's global attention (one averaged query per head), used by the
+    extra-MSA stack (Suppl. Alg. 19).
     """
 
     config: object
     global_config: object
+    use_global: bool = False
 
     @nn.compact
     def __call__(self, msa_act, msa_mask):
+        gc = self.global_config
         msa_act = jnp.swapaxes(msa_act, -2, -3)
         msa_mask = jnp.swapaxes(msa_mask, -1, -2)
-        bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
-        msa_act = LayerNorm(self.global_config.kernels, name="query_norm")(msa_act)
-        attn = attention_for(self.config, self.global_config, msa_act.shape[-1])
-        return jnp.swapaxes(attn(msa_act, msa_act, bias), -2, -3)
-
-
-class MSAColumnGlobalAttention(nn.Module):
-    """Column-wise global attention, used by the extra-MSA stack (Suppl. Alg. 19).
-
-    msa_act `[N_extra, N_res, c_e]`, msa_mask `[N_extra, N_res]`.
-    """
-
-    config: object
-    global_config: object
-
-    @nn.compact
-    def __call__(self, msa_act, msa_mask):
-        msa_act = jnp.swapaxes(msa_act, -2, -3)
-        msa_mask = jnp.swapaxes(msa_mask, -1, -2)
-        msa_act = LayerNorm(self.global_config.kernels, name="query_norm")(msa_act)
-        attn = GlobalAttention(
-            num_head=self.config.num_head, output_dim=msa_act.shape[-1], gating=self.config.gating,
-            key_dim=self.config.get("key_dim"), value_dim=self.config.get("value_dim"),
-            zero_init=self.global_config.zero_init, chunk_size=self.global_config.chunk_size,
-            name="attention")
-        out = attn(msa_act, msa_act, msa_mask[..., None].astype(msa_act.dtype))
+        msa_act = LayerNorm(gc.kernels, name="query_norm")(msa_act)
+        if self.use_global:
+            attn = GlobalAttention(
+                num_head=self.config.num_head, output_dim=msa_act.shape[-1], gating=self.config.gating,
+                key_dim=self.config.get("key_dim"), value_dim=self.config.get("value_dim"),
+                zero_init=gc.zero_init, chunk_size=gc.chunk_size, name="attention")
+            out = attn(msa_act, msa_act, msa_mask[..., None].astype(msa_act.dtype))
+        else:
+            bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
+            out = attention_for(self.config, gc, msa_act.shape[-1])(msa_act, msa_act, bias)
         return jnp.swapaxes(out, -2, -3)
+
+
+class MSAColumnGlobalAttention(MSAColumnAttention):
+    """`MSAColumnAttention` with global attention (the extra-MSA stack's column attention)."""
+
+    use_global: bool = True
