@@ -3,8 +3,8 @@
 For every template: pair features (distogram of pseudo-beta positions, masks, both residues' aatype,
 backbone unit vectors) -> linear `embedding2d` -> template pair stack -> LayerNorm. The query pair
 representation then attends over templates at every (i, j) ("pointwise attention") and the result is
-added to the pair representation by the caller. Templates share weights: one embedder module is applied to
-each template in turn.
+added to the pair representation by the caller. Templates share weights; they are processed one after
+another with `nn.scan`, so only one template's pair stack is live at a time.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def template_pair_features(template: dict, num_bins_config, use_unit_vector: boo
 
 
 class SingleTemplateEmbedding(nn.Module):
-    """Embeds one template into a pair tensor `[N_res, N_res, c_t]`; one instance serves every template."""
+    """Embeds one template into a pair tensor `[N_res, N_res, c_t]`. Scan body over templates."""
 
     config: object  # embeddings_and_evoformer.template
     global_config: object
@@ -142,7 +142,7 @@ class SingleTemplateEmbedding(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, template, mask_2d):
+    def __call__(self, carry, template, mask_2d):
         c = self.config
         dtype = mask_2d.dtype
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
@@ -150,7 +150,7 @@ class SingleTemplateEmbedding(nn.Module):
         act = Linear(num_channels, initializer="relu", name="embedding2d")(act)
         act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training, self.dap,
                                 name="template_pair_stack")(act, mask_2d)
-        return LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
+        return carry, LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
 
 
 class TemplateEmbedding(nn.Module):
@@ -173,12 +173,15 @@ class TemplateEmbedding(nn.Module):
         template_mask = template_batch["template_mask"].astype(dtype)
         num_templates = template_mask.shape[0]
         per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
-        # One shared-weight embedder applied template by template (max_templates is 4). A Python loop, not
-        # nn.scan: Flax's scan tracing drops shard_map's varying-axis types of the nested pair-stack loop.
-        embedder = SingleTemplateEmbedding(c, gc, self.is_training, self.dap, name="single_template_embedding")
-        templates = jnp.stack([
-            embedder(jax.tree_util.tree_map(lambda x, t=t: x[t], per_template), mask_2d.astype(dtype))
-            for t in range(num_templates)])
+        # A scan, not a Python loop: templates run one after another (one pair stack live at a time), and
+        # under DAP their collectives stay in one order on every device (independent template branches
+        # could otherwise enter their all-to-alls in different orders and deadlock).
+        embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
+                            split_rngs={"params": False, "dropout": True},
+                            in_axes=(0, nn.broadcast), out_axes=0, length=num_templates)
+        carry = vary_like(jnp.zeros((), dtype), query_embedding, per_template, mask_2d)
+        _, templates = embed_all(c, gc, self.is_training, self.dap, name="single_template_embedding")(
+            carry, per_template, mask_2d.astype(dtype))
         num_channels = templates.shape[-1]
         flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)
         flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates,
