@@ -9,7 +9,19 @@ import pytest
 # roughly halve it and cost nothing that the tests measure (tolerances are set by the references, not by
 # speed). Set before jax is imported by any test module.
 # Eight virtual CPU devices let the DAP tests run shard_map code; single-device code still uses device 0.
-for flag in ("--xla_backend_optimization_level=0", "--xla_force_host_platform_device_count=8"):
+_FLAGS = ["--xla_backend_optimization_level=0", "--xla_force_host_platform_device_count=8"]
+# The virtual devices' collectives meet in a rendezvous that XLA aborts after 40 s; on a loaded 2-core machine a
+# device thread can lag that long, so allow 10 minutes (flags checked to exist in jaxlib 0.10; an unknown flag is
+# fatal to XLA, so they are added only there and later).
+try:
+    from importlib.metadata import version as _version
+
+    if tuple(int(p) for p in _version("jaxlib").split(".")[:2]) >= (0, 10):
+        _FLAGS += ["--xla_cpu_collective_call_terminate_timeout_seconds=600",
+                   "--xla_cpu_collective_timeout_seconds=600"]
+except Exception:  # noqa: BLE001  (no jaxlib metadata: keep XLA's defaults)
+    pass
+for flag in _FLAGS:
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
