@@ -44,3 +44,14 @@ def shared_dir() -> Path:
             "(set JAXFOLD_SHARED to the folder holding data/structures)"
         )
     return path
+
+
+@pytest.fixture
+def ieee_fp32_dots():
+    """IEEE float32 dots for kernel and reference alike (the Pallas tests). No-op on CPU; on a GPU it keeps
+    TF32 out of both (Triton and XLA default to TF32 for float32 there), so float32 tolerances also hold when
+    those tests run on a GPU, where the kernels are compiled instead of interpreted."""
+    import jax  # noqa: PLC0415  (conftest sets XLA_FLAGS before jax is imported)
+
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -19,19 +19,11 @@ from pallas_kernels import _compat
 from pallas_kernels import layer_norm as pln
 
 # jax >= 0.11 warns that the Pallas Triton backend is deprecated (Mosaic GPU is its successor); expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
+pytestmark = [pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
+              pytest.mark.usefixtures("ieee_fp32_dots")]
 
 F32_TOL = 1e-5
 BF16_TOL = 1e-2
-
-
-@pytest.fixture(autouse=True)
-def _ieee_fp32_dots():
-    """IEEE float32 dots for kernel and reference alike. No-op on CPU; on a GPU it keeps TF32 out of both
-    (Triton and XLA default to TF32 for float32 there), so the float32 tolerances also hold when this file
-    is run on a GPU, where the kernels are compiled instead of interpreted."""
-    with jax.default_matmul_precision("highest"):
-        yield
 
 
 def _inputs(seed, shape, dtype=jnp.float32, param_dtype=jnp.float32):
