@@ -75,8 +75,16 @@ def _sq_diff(a: Array, b: Array) -> Array:
 
 def rigid_from_affine_tensor(tensor: Array) -> Rigid:
     """QuatAffine tensor [..., 7] (quaternion, translation) -> Rigid (quaternion normalised, as
-    QuatAffine.from_tensor + r3.rigids_from_quataffine)."""
-    return Rigid(Rot3.from_quaternion(tensor[..., :4], normalize=True), Vec3.from_array(tensor[..., 4:]))
+    QuatAffine.from_tensor + r3.rigids_from_quataffine).
+
+    An all-zero quaternion (a residue that is padding, e.g. a crop longer than the chain: the
+    feature pipeline pads with zeros) becomes the identity: normalising it gives NaN, and a NaN
+    frame poisons the masked FAPE sum (NaN * 0 = NaN), so the whole loss and gradient go NaN.
+    Such frames are masked out of every loss, so the identity never contributes."""
+    quaternion = tensor[..., :4]
+    is_zero = jnp.all(quaternion == 0, axis=-1, keepdims=True)
+    quaternion = jnp.where(is_zero, jnp.asarray([1.0, 0.0, 0.0, 0.0], quaternion.dtype), quaternion)
+    return Rigid(Rot3.from_quaternion(quaternion, normalize=True), Vec3.from_array(tensor[..., 4:]))
 
 
 def _heads_config(config: Any):

@@ -205,6 +205,23 @@ def test_backbone_fape_identity_and_rigid_invariance(ubq, gt):
     np.testing.assert_allclose(sidechain_fape(gt, sc, r), FAPE_FLOOR, rtol=5e-2)
 
 
+def test_backbone_fape_finite_and_unchanged_with_padding(gt, noisy):
+    """A crop longer than the chain pads the ground truth with zeros (zero quaternions, mask 0): FAPE
+    must ignore the padding, not turn NaN (it did: the zero quaternion was normalised to NaN)."""
+    pad = 6
+    padded = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+              for k, v in gt.items() if np.ndim(v) >= 1 and len(v) == len(gt["aatype"])}
+    traj = jnp.asarray(noisy["backbone_affine_tensor"])[None]
+    traj_padded = jnp.concatenate([traj, jnp.tile(jnp.asarray([1.0, 0, 0, 0, 0, 0, 0]), (1, pad, 1))], 1)
+    for clamped in (0.0, 1.0):
+        want = backbone(dict(gt, use_clamped_fape=clamped), traj)
+        got = backbone(dict(padded, use_clamped_fape=clamped), traj_padded)
+        assert np.isfinite(float(got["fape"]))
+        np.testing.assert_allclose(got["fape"], want["fape"], rtol=1e-5)
+        grad = jax.grad(lambda t: backbone(dict(padded, use_clamped_fape=clamped), t)["loss"])(traj_padded)
+        assert np.all(np.isfinite(np.asarray(grad)))
+
+
 def test_fape_matches_explicit_loop(gt, noisy):
     sub = np.arange(5, 17)
     pf, pt = rot_matrices(noisy["rigidgroups_gt_frames"][sub, 0])

@@ -349,15 +349,15 @@ def test_alphafold_train_step_reduces_loss_and_skips_nan():
 # train.py end to end: the real model, real losses, real chains
 # ---------------------------------------------------------------------------
 def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
-    """`train.py --config tiny` (one Evoformer block, no templates, crop 32) on two real chains of
-    ../shared/data with every AlphaFold loss: the total falls (the random network's clashes are
+    """`train.py --config tiny` (one Evoformer block, no templates, crop 40: 1psm_A's 38 residues are
+    padded, 2q2k_A's 70 cropped) on two real chains of ../shared/data with every AlphaFold loss: the total falls (the random network's clashes are
     learnt away first), and so do the distogram and masked-MSA terms; the run leaves checkpoints, a
     metrics log and loadable EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
     data = shared_dir / "data"
     chains = tmp_path / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
     out = tmp_path / "out"
-    sets = {"training.batch_size": 2, "training.crop_size": 32, "training.warmup_steps": 0,
+    sets = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
             "training.num_workers": 1, "training.checkpoint_every": 10,
             "model.embeddings_and_evoformer.evoformer_num_block": 1,
             "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
