@@ -236,10 +236,13 @@ def main(argv=None) -> int:
                 if isinstance(v, (int, float)):
                     writer.add_scalar(k, v, step)
 
-    def drain_eval() -> None:
+    def drain_eval(wait: bool = False) -> None:
         if evaluator is not None:
-            for step, m in evaluator.poll():
+            for step, m in (evaluator.wait() if wait else evaluator.poll()):
                 record(step, {f"eval/{k}": v for k, v in m.items() if k != "per_chain"})
+                if "lddt_ca" in m:
+                    log(f"step {step}: EMA lDDT-Ca {m['lddt_ca']:.3f} on {m.get('num_chains', '?')} "
+                        "held-out chains")
 
     step = start
     last = time.perf_counter()
@@ -277,8 +280,12 @@ def main(argv=None) -> int:
         ckpt.save(state, loader.state_dict())
     ckpt.close()
     if evaluator is not None:
-        evaluator.wait()
-        drain_eval()
+        # `wait` hands back what finished (a bare wait() + poll() would drop it); the final EMA
+        # parameters are always evaluated, even off the eval_every grid.
+        drain_eval(wait=True)
+        if step > start and step % t.eval_every:
+            evaluator.submit(step, state.ema_params)
+            drain_eval(wait=True)
     if is_main:
         save_alphafold_params(jax.device_get(state.ema_params), out / "params_ema.npz")
         log(f"done at step {step}; EMA parameters in {out / 'params_ema.npz'}")

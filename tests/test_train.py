@@ -352,10 +352,12 @@ def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
     """`train.py --config tiny` (one Evoformer block, no templates, crop 40: 1psm_A's 38 residues are
     padded, 2q2k_A's 70 cropped) on two real chains of ../shared/data with every AlphaFold loss: the total falls (the random network's clashes are
     learnt away first), and so do the distogram and masked-MSA terms; the run leaves checkpoints, a
-    metrics log and loadable EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
+    metrics log, loadable EMA parameters and an lDDT-Cα evaluation of the final EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
     data = shared_dir / "data"
     chains = tmp_path / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
+    eval_chains = tmp_path / "eval.txt"
+    eval_chains.write_text("1psm_A\n")
     out = tmp_path / "out"
     sets = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
             "training.num_workers": 1, "training.checkpoint_every": 10,
@@ -364,7 +366,7 @@ def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
             "data.common.max_extra_msa": 16, "data.eval.max_msa_clusters": 8}
     cmd = [sys.executable, str(REPO / "train.py"), "--config", "tiny", "--data-dir", str(data / "structures" / "mmcif"),
            "--alignment-dir", str(data / "msas"), "--output-dir", str(out), "--chain-list", str(chains),
-           "--num-steps", "20"]
+           "--num-steps", "20", "--eval-chain-list", str(eval_chains)]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
@@ -374,7 +376,11 @@ def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/lddt_ca" in r]
+    assert [r["step"] for r in evals] == [20], evals  # eval_every (1000) is off the grid: final only
+    assert 0.0 < evals[0]["eval/lddt_ca"] < 1.0 and evals[0]["eval/num_chains"] == 1
+    log = [r for r in records if "loss" in r]
     assert [r["step"] for r in log] == list(range(1, 21))
     assert not any(r["skipped"] for r in log)
     for term in ("fape", "sidechain_fape", "chi_loss", "distogram", "masked_msa", "predicted_lddt",
