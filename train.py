@@ -172,7 +172,10 @@ def main(argv=None) -> int:
     log(f"{len(dataset)} training chains; mesh dap={sizes['dap']} x data={sizes['data']}; "
         f"global batch {t.batch_size}; {t.num_steps} steps")
 
+    tic = time.perf_counter()
     fresh = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(t.seed))
+    jax.block_until_ready(fresh)
+    log(f"parameters initialised in {time.perf_counter() - tic:.1f} s")
     if args.init_params:
         fresh, notes = _load_init_params(Path(args.init_params), jax.device_get(fresh))
         for n in notes:
@@ -252,6 +255,9 @@ def main(argv=None) -> int:
                      if k not in ("sample_position", "sample_index") and np.asarray(v).dtype.kind in "biuf"}
             state, metrics = step_fn(state, shard_batch(batch, mesh))
             step += 1
+            if step == start + 1:
+                jax.block_until_ready(metrics)
+                log(f"first step took {time.perf_counter() - last:.1f} s (first batch + XLA compilation)")
             if step % t.log_every == 0 or step == t.num_steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
