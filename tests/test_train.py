@@ -348,34 +348,50 @@ def test_alphafold_train_step_reduces_loss_and_skips_nan():
 # ---------------------------------------------------------------------------
 # train.py end to end: the real model, real losses, real chains
 # ---------------------------------------------------------------------------
-def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
-    """`train.py --config tiny` (one Evoformer block, no templates, crop 40: 1psm_A's 38 residues are
-    padded, 2q2k_A's 70 cropped) on two real chains of ../shared/data with every AlphaFold loss: the total falls (the random network's clashes are
-    learnt away first), and so do the distogram and masked-MSA terms; the run leaves checkpoints, a
-    metrics log, loadable EMA parameters and an lDDT-Cα evaluation of the final EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
+TINY_REAL_SETS = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
+                  "training.num_workers": 1, "training.checkpoint_every": 10,
+                  "model.embeddings_and_evoformer.evoformer_num_block": 1,
+                  "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
+                  "data.common.max_extra_msa": 16, "data.eval.max_msa_clusters": 8}
+
+
+def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
+    """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
     data = shared_dir / "data"
-    chains = tmp_path / "chains.txt"
+    chains = workdir / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
-    eval_chains = tmp_path / "eval.txt"
-    eval_chains.write_text("1psm_A\n")
-    out = tmp_path / "out"
-    sets = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
-            "training.num_workers": 1, "training.checkpoint_every": 10,
-            "model.embeddings_and_evoformer.evoformer_num_block": 1,
-            "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
-            "data.common.max_extra_msa": 16, "data.eval.max_msa_clusters": 8}
     cmd = [sys.executable, str(REPO / "train.py"), "--config", "tiny", "--data-dir", str(data / "structures" / "mmcif"),
            "--alignment-dir", str(data / "msas"), "--output-dir", str(out), "--chain-list", str(chains),
-           "--num-steps", "20", "--eval-chain-list", str(eval_chains)]
-    for k, v in sets.items():
+           "--num-steps", "20", *extra_args]
+    for k, v in TINY_REAL_SETS.items():
         cmd += ["--set", f"{k}={v}"]
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500, cwd=tmp_path)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500, cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def tiny_real_run(tmp_path_factory, shared_dir):
+    """One uninterrupted 20-step run (checkpoints at 10 and 20, final evaluation on 1psm_A)."""
+    work = tmp_path_factory.mktemp("train_real")
+    eval_chains = work / "eval.txt"
+    eval_chains.write_text("1psm_A\n")
+    out = work / "out"
+    proc = run_train_py(shared_dir, work, out, ["--eval-chain-list", str(eval_chains)])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_train_py_tiny_on_real_chains_loss_falls(tiny_real_run):
+    """`train.py --config tiny` (one Evoformer block, no templates, crop 40: 1psm_A's 38 residues are
+    padded, 2q2k_A's 70 cropped) on two real chains of ../shared/data with every AlphaFold loss: the
+    total falls (the random network's clashes are learnt away first), and so do the distogram and
+    masked-MSA terms; the run leaves checkpoints, a metrics log, loadable EMA parameters and an lDDT-Cα
+    evaluation of the final EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
     import json
 
+    out = tiny_real_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/lddt_ca" in r]
     assert [r["step"] for r in evals] == [20], evals  # eval_every (1000) is off the grid: final only
@@ -395,3 +411,68 @@ def test_train_py_tiny_on_real_chains_loss_falls(tmp_path, shared_dir):
 
     ema = read_npz(out / "params_ema.npz")
     assert len(ema) > 100 and all(np.all(np.isfinite(v)) for v in ema.values())
+
+
+def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tmp_path):
+    """A run that died after its step-10 checkpoint (the output folder as it was then: checkpoint 10
+    only) is resumed by the same command and ends at step 20 with parameters, optimiser state, EMA and
+    loader position bit-identical to the uninterrupted run's: no sample repeated or skipped."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tiny_real_run / "checkpoints" / "10", out / "checkpoints" / "10")
+    proc = run_train_py(shared_dir, tmp_path, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    import json
+
+    resumed_steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert resumed_steps == list(range(11, 21))
+    ckpt = ocp.StandardCheckpointer()
+    want = ckpt.restore(tiny_real_run / "checkpoints" / "20" / "state")
+    got = ckpt.restore(out / "checkpoints" / "20" / "state")
+    assert_trees_equal(got, want)
+    loader_state = lambda root: json.loads((root / "checkpoints" / "20" / "loader" / "metadata").read_text())  # noqa: E731
+    assert loader_state(out) == loader_state(tiny_real_run)
+    assert loader_state(out)["next_position"] == 40  # 20 steps x batch 2, each sample once
+    from jaxfold.weights import read_npz
+
+    a, b = read_npz(out / "params_ema.npz"), read_npz(tiny_real_run / "params_ema.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # two compilations of the real model (one under shard_map): several minutes on 2 CPU cores
+def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
+    """The real model and every AlphaFold loss on a real chain (1k1a_A cropped to 32): one training step
+    with the trunk split over 2 devices (mesh 2x1, DAP) gives the loss, gradient norm and updated
+    parameters of the unsplit step (dropout off: DAP draws per-shard masks by design)."""
+    from jaxfold.data.dataset import TrainingDataset
+    from jaxfold.losses import total_loss
+    from jaxfold.model.init import init_params
+    from jaxfold.train.step import loss_fn_from_config
+
+    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
+        "model.embeddings_and_evoformer.template.enabled": False, "data.common.use_templates": False,
+        "training.crop_size": 32, "training.warmup_steps": 0})
+    lst = tmp_path / "chains.txt"
+    lst.write_text("1k1a_A\n")
+    ds = TrainingDataset(shared_dir / "data" / "structures" / "mmcif", shared_dir / "data" / "msas", cfg,
+                         chain_list=lst, crop_size=32, max_msa_clusters=8, max_extra_msa=16, num_recycle=0)
+    ex = {k: v for k, v in ds.sample(0, seed=0).items()
+          if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}
+    batch = stack_examples([ex])
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
+    loss_fn = loss_fn_from_config(total_loss, cfg)
+    mesh = make_mesh("2x1", devices=jax.devices()[:2])
+    single, m1 = make_train_step(cfg, loss_fn)(TrainState.create(params, make_optimizer(cfg), rng=0),
+                                               shard_batch(batch, None))
+    sharded, m2 = make_train_step(cfg, loss_fn, mesh)(
+        replicate(TrainState.create(params, make_optimizer(cfg), rng=0), mesh), shard_batch(batch, mesh))
+    assert int(m1["skipped"]) == 0 and int(m2["skipped"]) == 0
+    for k in ("loss", "fape", "distogram", "masked_msa", "violation_loss", "grad_norm"):
+        np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=1e-4, err_msg=k)
+    for a, b in zip(jax.tree_util.tree_leaves(host(sharded.params)), jax.tree_util.tree_leaves(host(single.params))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
