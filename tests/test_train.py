@@ -464,13 +464,12 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
     ex = {k: v for k, v in ds.sample(0, seed=0).items()
           if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}
     batch = stack_examples([ex])
-    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
+    params = host(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0)))  # steps donate their state
+    fresh = lambda: TrainState.create(jax.tree_util.tree_map(jnp.asarray, params), make_optimizer(cfg), rng=0)  # noqa: E731
     loss_fn = loss_fn_from_config(total_loss, cfg)
     mesh = make_mesh("2x1", devices=jax.devices()[:2])
-    single, m1 = make_train_step(cfg, loss_fn)(TrainState.create(params, make_optimizer(cfg), rng=0),
-                                               shard_batch(batch, None))
-    sharded, m2 = make_train_step(cfg, loss_fn, mesh)(
-        replicate(TrainState.create(params, make_optimizer(cfg), rng=0), mesh), shard_batch(batch, mesh))
+    single, m1 = make_train_step(cfg, loss_fn)(fresh(), shard_batch(batch, None))
+    sharded, m2 = make_train_step(cfg, loss_fn, mesh)(replicate(fresh(), mesh), shard_batch(batch, mesh))
     assert int(m1["skipped"]) == 0 and int(m2["skipped"]) == 0
     for k in ("loss", "fape", "distogram", "masked_msa", "violation_loss", "grad_norm"):
         np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=1e-4, err_msg=k)
