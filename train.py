@@ -40,21 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _overrides(items) -> dict:
-    import tomllib  # noqa: PLC0415
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"train.py: error: --set expects PATH=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 def _load_init_params(path: Path, fresh: dict) -> tuple[dict, list[str]]:
     """Overlay parameters from `path` onto `fresh` (same key layout); returns (params, notes).
 
@@ -112,9 +97,13 @@ def main(argv=None) -> int:
         print(f"train.py: error: --mesh: {e}", file=sys.stderr)
         return 2
 
+    from jaxfold.config import parse_overrides  # noqa: PLC0415
     from jaxfold.train import load_training_config  # noqa: PLC0415
 
-    overrides = _overrides(args.set)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        raise SystemExit(f"train.py: error: --set {e}") from None
     if args.num_steps is not None:
         overrides["training.num_steps"] = args.num_steps
     if args.seed is not None:
@@ -131,7 +120,7 @@ def main(argv=None) -> int:
         return 2
 
     try:
-        from jaxfold.data.dataset import TrainingDataset  # noqa: PLC0415
+        from jaxfold.data.dataset import TrainingDataset, training_dataset_kwargs  # noqa: PLC0415
         from jaxfold.data.loader import Loader  # noqa: PLC0415
         from jaxfold.losses import total_loss  # noqa: PLC0415
     except ImportError as e:
@@ -141,14 +130,14 @@ def main(argv=None) -> int:
         return 2
 
     import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
 
     from jaxfold.model.init import init_params  # noqa: PLC0415
     from jaxfold.train.checkpoint import CheckpointManager  # noqa: PLC0415
     from jaxfold.train.evaluation import Evaluator  # noqa: PLC0415
     from jaxfold.train.optimizer import make_optimizer  # noqa: PLC0415
     from jaxfold.train.state import TrainState  # noqa: PLC0415
-    from jaxfold.train.step import loss_fn_from_config, make_train_step, replicate, shard_batch  # noqa: PLC0415
+    from jaxfold.train.step import (  # noqa: PLC0415
+        device_batch, loss_fn_from_config, make_train_step, replicate, shard_batch)
     from jaxfold.weights import save_alphafold_params  # noqa: PLC0415
 
     is_main = jax.process_index() == 0
@@ -156,9 +145,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: print(f"train.py: {msg}", file=sys.stderr, flush=True)) if is_main else (lambda m: None)
 
-    dataset_kwargs = dict(crop_size=t.crop_size, max_msa_clusters=cfg.data.eval.max_msa_clusters,
-                          max_extra_msa=cfg.data.common.max_extra_msa,
-                          max_templates=cfg.data.eval.max_templates, num_recycle=cfg.model.num_recycle)
+    dataset_kwargs = training_dataset_kwargs(cfg)
     try:
         dataset = TrainingDataset(args.data_dir, args.alignment_dir, cfg, chain_list=args.chain_list,
                                   seed=t.seed, **dataset_kwargs)
@@ -251,9 +238,7 @@ def main(argv=None) -> int:
     last = time.perf_counter()
     try:
         for batch in loader:
-            batch = {k: v for k, v in batch.items()
-                     if k not in ("sample_position", "sample_index") and np.asarray(v).dtype.kind in "biuf"}
-            state, metrics = step_fn(state, shard_batch(batch, mesh))
+            state, metrics = step_fn(state, shard_batch(device_batch(batch), mesh))
             step += 1
             if step == start + 1:
                 jax.block_until_ready(metrics)

@@ -49,35 +49,24 @@ def _commit() -> str:
     return commit()
 
 
-def _overrides(items) -> dict:
-    import tomllib  # noqa: PLC0415
-
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value
-    return out
-
-
 def run_variant(args) -> dict:
     """Measure one kernels variant in this process; returns a JSON-able row."""
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from jaxfold.data.dataset import TrainingDataset  # noqa: PLC0415
+    from jaxfold.data.dataset import TrainingDataset, training_dataset_kwargs  # noqa: PLC0415
     from jaxfold.losses import total_loss  # noqa: PLC0415
     from jaxfold.model.init import init_params  # noqa: PLC0415
+    from jaxfold.config import parse_overrides  # noqa: PLC0415
     from jaxfold.train import load_training_config  # noqa: PLC0415
     from jaxfold.train.optimizer import make_optimizer  # noqa: PLC0415
     from jaxfold.train.state import TrainState  # noqa: PLC0415
-    from jaxfold.train.step import loss_fn_from_config, make_train_step, shard_batch, stack_examples  # noqa: PLC0415
+    from jaxfold.train.step import (  # noqa: PLC0415
+        device_batch, loss_fn_from_config, make_train_step, shard_batch, stack_examples)
 
     row: dict = {"kernels": args.kernels, "config": args.config}
     cfg = load_training_config(args.config, kernels=args.kernels, **{"training.batch_size": 1},
-                               **_overrides(args.set))
+                               **parse_overrides(args.set))
     t = cfg.training
     evo = cfg.model.embeddings_and_evoformer
     row["shapes"] = {"crop": int(t.crop_size), "msa_clusters": int(cfg.data.eval.max_msa_clusters),
@@ -89,15 +78,12 @@ def run_variant(args) -> dict:
     lst = Path(args.scratch) / "chain.txt"
     lst.parent.mkdir(parents=True, exist_ok=True)
     lst.write_text(args.chain + "\n")
-    ds = TrainingDataset(args.data_dir, args.alignment_dir, cfg, chain_list=lst, crop_size=t.crop_size,
-                         max_msa_clusters=cfg.data.eval.max_msa_clusters,
-                         max_extra_msa=cfg.data.common.max_extra_msa, max_templates=cfg.data.eval.max_templates,
-                         num_recycle=cfg.model.num_recycle, seed=0)
+    ds = TrainingDataset(args.data_dir, args.alignment_dir, cfg, chain_list=lst, seed=0,
+                         **training_dataset_kwargs(cfg))
     example = ds.sample(0, seed=0)
     row["chain"] = args.chain
     row["chain_length"] = int(example["num_res"])
-    batch = stack_examples([{k: v for k, v in example.items()
-                             if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}])
+    batch = stack_examples([device_batch(example)])
 
     start = time.perf_counter()
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))

@@ -33,6 +33,7 @@ __all__ = [
     "available_presets",
     "config_dir",
     "model_config",
+    "parse_overrides",
     "preset_is_ptm",
 ]
 
@@ -502,6 +503,24 @@ def _validate(cfg: Config, source: str) -> None:
 # ---------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------
+def parse_overrides(items) -> dict[str, Any]:
+    """Command-line ``PATH=VALUE`` overrides (``--set``) -> ``{PATH: value}`` for :func:`model_config`.
+
+    VALUE is read as a TOML value (``4``, ``1e-3``, ``false``, ``"bfloat16"``); anything that is not
+    valid TOML is kept as a plain string. Raises ValueError for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expects PATH=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def model_config(preset: str = "model_1_ptm", **overrides: Any) -> Config:
     """Load a preset and apply overrides.
 

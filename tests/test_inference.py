@@ -480,7 +480,6 @@ def test_cli_bad_fasta_is_one_clear_line(tmp_path):
      "illegal residue letter 'J'"),
     (lambda d, t: [t / 'empty.fasta', '--params', 'random', '--msa-mode', 'single_sequence'], 1,
      'no FASTA record found'),
-
     (lambda d, t: [d / 'seqs' / f'{NAME}.fasta', '--params', 'random', '--msa-dir', t / 'no_msas'], 1,
      'MSA folder not found'),
     (lambda d, t: [d / 'seqs' / f'{NAME}.fasta', '--params', 'random'], 1, 'no alignments'),
@@ -496,7 +495,6 @@ def test_cli_bad_fasta_is_one_clear_line(tmp_path):
 def test_cli_input_errors(data, tmp_path, capsys, monkeypatch, make_args, code, message):
     (tmp_path / 'noheader.fasta').write_text('ACDEF\n')
     (tmp_path / 'empty.fasta').write_text('')
-
     (tmp_path / 'unknown.fasta').write_text('>x\nACDJEF\n')
     (tmp_path / 'params_model_1_ptm.npz').write_bytes(b'this is not a zip archive')
     out = tmp_path / 'out'

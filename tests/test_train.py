@@ -4,7 +4,9 @@ Most step tests inject a small stand-in model (`apply_fn`) so they compile in se
 real `AlphaFold(is_training=True)` (tiny preset, cut down) with a stand-in distogram loss.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from jaxfold.train import load_training_config
 from jaxfold.train.checkpoint import CheckpointError, CheckpointManager
 from jaxfold.train.optimizer import alphafold_schedule, make_optimizer
 from jaxfold.train.state import TrainState, ema_update
-from jaxfold.train.step import make_train_step, replicate, shard_batch, stack_examples
+from jaxfold.train.step import device_batch, make_train_step, replicate, shard_batch, stack_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -389,8 +391,6 @@ def test_train_py_tiny_on_real_chains_loss_falls(tiny_real_run):
     total falls (the random network's clashes are learnt away first), and so do the distogram and
     masked-MSA terms; the run leaves checkpoints, a metrics log, loadable EMA parameters and an lDDT-Cα
     evaluation of the final EMA parameters. ~2.5 min on 2 CPU cores, almost all of it XLA compile."""
-    import json
-
     out = tiny_real_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/lddt_ca" in r]
@@ -417,8 +417,6 @@ def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tm
     """A run that died after its step-10 checkpoint (the output folder as it was then: checkpoint 10
     only) is resumed by the same command and ends at step 20 with parameters, optimiser state, EMA and
     loader position bit-identical to the uninterrupted run's: no sample repeated or skipped."""
-    import shutil
-
     import orbax.checkpoint as ocp
 
     out = tmp_path / "out"
@@ -427,8 +425,6 @@ def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tm
     proc = run_train_py(shared_dir, tmp_path, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
-    import json
-
     resumed_steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert resumed_steps == list(range(11, 21))
     ckpt = ocp.StandardCheckpointer()
@@ -461,9 +457,7 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
     lst.write_text("1k1a_A\n")
     ds = TrainingDataset(shared_dir / "data" / "structures" / "mmcif", shared_dir / "data" / "msas", cfg,
                          chain_list=lst, crop_size=32, max_msa_clusters=8, max_extra_msa=16, num_recycle=0)
-    ex = {k: v for k, v in ds.sample(0, seed=0).items()
-          if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}
-    batch = stack_examples([ex])
+    batch = stack_examples([device_batch(ds.sample(0, seed=0))])
     params = host(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0)))  # steps donate their state
     fresh = lambda: TrainState.create(jax.tree_util.tree_map(jnp.asarray, params), make_optimizer(cfg), rng=0)  # noqa: E731
     loss_fn = loss_fn_from_config(total_loss, cfg)

@@ -42,6 +42,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "TRAIN_DEFAULTS",
+    "training_dataset_kwargs",
     "DatasetError",
     "TrainingDataset",
     "TrainSettings",
@@ -137,6 +138,15 @@ def _norm_id(chain_id: str) -> str:
 # ---------------------------------------------------------------------------------------
 # The dataset.
 # ---------------------------------------------------------------------------------------
+def training_dataset_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The `TrainingDataset` shape settings of a training config (`jaxfold.train.load_training_config`):
+    crop from `training.crop_size`, clusters / templates from `data.eval`, extra sequences from
+    `data.common`, recycling slices from `model.num_recycle`."""
+    return dict(crop_size=config.training.crop_size, max_msa_clusters=config.data.eval.max_msa_clusters,
+                max_extra_msa=config.data.common.max_extra_msa, max_templates=config.data.eval.max_templates,
+                num_recycle=config.model.num_recycle)
+
+
 class TrainingDataset:
     """AlphaFold training samples from mmCIF chains and precomputed alignments.
 

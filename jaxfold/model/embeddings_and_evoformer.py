@@ -24,7 +24,7 @@ from jaxfold.model import embedders
 from jaxfold.model.evoformer import apply_stack, evoformer_stack
 from jaxfold.model.primitives import Linear
 from jaxfold.model.template import TemplateEmbedding
-from jaxfold.parallel.dap import NO_DAP, Dap
+from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs
 
 
 class EmbeddingsAndEvoformer(nn.Module):
@@ -54,7 +54,7 @@ class EmbeddingsAndEvoformer(nn.Module):
 
         extra_msa = embedders.extra_msa_embedding(batch, c).astype(dtype)
         # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
-        vary_refs = (self.make_rng("dropout"),) if self.is_training and not gc.deterministic else ()
+        vary_refs = dropout_rng_refs(self, self.is_training, gc)
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
         if c.extra_msa_stack_num_block:
             extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,

@@ -35,8 +35,8 @@ import numpy as np
 
 from jaxfold.common import all_atom
 from jaxfold.common.geometry import Rigid, Rot3, Vec3, quat_affine_pre_compose
-from jaxfold.parallel.dap import vary_like
 from jaxfold.model.primitives import LayerNorm, Linear, dropout, final_init
+from jaxfold.parallel.dap import dropout_rng_refs, vary_like
 
 # AlphaFold's IPA masks logits with `-1e5 * (1 - mask_2d)` (not the trunk's -1e9).
 IPA_MASK_VALUE = 1e5
@@ -348,8 +348,7 @@ class StructureModule(nn.Module):
 
         activations = {"act": act, "affine": identity_affine(single.shape[0])}
         # Under shard_map the carry must vary over every axis the loop body mixes in (see `vary_like`).
-        refs = (self.make_rng("dropout"),) if self.is_training and not gc.deterministic else ()
-        activations = vary_like(activations, act, act_2d, seq_mask, *refs)
+        activations = vary_like(activations, act, act_2d, seq_mask, *dropout_rng_refs(self, self.is_training, gc))
         fold_stack = nn.scan(
             FoldIteration,
             variable_broadcast="params",

@@ -22,7 +22,7 @@ from jaxfold.model.primitives import LayerNorm, Linear
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
-from jaxfold.parallel.dap import NO_DAP, Dap, vary_like
+from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
 
 
 class TemplatePairBlock(nn.Module):
@@ -75,8 +75,7 @@ class TemplatePairStack(nn.Module):
         num_res = pair.shape[0]
         pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
         pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
-        refs = (self.make_rng("dropout"),) if self.is_training and not self.global_config.deterministic else ()
-        pair = vary_like(pair, pair, pair_mask, *refs)
+        pair = vary_like(pair, pair, pair_mask, *dropout_rng_refs(self, self.is_training, self.global_config))
         stack = scanned_stack(TemplatePairBlock, self.config.num_block, bool(self.global_config.use_remat))
         pair, _ = stack(self.config, self.global_config, self.is_training, dap, name="__layer_stack_no_state")(
             pair, pair_mask)

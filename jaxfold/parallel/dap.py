@@ -116,6 +116,13 @@ def vary_like(tree, *refs):
     return jax.tree_util.tree_map(cast, tree)
 
 
+def dropout_rng_refs(module, is_training: bool, global_config) -> tuple:
+    """`(module.make_rng("dropout"),)` when `module` draws dropout masks (training and not
+    `global_config.deterministic`), else `()`: the `vary_like` reference of a loop carry whose body
+    mixes in per-example dropout keys (they vary over the `data` axis under `shard_map`)."""
+    return (module.make_rng("dropout"),) if is_training and not global_config.deterministic else ()
+
+
 def local_dropout_mask(dap: Dap, rng: jax.Array, keep_rate: float, local_shape: tuple[int, ...],
                        split_axis: int | None, broadcast_dim: int | None) -> jax.Array:
     """Dropout keep-mask for a DAP-local tensor that equals the slice of the unsharded mask.

@@ -39,7 +39,7 @@ from jaxfold.train.optimizer import alphafold_schedule, make_optimizer, training
 from jaxfold.train.state import TrainState, ema_update
 
 __all__ = ["make_train_step", "loss_fn_from_config", "stack_examples", "shard_batch", "replicate",
-           "split_example", "UNSLICED_KEYS", "ApplyFn", "LossFn"]
+           "split_example", "device_batch", "UNSLICED_KEYS", "ApplyFn", "LossFn"]
 
 # (params, example [R, ...], dropout key, dap) -> outputs
 ApplyFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, Dap], Any]
@@ -98,6 +98,13 @@ def shard_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
 # of recycling slices (`aatype.shape[0]`).
 UNSLICED_KEYS = frozenset({"all_atom_positions", "all_atom_mask", "resolution", "crop_start", "num_res",
                            "chain_index", "sample_index", "sample_position"})
+
+
+def device_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset sample or loader batch without what stays on the host: the loader's bookkeeping
+    (`sample_index`, `sample_position`) and non-numeric values (e.g. a release date)."""
+    return {k: v for k, v in batch.items()
+            if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}
 
 
 def split_example(example: Mapping[str, Any]) -> tuple[dict, dict]:
