@@ -242,6 +242,10 @@ class Loader:
         for fut in self._futures:
             fut.cancel()
         procs = list(getattr(ex, "_processes", {}).values())
+        # shutdown(wait=False) forgets the executor's manager thread, and that thread also reaps the
+        # workers (it sees the pool break when they are terminated): keep it to wait for it below, or
+        # a worker it is still reaping outlives close() (a later shutdown(wait=True) could not join it).
+        manager = getattr(ex, "_executor_manager_thread", None)
         ex.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
             if proc.is_alive():
@@ -251,10 +255,8 @@ class Loader:
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-        try:
-            ex.shutdown(wait=True)
-        except Exception:  # noqa: BLE001
-            pass
+        if manager is not None:
+            manager.join(timeout=10)
         self._futures.clear()
         self._ready.clear()
 
