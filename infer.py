@@ -30,6 +30,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _chunk_size(text: str):
+    if text == 'auto':
+        return 'auto'
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog='infer.py',
@@ -70,7 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                         '--params folder, model_1_ptm for random')
     p.add_argument('--num-recycle', type=int, help='recycling iterations (default: the preset\'s, 3)')
     p.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32',
-                   help='Evoformer activation precision (default fp32)')
+                   help='Evoformer activation precision (default fp32; bf16 halves the memory of '
+                        'the pair and MSA and is faster on GPUs)')
+    p.add_argument('--kernels', choices=('auto', 'xla', 'pallas'), default='auto',
+                   help='auto (default): the fused Pallas kernels on a GPU, plain XLA elsewhere')
+    p.add_argument('--chunk-size', default='auto', type=_chunk_size, metavar='{auto,N,0}',
+                   help='rows per chunk of the memory-hungry ops: auto (default) chooses from the '
+                        'chain length, MSA depth, precision and free device memory (none when it '
+                        'fits); 0 = no chunking; N = N rows at a time')
+    p.add_argument('--mesh', metavar='DAPx1',
+                   help='split each prediction over the first DAP local GPUs with dynamic axial '
+                        'parallelism, e.g. 2x1 (default: one device)')
     p.add_argument('--seed', type=int, default=0, help='seed of MSA sampling (and random parameters)')
     p.add_argument('--workers', type=int, default=1,
                    help='parallel preprocessing processes (MSA reading/search, templates)')
@@ -222,6 +244,13 @@ def run(argv=None) -> int:
     # --- run -------------------------------------------------------------------------------
     import jax
 
+    from jaxfold.parallel.mesh import MeshError, prediction_mesh
+
+    try:
+        mesh = prediction_mesh(args.mesh)
+    except MeshError as e:
+        raise InferenceError(f'--mesh: {e}') from None
+
     on_cpu = jax.default_backend() == 'cpu'
     if args.params == 'random':
         print(_banner(models, on_cpu), file=sys.stderr, flush=True)
@@ -246,7 +275,8 @@ def run(argv=None) -> int:
             records, specs, output_dir, pipeline_options=pipeline_options, params=args.params,
             seed=args.seed, workers=args.workers, use_ray=args.ray, overwrite=args.overwrite,
             plots=not args.no_plots, progress=progress, log=progress.write,
-            trim_msa_padding=not args.keep_msa_padding)
+            trim_msa_padding=not args.keep_msa_padding, mesh=mesh, kernels=args.kernels,
+            chunk_size=args.chunk_size)
     finally:
         progress.close()
     failed = [r for r in reports if r.error]

@@ -73,12 +73,15 @@ SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
 # Allowed values of jaxfold's string-valued switches.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.global_config.dtype": ("float32", "bfloat16"),
-    "model.global_config.kernels": ("xla", "pallas"),
+    "model.global_config.kernels": ("auto", "xla", "pallas"),
 }
+
+# Settings that take a non-negative integer or the string "auto" (resolved by the prediction runner,
+# `jaxfold.model.predict`, from the shapes and the device's memory; modules used directly read "auto" as 0).
+_INT_OR_AUTO: tuple[str, ...] = ("model.global_config.chunk_size",)
 
 # Integer settings that must be >= 0.
 _NON_NEGATIVE: tuple[str, ...] = (
-    "model.global_config.chunk_size",
     "model.num_recycle",
     "data.common.num_recycle",
     "model.embeddings_and_evoformer.evoformer_num_block",
@@ -159,6 +162,10 @@ def _coerce(path: str, old: Any, new: Any) -> Any:
             f"(current value {old!r}); got {new!r} of type {type(new).__name__}"
         )
 
+    if path in _INT_OR_AUTO:
+        if new != "auto" and (isinstance(new, bool) or not isinstance(new, int)):
+            raise TypeError(f"Config value at {path!r} must be a non-negative int or 'auto'; got {new!r}")
+        return new
     if isinstance(old, Config):
         if not isinstance(new, Mapping):
             raise fail()
@@ -498,6 +505,10 @@ def _validate(cfg: Config, source: str) -> None:
     for path in _NON_NEGATIVE:
         if path in cfg and cfg[path] < 0:
             raise ValueError(f"{source}: {path} must be >= 0; got {cfg[path]!r}")
+    for path in _INT_OR_AUTO:
+        if path in cfg and cfg[path] != "auto" and (isinstance(cfg[path], bool) or not isinstance(cfg[path], int)
+                                                    or cfg[path] < 0):
+            raise ValueError(f"{source}: {path} must be a non-negative int or 'auto'; got {cfg[path]!r}")
 
 
 # ---------------------------------------------------------------------------

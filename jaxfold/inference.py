@@ -374,41 +374,12 @@ def trim_msa_rows(batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return out
 
 
-_COMPILED: Dict[Any, Any] = {}
-_COMPILED_MAX = 8
-
-
-def _signature(tree) -> Tuple:
-    import jax  # noqa: PLC0415
-
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return (treedef, tuple((np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, 'dtype')
-                            else str(x.dtype)) for x in leaves))
-
-
-def _compiled_iteration(config, params, batch):
-    """One recycling iteration, compiled for these shapes (cached); returns (fn, seconds)."""
-    import jax  # noqa: PLC0415
-
-    from jaxfold.model.alphafold import AlphaFoldIteration  # noqa: PLC0415
-
-    key = (config.model, _signature(params), _signature(batch))
-    if key in _COMPILED:
-        return _COMPILED[key], 0.0
-    module = AlphaFoldIteration(config.model)
-    start = time.perf_counter()
-    fn = jax.jit(lambda p, b: module.apply({'params': p}, b)).lower(params, batch).compile()
-    seconds = time.perf_counter() - start
-    if len(_COMPILED) >= _COMPILED_MAX:
-        _COMPILED.pop(next(iter(_COMPILED)))
-    _COMPILED[key] = fn
-    return fn, seconds
-
-
 def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], config, params: Mapping,
             *, seed: int = 0, pipeline_options: Optional[Mapping[str, Any]] = None,
             progress: Optional[Progress] = None, timings: Optional[Dict[str, float]] = None,
-            label: str = '', trim_msa_padding: bool = True) -> Dict[str, np.ndarray]:
+            label: str = '', trim_msa_padding: bool = True, mesh=None, kernels: Optional[str] = None,
+            chunk_size: Union[int, str, None] = None, outputs: str = 'full',
+            run_settings: Optional[Dict[str, Any]] = None) -> Dict[str, np.ndarray]:
     """Predicts a structure: record / raw features / processed features -> model outputs.
 
     Args:
@@ -422,6 +393,11 @@ def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], conf
       progress: optional :class:`Progress` (stages: features, compile, each recycle).
       timings: optional dict receiving ``preprocess`` (records only), ``process_features``,
         ``compile`` (0 when cached), ``recycle_<i>`` and ``predict`` seconds.
+      mesh, kernels, chunk_size, outputs: as :func:`jaxfold.model.predict.predict` (the one
+        prediction path this calls): DAP mesh, ``auto``/``xla``/``pallas``, ``auto``/int,
+        ``full``/``lean``.
+      run_settings: optional dict receiving the resolved settings (kernels, chunk size, dtype,
+        DAP size, estimated peak and free device memory).
       label: prefix of the progress stage names.
       trim_msa_padding: drop the all-padding MSA and extra-MSA rows that AlphaFold's fixed-size
         batch carries (:func:`trim_msa_rows`): the same prediction, far less work when the
@@ -435,12 +411,9 @@ def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], conf
       plus ``features/aatype``, ``features/residue_index`` and ``features/seq_mask`` (first
       recycling slice) for the writers.
     """
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
-
     from jaxfold.data.feature_processing import process_features  # noqa: PLC0415
-    from jaxfold.model import flat_outputs_with_confidence  # noqa: PLC0415
-    from jaxfold.model.alphafold import recycling_outputs  # noqa: PLC0415
+    from jaxfold.model.memory import ChainTooLongError  # noqa: PLC0415
+    from jaxfold.model.predict import number_of_passes, predict as run_model  # noqa: PLC0415
 
     progress = progress or _NoProgress()
     timings = {} if timings is None else timings
@@ -463,49 +436,33 @@ def predict(features_or_record: Union[Mapping[str, Any], FastaRecord, str], conf
                  if np.asarray(v).dtype.kind in 'biuf'}
     if trim_msa_padding:
         batch_all = trim_msa_rows(batch_all)
-    c = config.model
-    emb = c.embeddings_and_evoformer
-    num_slices = batch_all['aatype'].shape[0]
-    num_res = batch_all['aatype'].shape[1]
-    num_iter = int(c.num_recycle)
-    if 'num_iter_recycling' in batch_all:
-        num_iter = min(int(batch_all['num_iter_recycling'][0]), num_iter)
-    batch_all.pop('num_iter_recycling', None)
-    if c.resample_msa_in_recycling and num_slices < num_iter + 1:
-        raise InferenceError(f'features hold {num_slices} recycling slice(s) but the config runs '
-                             f'{num_iter + 1} iterations: process them with the same config '
-                             '(num_recycle)')
+    num_passes = number_of_passes(config, batch_all)
 
-    def iteration_batch(i):
-        i = i if c.resample_msa_in_recycling else 0
-        return {k: jnp.asarray(v[i]) for k, v in batch_all.items()}
+    def pass_stage(index: int) -> str:
+        return (f'{prefix}recycle {index}/{num_passes - 1}' if index + 1 < num_passes
+                else f'{prefix}final pass ({num_passes - 1} recycles)')
 
-    prev = {'prev_pos': jnp.zeros((num_res, 37, 3), jnp.float32),
-            'prev_msa_first_row': jnp.zeros((num_res, emb.msa_channel), jnp.float32),
-            'prev_pair': jnp.zeros((num_res, num_res, emb.pair_channel), jnp.float32)}
-    params = jax.tree_util.tree_map(jnp.asarray, dict(params))
-    iteration_params = params['alphafold_iteration'] if 'alphafold_iteration' in params else params
-    progress.stage(f'{prefix}compiling')
-    fn, seconds = _compiled_iteration(config, iteration_params, dict(iteration_batch(0), **prev))
-    timings['compile'] = seconds
-    progress.advance()
-
-    start_all = time.perf_counter()
-    ret = None
-    for i in range(num_iter + 1):
-        progress.stage(f'{prefix}recycle {i}/{num_iter}' if i < num_iter
-                       else f'{prefix}final pass ({num_iter} recycles)')
-        start = time.perf_counter()
-        ret = fn(iteration_params, dict(iteration_batch(i), **prev))
-        if i < num_iter:
-            prev = {k: v.astype(jnp.float32) for k, v in recycling_outputs(ret).items()}
-        jax.block_until_ready(ret)
-        timings[f'recycle_{i}'] = time.perf_counter() - start
+    def on_compiled(seconds):
         progress.advance()
-    outputs = jax.tree_util.tree_map(np.asarray, ret)
-    timings['predict'] = time.perf_counter() - start_all
+        progress.stage(pass_stage(0))
 
-    flat = flat_outputs_with_confidence(outputs)
+    def on_pass(index, total, seconds):
+        timings[f'recycle_{index}'] = seconds
+        progress.advance()
+        if index + 1 < total:
+            progress.stage(pass_stage(index + 1))
+
+    progress.stage(f'{prefix}compiling')
+    run_timings: Dict[str, Any] = {}
+    try:
+        flat = run_model(config, params, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size,
+                         outputs=outputs, timings=run_timings, on_compiled=on_compiled, on_pass=on_pass)
+    except ChainTooLongError as e:
+        raise InferenceError(str(e)) from None
+    timings['compile'] = run_timings['compile']
+    timings['predict'] = run_timings['predict']
+    if run_settings is not None:
+        run_settings.update(dataclasses.asdict(run_timings['settings']))
     flat['features/aatype'] = batch_all['aatype'][0]
     flat['features/residue_index'] = batch_all['residue_index'][0]
     flat['features/seq_mask'] = batch_all['seq_mask'][0]
@@ -840,12 +797,15 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                   *, pipeline_options: Mapping[str, Any], params: Optional[str], seed: int = 0,
                   workers: int = 1, use_ray: bool = False, overwrite: bool = False,
                   plots: bool = True, progress: Optional[Progress] = None,
-                  trim_msa_padding: bool = True,
+                  trim_msa_padding: bool = True, mesh=None, kernels: str = 'auto',
+                  chunk_size: Union[int, str] = 'auto',
                   log: Callable[[str], None] = lambda s: None) -> List[SequenceReport]:
     """Preprocesses ``records`` in parallel and, as each is ready, runs every model on it and
     writes its files into ``output_dir/<name>/``. Returns one report per record (``error`` set
     for the ones that failed); raises :class:`InferenceError` for set-up problems found before
-    any work (finished outputs in the way, bad parameters)."""
+    any work (finished outputs in the way, bad parameters). ``mesh``, ``kernels`` and
+    ``chunk_size`` go to :func:`jaxfold.model.predict.predict`, which runs with lean outputs
+    (what the writers need: no N x N x 64 logits on the host)."""
     from jaxfold.data.pipeline import preprocess_many  # noqa: PLC0415
 
     progress = progress or _NoProgress()
@@ -894,9 +854,17 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
         try:
             for spec in models:
                 model_timings: Dict[str, float] = {}
+                settings: Dict[str, Any] = {}
                 outputs = predict(result.features, spec.config, spec.params, seed=seed,
                                   progress=progress, timings=model_timings,
-                                  label=f'{name} {spec.name}', trim_msa_padding=trim_msa_padding)
+                                  label=f'{name} {spec.name}', trim_msa_padding=trim_msa_padding,
+                                  mesh=mesh, kernels=kernels, chunk_size=chunk_size, outputs='lean',
+                                  run_settings=settings)
+                log(f'{name} {spec.name}: kernels {settings["kernels"]}, chunk size '
+                    f'{settings["chunk_size"] or "none"}, {settings["dtype"]}'
+                    + (f', DAP over {settings["dap_size"]} devices' if settings['dap_size'] > 1 else '')
+                    + f', estimated peak {settings["estimated_peak_bytes"] / 2**30:.1f} GiB of '
+                      f'{settings["budget_bytes"] / 2**30:.1f} GiB free')
                 progress.advance()  # process_features
                 for key, value in model_timings.items():
                     timings[f'{key}_{spec.name}'] = value

@@ -46,7 +46,7 @@ def test_every_preset_loads(preset):
     assert isinstance(cfg, Config)
     assert "inherits" not in cfg
     assert cfg.model.global_config.dtype in ("float32", "bfloat16")
-    assert cfg.model.global_config.kernels in ("xla", "pallas")
+    assert cfg.model.global_config.kernels in ("auto", "xla", "pallas")
     assert cfg.model.num_recycle == cfg.data.common.num_recycle
     assert cfg.data.eval.max_templates == cfg[f"{TEMPLATE}.max_templates"]
 
@@ -103,8 +103,8 @@ def test_full_size_values():
         "use_remat": False,
         "zero_init": True,
         "dtype": "float32",
-        "kernels": "xla",
-        "chunk_size": 0,
+        "kernels": "auto",
+        "chunk_size": "auto",
     }
 
 
@@ -279,6 +279,8 @@ def test_unknown_override_suggests(overrides, expected):
         ({"dtype": "float16"}, ValueError),
         ({"kernels": "triton"}, ValueError),
         ({"chunk_size": -1}, ValueError),
+        ({"chunk_size": "big"}, TypeError),
+        ({"chunk_size": 2.0}, TypeError),
         ({"model.heads.distogram.weight": "0.5"}, TypeError),
     ],
 )

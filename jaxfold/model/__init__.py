@@ -1,9 +1,11 @@
 """AlphaFold2 in Flax. Public API:
 
-- `run_alphafold(config, params, features) -> dict[str, np.ndarray]`: the whole model with recycling on
-  DeepMind's processed features (leading recycling axis), returning outputs under the key names of
-  DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
-- `AlphaFold`: the Flax module underneath (`AlphaFold(config.model).apply({'params': params}, batch)`).
+- `run_alphafold(config, params, features, ...) -> dict[str, np.ndarray]`: the whole model with recycling
+  on DeepMind's processed features (leading recycling axis), returning outputs under the key names of
+  DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...). It is
+  `jaxfold.model.predict.predict`, the one prediction path (also behind `infer.py`).
+- `AlphaFold`: the Flax module underneath (`AlphaFold(config.model).apply({'params': params}, batch)`),
+  the training path (recycling inside one compiled `while_loop`).
 """
 
 from __future__ import annotations
@@ -12,22 +14,22 @@ import functools
 from typing import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-
-from jaxfold.common.geometry import Rigid, Vec3
-from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
-from jaxfold.model.confidence import get_confidence_metrics
-from jaxfold.parallel.mesh import dap_for_mesh
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "flatten_outputs", "flat_outputs_with_confidence",
+from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
+from jaxfold.model.outputs import flatten_outputs
+from jaxfold.model.predict import flat_outputs, predict
+from jaxfold.parallel.mesh import dap_for_mesh
+
+__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs",
            "compiled_model"]
 
 
 @functools.lru_cache(maxsize=8)
 def compiled_model(config, mesh=None):
-    """`jit(AlphaFold(config.model).apply)`, compiled once per config (and per input shape).
+    """`jit(AlphaFold(config.model).apply)`: the whole model with its `while_loop` recycling in one program
+    (training-time evaluation and benchmarks of that path; prediction uses `predict`).
 
     With a `mesh` that has a `dap` axis of size > 1 the model runs inside `jax.shard_map`: parameters and
     features replicated, the trunk's stacks split over `dap` (dynamic axial parallelism), everything else
@@ -44,52 +46,20 @@ def compiled_model(config, mesh=None):
     return jax.jit(apply)
 
 
-def flatten_outputs(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested model outputs -> flat `a/b/c` keys; Vec3 become `x/y/z`, Rot3 `xx..zz`, Rigid `rot/trans`."""
-    flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Rigid):
-            value = {"rot": value.rot, "trans": value.trans}
-        if isinstance(value, Vec3) or type(value).__name__ == "Rot3":
-            value = {f.name if hasattr(f, "name") else f: getattr(value, f.name if hasattr(f, "name") else f)
-                     for f in _fields(value)}
-        if isinstance(value, Mapping):
-            flat.update(flatten_outputs(value, name + "/"))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
-
-
-def _fields(obj):
-    import dataclasses  # noqa: PLC0415
-
-    return [f.name for f in dataclasses.fields(obj)]
-
-
-def run_alphafold(config, params: Mapping, features: Mapping, mesh=None) -> dict[str, np.ndarray]:
-    """Predict a structure with the whole model.
+def run_alphafold(config, params: Mapping, features: Mapping, mesh=None, *, kernels: str | None = None,
+                  chunk_size: int | str | None = None, outputs: str = "full") -> dict[str, np.ndarray]:
+    """Predict a structure with the whole model (`jaxfold.model.predict.predict`).
 
     config: a `jaxfold.config.Config` (e.g. `model_config('model_1_ptm')`).
     params: the tree from `jaxfold.weights.load_alphafold_params`.
     features: DeepMind's processed features with a leading recycling axis (`features.npz` layout).
     mesh: optional `jax.sharding.Mesh` (see `jaxfold.parallel.mesh.make_mesh`); its `dap` axis splits the
       trunk over devices (dynamic axial parallelism). Results equal the unsharded run to round-off.
+    kernels: "auto" | "xla" | "pallas"; chunk_size: "auto" | int (0 = unchunked); None keeps the config's
+      (`global_config.kernels`, `global_config.chunk_size`, both "auto" in the presets).
+    outputs: "full" (every output, below) or "lean" (structure and confidences only, for long chains).
     Returns numpy arrays: `representations/*`, `structure_module/*`, each head's outputs, and
     `confidence/*` (`plddt`, and with the pTM head `predicted_aligned_error`,
     `max_predicted_aligned_error`, `aligned_confidence_probs`, `ptm`; plus `ranking_confidence`).
     """
-    batch = {k: jnp.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
-    outputs = compiled_model(config, mesh)(params, batch)
-    return flat_outputs_with_confidence(jax.tree_util.tree_map(np.asarray, outputs))
-
-
-def flat_outputs_with_confidence(outputs: Mapping) -> dict[str, np.ndarray]:
-    """Nested numpy model outputs -> flat keys plus AlphaFold's `confidence/*` metrics (computed on host)."""
-    flat = flatten_outputs(outputs)
-    heads = {"predicted_lddt": outputs["predicted_lddt"]}
-    if "predicted_aligned_error" in outputs:
-        heads["predicted_aligned_error"] = outputs["predicted_aligned_error"]
-    for key, value in get_confidence_metrics(heads).items():
-        flat[f"confidence/{key}"] = np.asarray(value)
-    return flat
+    return predict(config, params, features, mesh=mesh, kernels=kernels, chunk_size=chunk_size, outputs=outputs)

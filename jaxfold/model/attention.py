@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.chunking import chunked
+from jaxfold.model.kernels import use_pallas
 
 glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
 
@@ -28,12 +29,13 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
                    nonbatched_bias: jax.Array | None = None, kernels: str = "xla") -> jax.Array:
     """softmax(q k^T + bias + nonbatched_bias) v, per head.
 
-    The one attention entry point of the model, so a fused kernel can be switched in by `kernels`.
+    The one attention entry point of the model, so a fused kernel can be switched in by `kernels`
+    ("auto" | "xla" | "pallas", see `jaxfold.model.kernels`).
     q: `[B, Q, H, C]`, already scaled by C**-0.5; k: `[B, K, H, C]`; v: `[B, K, H, Cv]`;
     bias: broadcastable to `[B, H, Q, K]` (the mask bias); nonbatched_bias: `[H, Q, K]` shared by all B
     (the pair bias). Returns `[B, Q, H, Cv]` in the dtype of v. Softmax runs in float32.
     """
-    if kernels == "pallas":
+    if use_pallas(kernels):
         from pallas_kernels import attention as fused  # noqa: PLC0415  (optional GPU kernel)
 
         return fused.attention(q, k, v, bias, nonbatched_bias)

@@ -21,7 +21,8 @@ def chunked(fn: Callable, chunk_size: int | None, batch_axes: Sequence[int | Non
     batch_axes: per positional argument, the axis that is sliced, or None for arguments passed whole
       (default: axis 0 of every argument). The sliced axes must all have the same length.
     out_axis: the axis of every output that the slices are concatenated along.
-    A `chunk_size` of None or 0, or not smaller than the batch, calls `fn` directly.
+    A `chunk_size` of None, 0 or "auto" (not yet resolved by the prediction runner), or not smaller than
+    the batch, calls `fn` directly.
     """
 
     def wrapped(*args):
@@ -32,7 +33,7 @@ def chunked(fn: Callable, chunk_size: int | None, batch_axes: Sequence[int | Non
         if len(sizes) != 1:
             raise ValueError(f"chunked: batched arguments disagree on the batch size: {sorted(sizes)}")
         (size,) = sizes
-        if not chunk_size or chunk_size >= size:
+        if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size >= size:
             return fn(*args)
         num_chunks = -(-size // chunk_size)
         padded = num_chunks * chunk_size
@@ -60,3 +61,9 @@ def chunked(fn: Callable, chunk_size: int | None, batch_axes: Sequence[int | Non
         return jax.tree_util.tree_map(merge, out)
 
     return wrapped
+
+
+def pair_rows_chunk(chunk_size, num_res: int) -> int:
+    """A chunk of `chunk_size` pair rows for ops that see the pair flattened to `[N_res * N_res, ...]`
+    (the template point-wise attention): `chunk_size * N_res` flat rows, or 0 (unchunked)."""
+    return chunk_size * num_res if isinstance(chunk_size, int) and chunk_size > 0 else 0

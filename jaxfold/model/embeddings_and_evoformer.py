@@ -3,10 +3,11 @@
 Mirrors DeepMind's `EmbeddingsAndEvoformer` (Haiku name `evoformer`) so the parameter tree maps 1:1 onto
 the official files. Input: one recycling iteration's processed features (no leading recycling axis) plus
 `prev_pos [N_res, 37, 3]`, `prev_msa_first_row [N_res, c_m]`, `prev_pair [N_res, N_res, c_z]`.
-Output: `single [N_res, c_s]`, `pair [N_res, N_res, c_z]`, `msa [N_seq, N_res, c_m]`, `msa_first_row`.
+Output: `single [N_res, c_s]`, `pair [N_res, N_res, c_z]`, `msa [N_seq, N_res, c_m]`, `msa_first_row`
+(pair and msa in the activation dtype, single and msa_first_row float32).
 
 Activations between the embedders and the end of the Evoformer stack are in `global_config.dtype`
-(float32 or bfloat16); embeddings and outputs are float32. Module-boundary activations are sown into the
+(float32 or bfloat16); embeddings are float32. Module-boundary activations are sown into the
 `intermediates` collection (`template_embedding_output`, `extra_msa_stack_input/output`,
 `evoformer_stack_input/output`) for tests and debugging.
 
@@ -76,7 +77,10 @@ class EmbeddingsAndEvoformer(nn.Module):
         msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype), *vary_refs)
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
 
-        msa, pair = msa.astype(jnp.float32), pair.astype(jnp.float32)
-        single = Linear(c.seq_channel, name="single_activations")(msa[0])
-        return {"single": single, "pair": pair, "msa": msa[:num_sequences], "msa_first_row": msa[0]}
+        # The pair and MSA stay in the activation dtype: their consumers (heads, structure module, the next
+        # recycling pass) compute in float32 from them, and a float32 copy of a bfloat16 pair is exact but
+        # twice the memory of the largest tensor of the model.
+        msa_first_row = msa[0].astype(jnp.float32)
+        single = Linear(c.seq_channel, name="single_activations")(msa_first_row)
+        return {"single": single, "pair": pair, "msa": msa[:num_sequences], "msa_first_row": msa_first_row}
 

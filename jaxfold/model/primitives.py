@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from jaxfold.model.kernels import use_pallas
+
 # Haiku's truncated normal draws from N(0, 1) truncated at +-2; this factor (the stddev of that truncated
 # distribution) rescales so the *actual* stddev equals the requested one, as AlphaFold does.
 TRUNCATED_NORMAL_STDDEV_FACTOR = np.asarray(0.87962566103423978, dtype=np.float32)
@@ -96,11 +98,12 @@ def layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = L
                kernels: str = "xla") -> jax.Array:
     """LayerNorm over the last axis: `(x - mean) * rsqrt(var + eps) * scale + offset`.
 
-    The one LayerNorm entry point of the model, so a fused kernel can be switched in by `kernels`.
+    The one LayerNorm entry point of the model, so a fused kernel can be switched in by `kernels`
+    ("auto" | "xla" | "pallas", see `jaxfold.model.kernels`).
     Statistics are computed in float32 whatever the input dtype; the result has the input dtype.
     Operation order mirrors Haiku's LayerNorm so float32 results agree bit-for-bit in practice.
     """
-    if kernels == "pallas":
+    if use_pallas(kernels):
         from pallas_kernels import layer_norm as fused  # noqa: PLC0415  (optional GPU kernel)
 
         return fused.layer_norm(x, scale, offset, eps=eps)

@@ -16,6 +16,7 @@ import flax.linen as nn
 from jaxfold.common import residue_constants as rc
 from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.model.attention import Attention, mask_to_bias
+from jaxfold.model.chunking import pair_rows_chunk
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.model.evoformer import residual_update, scanned_stack
 from jaxfold.model.primitives import LayerNorm, Linear
@@ -188,7 +189,8 @@ class TemplateEmbedding(nn.Module):
         bias = mask_to_bias(template_mask)[None, None, None, :].astype(jnp.float32)
         attn = Attention(num_head=c.attention.num_head, output_dim=c_z, gating=c.attention.gating,
                          key_dim=c.attention.key_dim, value_dim=c.attention.value_dim,
-                         zero_init=gc.zero_init, chunk_size=gc.chunk_size, kernels=gc.kernels,
+                         zero_init=gc.zero_init, chunk_size=pair_rows_chunk(gc.chunk_size, num_res),
+                         kernels=gc.kernels,
                          name="attention")
         embedding = attn(flat_query, flat_templates, bias).reshape(num_res, num_res, c_z)
         # No signal (and no gradient) when no template is present.

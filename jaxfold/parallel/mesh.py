@@ -56,6 +56,26 @@ def make_mesh(spec: str, devices=None) -> Mesh:
     return Mesh(grid, AXES)
 
 
+def prediction_mesh(spec: str | None, devices=None) -> Mesh | None:
+    """The mesh of one prediction (`--mesh DAPx1`): DAP over the first DAP local devices; None for `1x1`/None.
+
+    A prediction is one example, so the `data` axis must be 1; DAP may use fewer devices than there are.
+    """
+    if not spec:
+        return None
+    sizes = parse_mesh_spec(spec)
+    if sizes["data"] != 1:
+        raise MeshError(f"mesh {spec!r}: a prediction splits one chain over devices with DAP, so the data axis "
+                        f"must be 1 (e.g. '{sizes['dap'] * sizes['data']}x1')")
+    devices = list(jax.local_devices() if devices is None else devices)
+    if sizes["dap"] > len(devices):
+        raise MeshError(f"mesh {spec!r} needs {sizes['dap']} devices, but {len(devices)} are available "
+                        f"({devices[0].platform})")
+    if sizes["dap"] == 1:
+        return None
+    return make_mesh(f"{sizes['dap']}x1", devices[: sizes["dap"]])
+
+
 def dap_for_mesh(mesh: Mesh | None) -> Dap:
     """The `Dap` helper for a mesh's `dap` axis (the identity when absent or of size 1)."""
     if mesh is None or "dap" not in mesh.axis_names or mesh.shape["dap"] == 1:

@@ -1,0 +1,172 @@
+"""How much device memory a prediction needs, and the chunk size that makes it fit (`chunk_size="auto"`).
+
+A model of the peak, written down before compiling: the tensors that live through a whole pass (the pair
+`[N, N, c_z]` and its recycled copy, the MSA `[N_seq, N, c_m]`, the extra MSA `[N_extra, N, c_e]`,
+parameters, one recycling slice of the features) plus the largest temporary of any one op. Every op whose
+temporaries grow with N_seq*N or N^2 is a loop over "rows" (MSA rows, columns, pair rows) when chunked, so
+its temporary is `base + rows_in_flight * per_row`; unchunked, every row is in flight. For an op:
+
+| op | rows | per row (XLA) | base |
+| --- | --- | --- | --- |
+| MSA row attention (main / extra) | N_seq / N_extra | logits H*N*N (f32, x2 for softmax) | LN(pair) + bias H*N*N |
+| MSA column attention | N | H*N_seq^2 (f32, x2) | transposed + normed MSA |
+| triangle attention | N | H*N*N (f32, x2) | LN(pair), a transposed pair, bias H*N*N |
+| triangle multiplication | N | 3 rows of [N, c] | LN(pair) + both operands [N, N, c] |
+| outer product mean | N | N*c_o^2 + N*c_z | projections [N_seq, N, c_o] x2 |
+| transitions | N (pair) / N_seq | 4*c*N | LN input |
+
+With the fused Pallas attention the logits never exist (online softmax): its per-row cost is the
+projected q, k, v, gate and output. The residual add holds one more copy of the updated tensor.
+The estimate is deliberately simple and on the safe side; `bench/long_sequence.py` measures the truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import numpy as np
+
+GIB = 1024 ** 3
+# Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
+# buffers live across fusions, and the estimate is approximate.
+DEFAULT_HEADROOM = 0.80
+# Candidate chunk sizes, largest first (0 = no chunking is tried before all of them).
+CHUNK_CANDIDATES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+
+
+class ChainTooLongError(ValueError):
+    """The prediction cannot fit in the device's memory at any chunk size."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShapes:
+    """The shapes that set a prediction's memory: residues, MSA rows (templates' torsion rows included),
+    extra MSA rows, templates."""
+
+    num_res: int
+    num_msa: int
+    num_extra_msa: int
+    num_templates: int
+
+    @classmethod
+    def from_features(cls, features, config) -> ModelShapes:
+        """From processed features with a leading recycling axis (`msa_feat [R, N_seq, N, 49]`, ...)."""
+        emb = config.model.embeddings_and_evoformer
+        num_templ = int(np.shape(features["template_aatype"])[1]) if (
+            emb.template.enabled and "template_aatype" in features) else 0
+        num_msa = int(np.shape(features["msa_feat"])[1])
+        if emb.template.enabled and emb.template.embed_torsion_angles:
+            num_msa += num_templ
+        return cls(num_res=int(np.shape(features["aatype"])[-1]), num_msa=num_msa,
+                   num_extra_msa=int(np.shape(features["extra_msa"])[1]) if "extra_msa" in features else 0,
+                   num_templates=num_templ)
+
+
+def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: str = "xla",
+                        dap_size: int = 1) -> int:
+    """Estimated peak device memory of one prediction pass, in bytes (see the module doc for the model).
+
+    chunk_size: rows in flight per chunked op (0 = unchunked). kernels: resolved "xla" or "pallas".
+    dap_size: devices that split the trunk (DAP): the split tensors and rows divide by it.
+    """
+    m = config.model
+    emb = m.embeddings_and_evoformer
+    gc = m.global_config
+    act = 2 if gc.dtype == "bfloat16" else 4
+    f32 = 4
+    n, s, e = shapes.num_res, shapes.num_msa, shapes.num_extra_msa
+    d = max(1, dap_size)
+    c_m, c_e, c_z = emb.msa_channel, emb.extra_msa_channel, emb.pair_channel
+    evo = emb.evoformer
+    h_row = evo.msa_row_attention_with_pair_bias.num_head
+    h_col = evo.msa_column_attention.num_head
+    h_tri = evo.triangle_attention_starting_node.num_head
+    c_tri = evo.triangle_multiplication_outgoing.num_intermediate_channel
+    c_o = evo.outer_product_mean.num_outer_channel
+    pallas = kernels == "pallas"
+
+    pair = n * n * c_z * act / d
+    msa = s * n * c_m * act / d
+    extra = e * n * c_e * act / d
+    features = (s * n * 49 + e * n * 3 + n * 60) * f32 + shapes.num_templates * n * (37 * 4 + 1) * f32
+    params = 100e6 * f32  # model_1_ptm has 93M parameters
+    persistent = params + features + 2 * pair + msa + extra
+
+    def rows_in_flight(rows: int) -> int:
+        rows = max(1, math.ceil(rows / d))
+        return rows if chunk_size <= 0 else min(rows, chunk_size)
+
+    def attention(rows: int, keys: int, heads: int, channels: int) -> float:
+        if pallas:
+            return rows_in_flight(rows) * keys * channels * act * 5
+        return rows_in_flight(rows) * heads * keys * keys * f32 * 2 + rows_in_flight(rows) * keys * channels * act * 4
+
+    bias = h_row * n * n * f32
+    ops = [
+        pair + bias + attention(s, n, h_row, c_m) + msa,                       # MSA row attention
+        pair + bias + attention(e, n, h_row, c_e) + extra,                     # extra-MSA row attention
+        2 * msa + attention(n, s, h_col, c_m),                                 # MSA column attention
+        2 * pair + h_tri * n * n * f32 + attention(n, n, h_tri, c_z) + pair,    # triangle attention
+        pair + 2 * n * n * c_tri * act / d + rows_in_flight(n) * n * c_tri * 3 * f32 + pair,  # triangle mult.
+        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + pair,       # outer product mean
+        pair + rows_in_flight(n) * n * 4 * c_z * act + pair,                   # pair transition
+        msa + rows_in_flight(s) * n * 4 * c_m * act + msa,                     # MSA transition
+    ]
+    # Structure module (not chunked): the pair in float32 and its LayerNorm, IPA's pair bias, logits and
+    # point distances per head [H, N, N(, P)] in float32. The lean heads of prediction are chunked.
+    ops.append(n * n * (2 * c_z + 96) * f32)
+    return int(persistent + max(ops))
+
+
+def device_memory_budget(device=None) -> int:
+    """Bytes this process may still allocate on `device` (default: the first local device).
+
+    GPUs report `bytes_limit - bytes_in_use`; a CPU backend has no such stats, so host RAM stands in.
+    `JAXFOLD_MEMORY_BUDGET_GIB` overrides both (tests fake a small device with it).
+    """
+    override = os.environ.get("JAXFOLD_MEMORY_BUDGET_GIB")
+    if override:
+        return int(float(override) * GIB)
+    device = device or jax.local_devices()[0]
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, RuntimeError):
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic platforms
+        return 16 * GIB
+
+
+def choose_chunk_size(shapes: ModelShapes, config, kernels: str, budget_bytes: int, dap_size: int = 1,
+                      headroom: float = DEFAULT_HEADROOM) -> int:
+    """The `chunk_size="auto"` rule: 0 (no chunking, fastest) when the unchunked pass fits in
+    `headroom * budget_bytes`, else the largest candidate chunk that fits.
+
+    Raises ChainTooLongError, naming what would help, when not even one row at a time fits.
+    """
+    allowed = headroom * budget_bytes
+    for chunk in (0,) + CHUNK_CANDIDATES:
+        if estimate_peak_bytes(shapes, config, chunk, kernels, dap_size) <= allowed:
+            return chunk
+    need = estimate_peak_bytes(shapes, config, 1, kernels, dap_size)
+    gc = config.model.global_config
+    hints = []
+    if gc.dtype != "bfloat16":
+        hints.append("--precision bf16 (halves the pair representation)")
+    if kernels != "pallas":
+        hints.append("--kernels pallas on a GPU (fused attention: no N^2 logits)")
+    hints.append(f"more GPUs with --mesh {2 * max(1, dap_size)}x1 (DAP splits the pair)")
+    if shapes.num_extra_msa > 1024:
+        hints.append("fewer extra MSA rows (--set data.common.max_extra_msa=1024)")
+    raise ChainTooLongError(
+        f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
+        f"{shapes.num_templates} templates, {gc.dtype}) need about {need / GIB:.1f} GiB even one row at a "
+        f"time, but {budget_bytes / GIB:.1f} GiB of device memory is free. What would fit: "
+        + "; ".join(hints) + ".")

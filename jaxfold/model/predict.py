@@ -1,0 +1,250 @@
+"""The one way to run AlphaFold for prediction: processed features in, outputs out.
+
+`predict(config, params, features)` is used by `infer.py` (through `jaxfold.inference`), by the Python API
+(`jaxfold.model.run_alphafold`) and by evaluation. It
+
+- resolves the run-time switches once: `kernels` ("auto": Pallas on GPU, XLA elsewhere) and `chunk_size`
+  ("auto": chosen before compiling from the shapes, the precision and the device's free memory, see
+  `jaxfold.model.memory`; a chain that cannot fit fails here with a message saying what would);
+- compiles two programs per shape and caches them: a pass of the trunk and structure module, and the
+  heads of the last pass. Recycling runs pass by pass on device (the recycled pair, MSA row and atom
+  positions never leave it; their buffers are donated to the next pass so it can update them in place),
+  with a hook after every pass for progress bars;
+- runs the same code on one device or a DAP mesh (`mesh`, see `jaxfold.parallel.mesh.make_mesh`);
+- returns either every output of DeepMind's model (`outputs="full"`: representations, all head logits,
+  confidences computed as DeepMind's `get_confidence_metrics`) or what the writers need (`outputs="lean"`:
+  structure, pLDDT, PAE and pTM computed on device a slice of rows at a time, nothing N^2 x 64 brought
+  to the host), which is what long chains can afford.
+
+Features: DeepMind's processed monomer layout with a leading recycling axis (`features.npz`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from jaxfold.model import memory
+from jaxfold.model.alphafold import AlphaFoldHeads, AlphaFoldIteration, initial_recycling_inputs, recycling_outputs
+from jaxfold.model.confidence import get_confidence_metrics, ranking_confidence
+from jaxfold.model.confidence_on_device import AlignedErrorSummary
+from jaxfold.model.heads import PredictedLDDTHead
+from jaxfold.model.kernels import resolve_kernels
+from jaxfold.model.outputs import flatten_outputs
+from jaxfold.parallel.mesh import dap_for_mesh
+
+OUTPUT_MODES = ("full", "lean")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The switches a prediction was run with, after "auto" was resolved."""
+
+    kernels: str
+    chunk_size: int
+    dtype: str
+    dap_size: int
+    estimated_peak_bytes: int
+    budget_bytes: int
+
+
+def _numeric(features: Mapping) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
+
+
+def resolve_settings(config, features: Mapping, *, mesh=None, kernels: str | None = None,
+                     chunk_size: int | str | None = None, budget_bytes: int | None = None):
+    """`(config with concrete kernels and chunk_size, RunSettings)` for these features.
+
+    kernels / chunk_size: None keeps the config's value; "auto" is resolved here (see module doc).
+    budget_bytes: free device memory (default: measured, see `memory.device_memory_budget`).
+    Raises `memory.ChainTooLongError` when `chunk_size="auto"` finds no size that fits.
+    """
+    gc = config.model.global_config
+    kernels = resolve_kernels(gc.kernels if kernels is None else kernels)
+    chunk = gc.chunk_size if chunk_size is None else chunk_size
+    if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0):
+        raise ValueError(f"chunk_size must be 'auto' or an int >= 0, got {chunk!r}")
+    dap_size = dap_for_mesh(mesh).size if mesh is not None else 1
+    shapes = memory.ModelShapes.from_features(features, config)
+    budget = memory.device_memory_budget() if budget_bytes is None else int(budget_bytes)
+    if chunk == "auto":
+        chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
+    resolved = config.replace(**{"model.global_config.kernels": kernels, "model.global_config.chunk_size": chunk})
+    settings = RunSettings(kernels=kernels, chunk_size=chunk, dtype=gc.dtype, dap_size=dap_size,
+                           estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
+                           budget_bytes=budget)
+    return resolved, settings
+
+
+class LeanHeads(nn.Module):
+    """The heads the writers need, for long chains: pLDDT logits `[N, 50]`, and with the pTM head the PAE
+    `[N, N]` and pTM reduced on device (`AlignedErrorSummary`). Same parameter scopes as AlphaFold's heads."""
+
+    config: object  # cfg.model
+
+    @nn.compact
+    def __call__(self, representations: dict, batch: dict) -> dict:
+        c = self.config
+        gc = c.global_config
+        out = {"predicted_lddt": PredictedLDDTHead(c.heads.predicted_lddt, gc, name="predicted_lddt_head")(
+            representations)}
+        if c.heads.predicted_aligned_error.weight:
+            chunk = gc.chunk_size if isinstance(gc.chunk_size, int) and gc.chunk_size > 0 else 0
+            asym_id = batch.get("asym_id") if gc.multimer_mode else None
+            out["aligned_error_summary"] = AlignedErrorSummary(
+                c.heads.predicted_aligned_error, gc, chunk_size=chunk, name="predicted_aligned_error_head")(
+                representations["pair"], batch["seq_mask"], asym_id)
+        return out
+
+
+@dataclasses.dataclass
+class _Programs:
+    """The two compiled programs of one (config, mesh, outputs, shapes) and the seconds they took."""
+
+    iteration: Callable
+    heads: Callable
+    compile_seconds: float
+
+
+_PROGRAMS: dict = {}
+_PROGRAMS_MAX = 8
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves)
+
+
+def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
+    key = (config.model, mesh, outputs, _signature(params), _signature(batch),
+           _signature(prev))
+    if key in _PROGRAMS:
+        return dataclasses.replace(_PROGRAMS[key], compile_seconds=0.0)
+    dap = dap_for_mesh(mesh)
+    iteration_module = AlphaFoldIteration(config.model, dap=dap, compute_heads=False)
+    heads_module = AlphaFoldHeads(config.model) if outputs == "full" else LeanHeads(config.model)
+
+    def iteration(params, batch, prev):
+        return iteration_module.apply({"params": params}, dict(batch, **prev))
+
+    def heads(params, representations, batch):
+        return heads_module.apply({"params": params}, representations, batch)
+
+    if dap.enabled:
+        iteration = jax.shard_map(iteration, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
+    start = time.perf_counter()
+    # The recycled inputs are donated: the next pass may write its pair into the previous pair's buffer.
+    iteration_fn = jax.jit(iteration, donate_argnums=(2,)).lower(params, batch, prev).compile()
+    representations_shape = jax.eval_shape(lambda p, b, r: iteration(p, b, r)["representations"],
+                                           params, batch, prev)
+    heads_fn = jax.jit(heads).lower(params, representations_shape, batch).compile()
+    programs = _Programs(iteration_fn, heads_fn, time.perf_counter() - start)
+    if len(_PROGRAMS) >= _PROGRAMS_MAX:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[key] = programs
+    return programs
+
+
+def number_of_passes(config, features: Mapping) -> int:
+    """Recycling passes the model runs: `num_recycle + 1`, lowered by `num_iter_recycling` if given."""
+    num_iter = int(config.model.num_recycle)
+    if "num_iter_recycling" in features:
+        num_iter = min(int(np.asarray(features["num_iter_recycling"]).reshape(-1)[0]), num_iter)
+    return num_iter + 1
+
+
+def predict(config, params: Mapping, features: Mapping, *, mesh=None, kernels: str | None = None,
+            chunk_size: int | str | None = None, outputs: str = "full",
+            on_compiled: Callable[[float], None] | None = None,
+            on_pass: Callable[[int, int, float], None] | None = None,
+            timings: dict | None = None, budget_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Predict a structure from processed features.
+
+    config: `jaxfold.config.model_config(...)`. params: the tree of `load_alphafold_params` (with or
+      without the top `alphafold_iteration` level).
+    features: processed monomer features, leading recycling axis (`features.npz` layout).
+    mesh: optional DAP mesh; results equal the unsharded run to round-off.
+    kernels: "auto" | "xla" | "pallas"; chunk_size: "auto" | int (0 = unchunked); None keeps the config's.
+    outputs: "full" or "lean" (see module doc).
+    on_compiled(seconds): called once the programs are compiled (0 s when cached).
+    on_pass(index, num_passes, seconds): called after every pass (index 0 .. num_passes - 1).
+    timings: optional dict receiving `compile` (0 when cached), `pass_<i>` and `predict` seconds, and the
+      resolved settings under `settings` (a RunSettings).
+    Returns flat numpy outputs (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
+    """
+    if outputs not in OUTPUT_MODES:
+        raise ValueError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}")
+    timings = {} if timings is None else timings
+    batch_all = _numeric(features)
+    num_passes = number_of_passes(config, batch_all)
+    batch_all.pop("num_iter_recycling", None)
+    model = config.model
+    num_slices, num_res = batch_all["aatype"].shape[:2]
+    if model.resample_msa_in_recycling and num_slices < num_passes:
+        raise ValueError(f"features hold {num_slices} recycling slice(s) but the config runs {num_passes} "
+                         "passes: process them with the same config (num_recycle)")
+    config, settings = resolve_settings(config, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size,
+                                        budget_bytes=budget_bytes)
+    timings["settings"] = settings
+    model = config.model
+    params = params["alphafold_iteration"] if "alphafold_iteration" in params else params
+
+    def pass_batch(i: int) -> dict:
+        i = i if model.resample_msa_in_recycling else 0
+        return {k: jnp.asarray(v[i]) for k, v in batch_all.items()}
+
+    prev = initial_recycling_inputs(model, num_res)
+    programs = _programs(config, mesh, outputs, params, pass_batch(0), prev)
+    timings["compile"] = programs.compile_seconds
+    if on_compiled is not None:
+        on_compiled(programs.compile_seconds)
+    start_all = time.perf_counter()
+    for i in range(num_passes):
+        start = time.perf_counter()
+        batch = pass_batch(i)
+        ret = programs.iteration(params, batch, prev)
+        prev = recycling_outputs(ret)  # the same device arrays: nothing is copied
+        if i + 1 < num_passes:
+            del ret  # only the recycled outputs go on: the pass's other outputs free their memory now
+        jax.block_until_ready(prev)
+        timings[f"pass_{i}"] = time.perf_counter() - start
+        if on_pass is not None:
+            on_pass(i, num_passes, timings[f"pass_{i}"])
+    heads = programs.heads(params, ret["representations"], batch)
+    if outputs == "lean":
+        ret = {"structure_module": {k: v for k, v in ret["structure_module"].items()
+                                    if k in ("final_atom_positions", "final_atom_mask", "final_atom14_positions",
+                                             "final_atom14_mask")}}
+    ret = jax.device_get(dict(ret, **heads))
+    timings["predict"] = time.perf_counter() - start_all
+    return flat_outputs(ret, multimer_mode=bool(model.global_config.multimer_mode))
+
+
+def flat_outputs(outputs: Mapping, multimer_mode: bool = False) -> dict[str, np.ndarray]:
+    """Nested numpy outputs -> flat keys plus AlphaFold's `confidence/*` metrics.
+
+    Full outputs get DeepMind's `get_confidence_metrics` on the host; lean ones carry PAE/pTM from the
+    device (`aligned_error_summary`) and get pLDDT and the ranking confidence here.
+    """
+    outputs = dict(outputs)
+    summary = outputs.pop("aligned_error_summary", None)
+    flat = flatten_outputs(outputs)
+    heads = {"predicted_lddt": outputs["predicted_lddt"]}
+    if "predicted_aligned_error" in outputs:
+        heads["predicted_aligned_error"] = outputs["predicted_aligned_error"]
+    metrics = get_confidence_metrics(heads, multimer_mode=multimer_mode and summary is None)
+    if summary is not None:
+        metrics.update({k: np.asarray(v) for k, v in summary.items()})
+        metrics["ranking_confidence"] = ranking_confidence(metrics["plddt"], metrics.get("ptm"),
+                                                           metrics.get("iptm"), multimer_mode)
+    for key, value in metrics.items():
+        flat[f"confidence/{key}"] = np.asarray(value)
+    return flat
