@@ -67,6 +67,7 @@ __all__ = [
     'convert_monomer_features',
     'int_id_to_str_id',
     'multimer_template_features',
+    'multimer_templates_from_hits',
     'read_pairing_msa',
 ]
 
@@ -235,26 +236,39 @@ def multimer_template_features(sequence: str, hits_path: PathLike | None,
                                max_template_date: str | datetime.date | None = None, *,
                                max_hits: int = MAX_TEMPLATE_HITS,
                                info: dict[str, Any] | None = None) -> FeatureDict:
-    """Template features of one chain as AlphaFold-Multimer makes them.
+    """Template features of one chain from a hit file (``pdb_hits.sto`` / ``hmm_output.sto``
+    from hmmsearch, or an HHsearch ``.hhr``), by :func:`multimer_templates_from_hits`.
+    Without ``hits_path`` or ``mmcif_dir``: AlphaFold-Multimer's one all-zero template."""
+    if hits_path is None or mmcif_dir is None:
+        if info is not None:
+            info.update(templates=[], template_errors=[], template_warnings=[])
+        return _default_template_features(len(sequence))
+    hits = pipeline.read_template_hits(hits_path, sequence)
+    return multimer_templates_from_hits(sequence, hits, mmcif_dir, max_template_date,
+                                        max_hits=max_hits, info=info)
 
-    Unlike the monomer featuriser, hits whose template sequence repeats an earlier
-    template's are skipped (they do not count towards ``max_hits``), and when no hit
-    gives a template the result is one all-zero template, not zero templates. Hits are
-    taken in file order (hmmsearch), or by decreasing ``sum_probs`` when they have it
-    (HHsearch ``.hhr``). Without ``hits_path`` or ``mmcif_dir``: the all-zero template.
+
+def multimer_templates_from_hits(sequence: str, hits: Sequence[parsers.TemplateHit],
+                                 mmcif_dir: PathLike,
+                                 max_template_date: str | datetime.date | None = None, *,
+                                 max_hits: int = MAX_TEMPLATE_HITS,
+                                 info: dict[str, Any] | None = None) -> FeatureDict:
+    """Template features of one chain as AlphaFold-Multimer's ``HmmsearchHitFeaturizer``
+    makes them (each hit through :class:`jaxfold.data.templates.TemplateFeaturizer`).
+
+    Unlike the monomer featuriser, a hit whose template sequence repeats an earlier
+    template's is skipped (it does not count towards ``max_hits``), and when no hit gives
+    a template the result is one all-zero template, not zero templates. Hits are taken in
+    the given order (hmmsearch), or by decreasing ``sum_probs`` when they have it (HHsearch).
 
     ``info`` (optional) receives ``templates`` (names used), ``template_errors`` and
     ``template_warnings``.
     """
-    info = {} if info is None else info
-    info.setdefault('templates', [])
-    info.setdefault('template_errors', [])
-    info.setdefault('template_warnings', [])
-    if hits_path is None or mmcif_dir is None:
-        return _default_template_features(len(sequence))
     from jaxfold.data import templates  # noqa: PLC0415  (templates pulls in Biopython)
 
-    hits = pipeline.read_template_hits(hits_path, sequence)
+    info = {} if info is None else info
+    info.update(templates=[], template_errors=[], template_warnings=[])
+    hits = list(hits)
     if hits and hits[0].sum_probs is not None:
         hits = sorted(hits, key=lambda h: h.sum_probs, reverse=True)
     featurizer = templates.TemplateFeaturizer(
