@@ -8,6 +8,7 @@ after ``convert_monomer_features`` + ``add_assembly_features``, from ``inputs/{A
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -297,6 +298,63 @@ def test_heteromer_real_uniprot_alignments(shared_dir):
         assert not paired_rows & {tuple(r) for r in unpaired[own][:, inside].tolist()}
     np.testing.assert_array_equal(batch['bert_mask'][:num_paired], 1)
     assert batch['cluster_bias_mask'][0] == 1 and batch['cluster_bias_mask'][1:].sum() == 0
+
+
+def _uniprot_fasta(shared_dir, targets, path: Path) -> Path:
+    """A small UniProt database: the ungapped hit rows (real names ``tr|ACC|ACC_SPECIES/s-e``)
+    of the targets' uniprot_hits.sto, each name once, without the query rows."""
+    names, lines = set(), []
+    for target in targets:
+        sto = (shared_dir / 'data' / 'msas' / target / 'uniprot_hits.sto').read_text()
+        rows = [line.split() for line in sto.splitlines()
+                if line.strip() and not line.startswith(('#', '//'))]
+        query = rows[0][0]
+        for name, aligned in rows:
+            if name != query and name not in names:
+                names.add(name)
+                residues = aligned.replace('-', '').replace('.', '').upper()
+                lines.append(f'>{name}\n{residues}\n')
+    path.write_text(''.join(lines))
+    return path
+
+
+def test_search_mode_pairs_and_writes_folders_for_a_rerun(shared_dir, tmp_path):
+    pytest.importorskip('pyhmmer')
+    targets = ('4zey_A', '3zee_A')
+    sequences = [_sequence(shared_dir, t) for t in targets]
+    uniprot = _uniprot_fasta(shared_dir, targets, tmp_path / 'uniprot.fasta')
+    databases = {'uniref90': shared_dir / 'data' / 'seqdb' / 'uniref90_hits_union.fasta'}
+    with pytest.raises(ValueError, match='a heteromer searched for MSAs needs a UniProt database'):
+        multimer_pipeline.complex_features(sequences, msa_mode='search', databases=databases)
+    info: dict = {}
+    with pytest.warns(RuntimeWarning, match='hhblits') if shutil.which('hhblits') is None \
+            else contextlib.nullcontext():
+        batch = multimer_pipeline.complex_features(
+            sequences, msa_mode='search', databases=databases, uniprot_database=uniprot,
+            output_dir=tmp_path / 'msas', info=info)
+    assert sorted(p.name for p in (tmp_path / 'msas' / 'A').iterdir()) == [
+        'uniprot_hits.sto', 'uniref90_hits.a3m']
+    assert info['per_sequence']['B']['uniprot_rows'] > 100
+    # The searched rows were paired: more than the query row is shared by both chains.
+    num_paired = int(np.sum(batch['bert_mask'][:, 0] * batch['bert_mask'][:, -1]))
+    assert num_paired > 100
+    # Reading the written folders back gives the same batch.
+    again = multimer_pipeline.complex_features(
+        sequences, [tmp_path / 'msas' / 'A', tmp_path / 'msas' / 'B'])
+    assert set(again) == set(batch)
+    for key in batch:
+        np.testing.assert_array_equal(again[key], batch[key], err_msg=key)
+
+
+def test_find_chain_msa_dirs(tmp_path):
+    (tmp_path / 'cplx' / 'msas' / 'A').mkdir(parents=True)
+    (tmp_path / 'cplx_B').mkdir()
+    found = multimer_pipeline.find_chain_msa_dirs(tmp_path, 'cplx', ['A', 'B', 'C'],
+                                                  ['MKV', 'GGG', 'MKV'])
+    assert found == [tmp_path / 'cplx' / 'msas' / 'A', tmp_path / 'cplx_B', None]
+    with pytest.raises(FileNotFoundError, match=r'no alignment folder for chain C; tried'):
+        multimer_pipeline.find_chain_msa_dirs(tmp_path, 'cplx', ['A', 'B', 'C'],
+                                              ['MKV', 'GGG', 'WWW'])
 
 
 # ---------------------------------------------------------------------------------------

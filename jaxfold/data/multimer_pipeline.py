@@ -65,6 +65,7 @@ __all__ = [
     'chain_features',
     'complex_features',
     'convert_monomer_features',
+    'find_chain_msa_dirs',
     'int_id_to_str_id',
     'multimer_template_features',
     'multimer_templates_from_hits',
@@ -309,51 +310,134 @@ def multimer_templates_from_hits(sequence: str, hits: Sequence[parsers.TemplateH
 # ---------------------------------------------------------------------------------------
 
 
-def chain_features(sequence: str, chain_id: str, msa_dir: PathLike, *,
+def _search_pairing_msa(record: FastaRecord, uniprot_database: PathLike | Sequence[PathLike],
+                        chain_dir: Path | None, cpus: int) -> Msa:
+    """jackhmmer of the chain against UniProt (AlphaFold's flags, at most 50,000 rows);
+    written to ``chain_dir/uniprot_hits.sto`` when a folder is given."""
+    sto = msa_search.jackhmmer_search(record, uniprot_database, cpus=cpus)
+    sto = parsers.truncate_stockholm_text(sto, UNIPROT_MAX_HITS)
+    if chain_dir is not None:
+        chain_dir.mkdir(parents=True, exist_ok=True)
+        tmp = chain_dir / f'{PAIRING_MSA_FILES[0]}.tmp'
+        tmp.write_text(sto)
+        tmp.replace(chain_dir / PAIRING_MSA_FILES[0])
+    return parsers.parse_stockholm(sto, source='jackhmmer[uniprot]')
+
+
+def chain_features(sequence: str, chain_id: str, msa_dir: PathLike | None = None, *,
                    pair_msas: bool,
+                   msa_mode: str = 'precomputed',
+                   databases: Mapping[str, Any] | None = None,
+                   uniprot_database: PathLike | Sequence[PathLike] | None = None,
+                   output_dir: PathLike | None = None,
+                   cpus: int = 1,
                    template_mmcif_dir: PathLike | None = None,
                    max_template_date: str | datetime.date | None = None,
                    require_uniprot: bool = True,
                    info: dict[str, Any] | None = None) -> FeatureDict:
     """Raw features of one chain of a complex (DeepMind's ``_process_single_chain``).
 
-    The monomer features of ``msa_dir`` (see :func:`jaxfold.data.pipeline.build_raw_features`;
-    the chain is named ``chain_<chain_id>``, its ``domain_name``), templates by
-    :func:`multimer_template_features` (hits from the folder; none without
-    ``template_mmcif_dir``) and, when ``pair_msas``, the ``*_all_seq`` features of its
-    UniProt alignment. With ``require_uniprot=False`` a missing UniProt file gives a
-    query-only ``msa_all_seq`` (nothing of this chain is paired) instead of an error.
+    ``msa_mode='precomputed'``: the monomer features of the folder ``msa_dir`` (see
+    :func:`jaxfold.data.pipeline.build_raw_features`) and, when ``pair_msas``, its UniProt
+    alignment (:func:`read_pairing_msa`). ``msa_mode='search'``: jackhmmer (pyhmmer)
+    against ``databases`` (``{'uniref90': fasta, 'mgnify': fasta, ...}``) and, when
+    ``pair_msas``, against ``uniprot_database``; with ``output_dir`` the alignments are
+    written to ``output_dir/<chain_id>/`` (``*_hits.a3m``, ``uniprot_hits.sto``), which a
+    later precomputed run reads back. The chain's ``domain_name`` is ``chain_<chain_id>``.
+
+    Templates: :func:`multimer_template_features` with the hit file of the chain's folder
+    (none without ``template_mmcif_dir``). With ``require_uniprot=False`` a missing UniProt
+    alignment gives a query-only ``msa_all_seq`` (nothing of this chain is paired) instead
+    of an error.
 
     Returns the features before :func:`convert_monomer_features`.
     """
     info = {} if info is None else info
-    msa_dir = Path(msa_dir)
-    if not msa_dir.is_dir():
-        raise FileNotFoundError(f'chain {chain_id}: alignment folder not found: {msa_dir}')
-    record = FastaRecord(name=f'chain_{chain_id}', description=f'chain_{chain_id}',
-                         sequence=sequence)
-    features = dict(pipeline.build_raw_features(record, msa_mode='precomputed',
-                                                msa_dir=msa_dir, info=info))
-    hits_path = pipeline.find_template_hits(record, msa_dir) if template_mmcif_dir else None
+    description = f'chain_{chain_id}'
+    if msa_mode == 'precomputed':
+        if msa_dir is None or not Path(msa_dir).is_dir():
+            raise FileNotFoundError(f'chain {chain_id}: alignment folder not found: {msa_dir}')
+        chain_dir: Path | None = Path(msa_dir)
+        record = FastaRecord(name=description, description=description, sequence=sequence)
+        features = dict(pipeline.build_raw_features(record, msa_mode='precomputed',
+                                                    msa_dir=chain_dir, info=info))
+    elif msa_mode == 'search':
+        # Named by the chain ID so that searches land in output_dir/<chain_id>/ (AlphaFold's
+        # msas/A/ layout); the description still makes domain_name chain_<id>.
+        record = FastaRecord(name=chain_id, description=description, sequence=sequence)
+        chain_dir = Path(output_dir) / record.safe_name if output_dir is not None else None
+        features = dict(pipeline.build_raw_features(record, msa_mode='search',
+                                                    databases=databases, output_dir=output_dir,
+                                                    cpus=cpus, info=info))
+    else:
+        raise ValueError(f'unknown MSA mode {msa_mode!r} for a complex; expected '
+                         '"precomputed" or "search"')
+    hits_path = None
+    if template_mmcif_dir is not None and chain_dir is not None and chain_dir.is_dir():
+        hits_path = pipeline.find_template_hits(record, chain_dir)
     info['template_hits_file'] = str(hits_path) if hits_path else None
     features.update(multimer_template_features(sequence, hits_path, template_mmcif_dir,
                                                max_template_date, info=info))
     if pair_msas:
-        try:
-            msa = read_pairing_msa(msa_dir, sequence)
-        except FileNotFoundError:
-            if require_uniprot:
-                raise
-            logger.warning('chain %s: no %s in %s; its rows are not paired.', chain_id,
-                           PAIRING_MSA_FILES[0], msa_dir)
+        msa = None
+        if msa_mode == 'search' and uniprot_database is not None:
+            msa = _search_pairing_msa(record, uniprot_database, chain_dir, cpus)
+        elif msa_mode == 'precomputed':
+            try:
+                msa = read_pairing_msa(chain_dir, sequence)
+            except FileNotFoundError:
+                if require_uniprot:
+                    raise
+        elif require_uniprot:
+            raise ValueError(f'chain {chain_id}: a heteromer searched for MSAs needs a UniProt '
+                             'database to pair rows by species (uniprot_database=..., '
+                             'or require_uniprot=False to leave the chains unpaired)')
+        if msa is None:
+            logger.warning('chain %s: no UniProt alignment; its rows are not paired.', chain_id)
             msa = Msa(sequences=[sequence], deletion_matrix=[[0] * len(sequence)],
-                      descriptions=['query'])
+                      descriptions=[description])
         features.update(all_seq_msa_features(msa))
         info['uniprot_rows'] = int(features['msa_all_seq'].shape[0])
     return features
 
 
-def _check_inputs(sequences: Sequence[str], chain_msa_dirs: Sequence[PathLike | None]
+def find_chain_msa_dirs(msa_dir: PathLike, name: str, chain_ids: Sequence[str],
+                        sequences: Sequence[str] | None = None) -> list[Path | None]:
+    """The alignment folder of each chain of the complex ``name`` under ``msa_dir``.
+
+    Looked for, per chain, in this order: ``<msa_dir>/<name>/msas/<chain_id>/``
+    (AlphaFold's output layout), ``<msa_dir>/<name>/<chain_id>/``,
+    ``<msa_dir>/<name>_<chain_id>/`` and ``<msa_dir>/<chain_id>/`` (``name`` is used as
+    given and file-system-sanitised). With ``sequences``, a later copy of a sequence
+    whose folder is missing gets None (the first copy's folder is used for it, as
+    AlphaFold does).
+
+    Raises:
+      FileNotFoundError: a chain (first copy of its sequence) has no folder; the message
+        lists the paths tried.
+    """
+    msa_dir = Path(msa_dir)
+    names = list(dict.fromkeys([name, parsers.sanitize_name(name)]))
+    found: list[Path | None] = []
+    seen: set[str] = set()
+    for index, chain_id in enumerate(chain_ids):
+        tried = []
+        for n in names:
+            tried += [msa_dir / n / 'msas' / chain_id, msa_dir / n / chain_id,
+                      msa_dir / f'{n}_{chain_id}']
+        tried.append(msa_dir / chain_id)
+        folder = next((p for p in tried if p.is_dir()), None)
+        sequence = sequences[index] if sequences is not None else None
+        if folder is None and (sequence is None or sequence not in seen):
+            raise FileNotFoundError(f'{name}: no alignment folder for chain {chain_id}; tried '
+                                    + ', '.join(str(p) for p in tried))
+        found.append(folder)
+        if sequence is not None:
+            seen.add(sequence)
+    return found
+
+
+def _check_inputs(sequences: Sequence[str], chain_msa_dirs: Sequence[PathLike | None] | None
                   ) -> list[str]:
     sequences = [str(s).strip().upper() for s in sequences]
     if not sequences:
@@ -361,7 +445,7 @@ def _check_inputs(sequences: Sequence[str], chain_msa_dirs: Sequence[PathLike | 
     if len(sequences) > PDB_MAX_CHAINS:
         raise ValueError(f'complex_features: {len(sequences)} chains; at most '
                          f'{PDB_MAX_CHAINS} (one PDB chain ID each)')
-    if len(chain_msa_dirs) != len(sequences):
+    if chain_msa_dirs is not None and len(chain_msa_dirs) != len(sequences):
         raise ValueError(f'complex_features: {len(sequences)} sequences but '
                          f'{len(chain_msa_dirs)} alignment folders (one per chain)')
     for index, sequence in enumerate(sequences):
@@ -375,26 +459,39 @@ def _check_inputs(sequences: Sequence[str], chain_msa_dirs: Sequence[PathLike | 
 
 
 def complex_features(sequences: Sequence[str],
-                     chain_msa_dirs: Sequence[PathLike | None], *,
+                     chain_msa_dirs: Sequence[PathLike | None] | None = None, *,
+                     msa_mode: str = 'precomputed',
+                     databases: Mapping[str, Any] | None = None,
+                     uniprot_database: PathLike | Sequence[PathLike] | None = None,
+                     output_dir: PathLike | None = None,
+                     cpus: int = 1,
                      template_mmcif_dir: PathLike | None = None,
                      max_template_date: str | datetime.date | None = None,
                      require_uniprot: bool = True,
                      info: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """The multimer model's batch for a complex from its chains' precomputed alignments.
+    """The multimer model's batch for a complex from its chains' alignments.
 
     Args:
       sequences: one sequence per chain, in FASTA order (chain IDs ``A``, ``B``, ...);
         homomers by repetition.
-      chain_msa_dirs: one alignment folder per chain (see the module docstring). Only the
-        first chain of each distinct sequence is read (as AlphaFold does); the entries of
-        its later copies may be None or any folder.
+      chain_msa_dirs: (precomputed) one alignment folder per chain (see the module
+        docstring and :func:`find_chain_msa_dirs`). Only the first chain of each distinct
+        sequence is read (as AlphaFold does); later copies may be None or any folder.
+      msa_mode: ``precomputed`` (read ``chain_msa_dirs``) or ``search`` (jackhmmer via
+        pyhmmer against ``databases``, and ``uniprot_database`` for pairing).
+      databases: (search) ``{'uniref90': fasta, 'mgnify': fasta, ...}`` as in
+        :func:`jaxfold.data.pipeline.build_raw_features`.
+      uniprot_database: (search) UniProt FASTA file(s) for pairing (heteromers only).
+      output_dir: (search) alignments go to ``output_dir/<chain_id>/``, so that a rerun with
+        ``chain_msa_dirs=[output_dir/'A', ...]`` reads them back.
+      cpus: threads per jackhmmer search.
       template_mmcif_dir: folder of ``<pdb_id>.cif`` for the template hits found in the
         chain folders; None: no templates (AlphaFold-Multimer's all-zero template).
       max_template_date: ``YYYY-MM-DD`` release cut-off for templates (default: today).
-      require_uniprot: a heteromer chain without ``uniprot_hits.sto`` is an error (True)
-        or left unpaired (False). Homomers and monomers never read it.
+      require_uniprot: a heteromer chain without a UniProt alignment is an error (True)
+        or left unpaired (False). Homomers and monomers never need one.
       info: optional dict receiving ``chains``: one dict per chain in batch order with
-        ``chain_id`` (FASTA order letter), ``input_index``, ``sequence``, ``entity_id``,
+        ``chain_id`` (FASTA-order letter), ``input_index``, ``sequence``, ``entity_id``,
         ``sym_id``, ``asym_id`` (1-based), ``start`` / ``end`` (residue range in the
         batch); and ``per_sequence``: ``chain_id -> {msa_depth, num_alignments,
         uniprot_rows, templates, template_errors, ...}`` for each featurised sequence.
@@ -404,24 +501,35 @@ def complex_features(sequences: Sequence[str],
 
     Raises:
       ValueError / FileNotFoundError / jaxfold.data.parsers.ParseError /
-      jaxfold.data.msa_search.MsaSearchError: bad sequences or alignment files, with the
-      chain or the file named.
+      jaxfold.data.msa_search.MsaSearchError: bad sequences, alignment files or set-up,
+      with the chain or the file named.
     """
+    if msa_mode == 'precomputed' and chain_msa_dirs is None:
+        raise ValueError('complex_features: msa_mode "precomputed" needs one alignment folder '
+                         'per chain (chain_msa_dirs)')
     sequences = _check_inputs(sequences, chain_msa_dirs)
+    dirs = list(chain_msa_dirs) if chain_msa_dirs is not None else [None] * len(sequences)
     info = {} if info is None else info
     ids = make_chain_ids(len(sequences))
     pair_msas = len(set(sequences)) > 1
+    if msa_mode == 'search' and pair_msas and uniprot_database is None and require_uniprot:
+        # Said before any search runs.
+        raise ValueError('complex_features: a heteromer searched for MSAs needs a UniProt '
+                         'database to pair rows by species (uniprot_database=..., or '
+                         'require_uniprot=False to leave the chains unpaired)')
     by_sequence: dict[str, FeatureDict] = {}
     all_chains: dict[str, FeatureDict] = {}
     info['per_sequence'] = {}
-    for chain_id, sequence, msa_dir in zip(ids, sequences, chain_msa_dirs):
+    for chain_id, sequence, msa_dir in zip(ids, sequences, dirs):
         if sequence not in by_sequence:
-            if msa_dir is None:
+            if msa_mode == 'precomputed' and msa_dir is None:
                 raise ValueError(f'complex_features: chain {chain_id} is the first copy of '
                                  'its sequence and needs an alignment folder')
             chain_info: dict[str, Any] = {}
             raw = chain_features(sequence, chain_id, msa_dir, pair_msas=pair_msas,
-                                 template_mmcif_dir=template_mmcif_dir,
+                                 msa_mode=msa_mode, databases=databases,
+                                 uniprot_database=uniprot_database, output_dir=output_dir,
+                                 cpus=cpus, template_mmcif_dir=template_mmcif_dir,
                                  max_template_date=max_template_date,
                                  require_uniprot=require_uniprot, info=chain_info)
             by_sequence[sequence] = convert_monomer_features(raw, chain_id)
@@ -431,11 +539,10 @@ def complex_features(sequences: Sequence[str],
     assembly = add_assembly_features(all_chains)
 
     # Where each input chain went: add_assembly_features groups chains by entity.
-    order = sorted(range(len(sequences)),
-                   key=lambda i: (list(by_sequence).index(sequences[i]), i))
+    entity_order = list(by_sequence)
+    order = sorted(range(len(sequences)), key=lambda i: (entity_order.index(sequences[i]), i))
     chains_info, start = [], 0
-    for position, index in enumerate(order):
-        features = list(assembly.values())[position]
+    for index, features in zip(order, assembly.values()):
         end = start + len(sequences[index])
         chains_info.append({'chain_id': ids[index], 'input_index': index,
                             'sequence': sequences[index],
