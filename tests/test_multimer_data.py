@@ -273,6 +273,20 @@ def test_heteromer_real_uniprot_alignments(shared_dir):
     for chain_index, chain in enumerate(paired):
         assert (chain['msa_all_seq'][1:][absent[:, chain_index]] == gap).all()
 
+    # Cropping (AlphaFold's 2048 rows per chain, here 64 to bite): paired rows at most
+    # half, and the paired rows holding residues of a chain take room from its unpaired.
+    deduped = msa_pairing.deduplicate_unpaired_sequences(
+        [{**c, 'deletion_matrix': c['deletion_matrix_int'].astype(np.float32)} for c in paired])
+    cropped = multimer_merge.crop_chains([dict(c) for c in deduped], msa_crop_size=64,
+                                         pair_msa_sequences=True, max_templates=4)
+    for before, after in zip(deduped, cropped):
+        assert after['msa_all_seq'].shape[0] == int(after['num_alignments_all_seq']) == 32
+        with_residues = int(np.any(after['msa_all_seq'] != gap, axis=1).sum())
+        expected = min(before['msa'].shape[0], 64 - with_residues)
+        assert after['msa'].shape[0] == after['deletion_matrix'].shape[0] == expected
+        np.testing.assert_array_equal(after['msa'], before['msa'][:expected])
+        assert int(after['num_alignments']) == expected and int(after['num_templates']) == 1
+
     batch = multimer_merge.pad_msa(multimer_merge.pair_and_merge(assembly))
     lengths = [len(s) for s in sequences]
     starts = np.cumsum([0] + lengths)

@@ -184,13 +184,20 @@ def create_paired_features(chains: Iterable[FeatureDict]) -> list[FeatureDict]:
     return updated
 
 
+def _as_int32_rows(msa: np.ndarray) -> np.ndarray:
+    """``[N_seq, N_res]`` residue ids (HHblits alphabet, 0..21) as contiguous int32."""
+    return np.ascontiguousarray(msa, dtype=np.int32)
+
+
 def deduplicate_unpaired_sequences(chains: Sequence[FeatureDict]) -> list[FeatureDict]:
     """Drops the unpaired MSA rows (``msa`` and its per-row features) that repeat a paired
     row of the same chain; updates ``num_alignments``. Modifies and returns ``chains``."""
     for chain in chains:
-        paired = {tuple(row) for row in np.asarray(chain['msa_all_seq']).tolist()}
-        keep = [i for i, row in enumerate(np.asarray(chain['msa']).tolist())
-                if tuple(row) not in paired]
+        # Rows compared as bytes of one dtype: equal to DeepMind's tuple comparison, but
+        # without a Python object per residue (unpaired MSAs can have 10^5 rows).
+        paired = {row.tobytes() for row in _as_int32_rows(chain['msa_all_seq'])}
+        keep = [i for i, row in enumerate(_as_int32_rows(chain['msa']))
+                if row.tobytes() not in paired]
         for name in MSA_FEATURES:
             if name in chain:
                 chain[name] = chain[name][keep]
