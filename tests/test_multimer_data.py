@@ -401,9 +401,13 @@ def test_multimer_templates_dedup_and_empty_default(shared_dir):
         sequence, shared_dir / 'data' / 'msas' / '3u8v_A' / 'hmm_output.sto', mmcif,
         '2030-01-01')
     assert empty['template_aatype'].shape == (1, 93, 22) and not empty['template_aatype'].any()
+    # Converted to AlphaFold's residue order: the template's own sequence, '-' -> gap (21).
     converted = multimer_pipeline.convert_monomer_features(
         {'template_aatype': ours['template_aatype']}, 'A')['template_aatype']
-    assert converted.dtype == np.int64 and converted.shape == (1, len(_sequence(shared_dir, '2crb_A')))
+    letters = _as_text(ours['template_sequence'])[0]
+    order = {r: i for i, r in enumerate(residue_constants.restypes_with_x_and_gap)}
+    assert converted.dtype == np.int64
+    np.testing.assert_array_equal(converted[0], [order[r] for r in letters])
 
 
 # ---------------------------------------------------------------------------------------

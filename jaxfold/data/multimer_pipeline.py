@@ -193,8 +193,8 @@ def read_pairing_msa(chain_dir: PathLike, sequence: str, *,
     if path is None:
         raise FileNotFoundError(
             f'{chain_dir / PAIRING_MSA_FILES[0]} not found: a heteromer needs the UniProt '
-            f'alignment of every chain to pair MSA rows by species ({" or ".join(PAIRING_MSA_FILES)} '
-            f'in {chain_dir})')
+            'alignment of every chain to pair MSA rows by species '
+            f'({" or ".join(PAIRING_MSA_FILES)} in {chain_dir})')
     msa = msa_search.read_msa(path, max_hits)
     query = msa.sequences[0]
     if len(query) != len(sequence) or any(
