@@ -1,5 +1,6 @@
 """The trunk's modules against DeepMind's own outputs on the official parameter layout (shared/reference)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -90,13 +91,24 @@ def test_template_pair_stack_matches_deepmind(shared_dir):
                     what="template_pair_stack")
 
 
-def test_chunked_block_equals_unchunked(shared_dir):
-    """chunk_size slices rows/columns through lax.map; the numbers must not change."""
-    io, params = module_reference(shared_dir, "evoformer_iteration")
+@pytest.mark.parametrize("name,is_extra_msa,chunk", [("evoformer_iteration", False, 5),
+                                                     ("extra_msa_stack_iteration", True, 4)])
+def test_in_place_chunked_block_equals_unchunked(shared_dir, name, is_extra_msa, chunk):
+    """chunk_size > 0 at inference updates the MSA and pair in place, a slice of rows or columns at a time
+    (23 residues: whole slices and a shorter last one); the numbers must not change, and must still match
+    DeepMind's block."""
+    io, params = module_reference(shared_dir, name)
+    (scope,) = params
     args = ((io["input/msa"], io["input/pair"]), io["input/msa_mask"], io["input/pair_mask"])
-    p = {"params": params["evoformer_iteration"]}
-    (msa, pair), _ = EvoformerIteration(EVO, GC).apply(p, *args)
-    chunked_gc = CONFIG.replace(**{"model.global_config.chunk_size": 5}).model.global_config
-    (msa_c, pair_c), _ = EvoformerIteration(EVO, chunked_gc).apply(p, *args)
+    p = {"params": params[scope]}
+    (msa, pair), _ = EvoformerIteration(EVO, GC, is_extra_msa=is_extra_msa).apply(p, *args)
+    chunked_gc = CONFIG.replace(**{"model.global_config.chunk_size": chunk}).model.global_config
+    block = EvoformerIteration(EVO, chunked_gc, is_extra_msa=is_extra_msa)
+    (msa_c, pair_c), _ = block.apply(p, *args)
     np.testing.assert_allclose(msa_c, msa, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(pair_c, pair, atol=1e-5, rtol=1e-5)
+    assert_close_on(msa_c, io["output/msa"], valid_mask(io, "msa"), ATOL_TRUNK, what=f"{name} msa, in place")
+    assert_close_on(pair_c, io["output/pair"], valid_mask(io, "pair"), ATOL_TRUNK, what=f"{name} pair, in place")
+    # The in-place path really runs: its program loops over slices and writes them back.
+    jaxpr = str(jax.make_jaxpr(lambda p, *a: block.apply(p, *a))(p, *args))
+    assert ("while" in jaxpr or "scan" in jaxpr) and "dynamic_update_slice" in jaxpr

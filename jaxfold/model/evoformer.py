@@ -16,9 +16,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxfold.model.inplace import add_in_place, pure
 from jaxfold.model.msa_attention import (
-    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias)
-from jaxfold.model.outer_product_mean import OuterProductMean
+    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias, pair_bias_in_chunks)
+from jaxfold.model.outer_product_mean import OuterProductMean, right_projection
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
@@ -67,6 +68,8 @@ class EvoformerIteration(nn.Module):
     def __call__(self, activations, msa_mask, pair_mask):
         c, gc, train, dap = self.config, self.global_config, self.is_training, self.dap
         msa, pair = activations
+        if updates_in_place(self, gc, train, dap):
+            return in_place_block(self, msa, pair, msa_mask, pair_mask), None
         rows, cols = 0, 1
         msa_mask_rows, msa_mask_cols = dap.scatter(msa_mask, rows), dap.scatter(msa_mask, cols)
         pair_mask_rows, pair_mask_cols = dap.scatter(pair_mask, rows), dap.scatter(pair_mask, cols)
@@ -109,6 +112,56 @@ class EvoformerIteration(nn.Module):
         pair = add(pair_transition, pair, cols, pair, pair_mask_cols)
         pair = dap.col_to_row(pair)
         return (msa, pair), None
+
+
+def updates_in_place(module: nn.Module, global_config, is_training: bool, dap: Dap) -> bool:
+    """Inference with a chunk size on one device updates the MSA and pair in place (`jaxfold.model.inplace`);
+    training (dropout, gradients), DAP and initialisation (parameters not yet there) take the plain path."""
+    chunk = global_config.chunk_size
+    return (isinstance(chunk, int) and chunk > 0 and not is_training and not dap.enabled
+            and not module.is_initializing())
+
+
+def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
+    """One Evoformer block (same sub-modules, names and order as `EvoformerIteration`) with every residual
+    update written into the MSA / pair slice by slice: the block holds the MSA, the pair and one slice of
+    temporaries, plus the operands every slice needs whole (a projected bias `[H, N, N]`, a triangle
+    product's other operand). Row-wise updates run on row slices, column-wise ones on column slices."""
+    c, gc = block.config, block.global_config
+    chunk, kernels = gc.chunk_size, gc.kernels
+    rows, cols = 0, 1
+
+    row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, name="msa_row_attention_with_pair_bias")
+    params = row.variables["params"]
+    bias = pair_bias_in_chunks(pair, params["feat_2d_norm"], params["feat_2d_weights"], chunk, kernels)
+    msa = add_in_place(lambda m, mask: pure(row)(m, mask, None, nonbatched_bias=bias), msa, rows, chunk,
+                       [(msa_mask, rows)])
+    if block.is_extra_msa:
+        column = MSAColumnGlobalAttention(c.msa_column_attention, gc, name="msa_column_global_attention")
+    else:
+        column = MSAColumnAttention(c.msa_column_attention, gc, name="msa_column_attention")
+    msa = add_in_place(pure(column), msa, cols, chunk, [(msa_mask, cols)])
+    msa_transition = Transition(c.msa_transition, gc, name="msa_transition")
+    msa = add_in_place(pure(msa_transition), msa, rows, chunk, [(msa_mask, rows)])
+    opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], name="outer_product_mean")
+    right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
+    pair = add_in_place(lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right), pair, rows, chunk,
+                        [(msa, cols), (msa_mask, cols)])
+
+    for name, split in (("triangle_multiplication_outgoing", rows), ("triangle_multiplication_incoming", cols)):
+        module = TriangleMultiplication(c[name], gc, name=name)
+        pair = pair + module(pair, pair_mask)
+    for name, split in (("triangle_attention_starting_node", rows), ("triangle_attention_ending_node", cols)):
+        module = TriangleAttention(c[name], gc, name=name)
+        params = module.variables["params"]
+        bias = pair_bias_in_chunks(pair, params["query_norm"], params["feat_2d_weights"], chunk, kernels)
+        if split == cols:  # the ending node attends along columns: its bias is the transposed one
+            bias = jnp.swapaxes(bias, 1, 2)
+        pair = add_in_place(lambda p, mask, f=pure(module), b=bias: f(p, mask, nonbatched_bias=b), pair, split,
+                            chunk, [(pair_mask, split)])
+    pair_transition = Transition(c.pair_transition, gc, name="pair_transition")
+    pair = add_in_place(pure(pair_transition), pair, rows, chunk, [(pair_mask, rows)])
+    return msa, pair
 
 
 def scanned_stack(block_cls, num_block: int, use_remat: bool):

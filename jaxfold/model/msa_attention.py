@@ -13,7 +13,8 @@ import flax.linen as nn
 import numpy as np
 
 from jaxfold.model.attention import Attention, GlobalAttention, mask_to_bias
-from jaxfold.model.primitives import LayerNorm
+from jaxfold.model.chunking import chunked
+from jaxfold.model.primitives import LayerNorm, layer_norm
 from jaxfold.parallel.dap import NO_DAP, Dap
 
 
@@ -26,6 +27,18 @@ def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: st
     c_z = pair_act.shape[-1]
     weights = module.param("feat_2d_weights", nn.initializers.normal(1.0 / np.sqrt(c_z)), (c_z, num_head))
     return jnp.einsum("qkc,ch->hqk", pair_act, weights.astype(pair_act.dtype))
+
+
+def pair_bias_in_chunks(pair_act: jax.Array, norm_params: dict, feat_2d_weights: jax.Array, chunk_size: int,
+                        kernels: str) -> jax.Array:
+    """`pair_bias` of the layer-normed pair from the parameters, `chunk_size` pair rows at a time, so no
+    normalised copy of the whole pair exists: pair_act `[N, N, c_z]` -> `[H, N, N]` (in-place inference)."""
+
+    def rows(pair_rows):
+        normed = layer_norm(pair_rows, norm_params["scale"], norm_params["offset"], kernels=kernels)
+        return jnp.einsum("qkc,ch->hqk", normed, feat_2d_weights.astype(normed.dtype))
+
+    return chunked(rows, chunk_size, batch_axes=(0,), out_axis=1)(pair_act)
 
 
 def attention_for(config, global_config, output_dim: int) -> Attention:
@@ -49,12 +62,15 @@ class MSARowAttentionWithPairBias(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, msa_act, msa_mask, pair_act):
+    def __call__(self, msa_act, msa_mask, pair_act, nonbatched_bias=None):
+        """`nonbatched_bias` `[H, N_res, N_res]`: the projected pair bias when the caller computed it
+        (in-place inference, `pair_bias_in_chunks`); `pair_act` is then unused."""
         kernels = self.global_config.kernels
         bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)
         msa_act = LayerNorm(kernels, name="query_norm")(msa_act)
-        pair_act = LayerNorm(kernels, name="feat_2d_norm")(pair_act)
-        nonbatched_bias = self.dap.gather(pair_bias(self, pair_act, self.config.num_head, kernels), axis=1)
+        if nonbatched_bias is None:
+            pair_act = LayerNorm(kernels, name="feat_2d_norm")(pair_act)
+            nonbatched_bias = self.dap.gather(pair_bias(self, pair_act, self.config.num_head, kernels), axis=1)
         attn = attention_for(self.config, self.global_config, msa_act.shape[-1])
         return attn(msa_act, msa_act, bias, nonbatched_bias)
 

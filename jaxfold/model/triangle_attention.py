@@ -23,15 +23,18 @@ class TriangleAttention(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, pair_act, pair_mask):
+    def __call__(self, pair_act, pair_mask, nonbatched_bias=None):
+        """`nonbatched_bias` `[H, N_res, N_res]` (in the attention's orientation): the projected bias when
+        the caller computed it from the whole pair (in-place inference works on slices of rows/columns)."""
         per_column = self.config.orientation == "per_column"
         if per_column:
             pair_act = jnp.swapaxes(pair_act, -2, -3)
             pair_mask = jnp.swapaxes(pair_mask, -1, -2)
         bias = mask_to_bias(pair_mask)[:, None, None, :].astype(jnp.float32)
         pair_act = LayerNorm(self.global_config.kernels, name="query_norm")(pair_act)
-        nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, self.global_config.kernels)
-        nonbatched_bias = self.dap.gather(nonbatched_bias, axis=1)
+        if nonbatched_bias is None:
+            nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, self.global_config.kernels)
+            nonbatched_bias = self.dap.gather(nonbatched_bias, axis=1)
         attn = attention_for(self.config, self.global_config, pair_act.shape[-1])
         out = attn(pair_act, pair_act, bias, nonbatched_bias)
         return jnp.swapaxes(out, -2, -3) if per_column else out
