@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxfold.config import model_config
-from jaxfold.model import run_alphafold
+from jaxfold.model import memory, run_alphafold
+from jaxfold.model.predict import predict
 from jaxfold.weights import load_alphafold_params
 from reference_utils import assert_close_on
 
@@ -103,3 +104,44 @@ def test_runtime_recycling_count_caps_iterations(shared_dir, features, first_pas
     out = run_alphafold(cfg, params, feats)
     np.testing.assert_allclose(out["structure_module/final_atom_positions"],
                                first_pass["structure_module/final_atom_positions"], atol=1e-4)
+
+
+def auto_budget_forcing_a_chunk(cfg, feats) -> int:
+    """A (faked) free-memory figure between the estimated peaks of the unchunked and the 8-row run, so that
+    `chunk_size="auto"` must choose a positive size."""
+    shapes = memory.ModelShapes.from_features(feats, cfg)
+    unchunked = memory.estimate_peak_bytes(shapes, cfg, 0, "xla")
+    chunked = memory.estimate_peak_bytes(shapes, cfg, 8, "xla")
+    assert chunked < unchunked
+    return int((unchunked + chunked) / 2 / memory.DEFAULT_HEADROOM)
+
+
+@pytest.fixture(scope="module")
+def recycled_auto_chunked(shared_dir, features):
+    """The recycled model with `chunk_size="auto"` on a device faked too small to run unchunked: chunked,
+    in-place updates, lean outputs (what `infer.py` runs)."""
+    cfg = model_config("model_1_ptm", num_recycle=1, **SHRINK)
+    params = load_alphafold_params(shared_dir / "reference" / "params" / "params_model_1_ptm_shrunk.npz", cfg)
+    feats = {k: v[:2] for k, v in features.items()}
+    timings = {}
+    out = predict(cfg, params, feats, chunk_size="auto", outputs="lean", timings=timings,
+                  budget_bytes=auto_budget_forcing_a_chunk(cfg, feats))
+    return out, timings["settings"]
+
+
+def test_auto_chunked_in_place_lean_model_matches_deepmind(shared_dir, recycled_auto_chunked):
+    out, settings = recycled_auto_chunked
+    assert 0 < settings.chunk_size < 37  # 37 residues: the run really was chunked
+    ref = reference(shared_dir, "outputs")
+    for key in ("structure_module/final_atom_positions", "structure_module/final_atom_mask", "confidence/plddt",
+                "confidence/predicted_aligned_error", "confidence/max_predicted_aligned_error", "confidence/ptm",
+                "confidence/ranking_confidence", "predicted_lddt/logits"):
+        assert_close_on(out[key], ref[key], None, tolerance(key), what=f"{key} (auto chunk, in place, lean)")
+    # Lean outputs leave the N x N x 64 logits and the representations on the device.
+    assert not any(k.startswith(("representations/", "distogram/", "predicted_aligned_error/")) for k in out)
+
+
+def test_lean_confidences_equal_full_ones(recycled, recycled_auto_chunked):
+    out, _ = recycled_auto_chunked
+    for key in ("confidence/plddt", "confidence/predicted_aligned_error", "confidence/ptm"):
+        np.testing.assert_allclose(out[key], recycled[key], rtol=1e-5, atol=2e-5, err_msg=key)

@@ -439,6 +439,49 @@ def test_cli_random_demo_on_the_bundled_example(random_run):
     assert len(list(structure.get_residues())) == len(SEQUENCE)
 
 
+def _ca_coordinates(pdb_path) -> np.ndarray:
+    from Bio.PDB import PDBParser
+
+    structure = PDBParser(QUIET=True).get_structure('x', str(pdb_path))
+    return np.asarray([atom.coord for atom in structure.get_atoms() if atom.get_id() == 'CA'])
+
+
+def test_cli_mesh_splits_the_prediction_and_changes_nothing(random_run, tmp_path, capsys, monkeypatch):
+    """`--mesh 2x1`: the trunk split over 2 (virtual CPU) devices with DAP gives the one-device prediction."""
+    out_dir, proc = random_run
+    assert proc.returncode == 0, proc.stderr
+    code, err = _run_cli(['--params', 'random', '--models', 'tiny', '--num-recycle', '1', '--mesh', '2x1',
+                          '--output-dir', tmp_path, '--compilation-cache', '', '--no-progress'], capsys, monkeypatch)
+    assert code == 0, err
+    assert 'DAP over 2 devices' in err
+    pdb = f'{NAME}/{NAME}_unrelaxed_tiny.pdb'
+    np.testing.assert_allclose(_ca_coordinates(tmp_path / pdb), _ca_coordinates(out_dir / pdb), atol=2e-3)
+
+
+def test_cli_precision_kernels_and_chunk_flags(tmp_path, capsys, monkeypatch):
+    code, err = _run_cli(['--params', 'random', '--models', 'tiny', '--num-recycle', '1', '--precision', 'bf16',
+                          '--kernels', 'xla', '--chunk-size', '8', '--output-dir', tmp_path,
+                          '--compilation-cache', '', '--no-progress'], capsys, monkeypatch)
+    assert code == 0, err
+    assert 'kernels xla, chunk size 8, bfloat16' in err
+    assert len(_ca_coordinates(tmp_path / NAME / f'{NAME}_unrelaxed_tiny.pdb')) == len(SEQUENCE)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--mesh', '2x2'], 'data axis must be 1'),
+    (['--mesh', '16x1'], 'needs 16 devices'),
+    (['--chunk-size', 'big'], "expected 'auto' or a number"),
+    (['--kernels', 'triton'], 'invalid choice'),
+])
+def test_cli_bad_run_flags_are_clear_errors(tmp_path, capsys, monkeypatch, flags, message):
+    try:
+        code, err = _run_cli(['--params', 'random', '--models', 'tiny', '--output-dir', tmp_path, *flags],
+                             capsys, monkeypatch)
+    except SystemExit as usage_error:  # argparse's own exit for a bad value: usage line + one error line
+        code, err = usage_error.code, capsys.readouterr().err
+    assert code in (1, 2) and message in err and 'Traceback' not in err
+
+
 def test_cli_refuses_to_overwrite_a_finished_prediction(random_run, capsys, monkeypatch):
     out_dir, proc = random_run
     assert proc.returncode == 0

@@ -147,21 +147,39 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
     right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
     pair = add_in_place(lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right), pair, rows, chunk,
                         [(msa, cols), (msa_mask, cols)])
-
-    for name, split in (("triangle_multiplication_outgoing", rows), ("triangle_multiplication_incoming", cols)):
-        module = TriangleMultiplication(c[name], gc, name=name)
-        pair = pair + module(pair, pair_mask)
-    for name, split in (("triangle_attention_starting_node", rows), ("triangle_attention_ending_node", cols)):
-        module = TriangleAttention(c[name], gc, name=name)
-        params = module.variables["params"]
-        bias = pair_bias_in_chunks(pair, params["query_norm"], params["feat_2d_weights"], chunk, kernels)
-        if split == cols:  # the ending node attends along columns: its bias is the transposed one
-            bias = jnp.swapaxes(bias, 1, 2)
-        pair = add_in_place(lambda p, mask, f=pure(module), b=bias: f(p, mask, nonbatched_bias=b), pair, split,
-                            chunk, [(pair_mask, split)])
-    pair_transition = Transition(c.pair_transition, gc, name="pair_transition")
-    pair = add_in_place(pure(pair_transition), pair, rows, chunk, [(pair_mask, rows)])
+    pair = in_place_pair_updates(c, gc, pair, pair_mask, PAIR_UPDATES_EVOFORMER)
     return msa, pair
+
+
+# The pair stack's updates in AlphaFold's order: (sub-module name, the axis its slices run along).
+PAIR_UPDATES_EVOFORMER = (("triangle_multiplication_outgoing", 0), ("triangle_multiplication_incoming", 1),
+                          ("triangle_attention_starting_node", 0), ("triangle_attention_ending_node", 1),
+                          ("pair_transition", 0))
+PAIR_UPDATES_TEMPLATE = (("triangle_attention_starting_node", 0), ("triangle_attention_ending_node", 1),
+                         ("triangle_multiplication_outgoing", 0), ("triangle_multiplication_incoming", 1),
+                         ("pair_transition", 0))
+
+
+def in_place_pair_updates(config, global_config, pair, pair_mask, updates):
+    """The pair updates of an Evoformer or template pair block, each written into the pair in place.
+    Call from inside the block's compact method (the sub-modules are created in its scope, by name)."""
+    chunk, kernels = global_config.chunk_size, global_config.kernels
+    for name, split in updates:
+        if name.startswith("triangle_attention"):
+            module = TriangleAttention(config[name], global_config, name=name)
+            params = module.variables["params"]
+            bias = pair_bias_in_chunks(pair, params["query_norm"], params["feat_2d_weights"], chunk, kernels)
+            if split == 1:  # the ending node attends along columns: its bias is the transposed one
+                bias = jnp.swapaxes(bias, 1, 2)
+            pair = add_in_place(lambda p, mask, f=pure(module), b=bias: f(p, mask, nonbatched_bias=b), pair, split,
+                                chunk, [(pair_mask, split)])
+        elif name.startswith("triangle_multiplication"):
+            module = TriangleMultiplication(config[name], global_config, name=name)
+            pair = pair + module(pair, pair_mask)
+        else:
+            module = Transition(config[name], global_config, name=name)
+            pair = add_in_place(pure(module), pair, split, chunk, [(pair_mask, split)])
+    return pair
 
 
 def scanned_stack(block_cls, num_block: int, use_remat: bool):

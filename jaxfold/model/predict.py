@@ -138,8 +138,9 @@ def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
     def heads(params, representations, batch):
         return heads_module.apply({"params": params}, representations, batch)
 
-    if dap.enabled:
+    if dap.enabled:  # both programs on the mesh (the heads replicated), so their arrays never move
         iteration = jax.shard_map(iteration, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
+        heads = jax.shard_map(heads, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
     start = time.perf_counter()
     # The recycled inputs are donated: the next pass may write its pair into the previous pair's buffer.
     iteration_fn = jax.jit(iteration, donate_argnums=(2,)).lower(params, batch, prev).compile()

@@ -16,14 +16,20 @@ import flax.linen as nn
 from jaxfold.common import residue_constants as rc
 from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.model.attention import Attention, mask_to_bias
-from jaxfold.model.chunking import pair_rows_chunk
-from jaxfold.model.distogram import dgram_from_positions
-from jaxfold.model.evoformer import residual_update, scanned_stack
-from jaxfold.model.primitives import LayerNorm, Linear
+from jaxfold.model.chunking import chunked, pair_rows_chunk
+from jaxfold.model.distogram import dgram_between
+from jaxfold.model.evoformer import (
+    PAIR_UPDATES_TEMPLATE, in_place_pair_updates, residual_update, scanned_stack, updates_in_place)
+from jaxfold.model.primitives import LayerNorm, Linear, apply_linear
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
+
+
+# Channels of `template_pair_features`: distogram 39, pseudo-beta mask 1, aatype 22 + 22, unit vector 3,
+# backbone mask 1.
+NUM_TEMPLATE_PAIR_FEATURES = 88
 
 
 class TemplatePairBlock(nn.Module):
@@ -42,6 +48,8 @@ class TemplatePairBlock(nn.Module):
     @nn.compact
     def __call__(self, pair, pair_mask):
         c, gc, dap = self.config, self.global_config, self.dap
+        if updates_in_place(self, gc, self.is_training, dap):
+            return in_place_pair_updates(c, gc, pair, pair_mask, PAIR_UPDATES_TEMPLATE), None
         masks = {0: dap.scatter(pair_mask, 0), 1: dap.scatter(pair_mask, 1)}
         layout = 0  # the split axis of `pair`
         for name, cls, split in (("triangle_attention_starting_node", TriangleAttention, 0),
@@ -103,34 +111,60 @@ def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.A
     return [vec.x * inv_distance, vec.y * inv_distance, vec.z * inv_distance]
 
 
-def template_pair_features(template: dict, num_bins_config, use_unit_vector: bool, dtype) -> tuple:
-    """Concatenated template pair features `[N_res, N_res, 88]` and the backbone mask `[N_res, N_res]`.
+def template_pair_features(template: dict, num_bins_config, use_unit_vector: bool, dtype,
+                           rows: dict | None = None) -> tuple:
+    """Concatenated template pair features `[N_rows, N_res, 88]` and the backbone mask `[N_rows, N_res]`.
 
     Channels: distogram (39), pseudo-beta pair mask (1), aatype one-hot of j then of i (22 + 22),
     unit vector (3, zeros unless `use_template_unit_vector`), backbone pair mask (1).
+    rows: the same per-residue `template_*` arrays for a slice of residues i (default: all of them), so the
+    features can be built a slice of pair rows at a time; every entry is computed as for the whole.
     """
-    num_res = template["template_aatype"].shape[0]
-    pb_mask = template["template_pseudo_beta_mask"]
-    pb_mask_2d = (pb_mask[:, None] * pb_mask[None, :]).astype(dtype)
-    dgram = dgram_from_positions(template["template_pseudo_beta"], **num_bins_config).astype(dtype)
-    aatype = jax.nn.one_hot(template["template_aatype"], 22, dtype=dtype)
-    atom_mask = template["template_all_atom_masks"]
-    backbone = (atom_mask[..., rc.atom_order["N"]] * atom_mask[..., rc.atom_order["CA"]]
+    rows = template if rows is None else rows
+    num_rows, num_res = rows["template_aatype"].shape[0], template["template_aatype"].shape[0]
+    pb_mask_2d = (rows["template_pseudo_beta_mask"][:, None] * template["template_pseudo_beta_mask"][None, :]
+                  ).astype(dtype)
+    dgram = dgram_between(rows["template_pseudo_beta"], template["template_pseudo_beta"],
+                          **num_bins_config).astype(dtype)
+    aatype_i = jax.nn.one_hot(rows["template_aatype"], 22, dtype=dtype)
+    aatype_j = jax.nn.one_hot(template["template_aatype"], 22, dtype=dtype)
+
+    def backbone_mask(atom_mask):
+        return (atom_mask[..., rc.atom_order["N"]] * atom_mask[..., rc.atom_order["CA"]]
                 * atom_mask[..., rc.atom_order["C"]])
-    backbone_2d = backbone[:, None] * backbone[None, :]
+
+    backbone_2d = (backbone_mask(rows["template_all_atom_masks"])[:, None]
+                   * backbone_mask(template["template_all_atom_masks"])[None, :])
     if use_unit_vector:
+        if rows is not template:
+            raise ValueError("template unit vectors are built for all rows at once")
         unit = template_backbone_unit_vectors(template["template_all_atom_positions"], backbone_2d)
         unit = [u[..., None].astype(dtype) for u in unit]
     else:
-        unit = [jnp.zeros((num_res, num_res, 1), dtype)] * 3
+        unit = [jnp.zeros((num_rows, num_res, 1), dtype)] * 3
     backbone_2d = backbone_2d.astype(dtype)
     features = jnp.concatenate(
         [dgram, pb_mask_2d[..., None],
-         jnp.broadcast_to(aatype[None, :, :], (num_res, num_res, 22)),
-         jnp.broadcast_to(aatype[:, None, :], (num_res, num_res, 22)),
+         jnp.broadcast_to(aatype_j[None, :, :], (num_rows, num_res, 22)),
+         jnp.broadcast_to(aatype_i[:, None, :], (num_rows, num_res, 22)),
          *unit, backbone_2d[..., None]], axis=-1)
     # Zero the non-template regions so padded distogram bins carry no signal.
     return features * backbone_2d[..., None], backbone_2d
+
+
+def embedded_template_pair(template: dict, config, dtype, weights, bias, chunk_size) -> jax.Array:
+    """`embedding2d(template_pair_features(...))` `[N_res, N_res, c_t]`, `chunk_size` pair rows at a time
+    (the 88-channel features never exist whole) unless unit vectors are on or chunk_size is 0."""
+    use_unit = bool(config.use_template_unit_vector)
+
+    def rows(row_arrays: dict | None):
+        act, _ = template_pair_features(template, config.dgram_features, use_unit, dtype, row_arrays)
+        return apply_linear(act, weights, bias)
+
+    if use_unit or not isinstance(chunk_size, int) or chunk_size <= 0:
+        return rows(None)
+    keys = ("template_aatype", "template_pseudo_beta", "template_pseudo_beta_mask", "template_all_atom_masks")
+    return chunked(lambda *arrays: rows(dict(zip(keys, arrays))), chunk_size)(*(template[k] for k in keys))
 
 
 class SingleTemplateEmbedding(nn.Module):
@@ -146,8 +180,9 @@ class SingleTemplateEmbedding(nn.Module):
         c = self.config
         dtype = mask_2d.dtype
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
-        act, _ = template_pair_features(template, c.dgram_features, bool(c.use_template_unit_vector), dtype)
-        act = Linear(num_channels, initializer="relu", name="embedding2d")(act)
+        weights, bias = Linear(num_channels, initializer="relu", num_input=NUM_TEMPLATE_PAIR_FEATURES,
+                               name="embedding2d")()
+        act = embedded_template_pair(template, c, dtype, weights, bias, self.global_config.chunk_size)
         act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training, self.dap,
                                 name="template_pair_stack")(act, mask_2d)
         return carry, LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)

@@ -1,0 +1,66 @@
+"""`chunk_size="auto"`: the memory estimate, the chunk it picks, and the clear error for a chain too long."""
+
+import pytest
+
+from jaxfold.config import model_config
+from jaxfold.model import memory
+
+GIB = memory.GIB
+DEEP = dict(num_msa=512, num_extra_msa=5120, num_templates=4)
+
+
+def test_short_chain_with_ample_memory_is_not_chunked():
+    cfg = model_config("model_1_ptm")
+    shapes = memory.ModelShapes(num_res=256, num_msa=512, num_extra_msa=1024, num_templates=4)
+    assert memory.choose_chunk_size(shapes, cfg, "pallas", 80 * GIB) == 0
+
+
+def test_deep_msa_fp32_xla_at_1024_is_chunked_to_fit():
+    """AlphaFold's deep MSA at N=1,024 in fp32 with XLA attention: the extra-MSA row attention logits alone
+    are 5,120 x 8 x 1,024^2 x 4 B = 172 GB unchunked; auto must pick a chunk that fits 10 GiB."""
+    cfg = model_config("model_1_ptm")
+    shapes = memory.ModelShapes(num_res=1024, **DEEP)
+    assert memory.estimate_peak_bytes(shapes, cfg, 0, "xla") > 150e9
+    chunk = memory.choose_chunk_size(shapes, cfg, "xla", 10 * GIB)
+    assert chunk > 0
+    assert memory.estimate_peak_bytes(shapes, cfg, chunk, "xla") <= memory.DEFAULT_HEADROOM * 10 * GIB
+    # The largest size that fits: the next larger candidate would not.
+    larger = [c for c in memory.CHUNK_CANDIDATES if c > chunk]
+    if larger:
+        assert memory.estimate_peak_bytes(shapes, cfg, min(larger), "xla") > memory.DEFAULT_HEADROOM * 10 * GIB
+
+
+def test_estimate_grows_with_length_and_halves_pair_in_bf16():
+    fp32, bf16 = model_config("model_1_ptm"), model_config("model_1_ptm", dtype="bfloat16")
+    small, large = (memory.ModelShapes(num_res=n, **DEEP) for n in (2048, 4096))
+    assert memory.estimate_peak_bytes(large, fp32, 64, "pallas") > 3 * memory.estimate_peak_bytes(small, fp32, 64, "pallas")
+    assert memory.estimate_peak_bytes(large, bf16, 64, "pallas") < 0.7 * memory.estimate_peak_bytes(large, fp32, 64, "pallas")
+    assert memory.estimate_peak_bytes(large, bf16, 64, "pallas", dap_size=2) < memory.estimate_peak_bytes(
+        large, bf16, 64, "pallas")
+
+
+def test_chain_too_long_is_a_clear_error_naming_what_would_fit():
+    cfg = model_config("model_1_ptm")
+    shapes = memory.ModelShapes(num_res=20000, **DEEP)
+    with pytest.raises(memory.ChainTooLongError) as err:
+        memory.choose_chunk_size(shapes, cfg, "xla", 80 * GIB)
+    text = str(err.value)
+    assert "20000 residues" in text and "GiB" in text
+    assert "--precision bf16" in text and "--mesh" in text and "--kernels pallas" in text
+
+
+def test_budget_override_fakes_a_small_device(monkeypatch):
+    monkeypatch.setenv("JAXFOLD_MEMORY_BUDGET_GIB", "1.5")
+    assert memory.device_memory_budget() == int(1.5 * GIB)
+    monkeypatch.delenv("JAXFOLD_MEMORY_BUDGET_GIB")
+    assert memory.device_memory_budget() > 0
+
+
+def test_kernels_switch_resolves_once_and_rejects_unknown_values():
+    from jaxfold.model.kernels import resolve_kernels
+
+    assert resolve_kernels("auto", backend="cpu") == "xla"
+    assert resolve_kernels("auto", backend="gpu") == "pallas"
+    assert resolve_kernels("xla", backend="gpu") == "xla"
+    with pytest.raises(ValueError, match="unknown kernels 'triton'"):
+        resolve_kernels("triton")
