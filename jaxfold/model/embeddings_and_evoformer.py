@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import apply_stack, evoformer_stack
+from jaxfold.model.evoformer import apply_stack, evoformer_stack, updates_in_place
 from jaxfold.model.primitives import Linear
 from jaxfold.model.template import TemplateEmbedding
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs
@@ -48,10 +48,13 @@ class EmbeddingsAndEvoformer(nn.Module):
 
         if c.template.enabled:
             template_batch = {k: batch[k] for k in batch if k.startswith("template_")}
-            template_update = TemplateEmbedding(c.template, gc, self.is_training, self.dap, name="template_embedding")(
-                pair, template_batch, mask_2d.astype(dtype))
-            self.sow("intermediates", "template_embedding_output", template_update)
-            pair = pair + template_update
+            templates = TemplateEmbedding(c.template, gc, self.is_training, self.dap, name="template_embedding")
+            if updates_in_place(self, gc, self.is_training, self.dap):  # long chains: added into the pair
+                pair = templates(pair, template_batch, mask_2d.astype(dtype), in_place=True)
+            else:
+                template_update = templates(pair, template_batch, mask_2d.astype(dtype))
+                self.sow("intermediates", "template_embedding_output", template_update)
+                pair = pair + template_update
 
         extra_msa = embedders.extra_msa_embedding(batch, c).astype(dtype)
         # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
