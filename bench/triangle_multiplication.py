@@ -14,8 +14,10 @@ Rows (bf16 activations, fp32 parameters cast at use, c = c_z = 128, all masks on
   channel-major operands + the fused epilogue), 'cueq' (`cuequivariance_jax.triangle_multiplicative_update`,
   the whole update, when importable; its rows say 'unavailable' otherwise);
 * `evoformer_block`: one block, N_seq 128 x N_res 256, fwd+bwd, xla vs pallas (bench/kernels.py's code);
-* `transition`: the pair transition (LN, 128 -> 512, ReLU, 512 -> 128) at N_res 256/1024, XLA only
-  (no fused variant is kept: see "Expected" below), to place it against its roofline.
+* `transition`: the pair transition (LN, 128 -> 512, ReLU, 512 -> 128) at N_res 256/1024 and the MSA
+  transition at 128 x 256 (c = 256): the model's XLA Transition vs `pallas_kernels.transition` (fused
+  LN -> GEMM -> ReLU -> GEMM forward, hidden layer never in HBM; XLA backward). Keep the kernel (wire it
+  into `jaxfold/model/transition.py`) only if these rows show it winning.
 
 For each row: median time (bench/kernels.py's timer), the compiled executable's XLA temp bytes, the
 process's peak device bytes after the row (`memory_stats()["peak_bytes_in_use"]`, monotone: rows run in
@@ -42,9 +44,9 @@ XLA's unfused path adds the einsum's operand/output transposes and the LN/projec
 ~1.8 ms), ~12-14 ms at N = 2048; targets <= 5 ms / <= 30 ms. At N = 256 the update is 0.011 TFLOP and
 0.37 GB: ~0.15 ms, launch/latency bound.
 Pair transition, N^2 x (2 x 128 x 512 x 2) = 262k N^2 FLOP (0.27 TF at N = 1024: 0.34 ms) and ~3U of
-compulsory traffic unfused-hidden (0.8 GB: 0.25 ms): balanced, so XLA (LN fused, two cuBLAS GEMMs, the
-4x hidden written once in bf16 = 4U more) should be within ~2x of the roofline; a fused Pallas MLP would
-save the 8U hidden round trip (~0.65 ms at N = 1024) -- written only if this row says it is far off.
+compulsory traffic (read x, write y: 2U = 0.54 GB, 0.16 ms): XLA writes and re-reads the 4x hidden
+layer in bf16 (+8U = 2.1 GB, +0.65 ms) and the LN output (+2U), so expected ~1.0-1.2 ms for XLA and
+~0.4-0.5 ms fused (compute-bound at ~70% of peak) forward at N = 1024.
 
 Writes bench/results/triangle_multiplication-<device>-<date>.json with commit, device and all rows.
 """
@@ -228,26 +230,46 @@ def bench_triangle(sizes, budget: Budget, quick: bool, log):
 
 
 def bench_transition(sizes, budget: Budget, quick: bool, log):
+    """Pair transitions [N, N, 128] (N in sizes) and the MSA transition [128, 256, 256] (quick: [4, 16, 32]):
+    the model's Transition (XLA) vs pallas_kernels.transition (fused forward, XLA backward)."""
     from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.model.transition import Transition  # noqa: PLC0415
+    from pallas_kernels import transition as ptr  # noqa: PLC0415
 
+    cfg = model_config("model_1_ptm", dtype="bfloat16", zero_init=False)
+    evo = cfg.model.embeddings_and_evoformer.evoformer
+    cases = [("pair", (n, n, C), evo.pair_transition) for n in sizes]
+    cases.append(("msa", (4, 16, 32) if quick else (128, 256, 256), evo.msa_transition))
     rows = []
-    for n in sizes:
-        cfg = model_config("model_1_ptm", dtype="bfloat16", zero_init=False)
-        mod = Transition(cfg.model.embeddings_and_evoformer.evoformer.pair_transition, cfg.model.global_config)
-        act = jax.random.normal(jax.random.key(1), (n, n, C), jnp.bfloat16)
-        mask = jnp.ones((n, n), jnp.bfloat16)
+    for name, shape, tcfg in cases:
+        mod = Transition(tcfg, cfg.model.global_config)
+        act = jax.random.normal(jax.random.key(1), shape, jnp.bfloat16)
+        mask = jnp.ones(shape[:2], jnp.bfloat16)
         params = mod.init(jax.random.key(0), act, mask)
+        hidden = params["params"]["transition1"]["weights"].shape[-1]
+        impls = {
+            "xla": lambda p, a, mod=mod, mask=mask: mod.apply(p, a, mask),
+            "pallas": lambda p, a: ptr.transition(
+                a, p["params"]["input_layer_norm"]["scale"], p["params"]["input_layer_norm"]["offset"],
+                p["params"]["transition1"]["weights"], p["params"]["transition1"]["bias"],
+                p["params"]["transition2"]["weights"], p["params"]["transition2"]["bias"]),
+        }
+        outs = {}
         for mode in ("fwd", "fwd+bwd"):
-            row = {"kind": "transition", "n": n, "direction": "pair", "mode": mode, "impl": "xla",
-                   "tflop": 4.0 * n * n * C * 4 * C * (3 if mode == "fwd+bwd" else 1) / 1e12}
-            if budget.left() <= 0:
-                row["error"] = "skipped: budget"
-            else:
-                f = lambda p, a: mod.apply(p, a, mask)  # noqa: E731
-                _measure(f if mode == "fwd" else _fwdbwd(f), (params, act), quick, row)
-            rows.append(row)
-            log(f"transition N={n} {mode}: {row.get('time_ms', row.get('error'))}")
+            for impl in ("pallas", "xla"):
+                row = {"kind": "transition", "n": "x".join(map(str, shape)), "direction": name, "mode": mode,
+                       "impl": impl,
+                       "tflop": 4.0 * (act.size // shape[-1]) * shape[-1] * hidden * (3 if mode == "fwd+bwd" else 1) / 1e12}
+                if budget.left() <= 0:
+                    row["error"] = "skipped: budget"
+                else:
+                    f = impls[impl]
+                    out = _measure(f if mode == "fwd" else _fwdbwd(f), (params, act), quick, row)
+                    if out is not None:
+                        outs[(mode, impl)] = out
+                rows.append(row)
+                log(f"transition {name} {shape} {mode} {impl}: {row.get('time_ms', row.get('error'))}")
+        _diffs(rows, outs, "transition", "x".join(map(str, shape)), name)
     return rows
 
 
