@@ -9,10 +9,11 @@ Rows (bf16 activations, fp32 parameters cast at use, c = c_z = 128, all masks on
 * `module`: the whole `TriangleMultiplication` (input LayerNorm, four projections, product, center LN,
   output projection, gate), outgoing and incoming, `kernels='xla'` vs `kernels='pallas'`
   (Pallas LayerNorm + XLA projections + the fused product/epilogue kernel);
-* `core`: the part after the operands (`triangle_update`: product -> LN -> projection x gate):
+* `core` (outgoing): the part after the operands (`triangle_update`: product -> LN -> projection x gate):
   'xla', 'pallas' (Pallas product + fused epilogue), 'pallas_xla_product' (cuBLAS batched product on the
   channel-major operands + the fused epilogue), 'cueq' (`cuequivariance_jax.triangle_multiplicative_update`,
   the whole update, when importable; its rows say 'unavailable' otherwise);
+* `sweep`: Pallas product/epilogue tiles, core forward at N = 1024;
 * `evoformer_block`: one block, N_seq 128 x N_res 256, fwd+bwd, xla vs pallas (bench/kernels.py's code);
 * `transition`: the pair transition (LN, 128 -> 512, ReLU, 512 -> 128) at N_res 256/1024 and the MSA
   transition at 128 x 256 (c = 256): the model's XLA Transition vs `pallas_kernels.transition` (fused
@@ -98,14 +99,14 @@ def _module(direction: str, kernels: str):
     return TriangleMultiplication(evo[f"triangle_multiplication_{direction}"], cfg.model.global_config)
 
 
-def _core_fn(impl: str, direction: str):
+def _core_fn(impl: str, direction: str, tiles=None):
     from jaxfold.model.triangle_multiplication import triangle_update_xla  # noqa: PLC0415
 
     if impl == "xla":
         return lambda l, r, g, w: triangle_update_xla(l, r, g, w, EQ[direction])
     product = "xla" if impl == "pallas_xla_product" else "pallas"
     return lambda l, r, g, w: ptm.triangle_multiplication(l, r, g, *w, outgoing=direction == "outgoing",
-                                                          product=product)
+                                                          product=product, tiles=tiles)
 
 
 def _cueq():
@@ -163,7 +164,7 @@ def _fwdbwd(f):
     return g
 
 
-def bench_triangle(sizes, budget: Budget, quick: bool, log):
+def bench_module(sizes, budget: Budget, quick: bool, log):
     rows = []
     cuex = _cueq()
     for n in sizes:
@@ -201,30 +202,41 @@ def bench_triangle(sizes, budget: Budget, quick: bool, log):
             elif n == sizes[0] and direction == "outgoing":
                 rows.append({"kind": "module", "n": n, "direction": direction, "mode": "-", "impl": "cueq",
                              "error": f"unavailable: {cuex}"})
-            # Core only (operands given).
+    return rows
+
+
+def bench_core(sizes, budget: Budget, quick: bool, log, directions=("outgoing",), impls=None,
+               tiles: "ptm.Tiles | None" = None, tag: str = "", modes=("fwd", "fwd+bwd")):
+    """The part after the operands (product -> LN -> projection x gate): xla, pallas, pallas_xla_product."""
+    from jaxfold.model.triangle_multiplication import OutputWeights  # noqa: PLC0415
+
+    rows = []
+    for n in sizes:
+        key = jax.random.key(n)
+        act = jax.random.normal(key, (n, n, C), jnp.bfloat16)
+        for direction in directions:
             ks = jax.random.split(key, 8)
             left = jax.random.normal(ks[0], (n, n, C), jnp.bfloat16)
             right = jax.random.normal(ks[1], (n, n, C), jnp.bfloat16)
-            from jaxfold.model.triangle_multiplication import OutputWeights  # noqa: PLC0415
             w = OutputWeights(jnp.ones((C,)), jnp.zeros((C,)), jax.random.normal(ks[2], (C, C)) / C ** 0.5,
                               jnp.zeros((C,)), jax.random.normal(ks[3], (C, C)) / C ** 0.5, jnp.ones((C,)))
             outs = {}
-            for mode in ("fwd", "fwd+bwd"):
-                for impl in ("pallas", "pallas_xla_product", "xla"):
-                    row = {"kind": "core", "n": n, "direction": direction, "mode": mode, "impl": impl,
+            for mode in modes:
+                for impl in impls or ("pallas", "pallas_xla_product", "xla"):
+                    row = {"kind": "core" + tag, "n": n, "direction": direction, "mode": mode, "impl": impl,
                            "tflop": 2.0 * n ** 3 * C * (3 if mode == "fwd+bwd" else 1) / 1e12}
                     if budget.left() <= 0:
                         row["error"] = "skipped: budget"
                         rows.append(row)
                         continue
-                    f = _core_fn(impl, direction)
+                    f = _core_fn(impl, direction, tiles)
                     fn = f if mode == "fwd" else _fwdbwd(f)
                     out = _measure(fn, (left, right, act, w), quick, row)
                     rows.append(row)
                     if out is not None:
                         outs[(mode, impl)] = out
                     log(f"core N={n} {direction} {mode} {impl}: {row.get('time_ms', row.get('error'))}")
-            _diffs(rows, outs, "core", n, direction)
+            _diffs(rows, outs, "core" + tag, n, direction)
             del left, right
     return rows
 
@@ -273,11 +285,32 @@ def bench_transition(sizes, budget: Budget, quick: bool, log):
     return rows
 
 
+SWEEP = [ptm.Tiles(bm=128, bn=128, bk=32, num_warps=4, num_stages=3),  # the default
+         ptm.Tiles(bm=128, bn=128, bk=64, num_warps=8, num_stages=3),
+         ptm.Tiles(bm=128, bn=64, bk=32, num_warps=4, num_stages=4),
+         ptm.Tiles(bm=64, bn=64, bk=32, num_warps=4, num_stages=3),
+         ptm.Tiles(bm=128, bn=128, bk=32, num_warps=8, num_stages=4),
+         ptm.Tiles(bj=16), ptm.Tiles(bj=64), ptm.Tiles(bj=64, epilogue_warps=8)]
+
+
+def bench_sweep(n: int, budget: Budget, quick: bool, log):
+    """Product tiles and epilogue column tiles of the Pallas kernel, forward, outgoing, at one N."""
+    rows = []
+    for t in (SWEEP[:2] if quick else SWEEP):
+        tag = f" bm{t.bm} bn{t.bn} bk{t.bk} w{t.num_warps} s{t.num_stages} bj{t.bj} ew{t.epilogue_warps}"
+        for r in bench_core([n], budget, quick, log, impls=("pallas",), tiles=t, modes=("fwd",)):
+            r["kind"] = "sweep"
+            r["impl"] = "pallas" + tag
+            rows.append(r)
+    return rows
+
+
 def add_ratios(rows):
     base = {(r["kind"], r["n"], r["direction"], r["mode"]): r["time_ms"] for r in rows
             if r.get("impl") == "xla" and "time_ms" in r}
     for r in rows:
-        b = base.get((r["kind"], r.get("n"), r.get("direction"), r.get("mode")))
+        kind = "core" if r["kind"] == "sweep" else r["kind"]  # sweep rows: against the core XLA row
+        b = base.get((kind, r.get("n"), r.get("direction"), r.get("mode")))
         if b and "time_ms" in r:
             r["speedup_vs_xla"] = b / r["time_ms"]
         if "time_ms" in r and r.get("tflop"):
@@ -308,7 +341,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU / interpret-mode smoke run)")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 256,1024,2048; quick: 16)")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting rows after this (default 300)")
-    ap.add_argument("--skip", default="", help="comma-separated: triangle,block,transition")
+    ap.add_argument("--skip", default="", help="comma-separated: module,block,core,transition,sweep")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "256,1024,2048")).split(",")]
@@ -321,15 +354,20 @@ def main(argv=None):
 
     log(f"jax {jax.__version__} on {device['device_kind']}; pallas interpret={_compat.resolve_interpret(None)}")
     rows = []
-    if "triangle" not in skip:
-        rows += bench_triangle(sizes, budget, args.quick, log)
+    # The must-have rows first (the budget skips whatever is left at the end).
+    if "module" not in skip:
+        rows += bench_module(sizes, budget, args.quick, log)
     if "block" not in skip:
         for r in bench_evoformer_block(budget, args.quick, ["bf16"], log):
             r.update(n=r.pop("shape", ""), direction="", kind="evoformer_block")
             r.pop("case", None)
             rows.append(r)
+    if "core" not in skip:
+        rows += bench_core(sizes, budget, args.quick, log)
     if "transition" not in skip:
         rows += bench_transition(sizes[:2], budget, args.quick, log)
+    if "sweep" not in skip:
+        rows += bench_sweep(sizes[min(1, len(sizes) - 1)], budget, args.quick, log)
     add_ratios(rows)
     print_table(rows, device)
     result = {"commit": _git_commit(), "device": device, "jax_version": jax.__version__,
