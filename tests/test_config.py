@@ -105,6 +105,7 @@ def test_full_size_values():
         "dtype": "float32",
         "kernels": "xla",
         "chunk_size": 0,
+        "remat_policy": "nothing",
     }
 
 
