@@ -185,6 +185,7 @@ def bench_module(sizes, budget: Budget, quick: bool, log):
                         continue
                     if kernels == "cueq":
                         f = _cueq_fn(cuex, direction, params)
+                        # cuEquivariance fwd+bwd: gradient with respect to the input only.
                         fn = (lambda p, a, m, f=f: f(a, m)) if mode == "fwd" else \
                             (lambda p, a, m, f=f: _fwdbwd(lambda a: f(a, m))(a))
                     else:
@@ -290,14 +291,16 @@ SWEEP = [ptm.Tiles(bm=128, bn=128, bk=32, num_warps=4, num_stages=3),  # the def
          ptm.Tiles(bm=128, bn=64, bk=32, num_warps=4, num_stages=4),
          ptm.Tiles(bm=64, bn=64, bk=32, num_warps=4, num_stages=3),
          ptm.Tiles(bm=128, bn=128, bk=32, num_warps=8, num_stages=4),
-         ptm.Tiles(bj=16), ptm.Tiles(bj=64), ptm.Tiles(bj=64, epilogue_warps=8)]
+         ptm.Tiles(bj=16), ptm.Tiles(bj=64), ptm.Tiles(bj=64, epilogue_warps=8),
+         ptm.Tiles(epilogue_rows=1), ptm.Tiles(epilogue_rows=32)]
 
 
 def bench_sweep(n: int, budget: Budget, quick: bool, log):
     """Product tiles and epilogue column tiles of the Pallas kernel, forward, outgoing, at one N."""
     rows = []
     for t in (SWEEP[:2] if quick else SWEEP):
-        tag = f" bm{t.bm} bn{t.bn} bk{t.bk} w{t.num_warps} s{t.num_stages} bj{t.bj} ew{t.epilogue_warps}"
+        tag = (f" bm{t.bm} bn{t.bn} bk{t.bk} w{t.num_warps} s{t.num_stages} bj{t.bj} er{t.epilogue_rows}"
+               f" ew{t.epilogue_warps}")
         for r in bench_core([n], budget, quick, log, impls=("pallas",), tiles=t, modes=("fwd",)):
             r["kind"] = "sweep"
             r["impl"] = "pallas" + tag

@@ -25,7 +25,8 @@ Design
   transposes. Outgoing is `L_c @ R_c^T`, incoming `R_c^T @ L_c`: the incoming variant transposes tiles in
   registers (`trans_a`), never the `[N, N, c]` pair or operand in memory. Output `p` `[c, I, J]` in the
   operand dtype (bf16 in, fp32 accumulation, bf16 out: what XLA's einsum does).
-* Epilogue kernel, grid `(I, J/bj)`: a program loads the `[c, bj]` column tile `p[:, i, j0:j0+bj]`,
+* Epilogue kernel, grid `(I/ri, J/bj)`: a program loads the weights once, then for each of its `ri`
+  rows i loads the `[c, bj]` column tile `p[:, i, j0:j0+bj]`,
   normalises over c in fp32 (two-pass variance, the model LayerNorm's operation order), projects with
   `output_weights` (`[c, c_z]`, tensor-core dot), computes the gate from the `[bj, c_z]` tile of
   `gate_input`, and writes `[bj, c_z]` of the output. The normalised product, the projection and the gate
@@ -248,6 +249,7 @@ class _EpiCfg:
     czp: int
     cgp: int
     bj: int
+    ri: int  # output rows per program (the weights are loaded once per program)
     eps: float
     num_warps: int
     precision: object
@@ -260,29 +262,47 @@ def _vec(ref, n, n_p):
 
 def _epilogue_kernel(p_ref, g_ref, scale_ref, offset_ref, wo_ref, bo_ref, wg_ref, bg_ref, o_ref, *,
                      cfg: _EpiCfg):
-    bj = cfg.bj
+    """`cfg.ri` output rows x `cfg.bj` columns; the weights are loaded once and reused for every row."""
+    bj, ri = cfg.bj, cfg.ri
+    i0 = pl.program_id(0) * ri
     j_ok = _ok(pl.program_id(1) * bj, bj, cfg.j)
     c_ok = None if cfg.c == cfg.cp else jnp.arange(cfg.cp) < cfg.c
     cz_ok = None if cfg.cz == cfg.czp else jnp.arange(cfg.czp) < cfg.cz
     cg_ok = None if cfg.cg == cfg.cgp else jnp.arange(cfg.cgp) < cfg.cg
-    mask_p = _mask2(c_ok, j_ok, (cfg.cp, bj))
-    p = _load(p_ref, mask_p).astype(jnp.float32)  # [cp, bj]: one output row i, bj columns, all channels
-    # LayerNorm over the channel axis (axis 0 here), two-pass variance, padded channels excluded.
-    mean = jnp.sum(p, axis=0, keepdims=True) / cfg.c
-    xc = p - mean
-    if c_ok is not None:
-        xc = jnp.where(c_ok[:, None], xc, 0.0)
-    var = jnp.sum(xc * xc, axis=0, keepdims=True) / cfg.c
     scale = _vec(scale_ref, cfg.c, cfg.cp)
     offset = _vec(offset_ref, cfg.c, cfg.cp)
-    y = (scale[:, None] * jax.lax.rsqrt(var + cfg.eps)) * xc + offset[:, None]
-    y = y.astype(o_ref.dtype)  # the model feeds the projection in the activation dtype
     wo = _load(wo_ref, _mask2(c_ok, cz_ok, (cfg.cp, cfg.czp)))
-    out = C_.dot(y, wo, trans_a=True, precision=cfg.precision) + _vec(bo_ref, cfg.cz, cfg.czp)[None, :]
-    g = _load(g_ref, _mask2(j_ok, cg_ok, (bj, cfg.cgp)))
+    bo = _vec(bo_ref, cfg.cz, cfg.czp)
     wg = _load(wg_ref, _mask2(cg_ok, cz_ok, (cfg.cgp, cfg.czp)))
-    z = C_.dot(g, wg, precision=cfg.precision) + _vec(bg_ref, cfg.cz, cfg.czp)[None, :]
-    _store(o_ref, (out * jax.nn.sigmoid(z)).astype(o_ref.dtype), _mask2(j_ok, cz_ok, (bj, cfg.czp)))
+    bg = _vec(bg_ref, cfg.cz, cfg.czp)
+    ragged_rows = cfg.i % ri != 0  # the last program's rows past I are masked off
+
+    def body(r, carry):
+        def rows_masked(mask, shape):
+            if not ragged_rows:
+                return mask
+            ok = jnp.broadcast_to(i0 + r < cfg.i, shape)
+            return ok if mask is None else mask & ok
+
+        p_shape, g_shape, o_shape = (cfg.cp, bj), (bj, cfg.cgp), (bj, cfg.czp)
+        # [cp, bj]: output row i0 + r, bj columns, all channels.
+        p = _load(p_ref.at[:, r, :], rows_masked(_mask2(c_ok, j_ok, p_shape), p_shape)).astype(jnp.float32)
+        # LayerNorm over the channel axis (axis 0 here), two-pass variance, padded channels excluded.
+        mean = jnp.sum(p, axis=0, keepdims=True) / cfg.c
+        xc = p - mean
+        if c_ok is not None:
+            xc = jnp.where(c_ok[:, None], xc, 0.0)
+        var = jnp.sum(xc * xc, axis=0, keepdims=True) / cfg.c
+        y = (scale[:, None] * jax.lax.rsqrt(var + cfg.eps)) * xc + offset[:, None]
+        y = y.astype(o_ref.dtype)  # the model feeds the projection in the activation dtype
+        out = C_.dot(y, wo, trans_a=True, precision=cfg.precision) + bo[None, :]
+        g = _load(g_ref.at[r], rows_masked(_mask2(j_ok, cg_ok, g_shape), g_shape))
+        z = C_.dot(g, wg, precision=cfg.precision) + bg[None, :]
+        _store(o_ref.at[r], (out * jax.nn.sigmoid(z)).astype(o_ref.dtype),
+               rows_masked(_mask2(j_ok, cz_ok, o_shape), o_shape))
+        return carry
+
+    jax.lax.fori_loop(0, ri, body, 0)
 
 
 def _epilogue_call(p_cm, gate_input, weights, cfg: _EpiCfg):
@@ -291,13 +311,13 @@ def _epilogue_call(p_cm, gate_input, weights, cfg: _EpiCfg):
     mat = lambda r, c: pl.BlockSpec((r, c), lambda i, j: (0, 0))  # noqa: E731
     return pl.pallas_call(
         functools.partial(_epilogue_kernel, cfg=cfg),
-        grid=(cfg.i, C_.cdiv(cfg.j, cfg.bj)),
+        grid=(C_.cdiv(cfg.i, cfg.ri), C_.cdiv(cfg.j, cfg.bj)),
         in_specs=[
-            pl.BlockSpec((cfg.cp, None, cfg.bj), lambda i, j: (0, i, j)),
-            pl.BlockSpec((None, cfg.bj, cfg.cgp), lambda i, j: (i, j, 0)),
+            pl.BlockSpec((cfg.cp, cfg.ri, cfg.bj), lambda i, j: (0, i, j)),
+            pl.BlockSpec((cfg.ri, cfg.bj, cfg.cgp), lambda i, j: (i, j, 0)),
             vec(cfg.cp), vec(cfg.cp), mat(cfg.cp, cfg.czp), vec(cfg.czp), mat(cfg.cgp, cfg.czp), vec(cfg.czp),
         ],
-        out_specs=pl.BlockSpec((None, cfg.bj, cfg.czp), lambda i, j: (i, j, 0)),
+        out_specs=pl.BlockSpec((cfg.ri, cfg.bj, cfg.czp), lambda i, j: (i, j, 0)),
         out_shape=jax.ShapeDtypeStruct((cfg.i, cfg.j, cfg.cz), gate_input.dtype),
         compiler_params=C_.compiler_params(num_warps=cfg.num_warps, num_stages=1),
         interpret=cfg.interpret,
@@ -338,7 +358,8 @@ _epilogue.defvjp(_epilogue_fwd, _epilogue_bwd)
 @dataclasses.dataclass(frozen=True)
 class Tiles:
     """Launch parameters. Product: `bm x bn` output tiles, `bk` contraction steps (fp32 operands cap the
-    output tiles at 64). Epilogue: `bj` output columns per program. All powers of two >= 16."""
+    output tiles at 64). Epilogue: `bj` output columns x `epilogue_rows` rows per program. Tiles are
+    powers of two >= 16; `epilogue_rows` any count >= 1 (a loop, not a tile)."""
 
     bm: int = 128
     bn: int = 128
@@ -346,6 +367,7 @@ class Tiles:
     num_warps: int = 4
     num_stages: int = 3
     bj: int = 32
+    epilogue_rows: int = 8
     epilogue_warps: int = 4
     allow_tf32: bool | None = None
 
@@ -354,6 +376,8 @@ class Tiles:
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
                 raise ValueError(f"Tiles.{name} must be a power of two >= 16, got {v}")
+        if self.epilogue_rows < 1:
+            raise ValueError(f"Tiles.epilogue_rows must be >= 1, got {self.epilogue_rows}")
 
 
 def triangle_multiplication(left, right, gate_input, center_scale, center_offset, output_weights, output_bias,
@@ -415,7 +439,8 @@ def triangle_multiplication(left, right, gate_input, center_scale, center_offset
                gating_weights.astype(dtype), gating_bias.astype(jnp.float32))
     cfg = _EpiCfg(i=ni, j=nj, c=c, cz=cz, cg=cg,
                   cp=max(16, C_.next_power_of_2(c)), czp=max(16, C_.next_power_of_2(cz)),
-                  cgp=max(16, C_.next_power_of_2(cg)), bj=_tile(nj, tiles.bj), eps=float(eps),
+                  cgp=max(16, C_.next_power_of_2(cg)), bj=_tile(nj, tiles.bj),
+                  ri=max(1, min(tiles.epilogue_rows, ni)), eps=float(eps),
                   num_warps=tiles.epilogue_warps, precision=C_.matmul_precision(dtype, tiles.allow_tf32),
                   interpret=interpret)
     return _epilogue(p_cm, gate_input, weights, cfg)

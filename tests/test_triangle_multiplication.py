@@ -88,7 +88,8 @@ def loss_and_grads(fn, args, cot_seed=7):
 @pytest.mark.parametrize("outgoing", [True, False])
 @pytest.mark.parametrize("ni,nj,nk,c,cz,tiles", [
     (23, 23, 23, 16, 32, None),                                # ragged everywhere, default tiles (clamped)
-    (40, 24, 33, 24, 20, ptm.Tiles(bm=16, bn=16, bk=16, bj=16)),  # I != J (DAP slice), multi-tile, c/c_z not 2^k
+    # I != J (a DAP slice), several tiles, ragged row groups, c / c_z not powers of two:
+    (40, 24, 33, 24, 20, ptm.Tiles(bm=16, bn=16, bk=16, bj=16, epilogue_rows=3)),
 ])
 def test_kernel_matches_xla_path_fp32_values_and_gradients(outgoing, ni, nj, nk, c, cz, tiles):
     args = random_case(1, ni, nj, nk, c, cz, outgoing)
