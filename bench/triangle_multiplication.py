@@ -270,9 +270,9 @@ def bench_transition(sizes, budget: Budget, quick: bool, log):
         outs = {}
         for mode in ("fwd", "fwd+bwd"):
             for impl in ("pallas", "xla"):
+                flop = 4.0 * act.size * hidden * (3 if mode == "fwd+bwd" else 1)  # two [rows, c] x [c, h] GEMMs
                 row = {"kind": "transition", "n": "x".join(map(str, shape)), "direction": name, "mode": mode,
-                       "impl": impl,
-                       "tflop": 4.0 * (act.size // shape[-1]) * shape[-1] * hidden * (3 if mode == "fwd+bwd" else 1) / 1e12}
+                       "impl": impl, "tflop": flop / 1e12}
                 if budget.left() <= 0:
                     row["error"] = "skipped: budget"
                 else:
