@@ -2,7 +2,15 @@
 plus the Evoformer block and the transitions, in one run.
 
     python bench/triangle_multiplication.py            # GPU: full run (< 6 min on an H100), table + JSON
-    python bench/triangle_multiplication.py --quick    # tiny shapes, CPU (Pallas interpret mode), seconds
+    python bench/triangle_multiplication.py --quick    # tiny shapes, CPU (Pallas interpret mode), ~1-2 min
+    python bench/triangle_multiplication.py --budget-s 270 --out $OUT/tri.json   # the lead's H100 run
+
+cuEquivariance rows appear when `cuequivariance_jax` imports: `pip install ".[cueq]"`, or offline
+`pip install --no-deps cuequivariance-0.13.0-*.whl cuequivariance_jax-0.13.0-*.whl
+cuequivariance_ops_jax_cu13-0.13.0-*.whl cuequivariance_ops_cu13-0.13.0-*.whl einops-*.whl tqdm-*.whl
+nvidia_ml_py-*.whl platformdirs-*.whl` (~46 MB; the ops wheels are NVIDIA-proprietary). cuEquivariance
+falls back to plain JAX below its own length threshold (`CUEQ_TRIMUL_FALLBACK_THRESHOLD`), so its N = 256
+row may not be its kernel.
 
 Rows (bf16 activations, fp32 parameters cast at use, c = c_z = 128, all masks ones), each fwd and fwd+bwd:
 
