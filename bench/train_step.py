@@ -22,6 +22,11 @@ remat forward + backward (2x) ~ 4 x 11.8 = 47 TF; each recycle adds a no-gradien
 mean over 0..3 is ~65 TF. At a realistic 30% of the H200's ~790 TF/s bf16 dense peak this is ~0.2 s at 0
 recycles and ~0.27 s on average; the issue's target is < 0.6 s.
 
+Remat sweep: `--remat-policies nothing dots dots_no_batch offload_dots` runs every kernels variant under
+each `model.global_config.remat_policy` (what a rematerialised block saves for its backward; see
+`jaxfold.model.evoformer.REMAT_POLICIES`), one process each, and names the fastest policy whose peak stays
+under `--headroom` (default 0.8) of the device's memory: the candidate default for the training presets.
+
 Prints a table and writes `bench/results/train-step-<device>-<date>.json` (commit, device, jax version).
 """
 
@@ -65,8 +70,11 @@ def run_variant(args) -> dict:
         device_batch, loss_fn_from_config, make_train_step, shard_batch, stack_examples)
 
     row: dict = {"kernels": args.kernels, "config": args.config}
-    cfg = load_training_config(args.config, kernels=args.kernels, **{"training.batch_size": 1},
-                               **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.remat_policy:
+        overrides["model.global_config.remat_policy"] = args.remat_policy
+    cfg = load_training_config(args.config, kernels=args.kernels, **{"training.batch_size": 1}, **overrides)
+    row["remat_policy"] = str(cfg.model.global_config.remat_policy)
     t = cfg.training
     evo = cfg.model.embeddings_and_evoformer
     row["shapes"] = {"crop": int(t.crop_size), "msa_clusters": int(cfg.data.eval.max_msa_clusters),
@@ -140,6 +148,8 @@ def run_variant(args) -> dict:
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         row["peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+    if "bytes_limit" in stats:
+        row["device_limit_gib"] = stats["bytes_limit"] / 2**30
     return row
 
 
@@ -147,7 +157,7 @@ def print_table(rows, device) -> None:
     print(f"\nAlphaFold2 training step on {device} (per-device batch 1)")
     if rows and "shapes" in rows[0]:
         print("shapes:", json.dumps(rows[0]["shapes"]))
-    cols = [("kernels", "kernels", "{}"), ("compile_s", "compile s", "{:.1f}"),
+    cols = [("kernels", "kernels", "{}"), ("remat_policy", "remat", "{}"), ("compile_s", "compile s", "{:.1f}"),
             ("step_s_recycle0", "step s (0 rec)", "{:.3f}"), ("step_s_recycle3", "step s (3 rec)", "{:.3f}"),
             ("step_s_expected", "step s (E)", "{:.3f}"), ("peak_gib", "peak GiB", "{:.1f}"),
             ("achieved_tflops_recycle0_est", "TF/s est", "{:.0f}")]
@@ -158,11 +168,28 @@ def print_table(rows, device) -> None:
             v = r.get(key)
             cells.append(f"{(spec.format(v) if v is not None else '-'):>16}")
         print("".join(cells) + (f"  error: {r['error'][:200]}" if "error" in r else ""))
-    by = {r["kernels"]: r for r in rows if "error" not in r}
-    if "xla" in by and "pallas" in by:
-        for key in ("step_s_recycle0", "step_s_expected"):
-            if key in by["xla"] and key in by["pallas"]:
-                print(f"speed-up pallas vs xla ({key}): {by['xla'][key] / by['pallas'][key]:.2f}x")
+    for policy in dict.fromkeys(r.get("remat_policy") for r in rows):
+        by = {r["kernels"]: r for r in rows if "error" not in r and r.get("remat_policy") == policy}
+        if "xla" in by and "pallas" in by:
+            for key in ("step_s_recycle0", "step_s_expected"):
+                if key in by["xla"] and key in by["pallas"]:
+                    print(f"speed-up pallas vs xla, remat {policy} ({key}): "
+                          f"{by['xla'][key] / by['pallas'][key]:.2f}x")
+
+
+def pick_remat_policy(rows, headroom: float) -> dict:
+    """Per kernels variant: the fastest policy (expected step time, else 0 recycles) whose peak memory is at
+    most `headroom` x the device's memory."""
+    best = {}
+    for r in rows:
+        if "error" in r or r.get("peak_gib") is None or r.get("device_limit_gib") is None:
+            continue
+        t = r.get("step_s_expected", r.get("step_s_recycle0"))
+        if t is None or r["peak_gib"] > headroom * r["device_limit_gib"]:
+            continue
+        if r["kernels"] not in best or t < best[r["kernels"]]["step_s"]:
+            best[r["kernels"]] = {"remat_policy": r["remat_policy"], "step_s": t, "peak_gib": r["peak_gib"]}
+    return best
 
 
 def main(argv=None) -> int:
@@ -175,6 +202,11 @@ def main(argv=None) -> int:
     ap.add_argument("--recycles", nargs="+", type=int, default=[0, 3])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per recycle count (median reported)")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="config override")
+    ap.add_argument("--remat-policies", nargs="+", default=[None],
+                    choices=["nothing", "dots", "dots_no_batch", "offload_dots"],
+                    help="sweep model.global_config.remat_policy (default: the preset's)")
+    ap.add_argument("--remat-policy", default=None, help=argparse.SUPPRESS)  # worker: one policy
+    ap.add_argument("--headroom", type=float, default=0.8, help="fraction of device memory a default may use")
     ap.add_argument("--timeout", type=float, default=480, help="seconds per variant")
     ap.add_argument("--out", default=None)
     ap.add_argument("--scratch", default="/tmp/jaxfold-bench")
@@ -194,10 +226,12 @@ def main(argv=None) -> int:
 
     device = jax.devices()[0].device_kind
     rows = []
-    for kernels in args.kernels:
+    for policy, kernels in [(p, k) for p in args.remat_policies for k in args.kernels]:
         cmd = [sys.executable, __file__, "--worker", "--kernels", kernels, "--data-dir", args.data_dir,
                "--alignment-dir", args.alignment_dir, "--chain", args.chain, "--config", args.config,
                "--steps", str(args.steps), "--scratch", args.scratch, "--recycles", *map(str, args.recycles)]
+        if policy:
+            cmd += ["--remat-policy", policy]
         for s in args.set:
             cmd += ["--set", s]
         try:
@@ -207,16 +241,21 @@ def main(argv=None) -> int:
                 "kernels": kernels, "error": f"worker exited {proc.returncode}: {proc.stderr[-1500:]}"}
         except subprocess.TimeoutExpired:
             row = {"kernels": kernels, "error": f"timed out after {args.timeout:.0f} s"}
+        row.setdefault("remat_policy", policy)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print_table(rows, device)
+    best = pick_remat_policy(rows, args.headroom)
+    for kernels, b in best.items():
+        print(f"fastest remat policy within {args.headroom:.0%} of device memory, {kernels}: {b['remat_policy']} "
+              f"({b['step_s']:.3f} s, {b['peak_gib']:.1f} GiB)")
     stamp = datetime.date.today().strftime("%Y%m%d")
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / \
         f"train-step-{device.replace(' ', '_')}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"commit": _commit(), "device": device, "jax": jax.__version__,
                                "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                               "argv": sys.argv[1:], "rows": rows}, indent=1))
+                               "argv": sys.argv[1:], "rows": rows, "best_remat_policy": best}, indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -66,6 +66,7 @@ SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "kernels": ("model.global_config.kernels",),
     "chunk_size": ("model.global_config.chunk_size",),
     "use_remat": ("model.global_config.use_remat",),
+    "remat_policy": ("model.global_config.remat_policy",),
     "deterministic": ("model.global_config.deterministic",),
     "zero_init": ("model.global_config.zero_init",),
 }
@@ -74,6 +75,7 @@ SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.global_config.dtype": ("float32", "bfloat16"),
     "model.global_config.kernels": ("auto", "xla", "pallas"),
+    "model.global_config.remat_policy": ("nothing", "dots", "dots_no_batch", "offload_dots"),
 }
 
 # Settings that take a non-negative integer or the string "auto" (resolved by the prediction runner,

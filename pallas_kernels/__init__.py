@@ -1,14 +1,17 @@
-"""Fused Pallas (Triton) GPU kernels for jaxfold: attention and LayerNorm.
+"""Fused Pallas (Triton) GPU kernels for jaxfold: attention, LayerNorm, triangle multiplication.
 
-Import the submodules directly (`from pallas_kernels import attention, layer_norm`); this package init is
-kept free of heavy imports so importing `pallas_kernels` costs nothing when the kernels are unused.
+Import the submodules directly (`from pallas_kernels import attention, layer_norm, triangle_multiplication`);
+this package init is kept free of heavy imports so importing `pallas_kernels` costs nothing when the kernels
+are unused.
 
 * `pallas_kernels.attention.attention(q, k, v, bias, nonbatched_bias=None)`: flash-style attention with
   AlphaFold's key-mask bias and a pair bias shared over the batch rows, with a Pallas backward.
 * `pallas_kernels.layer_norm.layer_norm(x, scale, offset, eps)`: last-axis LayerNorm, forward and backward.
+* `pallas_kernels.triangle_multiplication.triangle_multiplication(left, right, gate_input, ...)`: the
+  triangle product (outgoing/incoming) fused with the center LayerNorm, output projection and gate.
 
 On a CPU backend the kernels run in Pallas interpret mode (slow, for tests); on a GPU they compile
 through Triton.
 """
 
-__all__ = ["attention", "layer_norm"]
+__all__ = ["attention", "layer_norm", "triangle_multiplication"]

@@ -105,6 +105,7 @@ def test_full_size_values():
         "dtype": "float32",
         "kernels": "auto",
         "chunk_size": "auto",
+        "remat_policy": "nothing",
     }
 
 

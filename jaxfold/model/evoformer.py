@@ -8,11 +8,13 @@ dropout (shared along rows or columns as the sub-module's config says) before th
 
 `evoformer_stack` runs `num_block` iterations with `nn.scan`, so parameters carry a leading layer axis
 exactly like the official files (`evoformer_iteration/...` `[48, ...]`), and wraps the block in
-`nn.remat` when `global_config.use_remat` is set.
+`nn.remat` when `global_config.use_remat` is set, saving what `global_config.remat_policy` names
+(`REMAT_POLICIES`; set by the training presets, swept by `bench/train_step.py`).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -22,7 +24,7 @@ from jaxfold.model.msa_attention import (
 from jaxfold.model.outer_product_mean import OuterProductMean, right_projection
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
-from jaxfold.model.triangle_multiplication import TriangleMultiplication
+from jaxfold.model.triangle_multiplication import TriangleMultiplication, whole_right_operand
 from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask, vary_like
 
 
@@ -175,20 +177,36 @@ def in_place_pair_updates(config, global_config, pair, pair_mask, updates):
                                 chunk, [(pair_mask, split)])
         elif name.startswith("triangle_multiplication"):
             module = TriangleMultiplication(config[name], global_config, name=name)
-            pair = pair + module(pair, pair_mask)
+            right = whole_right_operand(module.variables["params"], pair, pair_mask, kernels, chunk)
+            pair = add_in_place(lambda p, mask, f=pure(module), r=right: f(p, mask, right=r), pair, split, chunk,
+                                [(pair_mask, split)])
         else:
             module = Transition(config[name], global_config, name=name)
             pair = add_in_place(pure(module), pair, split, chunk, [(pair_mask, split)])
     return pair
 
 
-def scanned_stack(block_cls, num_block: int, use_remat: bool):
+# What a rematerialised block keeps from its forward pass for the backward (jax.checkpoint policies):
+# 'nothing' recomputes the whole block (least memory); 'dots' keeps every matmul output; 'dots_no_batch'
+# keeps the unbatched ones (the projections, not the attention logits or the triangle products);
+# 'offload_dots' keeps those in pinned host memory instead of on the device.
+REMAT_POLICIES = {
+    "nothing": lambda: jax.checkpoint_policies.nothing_saveable,
+    "dots": lambda: jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload_dots": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
+
+
+def scanned_stack(block_cls, num_block: int, use_remat: bool, remat_policy: str = "nothing"):
     """`block_cls` repeated `num_block` times with stacked parameters (leading layer axis).
 
     The block's call signature must be `(carry, *broadcast_args) -> (carry, None)`.
     """
     if use_remat:
-        block_cls = nn.remat(block_cls, prevent_cse=False)
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat_policy {remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+        block_cls = nn.remat(block_cls, prevent_cse=False, policy=REMAT_POLICIES[remat_policy]())
     return nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                    in_axes=nn.broadcast, length=num_block)
 
@@ -199,7 +217,8 @@ def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, i
 
     Usage: `(msa, pair), _ = evoformer_stack(...)((msa, pair), msa_mask, pair_mask)`.
     """
-    stack = scanned_stack(EvoformerIteration, num_block, bool(global_config.use_remat))
+    stack = scanned_stack(EvoformerIteration, num_block, bool(global_config.use_remat),
+                          getattr(global_config, "remat_policy", "nothing"))
     return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)
 
 

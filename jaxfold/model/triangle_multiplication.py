@@ -2,20 +2,89 @@
 
 act `[N_res, N_res, c_z]`, mask `[N_res, N_res]` -> residual update `[N_res, N_res, c_z]`.
 The config's `equation` is 'ikc,jkc->ijc' (outgoing) or 'kjc,kic->ijc' (incoming), as in AlphaFold.
+
+Two parts, so that other parameter layouts (AlphaFold 2.3's fused `projection`/`gate`) only touch the first:
+1. `TriangleMultiplication.__call__` creates the parameters and makes the masked, gated operands
+   `left`/`right` `[N, N, c]` and the gate input (the LayerNorm-ed pair);
+2. `triangle_update` does triangle product -> center LayerNorm -> output projection x gate: the fused
+   Pallas kernel when `kernels` resolves to Pallas (`jaxfold.model.kernels`), else XLA, in slices of `chunk_size` output rows when
+   `chunk_size > 0` so the `[N, N, c]` temporaries of the product, LayerNorm and projection exist one slice
+   at a time (the operands are computed once, outside the slices).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxfold.model.primitives import LayerNorm, Linear, final_init
+from jaxfold.model.chunking import chunked
+from jaxfold.model.kernels import use_pallas
+from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, final_init, layer_norm
 from jaxfold.parallel.dap import NO_DAP, Dap
 
 # Under DAP the outgoing update runs on row slices and the incoming one on column slices; the operand indexed
 # by the output's split axis must be whole, so it is all-gathered along that axis.
 GATHER_AXIS = {"ikc,jkc->ijc": 0, "kjc,kic->ijc": 1}
+
+# Output row i of the product indexes `left` axis 0 (outgoing: 'ikc,...') or `right` axis 1 (incoming:
+# '...,kic'); chunking over output rows slices that operand there and takes the other one whole.
+ROW_AXES = {"ikc,jkc->ijc": (0, None, 0), "kjc,kic->ijc": (None, 1, 0)}  # (left, right, gate_input)
+
+
+class OutputWeights(NamedTuple):
+    """Parameters of the second part: center LayerNorm `[c]`, output projection `[c, c_z]` + `[c_z]`,
+    gating linear `[c_z, c_z]` + `[c_z]`."""
+
+    center_scale: jax.Array
+    center_offset: jax.Array
+    output_weights: jax.Array
+    output_bias: jax.Array
+    gating_weights: jax.Array
+    gating_bias: jax.Array
+
+
+class LayerNormParams(nn.Module):
+    """`scale`/`offset` `[num_channels]` of a LayerNorm applied elsewhere (inside the fused/chunked part)."""
+
+    num_channels: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        return (self.param("scale", nn.initializers.ones, (self.num_channels,)),
+                self.param("offset", nn.initializers.zeros, (self.num_channels,)))
+
+
+def triangle_update_xla(left, right, gate_input, w: OutputWeights, equation: str):
+    """XLA: einsum -> center LayerNorm (fp32 statistics) -> output projection x sigmoid(gate)."""
+    act = jnp.einsum(equation, left, right)
+    act = layer_norm(act, w.center_scale, w.center_offset, kernels="xla")
+    act = apply_linear(act, w.output_weights, w.output_bias)
+    return act * jax.nn.sigmoid(apply_linear(gate_input, w.gating_weights, w.gating_bias))
+
+
+def triangle_update(left, right, gate_input, w: OutputWeights, equation: str, kernels: str = "xla",
+                    chunk_size: int | None = None):
+    """Triangle product -> center LayerNorm -> output projection x gate, `[I, J, c_z]`.
+
+    left/right: the masked, gated operands (`equation`'s layouts, e.g. outgoing `[I, K, c]`, `[J, K, c]`);
+    gate_input `[I, J, c_z]`. `chunk_size > 0` computes `chunk_size` output rows at a time (incoming: the
+    rows are a slice of `right`'s axis 1, taken by the chunking helper; the pair is never transposed).
+    """
+    if equation not in ROW_AXES:
+        raise ValueError(f"unknown triangle multiplication equation {equation!r}; expected one of "
+                         f"{sorted(ROW_AXES)}")
+    if use_pallas(kernels):
+        from pallas_kernels import triangle_multiplication as fused  # noqa: PLC0415  (optional GPU kernel)
+
+        def core(l, r, g):
+            return fused.triangle_multiplication(l, r, g, *w, outgoing=equation == "ikc,jkc->ijc")
+    else:
+        def core(l, r, g):
+            return triangle_update_xla(l, r, g, w, equation)
+    return chunked(core, chunk_size, batch_axes=ROW_AXES[equation])(left, right, gate_input)
 
 
 class TriangleMultiplication(nn.Module):
@@ -24,23 +93,51 @@ class TriangleMultiplication(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, act, mask):
+    def __call__(self, act, mask, right=None):
+        """act `[N, N, c_z]`, mask `[N, N]` -> update `[N, N, c_z]`.
+
+        `right`: the whole right operand `[N, N, c]` when the caller computed it (`whole_right_operand`,
+        in-place inference); `act`/`mask` are then the slice being updated (rows for the outgoing update,
+        columns for the incoming one) and the update of that slice is returned.
+        """
         gc = self.global_config
         c = self.config.num_intermediate_channel
+        channels = act.shape[-1]
+        chunk_size = gc.chunk_size if right is None else 0  # a given slice is already small
+        # Part 1: parameters and the masked, gated operands [N, N, c].
         mask = mask[..., None].astype(act.dtype)
         act = LayerNorm(gc.kernels, name="layer_norm_input")(act)
-        input_act = act
+        gate_input = act
         left = mask * Linear(c, name="left_projection")(act)
-        right = mask * Linear(c, name="right_projection")(act)
         left = left * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="left_gate")(act))
-        right = right * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
+        if right is None:
+            right = mask * Linear(c, name="right_projection")(act)
+            right = right * jax.nn.sigmoid(
+                Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
         if self.dap.enabled:
             if self.config.equation not in GATHER_AXIS:
                 raise ValueError(f"DAP supports the equations {sorted(GATHER_AXIS)}, not {self.config.equation!r}")
             right = self.dap.gather(right, axis=GATHER_AXIS[self.config.equation])
-        act = jnp.einsum(self.config.equation, left, right)
-        act = LayerNorm(gc.kernels, name="center_layer_norm")(act)
-        channels = input_act.shape[-1]
-        act = Linear(channels, initializer=final_init(gc), name="output_projection")(act)
-        gate = Linear(channels, initializer=final_init(gc), bias_init=1.0, name="gating_linear")(input_act)
-        return act * jax.nn.sigmoid(gate)
+        # Part 2: product -> center LayerNorm -> output projection x gate (fused or chunked).
+        weights = OutputWeights(
+            *LayerNormParams(c, name="center_layer_norm")(),
+            *Linear(channels, initializer=final_init(gc), num_input=c, name="output_projection")(),
+            *Linear(channels, initializer=final_init(gc), bias_init=1.0, num_input=channels,
+                    name="gating_linear")())
+        return triangle_update(left, right, gate_input, weights, self.config.equation, gc.kernels, chunk_size)
+
+
+def whole_right_operand(params: dict, act: jax.Array, mask: jax.Array, kernels: str, chunk_size: int) -> jax.Array:
+    """The masked, gated right operand `[N, N, c]` of `TriangleMultiplication` from its parameters, computed
+    `chunk_size` rows at a time (no LayerNorm-ed copy of the pair): what every slice of the in-place update
+    needs whole."""
+
+    def rows(act_rows, mask_rows):
+        normed = layer_norm(act_rows, params["layer_norm_input"]["scale"], params["layer_norm_input"]["offset"],
+                            kernels=kernels)
+        projection = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(
+            normed, params["right_projection"]["weights"], params["right_projection"]["bias"])
+        return projection * jax.nn.sigmoid(
+            apply_linear(normed, params["right_gate"]["weights"], params["right_gate"]["bias"]))
+
+    return chunked(rows, chunk_size)(act, mask)
