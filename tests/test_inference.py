@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxfold import inference
+from jaxfold import inference, model_params, outputs
+from jaxfold.common import files
 from jaxfold.common import residue_constants as rc
 from jaxfold.config import model_config
 from jaxfold.data import parsers
@@ -229,7 +230,7 @@ def test_e2e_writes_every_file(e2e):
                 f'{NAME}_unrelaxed_model_2_ptm.pdb', f'{NAME}_unrelaxed_model_2_ptm.cif',
                 f'{NAME}_pae_model_1_ptm.json', f'{NAME}_pae_model_2_ptm.json',
                 'ranking.json', 'timings.json'}
-    if inference._pyplot() is not None:
+    if outputs._figure_class() is not None:
         expected |= {f'{NAME}_plddt.png', f'{NAME}_pae.png'}
         for png in (f'{NAME}_plddt.png', f'{NAME}_pae.png'):
             assert (seq_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -343,29 +344,29 @@ def _fake_outputs(n=5, ptm=True, shift=0.0):
 
 def test_atomic_write_never_leaves_half_a_file(tmp_path, monkeypatch):
     target = tmp_path / 'a.json'
-    inference.atomic_write(target, 'old\n')
+    files.atomic_write(target, 'old\n')
 
     def boom(src, dst):
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(os, 'replace', boom)
     with pytest.raises(OSError):
-        inference.atomic_write(target, 'new\n' * 1000)
+        files.atomic_write(target, 'new\n' * 1000)
     assert target.read_text() == 'old\n'
     assert [p.name for p in tmp_path.iterdir()] == ['a.json']
 
 
 def test_crash_while_writing_a_model_keeps_earlier_outputs(tmp_path, monkeypatch):
     first = _fake_outputs()
-    inference.write_model_outputs(tmp_path, 'x', 'model_1_ptm', first)
+    outputs.write_model_outputs(tmp_path, 'x', 'model_1_ptm', first)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def fail(*args, **kwargs):
         raise RuntimeError('disk vanished')
 
-    monkeypatch.setattr(inference, 'to_mmcif_string', fail)
+    monkeypatch.setattr(outputs, 'to_mmcif_string', fail)
     with pytest.raises(RuntimeError):
-        inference.write_model_outputs(tmp_path, 'x', 'model_1_ptm', _fake_outputs(shift=1.0))
+        outputs.write_model_outputs(tmp_path, 'x', 'model_1_ptm', _fake_outputs(shift=1.0))
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert set(after) == set(before)
     assert after['x_unrelaxed_model_1_ptm.cif'] == before['x_unrelaxed_model_1_ptm.cif']
@@ -378,17 +379,17 @@ def test_make_protein_from_raw_or_processed_features(tmp_path):
     processed = {'aatype': out['features/aatype'][None], 'residue_index': np.arange(4)[None],
                  'seq_mask': np.ones((1, 4)), 'msa_feat': 0, 'target_feat': 0}
     for features in (raw, processed):
-        prot = inference.make_protein(bare, features)
+        prot = outputs.make_protein(bare, features)
         np.testing.assert_array_equal(prot.aatype, out['features/aatype'])
         np.testing.assert_array_equal(prot.residue_index, [1, 2, 3, 4])
         np.testing.assert_allclose(prot.b_factors[:, 0], out['confidence/plddt'], atol=1e-5)
 
 
 def test_plots_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, '_pyplot', lambda: None)
+    monkeypatch.setattr(outputs, '_figure_class', lambda: None)
     results = {'model_1': _fake_outputs(ptm=False), 'model_2': _fake_outputs(ptm=False, shift=5.0)}
     with pytest.warns(RuntimeWarning, match='matplotlib is not installed'):
-        written = inference.write_sequence_summary(tmp_path, 'x', results, {'total': 1.0})
+        written = outputs.write_sequence_summary(tmp_path, 'x', results, {'total': 1.0})
     assert sorted(p.name for p in written) == ['ranking.json', 'timings.json']
     ranking = json.loads((tmp_path / 'ranking.json').read_text())
     assert ranking['order'] == ['model_2', 'model_1'] and 'ptm' not in ranking
@@ -421,16 +422,16 @@ def random_run(tmp_path_factory):
 def test_cli_random_demo_on_the_bundled_example(random_run):
     out_dir, proc = random_run
     assert proc.returncode == 0, proc.stderr
-    assert inference.RANDOM_PARAMS_LABEL in proc.stderr and 'bundled example' in proc.stderr
+    assert outputs.RANDOM_PARAMS_LABEL in proc.stderr and 'bundled example' in proc.stderr
     seq_dir = out_dir / NAME
-    label, ascii_label = inference.RANDOM_PARAMS_LABEL, inference.RANDOM_PARAMS_LABEL_ASCII
+    label, ascii_label = outputs.RANDOM_PARAMS_LABEL, outputs.RANDOM_PARAMS_LABEL_ASCII
     assert (seq_dir / f'{NAME}_unrelaxed_tiny.pdb').read_text().startswith(f'REMARK   1 {ascii_label}')
     cif = (seq_dir / f'{NAME}_unrelaxed_tiny.cif').read_text()
     assert f"_struct.title '{ascii_label}'" in cif
     assert json.loads((seq_dir / f'{NAME}_pae_tiny.json').read_text())[0]['warning'] == label
     for name in ('ranking.json', 'timings.json'):
         assert json.loads((seq_dir / name).read_text())['warning'] == label
-    if inference._pyplot() is not None:
+    if outputs._figure_class() is not None:
         for png in (f'{NAME}_plddt.png', f'{NAME}_pae.png'):
             assert ascii_label.encode() in (seq_dir / png).read_bytes()  # PNG text chunk
     from Bio.PDB import PDBParser
@@ -587,16 +588,16 @@ def test_cli_ptm_mismatch_and_shrunk_depth_hint(params_file, data, tmp_path, cap
 
 
 def test_params_resolution(tmp_path, params_file):
-    assert inference.default_models('random') == ['model_1_ptm']
-    assert inference.default_models(str(params_file)) == ['model_1_ptm']
+    assert model_params.default_models('random') == ['model_1_ptm']
+    assert model_params.default_models(str(params_file)) == ['model_1_ptm']
     for name in ('params_model_1.npz', 'params_model_2.npz', 'params_model_1_ptm.npz'):
         (tmp_path / name).write_bytes(b'')
-    assert inference.default_models(str(tmp_path)) == ['model_1_ptm']
+    assert model_params.default_models(str(tmp_path)) == ['model_1_ptm']
     (tmp_path / 'params_model_1_ptm.npz').unlink()
-    assert inference.default_models(str(tmp_path)) == ['model_1', 'model_2']
-    assert inference.resolve_params(str(tmp_path), 'model_2') == tmp_path / 'params_model_2.npz'
-    assert inference.resolve_params('random', 'model_1_ptm') is None
+    assert model_params.default_models(str(tmp_path)) == ['model_1', 'model_2']
+    assert model_params.resolve_params(str(tmp_path), 'model_2') == tmp_path / 'params_model_2.npz'
+    assert model_params.resolve_params('random', 'model_1_ptm') is None
     with pytest.raises(inference.InferenceError, match='is for model_1_ptm, not model_2_ptm'):
-        inference.resolve_params(str(params_file), 'model_2_ptm')
+        model_params.resolve_params(str(params_file), 'model_2_ptm')
     with pytest.raises(inference.InferenceError, match='python -m jaxfold.params download'):
-        inference.resolve_params(None, 'model_1_ptm')
+        model_params.resolve_params(None, 'model_1_ptm')

@@ -709,3 +709,8 @@ def process_features(raw: Mapping[str, Any], config: Mapping[str, Any], seed: in
         slices.append(ensembled_features(feats, config, sample_msa(feats, config, rng),
                                          num_res=num_res))
     return {k: np.stack([sl[k] for sl in slices]) for k in slices[0]}
+
+
+def is_processed(features) -> bool:
+    """Processed model features (``msa_feat``, leading recycling axis) vs raw pipeline ones."""
+    return 'msa_feat' in features and 'target_feat' in features

@@ -18,8 +18,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
-from jaxfold.model.outputs import flatten_outputs
-from jaxfold.model.predict import flat_outputs, predict
+from jaxfold.model.predict import flat_outputs, flatten_outputs, predict
 from jaxfold.parallel.mesh import dap_for_mesh
 
 __all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs",

@@ -1,9 +1,10 @@
 """Apply a row-wise function in slices so long sequences fit in memory (FastFold/AlphaFold "subbatching").
 
 `chunked(fn, chunk_size)(*args)` equals `fn(*args)` when `fn` treats the leading axis of its batched
-arguments independently, but materialises temporaries for only `chunk_size` rows at a time (`lax.map`
-over slices). The leading axis is padded to a multiple of `chunk_size` and the padding sliced off, so any
-length works.
+arguments independently, but materialises temporaries for only `chunk_size` rows at a time. The slices
+are read with `dynamic_slice` and the results written into the output with `dynamic_update_slice` inside
+a `fori_loop` (plus one static slice for a remainder), so neither the inputs nor the output are ever
+padded, reshaped or concatenated: for a pair-sized output that would be a second full-size array.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
-def chunked(fn: Callable, chunk_size: int | None, batch_axes: Sequence[int | None] | None = None,
+def chunked(fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int | None] | None = None,
             out_axis: int = 0) -> Callable:
     """Wrap `fn` so it runs in slices of `chunk_size` along the batch axis of each argument.
 
     batch_axes: per positional argument, the axis that is sliced, or None for arguments passed whole
       (default: axis 0 of every argument). The sliced axes must all have the same length.
-    out_axis: the axis of every output that the slices are concatenated along.
+    out_axis: the axis of every output that the slices are written along.
     A `chunk_size` of None, 0 or "auto" (not yet resolved by the prediction runner), or not smaller than
     the batch, calls `fn` directly.
     """
@@ -35,30 +37,23 @@ def chunked(fn: Callable, chunk_size: int | None, batch_axes: Sequence[int | Non
         (size,) = sizes
         if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size >= size:
             return fn(*args)
-        num_chunks = -(-size // chunk_size)
-        padded = num_chunks * chunk_size
 
-        def split(a, ax):
-            a = jnp.moveaxis(a, ax, 0)
-            a = jnp.pad(a, [(0, padded - size)] + [(0, 0)] * (a.ndim - 1))
-            return a.reshape((num_chunks, chunk_size) + a.shape[1:])
+        def call(start, length):
+            return fn(*(a if ax is None else lax.dynamic_slice_in_dim(a, start, length, ax)
+                        for a, ax in zip(args, axes)))
 
-        sliced = [split(a, ax) if ax is not None else None for a, ax in zip(args, axes)]
+        def write(out, start, length):
+            return jax.tree_util.tree_map(
+                lambda buffer, piece: lax.dynamic_update_slice_in_dim(buffer, piece, start, out_axis),
+                out, call(start, length))
 
-        def one_chunk(chunk_args):
-            full = [jnp.moveaxis(c, 0, ax) if ax is not None else a for c, a, ax in zip(chunk_args, args, axes)]
-            return fn(*full)
-
-        out = jax.lax.map(one_chunk, sliced)
-
-        def merge(o):
-            o = o.reshape((padded,) + o.shape[2:])[:size]
-            return jnp.moveaxis(o, 0, out_axis) if out_axis else o
-
-        # lax.map stacks each output on a new leading axis; a chunk's batch axis must be out_axis.
-        if out_axis:
-            out = jax.tree_util.tree_map(lambda o: jnp.moveaxis(o, out_axis + 1, 1), out)
-        return jax.tree_util.tree_map(merge, out)
+        shapes = jax.eval_shape(lambda: call(0, chunk_size))
+        out = jax.tree_util.tree_map(
+            lambda s: jnp.zeros(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1:], s.dtype), shapes)
+        num_full = size // chunk_size
+        out = lax.fori_loop(0, num_full, lambda i, o: write(o, i * chunk_size, chunk_size), out)
+        tail = size - num_full * chunk_size
+        return write(out, num_full * chunk_size, tail) if tail else out
 
     return wrapped
 

@@ -37,7 +37,7 @@ from jaxfold.model.confidence import get_confidence_metrics, ranking_confidence
 from jaxfold.model.confidence_on_device import AlignedErrorSummary
 from jaxfold.model.heads import PredictedLDDTHead
 from jaxfold.model.kernels import resolve_kernels
-from jaxfold.model.outputs import flatten_outputs
+from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.parallel.mesh import dap_for_mesh
 
 OUTPUT_MODES = ("full", "lean")
@@ -248,4 +248,20 @@ def flat_outputs(outputs: Mapping, multimer_mode: bool = False) -> dict[str, np.
                                                            metrics.get("iptm"), multimer_mode)
     for key, value in metrics.items():
         flat[f"confidence/{key}"] = np.asarray(value)
+    return flat
+
+
+def flatten_outputs(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested model outputs -> flat `a/b/c` keys; Vec3 become `x/y/z`, Rot3 `xx..zz`, Rigid `rot/trans`."""
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Rigid):
+            value = {"rot": value.rot, "trans": value.trans}
+        if isinstance(value, Vec3) or type(value).__name__ == "Rot3":
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            flat.update(flatten_outputs(value, name + "/"))
+        else:
+            flat[name] = np.asarray(value)
     return flat
