@@ -20,7 +20,8 @@ update in the local frame (`pre_compose`, which renormalises), and hands the nex
 whose gradient is stopped (AlphaFold's `stop_gradient` on the rotation between layers).
 
 All structure-module arithmetic runs in float32 whatever `global_config.dtype` is: inputs are cast on
-entry (with `global_config.chunk_size` > 0 the pair is cast one chunk of rows at a time, see IPA). Geometry uses `jaxfold.common.geometry` (structure-of-arrays, no matmuls) so results agree with
+entry (with `global_config.chunk_size` > 0 the pair is cast one chunk of rows at a time, see IPA).
+Geometry uses `jaxfold.common.geometry` (structure-of-arrays, no matmuls) so results agree with
 DeepMind's to float rounding.
 """
 
@@ -281,10 +282,11 @@ class MultiRigidSidechain(nn.Module):
 class FoldIteration(nn.Module):
     """One iteration of the structure module (Suppl. Alg. 20 lines 6-21). Haiku name `fold_iteration`.
 
-    `__call__(activations, sequence_mask, initial_act, static_feat_2d, aatype)` with
+    `__call__(activations, sequence_mask, initial_act, static_feat_2d, aatype, pair_norm=None)` with
     `activations = {'act': [N, c_s], 'affine': [N, 7]}`, `sequence_mask [N, 1]`, `initial_act [N, c_s]`
     (the layer-normed single representation), `static_feat_2d [N, N, c_z]` (the layer-normed pair, or the
-    raw pair when `pair_norm = (scale, offset)` of `pair_layer_norm` is given: see IPA), `aatype [N]`. Returns `(new_activations, outputs)`: `new_activations` as the input (quaternion gradient stopped),
+    raw pair when `pair_norm = (scale, offset)` of `pair_layer_norm` is given: see IPA), `aatype [N]`.
+    Returns `(new_activations, outputs)`: `new_activations` as the input (quaternion gradient stopped),
     `outputs = {'affine': [N, 7], 'sc': MultiRigidSidechain dict}` (the affine before the stop-gradient,
     translation unscaled; side chains in Angstrom).
 
