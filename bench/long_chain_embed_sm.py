@@ -167,16 +167,18 @@ def print_table(rows, device: str) -> None:
     print(header)
     print("-" * len(header))
     base = {(r["kind"], r["n_res"]): r for r in rows if r["chunk"] == 0}
-    for r in rows:
-        def f(key, fmt="{:.3f}"):
-            return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
+    def f(r, key, fmt="{:.3f}"):
+        return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
 
-        def ratio(key):
-            b = base.get((r["kind"], r["n_res"]), {})
-            ok = isinstance(r.get(key), (int, float)) and isinstance(b.get(key), (int, float)) and b[key] > 0
-            return f"{r[key] / b[key]:.3f}" if ok else "-"
-        print(f"{r['kind']:<6}{r['n_res']:>7}{r['chunk']:>7}{r['status']:>8}{f('temp_gib'):>10}{f('arg_gib'):>10}"
-              f"{f('peak_gib'):>10}{f('time_s'):>9}{ratio('temp_gib'):>8}{ratio('peak_gib'):>8}{ratio('time_s'):>8}")
+    def ratio(r, key):
+        b = base.get((r["kind"], r["n_res"]), {})
+        ok = isinstance(r.get(key), (int, float)) and isinstance(b.get(key), (int, float)) and b[key] > 0
+        return f"{r[key] / b[key]:.3f}" if ok else "-"
+
+    for r in rows:
+        print(f"{r['kind']:<6}{r['n_res']:>7}{r['chunk']:>7}{r['status']:>8}{f(r, 'temp_gib'):>10}"
+              f"{f(r, 'arg_gib'):>10}{f(r, 'peak_gib'):>10}{f(r, 'time_s'):>9}{ratio(r, 'temp_gib'):>8}"
+              f"{ratio(r, 'peak_gib'):>8}{ratio(r, 'time_s'):>8}")
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfold.common import all_atom
 from jaxfold.config import model_config
 from jaxfold.model import embedders
 from jaxfold.model.distogram import dgram_from_positions
@@ -105,8 +106,6 @@ def test_chunked_embeddings_match_deepmind_trunk_inputs(reference):
 
 def test_dgram_rows_equals_dgram_from_positions(reference):
     _, batch, _ = reference
-    from jaxfold.common import all_atom
-
     positions = all_atom.pseudo_beta_fn(jnp.asarray(batch["aatype"]), jnp.asarray(batch["prev_pos"]), None)
     whole = dgram_from_positions(positions, **C.prev_pos)
     rows = embedders.dgram_rows(positions[4:9], positions, **C.prev_pos)

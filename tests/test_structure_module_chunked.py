@@ -11,6 +11,7 @@ import pytest
 
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.config import model_config
+from jaxfold.model.primitives import layer_norm
 from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule
 from reference_utils import assert_close_on, module_reference
 from test_structure_module import (
@@ -50,8 +51,6 @@ def test_chunked_ipa_normalises_a_raw_bfloat16_pair_per_chunk(shared_dir):
     raw = jnp.asarray(rng.normal(1.0, 3.0, size=io["input/inputs_2d"].shape), jnp.bfloat16)
     scale = jnp.asarray(rng.normal(1.0, 0.2, size=raw.shape[-1]), jnp.float32)
     offset = jnp.asarray(rng.normal(0.0, 0.2, size=raw.shape[-1]), jnp.float32)
-    from jaxfold.model.primitives import layer_norm
-
     normed = layer_norm(raw.astype(jnp.float32), scale, offset)
     expected = jax.jit(InvariantPointAttention(SM, GC).apply)(variables, inputs_1d, normed, mask, rigid)
     chunked = jax.jit(InvariantPointAttention(SM, GC_CHUNKED).apply)(
