@@ -116,15 +116,28 @@ def layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = L
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with learned `scale` and `offset` (Haiku names)."""
+    """LayerNorm over the last axis with learned `scale` and `offset` (Haiku names).
+
+    Called with `x=None` it returns `(scale, offset)` instead, for callers that normalise slices inside a
+    chunked loop with `layer_norm` (parameters must be created outside `lax.map`); then `num_channels`
+    must be given.
+    """
 
     kernels: str = "xla"
+    num_channels: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
+    def __call__(self, x: jax.Array | None = None):
+        if x is not None:
+            channels = x.shape[-1]
+        elif self.num_channels is None:
+            raise ValueError(f"LayerNorm {self.name!r}: num_channels is required when called without an input")
+        else:
+            channels = self.num_channels
         scale = self.param("scale", nn.initializers.ones, (channels,))
         offset = self.param("offset", nn.initializers.zeros, (channels,))
+        if x is None:
+            return scale, offset
         return layer_norm(x, scale, offset, kernels=self.kernels)
 
 

@@ -20,7 +20,8 @@ update in the local frame (`pre_compose`, which renormalises), and hands the nex
 whose gradient is stopped (AlphaFold's `stop_gradient` on the rotation between layers).
 
 All structure-module arithmetic runs in float32 whatever `global_config.dtype` is: inputs are cast on
-entry. Geometry uses `jaxfold.common.geometry` (structure-of-arrays, no matmuls) so results agree with
+entry (with `global_config.chunk_size` > 0 the pair is cast one chunk of rows at a time, see IPA).
+Geometry uses `jaxfold.common.geometry` (structure-of-arrays, no matmuls) so results agree with
 DeepMind's to float rounding.
 """
 
@@ -35,7 +36,8 @@ import numpy as np
 
 from jaxfold.common import all_atom
 from jaxfold.common.geometry import Rigid, Rot3, Vec3, quat_affine_pre_compose
-from jaxfold.model.primitives import LayerNorm, Linear, dropout, final_init
+from jaxfold.model.chunking import chunked
+from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, dropout, final_init, layer_norm
 from jaxfold.parallel.dap import dropout_rng_refs, vary_like
 
 # AlphaFold's IPA masks logits with `-1e5 * (1 - mask_2d)` (not the trunk's -1e9).
@@ -89,9 +91,18 @@ def _maybe_dropout(module: nn.Module, x: jax.Array, rate: float, is_training: bo
 class InvariantPointAttention(nn.Module):
     """Invariant point attention (Suppl. Alg. 22). Haiku name `invariant_point_attention`.
 
-    `__call__(inputs_1d [N, c_s], inputs_2d [N, N, c_z], mask [N, 1], rigid: Rigid [N]) -> [N, num_channel]`.
-    `rigid` holds the backbone frames (rotation + translation in the units of the affine tensor); only its
-    rotation matrix and translation are used, as in AlphaFold.
+    `__call__(inputs_1d [N, c_s], inputs_2d [N, N, c_z], mask [N, 1], rigid: Rigid [N], pair_norm=None)
+    -> [N, num_channel]`. `rigid` holds the backbone frames (rotation + translation in the units of the
+    affine tensor); only its rotation matrix and translation are used, as in AlphaFold.
+
+    `pair_norm`: `(scale, offset)` of the structure module's `pair_layer_norm`; when given, `inputs_2d` is
+    the raw pair (any dtype, e.g. the trunk's bfloat16) and is layer-normed (statistics in float32) slice by
+    slice here, so no float32 copy of the whole pair exists. Otherwise `inputs_2d` is already normalised.
+
+    With `global_config.chunk_size` > 0 the attention (logits `[H, C, N]`, point distances `[H, C, N, P]`,
+    the pair bias and the three results) is computed for `C = chunk_size` query rows at a time: memory
+    O(C * N * (H * P + c_z)) instead of O(N^2 * (H * P + c_z)). Keys and values `[N, H, c]` are small and
+    shared by all chunks. Unchunked (0 or "auto") it is the whole-array computation.
     """
 
     config: Any  # the structure_module section of the model config
@@ -99,14 +110,16 @@ class InvariantPointAttention(nn.Module):
     dist_epsilon: float = 1e-8
 
     @nn.compact
-    def __call__(self, inputs_1d: jax.Array, inputs_2d: jax.Array, mask: jax.Array,
-                 rigid: Rigid) -> jax.Array:
-        c = self.config
+    def __call__(self, inputs_1d: jax.Array, inputs_2d: jax.Array, mask: jax.Array, rigid: Rigid,
+                 pair_norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        c, gc = self.config, self.global_config
         num_res = inputs_1d.shape[0]
         num_head = c.num_head
         num_scalar_qk, num_point_qk = c.num_scalar_qk, c.num_point_qk
         num_scalar_v, num_point_v = c.num_scalar_v, c.num_point_v
         assert num_scalar_qk > 0 and num_point_qk > 0 and num_point_v > 0
+        if inputs_2d.shape[:2] != (num_res, num_res):
+            raise ValueError(f"IPA: pair of shape {inputs_2d.shape} does not match {num_res} residues")
 
         # Scalar queries [N, H, S_qk], keys [N, H, S_qk] and values [N, H, S_v].
         q_scalar = Linear(num_head * num_scalar_qk, name="q_scalar")(inputs_1d)
@@ -142,46 +155,71 @@ class InvariantPointAttention(nn.Module):
             nn.initializers.constant(np.log(np.exp(1.0) - 1.0)),  # softplus^-1(1)
             (num_head,)))
         point_weights = point_weights * trainable_point_weights[:, None]  # [H, 1]
+        attention_2d_w, attention_2d_b = Linear(num_head, num_input=inputs_2d.shape[-1], name="attention_2d")()
 
         # Heads first: [H, N, P].
         def heads_first(v: Vec3) -> Vec3:
             return v.map(lambda a: jnp.swapaxes(a, -2, -3))
 
-        q_point, k_point, v_point = heads_first(q_point), heads_first(k_point), heads_first(v_point)
-        dist2 = (jnp.square(q_point.x[:, :, None, :] - k_point.x[:, None, :, :])
-                 + jnp.square(q_point.y[:, :, None, :] - k_point.y[:, None, :, :])
-                 + jnp.square(q_point.z[:, :, None, :] - k_point.z[:, None, :, :]))  # [H, N, N, P]
-        attn_qk_point = -0.5 * jnp.sum(point_weights[:, None, None, :] * dist2, axis=-1)
-
+        k_point, v_point = heads_first(k_point), heads_first(v_point)
         v = jnp.swapaxes(v_scalar, -2, -3)
-        q = jnp.swapaxes(scalar_weights * q_scalar, -2, -3)
         k = jnp.swapaxes(k_scalar, -2, -3)
-        attn_qk_scalar = jnp.matmul(q, jnp.swapaxes(k, -2, -1))
-        attn_logits = attn_qk_scalar + attn_qk_point
+        mask_k = jnp.swapaxes(mask, -1, -2)  # [1, N]
 
-        attention_2d = Linear(num_head, name="attention_2d")(inputs_2d)
-        attention_2d = jnp.transpose(attention_2d, [2, 0, 1])
-        attn_logits = attn_logits + attention_2d_weights * attention_2d
+        def attend(q_scalar_rows, q_x, q_y, q_z, mask_rows, pair_rows):
+            """Query rows R: q_scalar `[R, H, S_qk]`, q points `[R, H, P_qk]` each, mask `[R, 1]`, pair
+            `[R, N, c_z]` -> scalar `[R, H*S_v]`, global points x/y/z `[R, H*P_v]`, pair `[R, H*c_z]`."""
+            rows = q_scalar_rows.shape[0]
+            q_pt = heads_first(Vec3(q_x, q_y, q_z))
+            dist2 = (jnp.square(q_pt.x[:, :, None, :] - k_point.x[:, None, :, :])
+                     + jnp.square(q_pt.y[:, :, None, :] - k_point.y[:, None, :, :])
+                     + jnp.square(q_pt.z[:, :, None, :] - k_point.z[:, None, :, :]))  # [H, R, N, P]
+            attn_qk_point = -0.5 * jnp.sum(point_weights[:, None, None, :] * dist2, axis=-1)
 
-        mask_2d = mask * jnp.swapaxes(mask, -1, -2)
-        attn_logits = attn_logits - IPA_MASK_VALUE * (1.0 - mask_2d)
+            q = jnp.swapaxes(scalar_weights * q_scalar_rows, -2, -3)
+            attn_qk_scalar = jnp.matmul(q, jnp.swapaxes(k, -2, -1))
+            attn_logits = attn_qk_scalar + attn_qk_point
 
-        attn = jax.nn.softmax(attn_logits)  # [H, N_q, N_k]
+            pair_rows = pair_rows.astype(jnp.float32)
+            if pair_norm is not None:
+                pair_rows = layer_norm(pair_rows, *pair_norm, kernels=gc.kernels)
+            attention_2d = apply_linear(pair_rows, attention_2d_w, attention_2d_b)
+            attention_2d = jnp.transpose(attention_2d, [2, 0, 1])
+            attn_logits = attn_logits + attention_2d_weights * attention_2d
 
-        result_scalar = jnp.matmul(attn, v)  # [H, N, S_v]
-        # Points: explicit multiply + reduce, as AlphaFold (keeps it fp32 on matrix units).
-        result_point_global = v_point.map(
-            lambda vx: jnp.sum(attn[:, :, :, None] * vx[:, None, :, :], axis=-2))  # [H, N, P_v]
+            mask_2d = mask_rows * mask_k
+            attn_logits = attn_logits - IPA_MASK_VALUE * (1.0 - mask_2d)
 
-        result_scalar = jnp.swapaxes(result_scalar, -2, -3).reshape(num_res, num_head * num_scalar_v)
-        result_point_global = result_point_global.map(
-            lambda a: jnp.swapaxes(a, -2, -3).reshape(num_res, num_head * num_point_v))
-        result_point_local = frames.apply_inverse(result_point_global)
+            attn = jax.nn.softmax(attn_logits)  # [H, R, N]
+
+            result_scalar = jnp.matmul(attn, v)  # [H, R, S_v]
+            # Points: explicit multiply + reduce, as AlphaFold (keeps it fp32 on matrix units).
+            result_point_global = v_point.map(
+                lambda vx: jnp.sum(attn[:, :, :, None] * vx[:, None, :, :], axis=-2))  # [H, R, P_v]
+
+            result_scalar = jnp.swapaxes(result_scalar, -2, -3).reshape(rows, num_head * num_scalar_v)
+            result_point_global = result_point_global.map(
+                lambda a: jnp.swapaxes(a, -2, -3).reshape(rows, num_head * num_point_v))
+            result_attention_over_2d = jnp.einsum("hij,ijc->ihc", attn, pair_rows).reshape(rows, -1)
+            return (result_scalar, result_point_global.x, result_point_global.y, result_point_global.z,
+                    result_attention_over_2d)
+
+        chunk_size = gc.chunk_size
+        if isinstance(chunk_size, int) and 0 < chunk_size < num_res:
+            # The pair is gathered row by row inside the loop rather than handed to `chunked` as a sliced
+            # argument, which would pad (copy) the whole [N, N, c_z] pair when chunk_size does not divide N.
+            def attend_rows(q_scalar_rows, q_x, q_y, q_z, mask_rows, row_ids):
+                return attend(q_scalar_rows, q_x, q_y, q_z, mask_rows, jnp.take(inputs_2d, row_ids, axis=0))
+
+            results = chunked(attend_rows, chunk_size)(
+                q_scalar, q_point.x, q_point.y, q_point.z, mask, jnp.arange(num_res))
+        else:
+            results = attend(q_scalar, q_point.x, q_point.y, q_point.z, mask, inputs_2d)
+        result_scalar, point_x, point_y, point_z, result_attention_over_2d = results
+
+        result_point_local = frames.apply_inverse(Vec3(point_x, point_y, point_z))
         point_norm = jnp.sqrt(self.dist_epsilon + jnp.square(result_point_local.x)
                               + jnp.square(result_point_local.y) + jnp.square(result_point_local.z))
-
-        result_attention_over_2d = jnp.einsum("hij,ijc->ihc", attn, inputs_2d)
-        result_attention_over_2d = result_attention_over_2d.reshape(num_res, -1)
 
         # AlphaFold's order: scalar, point x, y, z, point norm, pair.
         final_act = jnp.concatenate(
@@ -244,10 +282,11 @@ class MultiRigidSidechain(nn.Module):
 class FoldIteration(nn.Module):
     """One iteration of the structure module (Suppl. Alg. 20 lines 6-21). Haiku name `fold_iteration`.
 
-    `__call__(activations, sequence_mask, initial_act, static_feat_2d, aatype)` with
+    `__call__(activations, sequence_mask, initial_act, static_feat_2d, aatype, pair_norm=None)` with
     `activations = {'act': [N, c_s], 'affine': [N, 7]}`, `sequence_mask [N, 1]`, `initial_act [N, c_s]`
-    (the layer-normed single representation), `static_feat_2d [N, N, c_z]` (the layer-normed pair), `aatype
-    [N]`. Returns `(new_activations, outputs)`: `new_activations` as the input (quaternion gradient stopped),
+    (the layer-normed single representation), `static_feat_2d [N, N, c_z]` (the layer-normed pair, or the
+    raw pair when `pair_norm = (scale, offset)` of `pair_layer_norm` is given: see IPA), `aatype [N]`.
+    Returns `(new_activations, outputs)`: `new_activations` as the input (quaternion gradient stopped),
     `outputs = {'affine': [N, 7], 'sc': MultiRigidSidechain dict}` (the affine before the stop-gradient,
     translation unscaled; side chains in Angstrom).
 
@@ -263,7 +302,8 @@ class FoldIteration(nn.Module):
 
     @nn.compact
     def __call__(self, activations: Mapping[str, jax.Array], sequence_mask: jax.Array,
-                 initial_act: jax.Array, static_feat_2d: jax.Array, aatype: jax.Array):
+                 initial_act: jax.Array, static_feat_2d: jax.Array, aatype: jax.Array,
+                 pair_norm: tuple[jax.Array, jax.Array] | None = None):
         c, gc = self.config, self.global_config
         affine = activations["affine"]
         quaternion = affine[..., :4]
@@ -271,7 +311,7 @@ class FoldIteration(nn.Module):
 
         act = activations["act"]
         attn = InvariantPointAttention(c, gc, name="invariant_point_attention")(
-            act, static_feat_2d, sequence_mask, rigid)
+            act, static_feat_2d, sequence_mask, rigid, pair_norm)
         act = act + attn
         act = _maybe_dropout(self, act, c.dropout, self.is_training)
         act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
@@ -325,6 +365,11 @@ class StructureModule(nn.Module):
 
     The single `fold_iteration` is applied `num_layer` times with shared weights via `nn.scan`
     (`variable_broadcast='params'`), so its parameters carry no layer axis, as in the official files.
+
+    With `global_config.chunk_size` > 0 the pair stays in its own dtype (bfloat16 from a bfloat16 trunk) and
+    is never layer-normed whole: each IPA normalises the query-row chunks it attends from, so no float32
+    `[N, N, c_z]` array exists (a 10,000-residue pair would be 51 GB in float32). Unchunked, the pair is cast
+    to float32 and normalised once, as AlphaFold does.
     """
 
     config: Any  # structure_module section
@@ -335,7 +380,7 @@ class StructureModule(nn.Module):
     def __call__(self, representations: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
         c, gc = self.config, self.global_config
         single = jnp.asarray(representations["single"], jnp.float32)
-        pair = jnp.asarray(representations["pair"], jnp.float32)
+        pair = representations["pair"]
         seq_mask = jnp.asarray(batch["seq_mask"], jnp.float32)
         assert seq_mask.ndim == 1
         sequence_mask = seq_mask[:, None]
@@ -344,7 +389,12 @@ class StructureModule(nn.Module):
         act = LayerNorm(gc.kernels, name="single_layer_norm")(single)
         initial_act = act
         act = Linear(c.num_channel, name="initial_projection")(act)
-        act_2d = LayerNorm(gc.kernels, name="pair_layer_norm")(pair)
+        if isinstance(gc.chunk_size, int) and gc.chunk_size > 0:
+            act_2d = jnp.asarray(pair)
+            pair_norm = LayerNorm(gc.kernels, num_channels=pair.shape[-1], name="pair_layer_norm")()
+        else:
+            act_2d = LayerNorm(gc.kernels, name="pair_layer_norm")(jnp.asarray(pair, jnp.float32))
+            pair_norm = None
 
         activations = {"act": act, "affine": identity_affine(single.shape[0])}
         # Under shard_map the carry must vary over every axis the loop body mixes in (see `vary_like`).
@@ -356,7 +406,7 @@ class StructureModule(nn.Module):
             in_axes=nn.broadcast,
             length=c.num_layer,
         )(c, gc, is_training=self.is_training, name="fold_iteration")
-        activations, output = fold_stack(activations, sequence_mask, initial_act, act_2d, aatype)
+        activations, output = fold_stack(activations, sequence_mask, initial_act, act_2d, aatype, pair_norm)
 
         position_scale = jnp.asarray([1.0] * 4 + [c.position_scale] * 3, jnp.float32)
         traj = output["affine"] * position_scale
