@@ -38,13 +38,12 @@ class EmbeddingsAndEvoformer(nn.Module):
     def __call__(self, batch: dict) -> dict:
         c, gc = self.config, self.global_config
         dtype = jnp.dtype(gc.dtype)
-        msa, pair = embedders.input_embedding(batch, c)
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
-        msa, pair = embedders.recycling_embedding(batch, c, msa, pair, gc.kernels)
-        if c.max_relative_feature:
-            pair = pair + embedders.relative_position_encoding(batch["residue_index"], c)
-        pair = pair.astype(dtype)
+        msa = embedders.msa_embedding(batch, c, gc.kernels)
+        # Input, recycled and relative-position embeddings of the pair, built in float32 and stored in the
+        # activation dtype (with a chunk size a slice of rows at a time, into the recycled pair's buffer).
+        pair = embedders.pair_embedding(batch, c, gc.kernels, dtype, gc.chunk_size)
 
         if c.template.enabled:
             template_batch = {k: batch[k] for k in batch if k.startswith("template_")}
