@@ -32,8 +32,6 @@ try:  # GPU (Triton) specific Pallas API.
 except ImportError:  # pragma: no cover - very old jax
     plgpu = None
 
-JAX_VERSION = tuple(int(p) for p in jax.__version__.split(".")[:3] if p.isdigit())
-
 if os.environ.get("JAXFOLD_SHOW_TRITON_DEPRECATION", "0") != "1":
     warnings.filterwarnings("ignore", message=r"The Pallas Triton backend is deprecated")
 

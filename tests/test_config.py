@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -17,17 +16,14 @@ from jaxfold.config import (
     preset_is_ptm,
 )
 
-MANIFEST = Path("/work/shared/reference/manifest.json")
 OFFICIAL = [f"model_{i}{s}" for s in ("", "_ptm") for i in range(1, 6)]
 EVO = "model.embeddings_and_evoformer"
 TEMPLATE = f"{EVO}.template"
 
 
 @pytest.fixture(scope="module")
-def manifest() -> dict:
-    if not MANIFEST.is_file():
-        pytest.skip(f"reference manifest not available at {MANIFEST}")
-    with open(MANIFEST) as f:
+def manifest(shared_dir) -> dict:
+    with open(shared_dir / "reference" / "manifest.json") as f:
         return json.load(f)
 
 

@@ -1,6 +1,6 @@
 """Tests for jaxfold.data.feature_processing against DeepMind's processed features.
 
-The reference (`/work/shared/reference/features.npz`) was made by AlphaFold's
+The reference (`shared/reference/features.npz`) was made by AlphaFold's
 own TF input pipeline from `features_raw.npz`.  Deterministic features must
 match exactly; the random ones (MSA sample, BERT masking, extra-MSA crop) are
 checked by invariants, by an independent brute-force recomputation that is

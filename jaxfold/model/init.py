@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfold.common import residue_constants as rc
+from jaxfold.model.alphafold import AlphaFoldIteration
 
 
 def dummy_features(config, num_res: int = 4, num_seq: int = 2, num_extra: int = 2, num_templates: int = 1,
@@ -41,8 +42,6 @@ def init_params(config, rng: jax.Array | None = None) -> dict:
     Initialises one `AlphaFoldIteration` (the only parameterised child of `AlphaFold`) rather than the
     recycling wrapper, which would trace the iteration twice.
     """
-    from jaxfold.model.alphafold import AlphaFoldIteration  # noqa: PLC0415  (avoid an import cycle)
-
     rng = jax.random.PRNGKey(0) if rng is None else rng
     batch = {k: jnp.asarray(v[0]) for k, v in dummy_features(config).items()}
     emb = config.model.embeddings_and_evoformer
