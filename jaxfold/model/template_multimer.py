@@ -78,7 +78,8 @@ def compute_chi_angles(positions: jax.Array, mask: jax.Array, aatype: jax.Array)
 
     Residue types beyond the 20 amino acids (X, gap) use the all-zero "unknown" row, as in AlphaFold.
     """
-    indices = np.concatenate([np.asarray(all_atom.get_chi_atom_indices()), np.zeros((1, 4, 4), np.int32)])
+    # 20 amino acids plus the all-zero "unknown" row; indices beyond it clamp to it (jnp gather semantics).
+    indices = np.concatenate([np.asarray(rc.chi_angles_atom_indices, np.int32), np.zeros((1, 4, 4), np.int32)])
     angle_mask_table = np.concatenate([np.asarray(rc.chi_angles_mask, np.float32), np.zeros((1, 4), np.float32)])
     aatype = jnp.clip(aatype, 0, indices.shape[0] - 1)
     atom_indices = jnp.asarray(indices)[aatype]  # [N, 4 chis, 4 atoms]
