@@ -90,3 +90,102 @@ def test_msa_sampling_per_pass(ref, k):
                      ("extra_msa_feat/extra_msa_feat", batch["extra_msa_feat"]),
                      ("extra_msa_feat/extra_msa_mask", batch["extra_msa_mask"])):
         assert_close_on(got, passes[key][k], None, ATOL_BATCH, what=key)
+
+
+# Output keys compared at the position tolerance (Angstrom) and at the sin/cos one; the rest at ATOL_ACT.
+POSITION_KEYS = ("structure_module/final_atom_positions", "structure_module/final_atom14_positions",
+                 "structure_module/sidechains/atom_pos")
+SINCOS_KEYS = ("structure_module/sidechains/angles_sin_cos", "structure_module/sidechains/unnormalized_angles_sin_cos")
+RIGID_KEYS = ("structure_module/traj", "structure_module/final_rigids", "structure_module/sidechains/frames")
+
+
+def compare_outputs(flat: dict, expected: dict) -> list[str]:
+    """Compare every reference key our outputs have (model outputs and confidences); returns the keys compared."""
+    compared = []
+    for key, value in expected.items():
+        if key.startswith("captured/") or key not in flat:
+            continue
+        got = np.asarray(flat[key])
+        if key in RIGID_KEYS:
+            assert_close_on(got[..., :3], value[..., :3], None, ATOL_ACT, what=f"{key} rotation")
+            assert_close_on(got[..., 3], value[..., 3], None, ATOL_POS, what=f"{key} translation")
+        elif key in POSITION_KEYS:
+            assert_close_on(got, value, None, ATOL_POS, what=key)
+        elif key in SINCOS_KEYS:
+            assert_close_on(got, value, None, ATOL_SINCOS, what=key)
+        elif key in ("confidence/plddt", "confidence/predicted_aligned_error",
+                     "confidence/max_predicted_aligned_error"):
+            assert_close_on(got, value, None, ATOL_CONF, what=key)
+        elif key in ("confidence/ptm", "confidence/iptm", "confidence/ranking_confidence"):
+            assert_close_on(got, value, None, ATOL_SCORE, what=key)
+        elif value.dtype.kind in "iub" or key.endswith("_mask") or key == "num_recycles":
+            np.testing.assert_array_equal(got, value, err_msg=key)
+        else:
+            assert_close_on(got, value, None, ATOL_ACT, what=key)
+        compared.append(key)
+    return compared
+
+
+def compare_captured(inter: dict, expected: dict) -> None:
+    """The final pass's module-boundary activations (`captured/*` of outputs.npz); `inter` is the trunk's
+    (`evoformer`) sown `intermediates`."""
+    pairs = {
+        "captured/relative_encoding/output": inter["relative_encoding/output"][0],
+        "captured/template_embedding/output": inter["template_embedding/output"][0],
+        "captured/template_single/activations": inter["template_single"][0][0],
+        "captured/template_single/mask": inter["template_single"][0][1],
+        "captured/extra_msa_stack/input/msa": inter["extra_msa_stack/input"][0][0],
+        "captured/extra_msa_stack/input/pair": inter["extra_msa_stack/input"][0][1],
+        "captured/extra_msa_stack/output/pair": inter["extra_msa_stack/output"][0],
+        "captured/evoformer_stack/input/msa": inter["evoformer_stack/input"][0][0],
+        "captured/evoformer_stack/msa_mask": inter["evoformer_stack/input"][0][2],
+        "captured/evoformer_stack/output/msa": inter["evoformer_stack/output"][0],
+    }
+    for key, got in pairs.items():
+        assert_close_on(got, expected[key], None, ATOL_ACT, what=key)
+
+
+@pytest.fixture(scope="module")
+def network(ref):
+    """One pass of the network on a recorded sampled batch (no key), jit-compiled once for both passes."""
+    model = AlphaFoldIterationMultimer(ref["config"].model)
+
+    @jax.jit
+    def apply(params, batch):
+        return model.apply({"params": params}, batch, None, True, mutable=["intermediates"])
+
+    def run(k: int):
+        passes = ref["passes"]
+        batch = {key: value for key, value in prepare_batch(ref["features"]).items()
+                 if key not in ("msa", "deletion_matrix", "msa_mask", "bert_mask", "cluster_bias_mask")}
+        batch.update(msa_feat=passes["msa_feat/msa_feat"][k], msa_mask=passes["sample_msa/output/msa_mask"][k],
+                     extra_msa_feat=passes["extra_msa_feat/extra_msa_feat"][k],
+                     extra_msa_mask=passes["extra_msa_feat/extra_msa_mask"][k],
+                     **{name: passes[f"iteration_input/{name}"][k]
+                        for name in ("prev_pos", "prev_msa_first_row", "prev_pair")})
+        return apply(ref["params"]["alphafold_iteration"], {k2: jnp.asarray(v) for k2, v in batch.items()})
+
+    return run
+
+
+def test_network_pass_0(ref, network):
+    """Pass 0 on its recorded batch -> the recycling inputs DeepMind's pass 1 received."""
+    out, _ = network(0)
+    passes = ref["passes"]
+    assert_close_on(out["structure_module"]["final_atom_positions"], passes["iteration_input/prev_pos"][1], None,
+                    ATOL_POS, what="prev_pos")
+    assert_close_on(out["representations"]["msa_first_row"], passes["iteration_input/prev_msa_first_row"][1], None,
+                    ATOL_ACT, what="prev_msa_first_row")
+    assert_close_on(out["representations"]["pair"], passes["iteration_input/prev_pair"][1], None, ATOL_ACT,
+                    what="prev_pair")
+
+
+def test_network_pass_1(ref, network):
+    """Pass 1 (the last) on its recorded batch and recycling inputs -> outputs.npz, captured activations too."""
+    from jaxfold.model import flat_outputs_with_confidence  # noqa: PLC0415
+
+    out, state = network(1)
+    flat = flat_outputs_with_confidence(jax.tree_util.tree_map(np.asarray, out), multimer_mode=True)
+    compared = compare_outputs(flat, ref["outputs"])
+    assert "confidence/iptm" in compared and "structure_module/traj" in compared
+    compare_captured(state["intermediates"]["evoformer"], ref["outputs"])

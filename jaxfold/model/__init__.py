@@ -1,8 +1,9 @@
 """AlphaFold2 in Flax. Public API:
 
-- `run_alphafold(config, params, features) -> dict[str, np.ndarray]`: the whole model with recycling on
-  DeepMind's processed features (leading recycling axis), returning outputs under the key names of
-  DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
+- `run_alphafold(config, params, features, rng=None) -> dict[str, np.ndarray]`: the whole model with
+  recycling on DeepMind's processed features (monomer: leading recycling axis; multimer, when
+  `global_config.multimer_mode`: the multimer batch and the apply key `rng`), returning outputs under the key
+  names of DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
 - `AlphaFold`: the Flax module underneath (`AlphaFold(config.model).apply({'params': params}, batch)`).
 """
 
@@ -22,7 +23,7 @@ from jaxfold.parallel.mesh import dap_for_mesh
 from jax.sharding import PartitionSpec as P
 
 __all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "flatten_outputs", "flat_outputs_with_confidence",
-           "compiled_model"]
+           "compiled_model", "compiled_multimer_model"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -67,7 +68,25 @@ def _fields(obj):
     return [f.name for f in dataclasses.fields(obj)]
 
 
-def run_alphafold(config, params: Mapping, features: Mapping, mesh=None) -> dict[str, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def compiled_multimer_model(config, mesh=None):
+    """`jit` of `AlphaFoldMultimer(config.model).apply(params, batch, key)`; under a mesh with `dap` > 1 it
+    runs inside `jax.shard_map` as the monomer model does."""
+    from jaxfold.model.alphafold_multimer import AlphaFoldMultimer  # noqa: PLC0415
+
+    dap = dap_for_mesh(mesh)
+    model = AlphaFoldMultimer(config.model, dap=dap)
+
+    def apply(params, batch, key):
+        return model.apply({"params": params}, batch, key)
+
+    if dap.enabled:
+        apply = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
+    return jax.jit(apply)
+
+
+def run_alphafold(config, params: Mapping, features: Mapping, mesh=None,
+                  rng: jax.Array | None = None) -> dict[str, np.ndarray]:
     """Predict a structure with the whole model.
 
     config: a `jaxfold.config.Config` (e.g. `model_config('model_1_ptm')`).
@@ -78,18 +97,34 @@ def run_alphafold(config, params: Mapping, features: Mapping, mesh=None) -> dict
     Returns numpy arrays: `representations/*`, `structure_module/*`, each head's outputs, and
     `confidence/*` (`plddt`, and with the pTM head `predicted_aligned_error`,
     `max_predicted_aligned_error`, `aligned_confidence_probs`, `ptm`; plus `ranking_confidence`).
+
+    Multimer configs (`config.model.global_config.multimer_mode`): `features` is the multimer batch as
+    DeepMind's model consumes it (no recycling axis, the whole MSA; it is sampled inside the model) and `rng`
+    the apply key (default `PRNGKey(0)`): the same key as `hk.transform(...).apply(params, rng, ...)` gives
+    DeepMind's outputs. Adds `confidence/iptm`, the multimer `confidence/ranking_confidence` (0.8 ipTM +
+    0.2 pTM) and `num_recycles` (recycling passes run; early stop on `recycle_early_stop_tolerance`).
     """
+    if config.model.global_config.multimer_mode:
+        from jaxfold.model.alphafold_multimer import haiku_rng_key, prepare_batch  # noqa: PLC0415
+
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        outputs = compiled_multimer_model(config, mesh)(params, prepare_batch(features), haiku_rng_key(rng))
+        return flat_outputs_with_confidence(jax.tree_util.tree_map(np.asarray, outputs), multimer_mode=True)
+    if rng is not None:
+        raise ValueError("rng is only used by multimer models (the monomer model samples no MSA inside); "
+                         "monomer features carry their sampled MSA per recycling iteration")
     batch = {k: jnp.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
     outputs = compiled_model(config, mesh)(params, batch)
     return flat_outputs_with_confidence(jax.tree_util.tree_map(np.asarray, outputs))
 
 
-def flat_outputs_with_confidence(outputs: Mapping) -> dict[str, np.ndarray]:
-    """Nested numpy model outputs -> flat keys plus AlphaFold's `confidence/*` metrics (computed on host)."""
+def flat_outputs_with_confidence(outputs: Mapping, multimer_mode: bool = False) -> dict[str, np.ndarray]:
+    """Nested numpy model outputs -> flat keys plus AlphaFold's `confidence/*` metrics (computed on host);
+    with `multimer_mode` also ipTM, and the ranking confidence is 0.8 ipTM + 0.2 pTM."""
     flat = flatten_outputs(outputs)
     heads = {"predicted_lddt": outputs["predicted_lddt"]}
     if "predicted_aligned_error" in outputs:
         heads["predicted_aligned_error"] = outputs["predicted_aligned_error"]
-    for key, value in get_confidence_metrics(heads).items():
+    for key, value in get_confidence_metrics(heads, multimer_mode=multimer_mode).items():
         flat[f"confidence/{key}"] = np.asarray(value)
     return flat
