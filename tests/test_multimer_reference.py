@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from jaxfold.config import model_config
-from jaxfold.model.alphafold_multimer import AlphaFoldIterationMultimer, haiku_rng_key, prepare_batch
+from jaxfold.model import run_alphafold
+from jaxfold.model.alphafold_multimer import (
+    AlphaFoldIterationMultimer, haiku_rng_key, prepare_batch, split_pass_key)
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.weights import load_alphafold_params, read_npz, save_alphafold_params
 from reference_utils import assert_close_on
@@ -55,6 +57,17 @@ def test_params_every_key_maps_and_round_trips(ref, tmp_path):
     assert sorted(again) == sorted(original)
     for key, value in original.items():
         np.testing.assert_array_equal(again[key], value, err_msg=key)
+
+
+def test_pass_keys_from_prngkey0(ref):
+    """The model's key schedule from the apply key PRNGKey(0) gives DeepMind's per-pass keys."""
+    recorded = ref["passes"]["iteration_input/key"]
+    key = haiku_rng_key(jax.random.PRNGKey(0))
+    with deepmind_keys():
+        for k in range(recorded.shape[0] - 1):  # recycling passes, then the last pass takes the carried key
+            key, pass_key = split_pass_key(key)
+            np.testing.assert_array_equal(np.asarray(pass_key), recorded[k], err_msg=f"pass {k}")
+    np.testing.assert_array_equal(np.asarray(key), recorded[-1], err_msg="last pass")
 
 
 @pytest.mark.parametrize("k", [0, 1])
@@ -189,3 +202,14 @@ def test_network_pass_1(ref, network):
     compared = compare_outputs(flat, ref["outputs"])
     assert "confidence/iptm" in compared and "structure_module/traj" in compared
     compare_captured(state["intermediates"]["evoformer"], ref["outputs"])
+
+
+def test_whole_model_from_prngkey0(ref):
+    """`run_alphafold` on features.npz with PRNGKey(0): sampling, recycling (with the early-stop check) and
+    the last pass, against outputs.npz."""
+    flat = run_alphafold(ref["config"], ref["params"], ref["features"], rng=jax.random.PRNGKey(0))
+    assert int(flat["num_recycles"]) == int(ref["outputs"]["num_recycles"]) == 1
+    compared = compare_outputs(flat, ref["outputs"])
+    missing = sorted(k for k in ref["outputs"] if not k.startswith("captured/") and k not in flat)
+    assert not missing, f"outputs DeepMind's model returns that run_alphafold lacks: {missing}"
+    assert len(compared) == sum(not k.startswith("captured/") for k in ref["outputs"])

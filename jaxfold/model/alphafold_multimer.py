@@ -46,6 +46,15 @@ def haiku_rng_key(rng: jax.Array) -> jax.Array:
         return jax.random.split(rng)[1]
 
 
+def split_pass_key(key: jax.Array, resample_msa_in_recycling: bool = True) -> tuple[jax.Array, jax.Array]:
+    """One recycling step of AlphaFold's key schedule: `key -> (key for later passes, this pass's key)`;
+    without MSA resampling every pass gets the same key (`SafeKey.duplicate`)."""
+    if not resample_msa_in_recycling:
+        return key, key
+    next_key, pass_key = jax.random.split(key)
+    return next_key, pass_key
+
+
 class EmbeddingsAndEvoformerMultimer(nn.Module):
     """Multimer trunk (Haiku name `evoformer`): in-model MSA sampling, input/recycling/relative/template
     embeddings, extra-MSA and Evoformer stacks.
@@ -226,10 +235,7 @@ class AlphaFoldMultimer(nn.Module):
 
             def body(module, carry):
                 i, _, prev, key = carry
-                if c.resample_msa_in_recycling:
-                    next_key, pass_key = jax.random.split(key)
-                else:
-                    next_key = pass_key = key
+                next_key, pass_key = split_pass_key(key, c.resample_msa_in_recycling)
                 ret = module(dict(features, **prev), pass_key)
                 return i + 1, prev, recycling_outputs(ret), next_key
 
