@@ -17,7 +17,8 @@ import pytest
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
 from jaxfold.model.alphafold_multimer import (
-    AlphaFoldIterationMultimer, haiku_rng_key, prepare_batch, split_pass_key)
+    AlphaFoldIterationMultimer, ca_distance_change, continue_recycling, haiku_rng_key, prepare_batch,
+    split_pass_key)
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.weights import load_alphafold_params, read_npz, save_alphafold_params
 from reference_utils import assert_close_on
@@ -68,6 +69,24 @@ def test_pass_keys_from_prngkey0(ref):
             key, pass_key = split_pass_key(key)
             np.testing.assert_array_equal(np.asarray(pass_key), recorded[k], err_msg=f"pass {k}")
     np.testing.assert_array_equal(np.asarray(key), recorded[-1], err_msg="last pass")
+
+
+def test_early_stop_criterion(ref):
+    """The C-alpha distance change between passes equals DeepMind's (manifest checks), and the recycling
+    condition stops exactly when it falls to the tolerance or the passes run out."""
+    passes, outputs = ref["passes"], ref["outputs"]
+    seq_mask = jnp.asarray(ref["features"]["seq_mask"])
+    positions = [passes["iteration_input/prev_pos"][0], passes["iteration_input/prev_pos"][1],
+                 outputs["structure_module/final_atom_positions"]]
+    expected = ref["manifest"]["checks"]["early_stop_rms_ca_distance_change_per_iteration"]
+    for k, value in enumerate(expected):
+        got = float(ca_distance_change(jnp.asarray(positions[k]), jnp.asarray(positions[k + 1]), seq_mask))
+        assert abs(got - value) <= 1e-3, (k, got, value)
+    prev, nxt = jnp.asarray(positions[1]), jnp.asarray(positions[2])  # change 6.1 A
+    assert bool(continue_recycling(2, prev, nxt, seq_mask, 20, 0.5))
+    assert not bool(continue_recycling(2, prev, nxt, seq_mask, 20, 7.0))
+    assert not bool(continue_recycling(2, prev, nxt, seq_mask, 2, 0.5))
+    assert bool(continue_recycling(0, prev, prev, seq_mask, 20, 0.5))  # the first pass always runs
 
 
 @pytest.mark.parametrize("k", [0, 1])

@@ -185,6 +185,13 @@ def ca_distance_change(prev_pos: jax.Array, next_pos: jax.Array, seq_mask: jax.A
     return jnp.sqrt(sq_diff + 1e-8)
 
 
+def continue_recycling(i, prev_pos, next_pos, seq_mask, num_iter, tolerance: float) -> jax.Array:
+    """AlphaFold-Multimer's recycling condition before pass `i`: passes remain (`i < num_iter`) and either
+    nothing has run yet or the C-alpha distances still moved by more than `tolerance` (RMS, Angstrom)."""
+    diff = ca_distance_change(prev_pos, next_pos, seq_mask)
+    return (i < num_iter) & ((i == 0) | (diff > tolerance))
+
+
 def prepare_batch(features: dict) -> dict:
     """Features as DeepMind's multimer model consumes them -> the jnp batch (float64 ids become float32,
     int64 template aatypes int32, as JAX casts them on entry). Strings and unknown dtypes are dropped."""
@@ -242,8 +249,8 @@ class AlphaFoldMultimer(nn.Module):
             def cond(module, carry):
                 del module
                 i, prev, next_in, _ = carry
-                diff = ca_distance_change(prev["prev_pos"], next_in["prev_pos"], features["seq_mask"])
-                return (i < num_iter) & ((i == 0) | (diff > c.recycle_early_stop_tolerance))
+                return continue_recycling(i, prev["prev_pos"], next_in["prev_pos"], features["seq_mask"],
+                                          num_iter, c.recycle_early_stop_tolerance)
 
             prev = vary_like(prev, features)
             carry = (jnp.asarray(0), prev, prev, key)
