@@ -1,7 +1,7 @@
 """AlphaFold-Multimer inference on one accelerator: a ~1,000-residue complex, fp32 vs bf16.
 
     python bench/multimer.py [--n-res 1000] [--dtypes float32 bfloat16] [--num-recycle 3] [--repeats 2]
-    python bench/multimer.py --quick        # CPU smoke run in about a minute (tiny depth, ~60 residues)
+    python bench/multimer.py --quick        # CPU smoke run in a few minutes (tiny depth, 100 residues, 2 chains)
 
 What runs: `jaxfold.model.run_alphafold`'s compiled multimer model (`compiled_multimer_model`) with the full
 `model_1_multimer_v3` network (48 Evoformer blocks, 4 extra-MSA blocks, 8 structure-module layers, 508 MSA
@@ -176,11 +176,11 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--num-recycle", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="tiny depth and ~60 residues, for a CPU check")
+    parser.add_argument("--quick", action="store_true", help="tiny depth, 100 residues (2 chains), for a CPU check")
     parser.add_argument("--dtype", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = parser.parse_args()
     if args.quick and args.n_res == 1000:
-        args.n_res, args.num_recycle, args.repeats = 60, 1, 1
+        args.n_res, args.num_recycle, args.repeats = 100, 1, 1
     if args.dtype:
         print("RESULT " + json.dumps(run_variant(args)))
         return

@@ -242,3 +242,20 @@ def test_heads_and_confidence(reference):
     assert_close_on(confidence["plddt"], io["output/confidence/plddt"], None, 1e-3, what="plddt")
     assert_close_on(confidence["predicted_aligned_error"], io["output/confidence/predicted_aligned_error"],
                     None, 1e-3, what="pae")
+
+
+def test_bad_multimer_inputs_are_clear_errors():
+    from jaxfold.model import run_alphafold  # noqa: PLC0415
+    from jaxfold.model.alphafold_multimer import AlphaFoldIterationMultimer  # noqa: PLC0415
+
+    ensembled = model_config("model_1_multimer_v3", **{"model.num_ensemble_eval": 2})
+    with pytest.raises(ValueError, match="ensembling"):
+        AlphaFoldIterationMultimer(ensembled.model).init(jax.random.PRNGKey(0), {}, None)
+    with pytest.raises(ValueError, match="rng is only used by multimer"):
+        run_alphafold(model_config("model_1_ptm"), {}, {}, rng=jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="bfloat16 must be a bool"):
+        model_config("model_1_multimer_v3", **{"model.global_config.bfloat16": "yes"})
+    with pytest.raises(ValueError, match="seq_mask must be"):
+        StructureModuleMultimer(SM, GC).init(jax.random.PRNGKey(0), {"single": jnp.zeros((3, 384)),
+                                             "pair": jnp.zeros((3, 3, 128))},
+                                             {"seq_mask": jnp.ones((1, 3)), "aatype": jnp.zeros(3, jnp.int32)})

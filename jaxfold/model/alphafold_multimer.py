@@ -80,7 +80,8 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
                 self.sow("intermediates", name, value)
 
         if key is not None:
-            batch, sampling = process_msa(key, batch, c)
+            with deepmind_keys():
+                batch, sampling = process_msa(key, batch, c)
             for name in ("sample_key", "mask_key", "index_order", "logits"):
                 sow(f"sample_msa/{name}", sampling[name])
             for name in ("msa", "true_msa", "bert_mask", "cluster_profile", "cluster_deletion_mean",
@@ -150,7 +151,11 @@ class AlphaFoldIterationMultimer(nn.Module):
     def __call__(self, batch: dict, key: jax.Array | None = None, capture: bool = False) -> dict:
         c = self.config
         gc = c.global_config
-        embedding_key = None if key is None else jax.random.split(key)[1]  # the one-member ensemble scan
+        if c.get("num_ensemble_eval", 1) != 1 or (self.is_training and c.get("num_ensemble_train", 1) != 1):
+            raise ValueError("AlphaFold-Multimer ensembling (num_ensemble_eval/num_ensemble_train > 1) is not "
+                             "supported; every shipped multimer config uses 1")
+        with deepmind_keys():
+            embedding_key = None if key is None else jax.random.split(key)[1]  # the one-member ensemble scan
         representations = EmbeddingsAndEvoformerMultimer(c.embeddings_and_evoformer, gc, self.is_training,
                                                          self.dap, name="evoformer")(batch, embedding_key, capture)
         structure = StructureModuleMultimer(c.heads.structure_module, gc, self.is_training,
