@@ -8,7 +8,10 @@ the last 2 of 18 residues (none for the heads and the relative encoding): only v
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,15 +30,10 @@ from jaxfold.model.triangle_multiplication import TriangleMultiplication
 from jaxfold.weights import flat_to_tree, read_npz
 from reference_utils import assert_close_on
 
-import flax.linen as nn
-
 ATOL_TRUNK = 5e-5       # relative encoding, templates, Evoformer/extra-MSA iterations, triangle mult., heads
 ATOL_SM = 1e-4          # IPA, fold iteration, structure module: activations, rotations, sin/cos
 ATOL_SM_POS = 5e-4      # same: positions and translations (Angstrom)
 NUM_VALID = 16          # of 18 residues in the padded module inputs
-
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 _MANIFEST = Path(os.environ.get("JAXFOLD_SHARED") or Path(__file__).resolve().parents[2] / "shared") / \
     "reference_multimer" / "manifest.json"
@@ -80,7 +78,8 @@ def valid_rows(shape, axis=0):
 
 
 def rigid_input(io) -> Rigid:
-    return Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])), Vec3.from_array(jnp.asarray(io["input/translation"])))
+    return Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])),
+                 Vec3.from_array(jnp.asarray(io["input/translation"])))
 
 
 def test_config_loads_reference_overrides(shared_dir):
@@ -149,7 +148,7 @@ def test_template_embedding(reference):
 class _Template1d(nn.Module):
     @nn.compact
     def __call__(self, batch):
-        return template_embedding_1d(self, batch, EMB.msa_channel, jnp.float32)
+        return template_embedding_1d(batch, EMB.msa_channel, jnp.float32)
 
 
 def test_template_embedding_1d(reference):
@@ -178,12 +177,13 @@ def _compare_rigids(array, expected, lead: int, what: str):
                     what=f"{what} translation")
 
 
-def _compare_sidechains(sc, io, prefix, lead=()):
+def _compare_sidechains(sc, io, prefix, lead: int = 0):
+    """Side-chain outputs; `lead` leading (layer) axes precede the residue axis."""
     for key, atol in (("angles_sin_cos", ATOL_SM), ("unnormalized_angles_sin_cos", ATOL_SM),
                       ("atom_pos", ATOL_SM_POS)):
         value = np.asarray(sc[key])
-        assert_close_on(value, io[f"{prefix}{key}"], valid_rows(value.shape, len(lead)), atol, what=key)
-    _compare_rigids(sc["frames"], io[f"{prefix}frames"], len(lead), "sidechain frames")
+        assert_close_on(value, io[f"{prefix}{key}"], valid_rows(value.shape, lead), atol, what=key)
+    _compare_rigids(sc["frames"], io[f"{prefix}frames"], lead, "sidechain frames")
 
 
 def test_fold_iteration(reference):
@@ -214,7 +214,7 @@ def test_structure_module(reference):
         assert_close_on(out[key], io[f"output/{key}"], valid_rows(out[key].shape), ATOL_SM_POS, what=key)
     for key, lead in (("traj", 1), ("final_rigids", 0)):
         _compare_rigids(out[key], io[f"output/{key}"], lead, key)
-    _compare_sidechains(out["sidechains"], io, "output/sidechains/", lead=(2,))
+    _compare_sidechains(out["sidechains"], io, "output/sidechains/", lead=1)
 
 
 class _Heads(nn.Module):

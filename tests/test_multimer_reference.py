@@ -17,7 +17,7 @@ import pytest
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
 from jaxfold.model.alphafold_multimer import (
-    AlphaFoldIterationMultimer, ca_distance_change, continue_recycling, haiku_rng_key, prepare_batch,
+    MSA_FEATURES, AlphaFoldIterationMultimer, ca_distance_change, continue_recycling, haiku_rng_key, prepare_batch,
     split_pass_key)
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.weights import load_alphafold_params, read_npz, save_alphafold_params
@@ -189,7 +189,7 @@ def network(ref):
     def run(k: int):
         passes = ref["passes"]
         batch = {key: value for key, value in prepare_batch(ref["features"]).items()
-                 if key not in ("msa", "deletion_matrix", "msa_mask", "bert_mask", "cluster_bias_mask")}
+                 if key not in MSA_FEATURES}
         batch.update(msa_feat=passes["msa_feat/msa_feat"][k], msa_mask=passes["sample_msa/output/msa_mask"][k],
                      extra_msa_feat=passes["extra_msa_feat/extra_msa_feat"][k],
                      extra_msa_mask=passes["extra_msa_feat/extra_msa_mask"][k],

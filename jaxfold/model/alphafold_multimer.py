@@ -36,7 +36,7 @@ from jaxfold.model.structure_module_multimer import StructureModuleMultimer
 from jaxfold.model.template_multimer import TemplateEmbedding, template_embedding_1d
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
 
-# Features the network reads besides the MSA; the MSA inputs are `MSA_FEATURES`.
+# The whole-MSA inputs that the in-model sampling consumes (a pass fed recorded sampled inputs needs none).
 MSA_FEATURES = ("msa", "deletion_matrix", "msa_mask", "bert_mask", "cluster_bias_mask")
 
 
@@ -120,7 +120,7 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
         num_msa_sequences = msa.shape[0]
         msa_mask = batch["msa_mask"].astype(dtype)
         if c.template.enabled:
-            template_rows, template_mask = template_embedding_1d(self, batch, c.msa_channel, dtype)
+            template_rows, template_mask = template_embedding_1d(batch, c.msa_channel, dtype)
             sow("template_single", (template_rows, template_mask))
             msa = jnp.concatenate([msa, template_rows.astype(dtype)], axis=0)
             msa_mask = jnp.concatenate([msa_mask, template_mask.astype(dtype)], axis=0)

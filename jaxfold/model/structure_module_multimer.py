@@ -48,11 +48,6 @@ def rigid_to_array(rigid: Rigid) -> jax.Array:
     return jnp.concatenate([rigid.rot.to_array(), rigid.trans.to_array()[..., None]], axis=-1)
 
 
-def rigid_from_array(array: jax.Array) -> Rigid:
-    """`[..., 3, 4]` -> Rigid (inverse of `rigid_to_array`)."""
-    return Rigid(Rot3.from_array(array[..., :3]), Vec3.from_array(array[..., 3]))
-
-
 class PointProjection(nn.Module):
     """`inputs [N, c]` -> points in the global frame, Vec3 `[N, heads, points]` (Haiku `point_projection`)."""
 

@@ -91,13 +91,12 @@ def compute_chi_angles(positions: jax.Array, mask: jax.Array, aatype: jax.Array)
     return chi_angles, chi_mask * atoms_mask.astype(jnp.float32)
 
 
-def template_embedding_1d(module: nn.Module, batch: dict, num_channel: int, dtype) -> tuple[jax.Array, jax.Array]:
+def template_embedding_1d(batch: dict, num_channel: int, dtype) -> tuple[jax.Array, jax.Array]:
     """Template rows for the MSA: `[N_templ, N_res, num_channel]` and their mask `[N_templ, N_res]`.
 
     Creates `template_single_embedding` and `template_projection` in the calling module's scope (the
     official names sit directly under `evoformer/`); call from inside a compact method.
     """
-    del module  # the Linears below attach to the calling compact module
     aatype = batch["template_aatype"]
     chi_angles, chi_mask = jax.vmap(compute_chi_angles)(
         batch["template_all_atom_positions"], batch["template_all_atom_mask"], aatype)
