@@ -71,6 +71,19 @@ SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "zero_init": ("model.global_config.zero_init",),
 }
 
+# AlphaFold config keys that jaxfold expresses through one of its own keys: override path -> (jaxfold path,
+# value converter).  AlphaFold's `global_config.bfloat16` is jaxfold's `global_config.dtype`, so DeepMind's
+# dotted overrides (e.g. the multimer reference manifest's `model.global_config.bfloat16=false`) apply as is.
+def _bfloat16_to_dtype(value: Any) -> str:
+    if not isinstance(value, bool):
+        raise TypeError(f"model.global_config.bfloat16 must be a bool; got {value!r}")
+    return "bfloat16" if value else "float32"
+
+
+ALIASES: dict[str, tuple[str, Any]] = {
+    "model.global_config.bfloat16": ("model.global_config.dtype", _bfloat16_to_dtype),
+}
+
 # Allowed values of jaxfold's string-valued switches.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.global_config.dtype": ("float32", "bfloat16"),
@@ -558,6 +571,9 @@ def model_config(preset: str = "model_1_ptm", **overrides: Any) -> Config:
         if name in SHORT_OVERRIDES:
             for path in SHORT_OVERRIDES[name]:
                 updates[path] = value
+        elif name in ALIASES and name not in cfg:
+            path, convert = ALIASES[name]
+            updates[path] = convert(value)
         elif name in cfg:
             updates[name] = value
         else:

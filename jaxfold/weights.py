@@ -6,6 +6,11 @@ parameter name. jaxfold's modules carry the same names and nesting, so the mappi
 split the path at `/` (the `//` separator becomes one more level) and drop the leading `alphafold`, the
 scope of jaxfold's top-level module. Stacked blocks keep their leading layer axis on both sides.
 
+The same holds for the AlphaFold-Multimer files (`params_model_N_multimer_v3.npz`) with a multimer config
+(`global_config.multimer_mode`): their modules carry the official multimer names (e.g.
+`evoformer/~_relative_encoding/position_activations`, `.../triangle_multiplication_outgoing/projection`,
+`structure_module/fold_iteration/quat_rigid/rigid`).
+
 Validation compares the file with the shapes the model expects for the given config (computed with
 `jax.eval_shape`, no memory spent): a missing, unexpected or mis-shaped key is an error naming the key.
 """

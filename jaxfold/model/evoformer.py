@@ -2,7 +2,8 @@
 
 One `EvoformerIteration` updates the MSA `[N_seq, N_res, c_m]` and pair `[N_res, N_res, c_z]`
 representations in AlphaFold's order: MSA row attention with pair bias, MSA column attention (global
-attention in the extra-MSA variant), MSA transition, outer product mean, triangle multiplication outgoing
+attention in the extra-MSA variant), MSA transition, outer product mean (first of all when the config's
+`outer_product_mean.first` is set, as in AlphaFold-Multimer), triangle multiplication outgoing
 and incoming, triangle attention starting and ending node, pair transition. Each update passes through
 dropout (shared along rows or columns as the sub-module's config says) before the residual add.
 
@@ -79,6 +80,16 @@ class EvoformerIteration(nn.Module):
         def add(module, act, split_axis, *args):
             return residual_update(module, self, act, module(*args), train, dap, split_axis)
 
+        opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], dap=dap,
+                               name="outer_product_mean")
+        opm_first = bool(c.outer_product_mean.get("first", False))
+        if opm_first:
+            # AlphaFold-Multimer order: the MSA informs the pair before the MSA updates (2 extra MSA
+            # all-to-alls under DAP, since the outer product needs residue slices).
+            msa = dap.row_to_col(msa)
+            pair = add(opm, pair, rows, msa, msa_mask_cols, msa_mask)
+            msa = dap.col_to_row(msa)
+
         row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, dap,
                                           name="msa_row_attention_with_pair_bias")
         msa = add(row, msa, rows, msa, msa_mask_rows, pair)
@@ -90,9 +101,8 @@ class EvoformerIteration(nn.Module):
         msa = add(column, msa, cols, msa, msa_mask_cols)
         msa_transition = Transition(c.msa_transition, gc, name="msa_transition")
         msa = add(msa_transition, msa, cols, msa, msa_mask_cols)
-        opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], dap=dap,
-                               name="outer_product_mean")
-        pair = add(opm, pair, rows, msa, msa_mask_cols, msa_mask)
+        if not opm_first:
+            pair = add(opm, pair, rows, msa, msa_mask_cols, msa_mask)
         # Independent of the pair updates below, so XLA can overlap this all-to-all with them.
         msa = dap.col_to_row(msa)
 

@@ -11,7 +11,7 @@ module's final `act`, for the pLDDT head). Losses live elsewhere.
 | `MaskedMsaHead`               | `masked_msa_head`              | `msa [S, N, c_m]`            | `logits [S, N, 23]`          |
 | `PredictedLDDTHead`           | `predicted_lddt_head`          | `structure_module [N, c_s]`  | `logits [N, 50]`             |
 | `ExperimentallyResolvedHead`  | `experimentally_resolved_head` | `single [N, c_s]`            | `logits [N, 37]`             |
-| `PredictedAlignedErrorHead`   | `predicted_aligned_error_head` | `pair [N, N, c_z]`           | `logits [N, N, 64]`, `breaks [63]` |
+| `PredictedAlignedErrorHead`   | `predicted_aligned_error_head` | `pair [N, N, c_z]`           | `logits [N, N, 64]`, `breaks [63]` (+ `asym_id [N]` for multimer) |
 
 Inputs are cast to float32 (heads run in float32 whatever `global_config.dtype` is).
 """
@@ -105,10 +105,13 @@ class PredictedAlignedErrorHead(nn.Module):
 
     @nn.compact
     def __call__(self, representations: Mapping[str, jax.Array], batch=None, is_training: bool = False) -> dict:
-        del batch, is_training
+        del is_training
         logits = Linear(self.config.num_bins, initializer=final_init(self.global_config),
                         name="logits")(_f32(representations["pair"]))
         breaks = jnp.linspace(0.0, self.config.max_error_bin, self.config.num_bins - 1)
+        if self.global_config.multimer_mode:
+            # Chain ids travel with the head's outputs for the interface pTM (ipTM), as in AlphaFold-Multimer.
+            return {"logits": logits, "breaks": breaks, "asym_id": batch["asym_id"]}
         return {"logits": logits, "breaks": breaks}
 
 

@@ -22,6 +22,7 @@ Features: DeepMind's processed monomer layout with a leading recycling axis (`fe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Mapping
 
@@ -33,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxfold.model import memory
 from jaxfold.model.alphafold import AlphaFoldHeads, AlphaFoldIteration, initial_recycling_inputs, recycling_outputs
+from jaxfold.model.alphafold_multimer import AlphaFoldMultimer, haiku_rng_key, prepare_batch
 from jaxfold.model.confidence import get_confidence_metrics, ranking_confidence
 from jaxfold.model.confidence_on_device import AlignedErrorSummary
 from jaxfold.model.heads import PredictedLDDTHead
@@ -162,7 +164,8 @@ def number_of_passes(config, features: Mapping) -> int:
     return num_iter + 1
 
 
-def predict(config, params: Mapping, features: Mapping, *, mesh=None, kernels: str | None = None,
+def predict(config, params: Mapping, features: Mapping, *, mesh=None, rng: jax.Array | None = None,
+            kernels: str | None = None,
             chunk_size: int | str | None = None, outputs: str = "full",
             on_compiled: Callable[[float], None] | None = None,
             on_pass: Callable[[int, int, float], None] | None = None,
@@ -175,6 +178,8 @@ def predict(config, params: Mapping, features: Mapping, *, mesh=None, kernels: s
     mesh: optional DAP mesh; results equal the unsharded run to round-off.
     kernels: "auto" | "xla" | "pallas"; chunk_size: "auto" | int (0 = unchunked); None keeps the config's.
     outputs: "full" or "lean" (see module doc).
+    rng: multimer models only: the apply key of DeepMind's model (default `PRNGKey(0)`), which samples the
+      MSA inside the model; multimer features have no recycling axis (`jaxfold.model.alphafold_multimer`).
     on_compiled(seconds): called once the programs are compiled (0 s when cached).
     on_pass(index, num_passes, seconds): called after every pass (index 0 .. num_passes - 1).
     timings: optional dict receiving `compile` (0 when cached), `pass_<i>` and `predict` seconds, and the
@@ -184,6 +189,12 @@ def predict(config, params: Mapping, features: Mapping, *, mesh=None, kernels: s
     if outputs not in OUTPUT_MODES:
         raise ValueError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}")
     timings = {} if timings is None else timings
+    if config.model.global_config.multimer_mode:
+        return _predict_multimer(config, params, features, mesh=mesh, rng=rng, kernels=kernels,
+                                 chunk_size=chunk_size, timings=timings, budget_bytes=budget_bytes)
+    if rng is not None:
+        raise ValueError("rng is only used by multimer models (the monomer model samples no MSA inside); "
+                         "monomer features carry their sampled MSA per recycling iteration")
     batch_all = _numeric(features)
     num_passes = number_of_passes(config, batch_all)
     batch_all.pop("num_iter_recycling", None)
@@ -227,6 +238,52 @@ def predict(config, params: Mapping, features: Mapping, *, mesh=None, kernels: s
     ret = jax.device_get(dict(ret, **heads))
     timings["predict"] = time.perf_counter() - start_all
     return flat_outputs(ret, multimer_mode=bool(model.global_config.multimer_mode))
+
+
+@functools.lru_cache(maxsize=8)
+def _multimer_program(config, mesh):
+    dap = dap_for_mesh(mesh)
+    model = AlphaFoldMultimer(config.model, dap=dap)
+
+    def apply(params, batch, key):
+        return model.apply({"params": params}, batch, key)
+
+    if dap.enabled:
+        apply = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
+    return jax.jit(apply)
+
+
+def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_size, timings, budget_bytes):
+    """AlphaFold-Multimer: one program, recycling (with its early stop on the change of the Calpha distances)
+    and the in-model MSA sampling inside it, as DeepMind's key schedule needs; the same kernels, chunk and
+    mesh switches as the monomer path (chunk "auto" is estimated from the sampled MSA's shapes)."""
+    batch = prepare_batch(features)
+    gc = config.model.global_config
+    kernels = resolve_kernels(gc.kernels if kernels is None else kernels)
+    chunk = gc.chunk_size if chunk_size is None else chunk_size
+    dap_size = dap_for_mesh(mesh).size if mesh is not None else 1
+    budget = memory.device_memory_budget() if budget_bytes is None else int(budget_bytes)
+    shapes = memory.ModelShapes(num_res=int(np.shape(batch["aatype"])[-1]),
+                                num_msa=int(config.model.embeddings_and_evoformer.num_msa),
+                                num_extra_msa=int(config.model.embeddings_and_evoformer.num_extra_msa),
+                                num_templates=int(np.shape(batch["template_aatype"])[0]) if "template_aatype" in batch
+                                else 0)
+    if chunk == "auto":
+        chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
+    config = config.replace(**{"model.global_config.kernels": kernels, "model.global_config.chunk_size": chunk})
+    timings["settings"] = RunSettings(kernels=kernels, chunk_size=chunk, dtype=gc.dtype, dap_size=dap_size,
+                                      estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels,
+                                                                                      dap_size),
+                                      budget_bytes=budget)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    program = _multimer_program(config, mesh)
+    start = time.perf_counter()
+    compiled = program.lower(params, batch, haiku_rng_key(rng)).compile()
+    timings["compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out = jax.device_get(compiled(params, batch, haiku_rng_key(rng)))
+    timings["predict"] = time.perf_counter() - start
+    return flat_outputs(out, multimer_mode=True)
 
 
 def flat_outputs(outputs: Mapping, multimer_mode: bool = False) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from jaxfold.model.attention import Attention, mask_to_bias
 from jaxfold.model.chunking import chunked, pair_rows_chunk
 from jaxfold.model.distogram import dgram_between
 from jaxfold.model.evoformer import (
-    PAIR_UPDATES_TEMPLATE, in_place_pair_updates, residual_update, scanned_stack, updates_in_place)
+    PAIR_UPDATES_EVOFORMER, PAIR_UPDATES_TEMPLATE, in_place_pair_updates, residual_update, scanned_stack, updates_in_place)
 from jaxfold.model.inplace import add_in_place, pure
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear
 from jaxfold.model.transition import Transition
@@ -33,8 +33,19 @@ from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
 NUM_TEMPLATE_PAIR_FEATURES = 88
 
 
+# Sub-module order of one template pair block: (name, class, split axis under DAP).
+ATTENTION_FIRST = (("triangle_attention_starting_node", TriangleAttention, 0),
+                   ("triangle_attention_ending_node", TriangleAttention, 1),
+                   ("triangle_multiplication_outgoing", TriangleMultiplication, 0),
+                   ("triangle_multiplication_incoming", TriangleMultiplication, 1),
+                   ("pair_transition", Transition, 1))
+# AlphaFold-Multimer's `TemplateEmbeddingIteration`: multiplications first, as in the Evoformer.
+MULTIPLICATION_FIRST = ATTENTION_FIRST[2:4] + ATTENTION_FIRST[0:2] + ATTENTION_FIRST[4:]
+
+
 class TemplatePairBlock(nn.Module):
-    """One template pair stack block: triangle attentions first, then multiplications, then transition.
+    """One template pair stack block: triangle attentions first, then multiplications, then transition
+    (with `multiplication_first`, AlphaFold-Multimer's order: multiplications, attentions, transition).
 
     Scan body: `pair, None = block(pair, pair_mask)`; pair `[N_res, N_res, c_t]`, pair_mask whole.
     Under DAP the pair enters and leaves split along rows; row-wise updates (starting node, outgoing) run
@@ -45,19 +56,17 @@ class TemplatePairBlock(nn.Module):
     global_config: object
     is_training: bool = False
     dap: Dap = NO_DAP
+    multiplication_first: bool = False
 
     @nn.compact
     def __call__(self, pair, pair_mask):
         c, gc, dap = self.config, self.global_config, self.dap
         if updates_in_place(self, gc, self.is_training, dap):
-            return in_place_pair_updates(c, gc, pair, pair_mask, PAIR_UPDATES_TEMPLATE), None
+            order = PAIR_UPDATES_EVOFORMER if self.multiplication_first else PAIR_UPDATES_TEMPLATE
+            return in_place_pair_updates(c, gc, pair, pair_mask, order), None
         masks = {0: dap.scatter(pair_mask, 0), 1: dap.scatter(pair_mask, 1)}
         layout = 0  # the split axis of `pair`
-        for name, cls, split in (("triangle_attention_starting_node", TriangleAttention, 0),
-                                 ("triangle_attention_ending_node", TriangleAttention, 1),
-                                 ("triangle_multiplication_outgoing", TriangleMultiplication, 0),
-                                 ("triangle_multiplication_incoming", TriangleMultiplication, 1),
-                                 ("pair_transition", Transition, 1)):
+        for name, cls, split in MULTIPLICATION_FIRST if self.multiplication_first else ATTENTION_FIRST:
             if split != layout:
                 pair = dap.row_to_col(pair) if split == 1 else dap.col_to_row(pair)
                 layout = split
@@ -81,15 +90,28 @@ class TemplatePairStack(nn.Module):
         slices of the pair padded to a multiple of the DAP size and the result is gathered back."""
         if not self.config.num_block:
             return pair
-        dap = self.dap
-        num_res = pair.shape[0]
-        pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
-        pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
-        pair = vary_like(pair, pair, pair_mask, *dropout_rng_refs(self, self.is_training, self.global_config))
-        stack = scanned_stack(TemplatePairBlock, self.config.num_block, bool(self.global_config.use_remat))
-        pair, _ = stack(self.config, self.global_config, self.is_training, dap, name="__layer_stack_no_state")(
-            pair, pair_mask)
-        return dap.gather_replicated(pair, 0)[:num_res, :num_res]
+        stack = template_pair_stack(self.config, self.global_config, self.is_training, self.dap,
+                                    name="__layer_stack_no_state")
+        return apply_template_pair_stack(stack, self.dap, pair, pair_mask,
+                                         *dropout_rng_refs(self, self.is_training, self.global_config))
+
+
+def template_pair_stack(config, global_config, is_training: bool, dap: Dap, name: str,
+                        multiplication_first: bool = False) -> nn.Module:
+    """`config.num_block` scanned template pair blocks named `name` (parameters stacked on a leading axis)."""
+    stack = scanned_stack(TemplatePairBlock, config.num_block, bool(global_config.use_remat))
+    return stack(config, global_config, is_training, dap, multiplication_first, name=name)
+
+
+def apply_template_pair_stack(stack: nn.Module, dap: Dap, pair, pair_mask, *vary_refs):
+    """Run a scanned template pair stack on whole, replicated `pair [N_res, N_res, c_t]` and mask; under DAP
+    on row slices of the pair padded to a multiple of the DAP size, gathered back afterwards."""
+    num_res = pair.shape[0]
+    pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
+    pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
+    pair = vary_like(pair, pair, pair_mask, *vary_refs)
+    pair, _ = stack(pair, pair_mask)
+    return dap.gather_replicated(pair, 0)[:num_res, :num_res]
 
 
 def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.Array) -> list[jax.Array]:

@@ -3,13 +3,15 @@
 act `[N_res, N_res, c_z]`, mask `[N_res, N_res]` -> residual update `[N_res, N_res, c_z]`.
 The config's `equation` is 'ikc,jkc->ijc' (outgoing) or 'kjc,kic->ijc' (incoming), as in AlphaFold.
 
-Two parts, so that other parameter layouts (AlphaFold 2.3's fused `projection`/`gate`) only touch the first:
-1. `TriangleMultiplication.__call__` creates the parameters and makes the masked, gated operands
-   `left`/`right` `[N, N, c]` and the gate input (the LayerNorm-ed pair);
-2. `triangle_update` does triangle product -> center LayerNorm -> output projection x gate: the fused
-   Pallas kernel when `kernels` resolves to Pallas (`jaxfold.model.kernels`), else XLA, in slices of `chunk_size` output rows when
-   `chunk_size > 0` so the `[N, N, c]` temporaries of the product, LayerNorm and projection exist one slice
-   at a time (the operands are computed once, outside the slices).
+Two parameter layouts produce the same masked, gated left/right operands and gate input:
+- AlphaFold 2.0-2.2 (monomer, multimer v1/v2): `layer_norm_input`, `left_projection`, `right_projection`,
+  `left_gate`, `right_gate`, then `center_layer_norm`;
+- AlphaFold 2.3 `fuse_projection_weights` (multimer v3): `left_norm_input`, one `projection` and one `gate`
+  of width 2c (left half, right half), then `center_norm`.
+The second part is shared: `triangle_update` does triangle product -> centre LayerNorm -> output projection
+x gate, with the fused Pallas kernel when `kernels` resolves to Pallas (`jaxfold.model.kernels`), else XLA, in
+slices of `chunk_size` output rows when `chunk_size > 0` so the `[N, N, c]` temporaries of the product,
+LayerNorm and projection exist one slice at a time (the operands are computed once, outside the slices).
 """
 
 from __future__ import annotations
@@ -104,40 +106,68 @@ class TriangleMultiplication(nn.Module):
         c = self.config.num_intermediate_channel
         channels = act.shape[-1]
         chunk_size = gc.chunk_size if right is None else 0  # a given slice is already small
-        # Part 1: parameters and the masked, gated operands [N, N, c].
+        # Part 1: parameters and the masked, gated operands [N, N, c] in either layout.
         mask = mask[..., None].astype(act.dtype)
-        act = LayerNorm(gc.kernels, name="layer_norm_input")(act)
-        gate_input = act
-        left = mask * Linear(c, name="left_projection")(act)
-        left = left * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="left_gate")(act))
-        if right is None:
-            right = mask * Linear(c, name="right_projection")(act)
-            right = right * jax.nn.sigmoid(
-                Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
+        fused = self.config.get("fuse_projection_weights", False)
+        operands = self._fused_operands if fused else self._operands
+        gate_input, left, own_right = operands(act, mask, need_right=right is None)
+        right = own_right if right is None else right
         if self.dap.enabled:
             if self.config.equation not in GATHER_AXIS:
                 raise ValueError(f"DAP supports the equations {sorted(GATHER_AXIS)}, not {self.config.equation!r}")
             right = self.dap.gather(right, axis=GATHER_AXIS[self.config.equation])
         # Part 2: product -> center LayerNorm -> output projection x gate (fused or chunked).
         weights = OutputWeights(
-            *LayerNormParams(c, name="center_layer_norm")(),
+            *LayerNormParams(c, name="center_norm" if fused else "center_layer_norm")(),
             *Linear(channels, initializer=final_init(gc), num_input=c, name="output_projection")(),
             *Linear(channels, initializer=final_init(gc), bias_init=1.0, num_input=channels,
                     name="gating_linear")())
         return triangle_update(left, right, gate_input, weights, self.config.equation, gc.kernels, chunk_size)
 
+    def _operands(self, act, mask, need_right: bool = True):
+        """Separate projections (AlphaFold <= 2.2 names). Returns (normed input, left, right or None)."""
+        gc = self.global_config
+        c = self.config.num_intermediate_channel
+        act = LayerNorm(gc.kernels, name="layer_norm_input")(act)
+        left = mask * Linear(c, name="left_projection")(act)
+        left = left * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="left_gate")(act))
+        right = None
+        if need_right:
+            right = mask * Linear(c, name="right_projection")(act)
+            right = right * jax.nn.sigmoid(
+                Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
+        return act, left, right
+
+    # ---- fused parameter layout (AlphaFold 2.3 `fuse_projection_weights`) ----------------------------------
+    def _fused_operands(self, act, mask, need_right: bool = True):
+        """One 2c-wide projection and gate, split into left/right halves (AlphaFold 2.3 names)."""
+        gc = self.global_config
+        c = self.config.num_intermediate_channel
+        act = LayerNorm(gc.kernels, name="left_norm_input")(act)
+        projection = mask * Linear(2 * c, name="projection")(act)
+        projection = projection * jax.nn.sigmoid(
+            Linear(2 * c, initializer=final_init(gc), bias_init=1.0, name="gate")(act))
+        return act, projection[..., :c], projection[..., c:] if need_right else None
+    # ---- end of the fused parameter layout ------------------------------------------------------------------
+
 
 def whole_right_operand(params: dict, act: jax.Array, mask: jax.Array, kernels: str, chunk_size: int) -> jax.Array:
-    """The masked, gated right operand `[N, N, c]` of `TriangleMultiplication` from its parameters, computed
-    `chunk_size` rows at a time (no LayerNorm-ed copy of the pair): what every slice of the in-place update
-    needs whole."""
+    """The masked, gated right operand `[N, N, c]` of `TriangleMultiplication` (either parameter layout)
+    from its parameters, computed `chunk_size` rows at a time (no LayerNorm-ed copy of the pair): what every
+    slice of the in-place update needs whole."""
+    fused = "projection" in params
+    norm = params["left_norm_input" if fused else "layer_norm_input"]
+    if fused:  # the right half of the 2c-wide projection and gate
+        c = params["projection"]["weights"].shape[-1] // 2
+        projection = {k: v[..., c:] for k, v in params["projection"].items()}
+        gate = {k: v[..., c:] for k, v in params["gate"].items()}
+    else:
+        projection, gate = params["right_projection"], params["right_gate"]
 
     def rows(act_rows, mask_rows):
-        normed = layer_norm(act_rows, params["layer_norm_input"]["scale"], params["layer_norm_input"]["offset"],
-                            kernels=kernels)
-        projection = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(
-            normed, params["right_projection"]["weights"], params["right_projection"]["bias"])
-        return projection * jax.nn.sigmoid(
-            apply_linear(normed, params["right_gate"]["weights"], params["right_gate"]["bias"]))
+        normed = layer_norm(act_rows, norm["scale"], norm["offset"], kernels=kernels)
+        right = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(normed, projection["weights"],
+                                                                            projection["bias"])
+        return right * jax.nn.sigmoid(apply_linear(normed, gate["weights"], gate["bias"]))
 
     return chunked(rows, chunk_size)(act, mask)
