@@ -33,7 +33,9 @@ GIB = 1024 ** 3
 # Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
 # buffers live across fusions, and the estimate is approximate.
 DEFAULT_HEADROOM = 0.80
-# Candidate chunk sizes, largest first (0 = no chunking is tried before all of them).
+# An unchunked pass is chosen only when its estimate is at most this fraction of the free memory.
+UNCHUNKED_FRACTION = 0.125
+# Candidate chunk sizes, largest first.
 CHUNK_CANDIDATES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
@@ -93,7 +95,12 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     extra = e * n * c_e * act / d
     features = (s * n * 49 + e * n * 3 + n * 60) * f32 + shapes.num_templates * n * (37 * 4 + 1) * f32
     params = 100e6 * f32  # model_1_ptm has 93M parameters
-    persistent = params + features + 2 * pair + msa + extra
+    # With a chunk size the updates are written in place (`jaxfold.model.inplace`) and the recycled pair's
+    # buffer becomes the new pair; unchunked, every update is a second full-size array next to its input
+    # and a LayerNorm-ed copy, and the recycled pair lives beside the new one.
+    in_place = chunk_size > 0 and d == 1
+    copies = 0 if in_place else 2  # out-of-place: the update and the normalised input
+    base = params + features + (1 if in_place else 2) * pair + msa  # the MSA is embedded first
 
     def rows_in_flight(rows: int) -> int:
         rows = max(1, math.ceil(rows / d))
@@ -104,21 +111,32 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
             return rows_in_flight(rows) * keys * channels * act * 5
         return rows_in_flight(rows) * heads * keys * keys * f32 * 2 + rows_in_flight(rows) * keys * channels * act * 4
 
-    bias = h_row * n * n * f32
-    ops = [
-        pair + bias + attention(s, n, h_row, c_m) + msa,                       # MSA row attention
-        pair + bias + attention(e, n, h_row, c_e) + extra,                     # extra-MSA row attention
-        2 * msa + attention(n, s, h_col, c_m),                                 # MSA column attention
-        2 * pair + h_tri * n * n * f32 + attention(n, n, h_tri, c_z) + pair,    # triangle attention
-        pair + 2 * n * n * c_tri * act / d + rows_in_flight(n) * n * c_tri * 3 * f32 + pair,  # triangle mult.
-        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + pair,       # outer product mean
-        pair + rows_in_flight(n) * n * 4 * c_z * act + pair,                   # pair transition
-        msa + rows_in_flight(s) * n * 4 * c_m * act + msa,                     # MSA transition
+    bias = h_row * n * n * act
+    operand = n * n * c_tri * act / d  # a triangle product's whole operand
+    pair_ops = [
+        h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies * pair,      # triangle attention
+        (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies * pair,  # triangle mult.
+        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + copies * pair,     # outer product
+        rows_in_flight(n) * n * 4 * c_z * act + copies * pair,                  # pair transition
     ]
-    # Structure module (not chunked): the pair in float32 and its LayerNorm, IPA's pair bias, logits and
-    # point distances per head [H, N, N(, P)] in float32. The lean heads of prediction are chunked.
-    ops.append(n * n * (2 * c_z + 96) * f32)
-    return int(persistent + max(ops))
+    # Each stage: what lives through it beside `base`, plus its largest op.
+    stages = [
+        extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),     # extra-MSA stack
+        max(pair_ops + [bias + attention(s, n, h_row, c_m) + copies * msa,                 # Evoformer stack
+                        attention(n, s, h_col, c_m) + (copies + 1) * msa,
+                        rows_in_flight(s) * n * 4 * c_m * act + copies * msa]),
+        # Structure module: IPA's pair bias, logits and point distances per head [H, N, N(, P)] in float32
+        # and the pair it reads in float32 (normalised); with a chunk size one slice of query rows of it.
+        rows_in_flight(n) * n * (2 * c_z + 96) * f32,
+    ]
+    if shapes.num_templates:
+        # In place: one template's pair [N, N, c_t] and its stack's operand, the logits over all templates;
+        # unchunked: every template's pair at once, and the 88-channel features.
+        c_t = emb.template.template_pair_stack.triangle_attention_ending_node.value_dim
+        template_pair = n * n * c_t * act / d
+        stages.append(2 * template_pair + shapes.num_templates * n * n * 4 * f32 if in_place
+                      else (shapes.num_templates + 3) * template_pair + n * n * 88 * act)
+    return int(base + max(stages))
 
 
 def device_memory_budget(device=None) -> int:
@@ -145,14 +163,19 @@ def device_memory_budget(device=None) -> int:
 
 
 def choose_chunk_size(shapes: ModelShapes, config, kernels: str, budget_bytes: int, dap_size: int = 1,
-                      headroom: float = DEFAULT_HEADROOM) -> int:
-    """The `chunk_size="auto"` rule: 0 (no chunking, fastest) when the unchunked pass fits in
-    `headroom * budget_bytes`, else the largest candidate chunk that fits.
+                      headroom: float = DEFAULT_HEADROOM, unchunked_fraction: float = UNCHUNKED_FRACTION) -> int:
+    """The `chunk_size="auto"` rule: 0 (no chunking) when the unchunked pass needs at most
+    `unchunked_fraction` of the free memory (short chains: nothing to gain), else the largest candidate
+    chunk whose estimate fits in `headroom * budget_bytes`. Large slices cost little time (each is still a
+    big matrix product) and the in-place updates they enable drop the second copy of every updated tensor,
+    so a prediction is not run unchunked merely because it would fit.
 
     Raises ChainTooLongError, naming what would help, when not even one row at a time fits.
     """
     allowed = headroom * budget_bytes
-    for chunk in (0,) + CHUNK_CANDIDATES:
+    if estimate_peak_bytes(shapes, config, 0, kernels, dap_size) <= min(allowed, unchunked_fraction * budget_bytes):
+        return 0
+    for chunk in CHUNK_CANDIDATES:
         if estimate_peak_bytes(shapes, config, chunk, kernels, dap_size) <= allowed:
             return chunk
     need = estimate_peak_bytes(shapes, config, 1, kernels, dap_size)
