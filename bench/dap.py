@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxfold.config import model_config  # noqa: E402
-from jaxfold.model import compiled_model  # noqa: E402
+from jaxfold.model.predict import predict  # noqa: E402
 from jaxfold.model.evoformer import apply_stack, evoformer_stack  # noqa: E402
 from jaxfold.model.init import dummy_features, init_params  # noqa: E402
 from jaxfold.parallel.dap import NO_DAP  # noqa: E402
@@ -117,6 +117,7 @@ def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
 
 
 def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
+    """The whole prediction through the one prediction path (`jaxfold.model.predict.predict`)."""
     devices = jax.devices()[:dap_size]
     mesh = make_mesh(f"{dap_size}x1", devices) if dap_size > 1 else None
     params = init_params(cfg, jax.random.PRNGKey(0))
@@ -125,9 +126,11 @@ def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
     rng = np.random.default_rng(0)
     features["target_feat"][..., :] = rng.random(features["target_feat"].shape) < 0.05
     features["msa_feat"][...] = rng.random(features["msa_feat"].shape) < 0.05
-    batch = jax.tree_util.tree_map(jnp.asarray, features)
-    fn = compiled_model(cfg, mesh)
-    first, times = timed(fn, params, batch, repeats=repeats)
+
+    def run():
+        return predict(cfg, params, features, mesh=mesh, outputs="lean")
+
+    first, times = timed(run, repeats=repeats)
     return {"what": "full_inference", "n_res": n_res, "n_seq": n_seq, "n_extra": n_extra, "dap": dap_size,
             "num_recycle": cfg.model.num_recycle, "dtype": cfg.model.global_config.dtype,
             "compile_and_first_s": first, "median_s": statistics.median(times), "times_s": times,

@@ -143,6 +143,16 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
     chunk, kernels = gc.chunk_size, gc.kernels
     rows, cols = 0, 1
 
+    opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], name="outer_product_mean")
+
+    def outer_product_mean(pair, msa):
+        right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
+        return add_in_place(lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right), pair, rows, chunk,
+                            [(msa, cols), (msa_mask, cols)])
+
+    opm_first = bool(c.outer_product_mean.get("first", False))  # AlphaFold-Multimer's order
+    if opm_first:
+        pair = outer_product_mean(pair, msa)
     row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, name="msa_row_attention_with_pair_bias")
     params = row.variables["params"]
     bias = pair_bias_in_chunks(pair, params["feat_2d_norm"], params["feat_2d_weights"], chunk, kernels)
@@ -155,10 +165,8 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
     msa = add_in_place(pure(column), msa, cols, chunk, [(msa_mask, cols)])
     msa_transition = Transition(c.msa_transition, gc, name="msa_transition")
     msa = add_in_place(pure(msa_transition), msa, rows, chunk, [(msa_mask, rows)])
-    opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], name="outer_product_mean")
-    right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
-    pair = add_in_place(lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right), pair, rows, chunk,
-                        [(msa, cols), (msa_mask, cols)])
+    if not opm_first:
+        pair = outer_product_mean(pair, msa)
     pair = in_place_pair_updates(c, gc, pair, pair_mask, PAIR_UPDATES_EVOFORMER)
     return msa, pair
 
