@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxfold.config import model_config  # noqa: E402
 from jaxfold.model.predict import predict  # noqa: E402
-from jaxfold.model.evoformer import apply_stack, evoformer_stack  # noqa: E402
+from jaxfold.model.evoformer import evoformer_stack  # noqa: E402
+from jaxfold.model.stacks import apply_stack  # noqa: E402
 from jaxfold.model.init import dummy_features, init_params  # noqa: E402
 from jaxfold.parallel.dap import NO_DAP  # noqa: E402
 from jaxfold.parallel.mesh import dap_for_mesh, make_mesh  # noqa: E402

@@ -14,7 +14,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
-from jaxfold.model.evoformer import apply_stack, evoformer_stack
+from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.stacks import apply_stack
 from jaxfold.parallel.dap import NO_DAP, Dap
 from jaxfold.parallel.mesh import MeshError, dap_for_mesh, make_mesh, parse_mesh_spec
 from jaxfold.weights import load_alphafold_params

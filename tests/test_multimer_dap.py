@@ -29,7 +29,7 @@ class _Block(nn.Module):
 
     @nn.compact
     def __call__(self, msa, pair, msa_mask, pair_mask):
-        from jaxfold.model.evoformer import apply_stack  # noqa: PLC0415
+        from jaxfold.model.stacks import apply_stack  # noqa: PLC0415
 
         block = nn.scan(EvoformerIteration, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=nn.broadcast, length=1)(EMB.evoformer, GC, self.is_extra_msa, dap=self.dap,

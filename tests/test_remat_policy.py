@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jaxfold.config import model_config
-from jaxfold.model.evoformer import REMAT_POLICIES, evoformer_stack, scanned_stack
+from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.stacks import REMAT_POLICIES, scanned_stack
 
 TINY = model_config("tiny")
 EVO = TINY.model.embeddings_and_evoformer.evoformer

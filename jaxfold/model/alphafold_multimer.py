@@ -27,7 +27,8 @@ import flax.linen as nn
 
 from jaxfold.common import residue_constants
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import apply_stack, evoformer_stack
+from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.stacks import apply_stack
 from jaxfold.model.heads import HEADS
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.model.primitives import Linear

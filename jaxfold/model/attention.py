@@ -5,7 +5,8 @@ Parameter names and shapes follow AlphaFold's `Attention`/`GlobalAttention` Haik
 `output_w [H, c_v, c_out]`, `output_b [c_out]`.
 
 Masks use AlphaFold's additive `1e9 * (mask - 1)` bias: a fully masked row then gets uniform weights, exactly
-as in DeepMind's model (the -1e9 swamps the logits in float32).
+as in DeepMind's model (the -1e9 swamps the logits in float32). Also here: the per-head bias projected from the
+pair (`pair_bias`, `pair_bias_in_chunks`) and `attention_for`, the attention of a sub-module's config.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 from jaxfold.model.chunking import chunked
 from jaxfold.model.kernels import use_pallas
+from jaxfold.model.primitives import layer_norm
 
 glorot_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
 
@@ -156,3 +159,34 @@ class GlobalAttention(nn.Module):
             return out[:, None]
 
         return chunked(rows, self.chunk_size)(q_data, m_data, q_mask)
+
+
+def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: str) -> jax.Array:
+    """Per-head attention bias from the pair representation: LayerNorm then a linear map.
+
+    pair_act `[N, N, c_z]` -> `[H, N, N]`. Creates `feat_2d_norm`-style params in the caller's scope, so it
+    must be called from inside the caller's compact method; the norm's name differs per caller.
+    """
+    c_z = pair_act.shape[-1]
+    weights = module.param("feat_2d_weights", nn.initializers.normal(1.0 / np.sqrt(c_z)), (c_z, num_head))
+    return jnp.einsum("qkc,ch->hqk", pair_act, weights.astype(pair_act.dtype))
+
+
+def pair_bias_in_chunks(pair_act: jax.Array, norm_params: dict, feat_2d_weights: jax.Array, chunk_size: int,
+                        kernels: str) -> jax.Array:
+    """`pair_bias` of the layer-normed pair from the parameters, `chunk_size` pair rows at a time, so no
+    normalised copy of the whole pair exists: pair_act `[N, N, c_z]` -> `[H, N, N]` (in-place inference)."""
+
+    def rows(pair_rows):
+        normed = layer_norm(pair_rows, norm_params["scale"], norm_params["offset"], kernels=kernels)
+        return jnp.einsum("qkc,ch->hqk", normed, feat_2d_weights.astype(normed.dtype))
+
+    return chunked(rows, chunk_size, batch_axes=(0,), out_axis=1)(pair_act)
+
+
+def attention_for(config, global_config, output_dim: int) -> Attention:
+    return Attention(
+        num_head=config.num_head, output_dim=output_dim, gating=config.gating,
+        key_dim=config.get("key_dim"), value_dim=config.get("value_dim"),
+        zero_init=global_config.zero_init, chunk_size=global_config.chunk_size,
+        kernels=global_config.kernels, name="attention")

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import apply_stack, evoformer_stack, updates_in_place
+from jaxfold.model.evoformer import evoformer_stack, updates_in_place
+from jaxfold.model.stacks import apply_stack
 from jaxfold.model.primitives import Linear
 from jaxfold.model.template import TemplateEmbedding
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs

@@ -15,37 +15,19 @@ exactly like the official files (`evoformer_iteration/...` `[48, ...]`), and wra
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.inplace import add_in_place, pure
+from jaxfold.model.stacks import residual_update, scanned_stack
 from jaxfold.model.msa_attention import (
-    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias, pair_bias_in_chunks)
+    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias)
+from jaxfold.model.attention import pair_bias_in_chunks
 from jaxfold.model.outer_product_mean import OuterProductMean, right_projection
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication, whole_right_operand
-from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask, vary_like
-
-
-def residual_update(module: nn.Module, parent: nn.Module, act, update, is_training: bool,
-                    dap: Dap = NO_DAP, split_axis: int | None = None):
-    """`act + dropout(update)` with the sub-module's dropout rate and shared-dropout orientation.
-
-    Under DAP, `split_axis` is the axis of `update` that is sliced over devices; the dropout mask is drawn
-    at the global shape and sliced, so sharded and unsharded training drop the same entries.
-    """
-    config, gc = module.config, parent.global_config
-    rate = 0.0 if gc.deterministic or not is_training else float(config.dropout_rate)
-    if rate == 0.0:
-        return act + update
-    broadcast_dim = None
-    if config.shared_dropout:
-        broadcast_dim = 0 if config.orientation == "per_row" else 1
-    keep_rate = 1.0 - rate
-    keep = local_dropout_mask(dap, parent.make_rng("dropout"), keep_rate, update.shape, split_axis, broadcast_dim)
-    return act + keep.astype(update.dtype) * update / jnp.asarray(keep_rate, update.dtype)
+from jaxfold.parallel.dap import NO_DAP, Dap
 
 
 class EvoformerIteration(nn.Module):
@@ -204,31 +186,6 @@ def in_place_pair_updates(config, global_config, pair, pair_mask, updates):
     return pair
 
 
-# What a rematerialised block keeps from its forward pass for the backward (jax.checkpoint policies):
-# 'nothing' recomputes the whole block (least memory); 'dots' keeps every matmul output; 'dots_no_batch'
-# keeps the unbatched ones (the projections, not the attention logits or the triangle products);
-# 'offload_dots' keeps those in pinned host memory instead of on the device.
-REMAT_POLICIES = {
-    "nothing": lambda: jax.checkpoint_policies.nothing_saveable,
-    "dots": lambda: jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "offload_dots": lambda: jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
-}
-
-
-def scanned_stack(block_cls, num_block: int, use_remat: bool, remat_policy: str = "nothing"):
-    """`block_cls` repeated `num_block` times with stacked parameters (leading layer axis).
-
-    The block's call signature must be `(carry, *broadcast_args) -> (carry, None)`.
-    """
-    if use_remat:
-        if remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
-        block_cls = nn.remat(block_cls, prevent_cse=False, policy=REMAT_POLICIES[remat_policy]())
-    return nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=nn.broadcast, length=num_block)
-
-
 def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, is_training: bool,
                     name: str, dap: Dap = NO_DAP):
     """The scanned Evoformer (or extra-MSA) stack as a Flax module named `name`.
@@ -238,22 +195,3 @@ def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, i
     stack = scanned_stack(EvoformerIteration, num_block, bool(global_config.use_remat),
                           getattr(global_config, "remat_policy", "nothing"))
     return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)
-
-
-def apply_stack(stack: nn.Module, dap: Dap, msa, pair, msa_mask, pair_mask, *vary_refs):
-    """Run a scanned Evoformer/extra-MSA stack; under DAP pad to the DAP size, slice rows, run, gather, unpad.
-
-    msa `[N_seq, N_res, c]`, pair `[N_res, N_res, c_z]` and both masks whole (replicated); returns whole,
-    replicated outputs. Padded rows/columns carry zero masks, so valid outputs are unchanged (masked keys
-    get exactly zero attention weight, masked residues contribute nothing to the triangle and outer products).
-    `vary_refs` (e.g. a dropout key) are values the loop body mixes in; see `vary_like`.
-    """
-    num_seq, num_res = msa.shape[:2]
-    msa_mask = dap.pad_to_multiple(msa_mask, (0, 1))
-    pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
-    msa = dap.scatter(dap.pad_to_multiple(msa, (0, 1)), 0)
-    pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
-    msa, pair = vary_like((msa, pair), msa, pair, msa_mask, pair_mask, *vary_refs)
-    (msa, pair), _ = stack((msa, pair), msa_mask, pair_mask)
-    return (dap.gather_replicated(msa, 0)[:num_seq, :num_res],
-            dap.gather_replicated(pair, 0)[:num_res, :num_res])

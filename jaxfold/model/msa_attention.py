@@ -7,46 +7,12 @@ modules do. `config` is the sub-module's section of the model config; `global_co
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import flax.linen as nn
-import numpy as np
 
-from jaxfold.model.attention import Attention, GlobalAttention, mask_to_bias
-from jaxfold.model.chunking import chunked
-from jaxfold.model.primitives import LayerNorm, layer_norm
+from jaxfold.model.attention import GlobalAttention, attention_for, mask_to_bias, pair_bias
+from jaxfold.model.primitives import LayerNorm
 from jaxfold.parallel.dap import NO_DAP, Dap
-
-
-def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: str) -> jax.Array:
-    """Per-head attention bias from the pair representation: LayerNorm then a linear map.
-
-    pair_act `[N, N, c_z]` -> `[H, N, N]`. Creates `feat_2d_norm`-style params in the caller's scope, so it
-    must be called from inside the caller's compact method; the norm's name differs per caller.
-    """
-    c_z = pair_act.shape[-1]
-    weights = module.param("feat_2d_weights", nn.initializers.normal(1.0 / np.sqrt(c_z)), (c_z, num_head))
-    return jnp.einsum("qkc,ch->hqk", pair_act, weights.astype(pair_act.dtype))
-
-
-def pair_bias_in_chunks(pair_act: jax.Array, norm_params: dict, feat_2d_weights: jax.Array, chunk_size: int,
-                        kernels: str) -> jax.Array:
-    """`pair_bias` of the layer-normed pair from the parameters, `chunk_size` pair rows at a time, so no
-    normalised copy of the whole pair exists: pair_act `[N, N, c_z]` -> `[H, N, N]` (in-place inference)."""
-
-    def rows(pair_rows):
-        normed = layer_norm(pair_rows, norm_params["scale"], norm_params["offset"], kernels=kernels)
-        return jnp.einsum("qkc,ch->hqk", normed, feat_2d_weights.astype(normed.dtype))
-
-    return chunked(rows, chunk_size, batch_axes=(0,), out_axis=1)(pair_act)
-
-
-def attention_for(config, global_config, output_dim: int) -> Attention:
-    return Attention(
-        num_head=config.num_head, output_dim=output_dim, gating=config.gating,
-        key_dim=config.get("key_dim"), value_dim=config.get("value_dim"),
-        zero_init=global_config.zero_init, chunk_size=global_config.chunk_size,
-        kernels=global_config.kernels, name="attention")
 
 
 class MSARowAttentionWithPairBias(nn.Module):

@@ -19,7 +19,8 @@ from jaxfold.model.attention import Attention, mask_to_bias
 from jaxfold.model.chunking import chunked, pair_rows_chunk
 from jaxfold.model.distogram import dgram_between
 from jaxfold.model.evoformer import (
-    PAIR_UPDATES_EVOFORMER, PAIR_UPDATES_TEMPLATE, in_place_pair_updates, residual_update, scanned_stack, updates_in_place)
+    PAIR_UPDATES_EVOFORMER, PAIR_UPDATES_TEMPLATE, in_place_pair_updates, updates_in_place)
+from jaxfold.model.stacks import residual_update, scanned_stack, split_stack_call
 from jaxfold.model.inplace import add_in_place, pure
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear
 from jaxfold.model.transition import Transition
@@ -104,14 +105,11 @@ def template_pair_stack(config, global_config, is_training: bool, dap: Dap, name
 
 
 def apply_template_pair_stack(stack: nn.Module, dap: Dap, pair, pair_mask, *vary_refs):
-    """Run a scanned template pair stack on whole, replicated `pair [N_res, N_res, c_t]` and mask; under DAP
-    on row slices of the pair padded to a multiple of the DAP size, gathered back afterwards."""
-    num_res = pair.shape[0]
-    pair = dap.scatter(dap.pad_to_multiple(pair, (0, 1)), 0)
-    pair_mask = dap.pad_to_multiple(pair_mask, (0, 1))
-    pair = vary_like(pair, pair, pair_mask, *vary_refs)
-    pair, _ = stack(pair, pair_mask)
-    return dap.gather_replicated(pair, 0)[:num_res, :num_res]
+    """Run a scanned template pair stack on whole, replicated `pair [N_res, N_res, c_t]` and mask (split over
+    devices under DAP, `split_stack_call`)."""
+    (pair,) = split_stack_call(lambda arrays, masks: (stack(arrays[0], masks[0])[0],), dap, (pair,), (pair_mask,),
+                               *vary_refs)
+    return pair
 
 
 def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.Array) -> list[jax.Array]:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxfold.model.attention import mask_to_bias
-from jaxfold.model.msa_attention import attention_for, pair_bias
+from jaxfold.model.attention import attention_for, pair_bias
 from jaxfold.model.primitives import LayerNorm
 from jaxfold.parallel.dap import NO_DAP, Dap
 
