@@ -132,7 +132,8 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     if shapes.num_templates:
         # In place: one template's pair [N, N, c_t] and its stack's operand, the logits over all templates;
         # unchunked: every template's pair at once, and the 88-channel features.
-        c_t = emb.template.template_pair_stack.triangle_attention_ending_node.value_dim
+        ending = emb.template.template_pair_stack.triangle_attention_ending_node
+        c_t = emb.template.get("num_channels") or ending.get("value_dim") or c_z // 2  # multimer: num_channels
         template_pair = n * n * c_t * act / d
         stages.append(2 * template_pair + shapes.num_templates * n * n * 4 * f32 if in_place
                       else (shapes.num_templates + 3) * template_pair + n * n * 88 * act)
