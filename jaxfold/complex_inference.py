@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jaxfold.data.complex_fasta import ComplexRecord, read_complex_fasta
+from jaxfold.data.complex_fasta import CHAIN_SEPARATOR, ComplexRecord, read_complex_fasta
 from jaxfold.data.parsers import FastaRecord, ParseError, sanitize_name
 from jaxfold.errors import InferenceError
 from jaxfold.inference import ModelSpec, SequenceReport, failure_reason
@@ -87,14 +87,17 @@ def load_complex_records(fasta_paths: Iterable[PathLike]) -> list[ComplexRecord]
 
 
 def has_complexes(fasta_paths: Iterable[PathLike]) -> bool:
-    """Whether any record of these files is a complex (holds ``:``); unreadable files say False
-    (the monomer reader then reports them)."""
+    """Whether any record of these files is a complex: a ``:`` in a sequence line (not a header).
+
+    Decided on the text, so that a malformed complex (``A::B``) is still read, and reported, by the
+    complex reader; unreadable files say False (the monomer reader then reports them)."""
     for path in fasta_paths:
         try:
-            if any(r.num_chains > 1 for r in read_complex_fasta(path)):
-                return True
-        except (ParseError, OSError, UnicodeDecodeError):
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError):
             continue
+        if any(CHAIN_SEPARATOR in line for line in text.splitlines() if not line.lstrip().startswith('>')):
+            return True
     return False
 
 

@@ -22,7 +22,7 @@ MULTIMER_PRESET_RE = re.compile(r'^model_[1-5]_multimer_v[1-3]$')
 
 
 def is_multimer_preset(preset: str) -> bool:
-    \"\"\"``model_N_multimer_vK`` presets (AlphaFold-Multimer) predict complexes; the others single chains.\"\"\"
+    """``model_N_multimer_vK`` presets (AlphaFold-Multimer) predict complexes; the others single chains."""
     return bool(MULTIMER_PRESET_RE.match(preset))
 
 
