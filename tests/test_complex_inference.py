@@ -217,3 +217,30 @@ def test_multimer_params_files_and_default_models(tmp_path):
         tmp_path / 'params_model_4_multimer_v3.npz')
     with pytest.raises(model_params.InferenceError, match='is for model_2_multimer_v3, not model_2_ptm'):
         model_params.resolve_params(str(tmp_path / 'params_model_2_multimer_v3.npz'), 'model_2_ptm')
+
+
+@pytest.mark.slow
+def test_regrouped_heterotrimer_keeps_fasta_chains(shared_dir, tmp_path, capsys, monkeypatch):
+    """MDM2:p53:MDM2: the model holds the chains as A, C, B (by entity); the files follow the FASTA."""
+    inputs = shared_dir / 'reference_multimer' / 'inputs'
+    (tmp_path / 'msas' / 'abc').mkdir(parents=True)
+    for chain in ('A', 'B'):  # C repeats A's sequence: AlphaFold reads the first copy's folder only
+        (tmp_path / 'msas' / 'abc' / chain).symlink_to(inputs / chain, target_is_directory=True)
+    fasta = _fasta(tmp_path, f'>abc\n{MDM2}:{P53}:{MDM2}\n')
+    code, err = _run_cli([fasta, '--params', 'random', *SHRUNK, '--msa-dir', tmp_path / 'msas', '--output-dir',
+                          tmp_path / 'out', '--compilation-cache', '', '--no-progress', '--kernels', 'xla'],
+                         capsys, monkeypatch)
+    assert code == 0, err
+    seq_dir = tmp_path / 'out' / 'abc'
+    from Bio.PDB.Polypeptide import index_to_one, three_to_index
+
+    structure = _parse(seq_dir / 'abc_unrelaxed_model_1_multimer_v3.pdb')
+    sequences = {c.id: ''.join(index_to_one(three_to_index(r.get_resname())) for r in c) for c in structure}
+    assert sequences == {'A': MDM2, 'B': P53, 'C': MDM2}
+    ranking = json.loads((seq_dir / 'ranking.json').read_text())
+    assert [c['entity_id'] for c in ranking['chains']] == [1, 2, 1]
+    assert [c['sym_id'] for c in ranking['chains']] == [1, 1, 2]
+    assert set(ranking['per_model']['model_1_multimer_v3']['chain_pair_iptm']) == {'A-B', 'A-C', 'B-C'}
+    pae = np.array(json.loads((seq_dir / 'abc_pae_model_1_multimer_v3.json').read_text())[0]
+                   ['predicted_aligned_error'])
+    assert pae.shape == (2 * len(MDM2) + len(P53),) * 2
