@@ -24,7 +24,8 @@ letter, length, entity and copy of each chain) and ``per_model`` with, per model
 of chains ``"A-B"``: ``chain_pair_iptm`` (the ipTM of the two chains alone: AlphaFold's interface pTM
 with the PAE logits restricted to the residues of those two chains, d0 from their residue count) and
 ``chain_pair_pae`` (the mean predicted aligned error of the interface, both off-diagonal blocks
-``PAE[A, B]`` and ``PAE[B, A]``, in Angstroms).
+``PAE[A, B]`` and ``PAE[B, A]``, in Angstroms); ``info``: per distinct sequence (keyed by its first
+chain) the alignment rows read, the UniProt rows for pairing and the templates.
 """
 
 from __future__ import annotations
@@ -287,8 +288,10 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
             log(f'{name}: {record.num_chains} chains ('
                 + ', '.join(f'{c["chain_id"]} {len(c["sequence"])}' for c in sorted(
                     chains, key=lambda c: c['input_index']))
-                + f' residues), MSA depth '
-                + ', '.join(f'{k} {v.get("msa_depth")}' for k, v in info['per_sequence'].items()))
+                + ' residues); alignments per sequence: '
+                + ', '.join(f'{k} {v.get("num_alignments")} rows'
+                            + (f' (+{v["uniprot_rows"]} UniProt for pairing)' if v.get('uniprot_rows') else '')
+                            for k, v in info['per_sequence'].items()))
             results: dict[str, dict[str, np.ndarray]] = {}
             per_model: dict[str, dict[str, Any]] = {}
             for index, spec in enumerate(models):
@@ -326,7 +329,10 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
             extra = {'chains': [{'chain_id': c['chain_id'], 'length': len(c['sequence']),
                                  'entity_id': c['entity_id'], 'sym_id': c['sym_id']}
                                 for c in sorted(chains, key=lambda c: c['input_index'])],
-                     'per_model': per_model}
+                     'per_model': per_model,
+                     # Per distinct sequence (keyed by its first chain), as the monomer 'info'.
+                     'info': {k: {'num_alignments': v.get('num_alignments'), 'uniprot_rows': v.get('uniprot_rows'),
+                                  'templates': v.get('templates', [])} for k, v in info['per_sequence'].items()}}
             report.files += write_sequence_summary(seq_dir, name, results, timings,
                                                    random_params=any(s.random for s in models), plots=plots,
                                                    extra=extra)

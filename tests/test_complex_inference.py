@@ -123,6 +123,10 @@ def test_complex_ranking_pae_and_summary_files(complex_run):
     assert ranking['order'] == sorted(scores, key=scores.get, reverse=True)
     assert ranking['chains'] == [{'chain_id': 'A', 'length': len(P53), 'entity_id': 1, 'sym_id': 1},
                                  {'chain_id': 'B', 'length': len(MDM2), 'entity_id': 2, 'sym_id': 1}]
+    # Alignments read per distinct sequence: the chain folders of shared/reference_multimer/inputs (README: 24
+    # UniProt rows each for pairing).
+    assert set(ranking['info']) == {'A', 'B'}
+    assert all(v['num_alignments'] > 1 and v['uniprot_rows'] == 24 for v in ranking['info'].values())
     timings = json.loads((seq_dir / 'timings.json').read_text())
     assert timings['total'] > 0 and all(f'predict_{m}' in timings for m in MODELS)
     assert (seq_dir / 'p53_mdm2_plddt.png').is_file() and (seq_dir / 'p53_mdm2_pae.png').is_file()
