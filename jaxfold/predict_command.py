@@ -1,5 +1,10 @@
 """The ``infer.py`` command: options -> checked inputs -> :func:`jaxfold.inference.run_inference` -> summary.
 
+Complexes: a FASTA record whose sequence holds ``:`` (``>name`` then ``SEQA:SEQB``, chains A, B, ...) makes
+the run one of complexes, predicted by :func:`jaxfold.complex_inference.run_complexes` with
+AlphaFold-Multimer presets (``model_N_multimer_v3``); see :func:`jaxfold.complex_inference.check_presets`
+for the rule (complexes and single chains are predicted in separate runs).
+
 Exit status: 0 all predicted; 1 a bad input or a failed sequence (one ``error:`` line each, and a summary
 naming the failed ones); 2 no parameters given, or a usage error. Every input is checked, and the output
 folder is checked writable, before any model work starts.

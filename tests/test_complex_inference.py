@@ -3,12 +3,16 @@ shrunk depth) from the per-chain alignments of 1YCR (MDM2 + p53) in shared/refer
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from Bio.PDB import MMCIFParser, PDBParser
+from Bio.PDB.Polypeptide import index_to_one, three_to_index
 
 from jaxfold import complex_inference, model_params, outputs, predict_command
 from jaxfold.model.confidence import predicted_tm_score
@@ -49,9 +53,6 @@ def complex_run(shared_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         monkeypatch.delenv('JAXFOLD_PARAMS', raising=False)
-        import contextlib
-        import io
-
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = predict_command.main([
@@ -62,8 +63,6 @@ def complex_run(shared_dir, tmp_path_factory):
 
 
 def _parse(path: Path):
-    from Bio.PDB import MMCIFParser, PDBParser
-
     parser = PDBParser(QUIET=True) if path.suffix == '.pdb' else MMCIFParser(QUIET=True)
     return parser.get_structure('s', str(path))[0]
 
@@ -80,20 +79,18 @@ def test_complex_run_reports_the_failing_complex_and_predicts_the_other(complex_
 
 @pytest.mark.parametrize('suffix', ['pdb', 'cif'])
 def test_complex_structures_have_fasta_chains_and_plddt_b_factors(complex_run, suffix):
-    _, err, out = complex_run
+    _, _, out = complex_run
     ranking = json.loads((out / 'p53_mdm2' / 'ranking.json').read_text())
     for model in MODELS:
         structure = _parse(out / 'p53_mdm2' / f'p53_mdm2_unrelaxed_{model}.{suffix}')
         chains = {chain.id: list(chain) for chain in structure}
         assert list(chains) == ['A', 'B']  # FASTA order: A = p53, B = MDM2 (the model's order is the same here)
         assert [len(chains['A']), len(chains['B'])] == [len(P53), len(MDM2)]
-        from Bio.PDB.Polypeptide import three_to_index, index_to_one
-
         for chain_id, sequence in (('A', P53), ('B', MDM2)):
             residues = chains[chain_id]
             assert [r.id[1] for r in residues] == list(range(1, len(sequence) + 1))
             assert ''.join(index_to_one(three_to_index(r.get_resname())) for r in residues) == sequence
-        b_factors = np.array([[a.get_bfactor() for a in r][0] for c in ('A', 'B') for r in chains[c]])
+        b_factors = np.array([r['CA'].get_bfactor() for c in ('A', 'B') for r in chains[c]])
         per_chain = ranking['per_model'][model]['chain_plddt']
         np.testing.assert_allclose(b_factors[:len(P53)].mean(), per_chain['A'], atol=0.01)
         np.testing.assert_allclose(b_factors[len(P53):].mean(), per_chain['B'], atol=0.01)
@@ -236,8 +233,6 @@ def test_regrouped_heterotrimer_keeps_fasta_chains(shared_dir, tmp_path, capsys,
                          capsys, monkeypatch)
     assert code == 0, err
     seq_dir = tmp_path / 'out' / 'abc'
-    from Bio.PDB.Polypeptide import index_to_one, three_to_index
-
     structure = _parse(seq_dir / 'abc_unrelaxed_model_1_multimer_v3.pdb')
     sequences = {c.id: ''.join(index_to_one(three_to_index(r.get_resname())) for r in c) for c in structure}
     assert sequences == {'A': MDM2, 'B': P53, 'C': MDM2}
