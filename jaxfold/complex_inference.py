@@ -258,7 +258,8 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
     check_presets([spec.name for spec in models], records)
     for record in records:
         check_not_finished(sequence_output_dir(output_dir, complex_name(record)), overwrite)
-    progress.add(len(models) + len(records) * (1 + 2 * len(models) + 1))
+    steps_per_record = 1 + 2 * len(models) + 1  # features, (predict, write) per model, summary
+    progress.add(len(models) + len(records) * steps_per_record)
 
     for spec in models:  # all parameters first: a bad file fails before any work
         if spec.params is None:
@@ -276,6 +277,13 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
         seq_dir = sequence_output_dir(output_dir, name)
         report = SequenceReport(name=name, output_dir=seq_dir)
         reports.append(report)
+        advanced = 0
+
+        def advance():
+            nonlocal advanced
+            advanced += 1
+            progress.advance()
+
         try:
             progress.stage(f'{name} features')
             start = time.perf_counter()
@@ -283,7 +291,7 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
             batch = _features(record, msa_dir, msa_mode, databases or {}, output_dir, template_mmcif_dir,
                               max_template_date, info)
             timings: dict[str, float] = {'features': time.perf_counter() - start}
-            progress.advance()
+            advance()
             chains = info['chains']
             log(f'{name}: {record.num_chains} chains ('
                 + ', '.join(f'{c["chain_id"]} {len(c["sequence"])}' for c in sorted(
@@ -305,14 +313,14 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
                                          'parameters and the precision (--precision fp32)')
                 timings[f'compile_{spec.name}'] = run_timings['compile']
                 timings[f'predict_{spec.name}'] = run_timings['predict']
-                progress.advance()
+                advance()
                 progress.stage(f'{name} {spec.name} writing')
                 start = time.perf_counter()
                 ordered, chain_ids = outputs_in_fasta_order(outputs, batch, chains)
                 report.files += write_model_outputs(seq_dir, name, spec.name, ordered, random_params=spec.random,
                                                     chain_ids=chain_ids)
                 timings[f'write_{spec.name}'] = time.perf_counter() - start
-                progress.advance()
+                advance()
                 results[spec.name] = ordered
                 per_model[spec.name] = {
                     'iptm': float(outputs['confidence/iptm']), 'ptm': float(outputs['confidence/ptm']),
@@ -338,11 +346,14 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
                                                    extra=extra)
             report.ranking = {**ranking_summary(results), 'per_model': per_model}
             report.timings = timings
-            progress.advance()
+            advance()
         except (InferenceError, FileNotFoundError, ValueError, ParseError) as e:
             # Bad inputs of this complex (a missing chain folder, a bad alignment): say so, go on.
+            if reraise and not isinstance(e, InferenceError):
+                raise
             report.error = f'{name}: {e}'
             progress.write(f'error: {report.error}')
+            progress.advance(steps_per_record - advanced)
         except Exception as e:  # noqa: BLE001  (one failing complex must not end the run)
             if reraise:
                 raise
@@ -350,6 +361,7 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
                                 sequence=''.join(record.sequences))  # the residue count it names
             report.error = f'{name}: {failure_reason(e, whole)}'
             progress.write(f'error: {report.error}')
+            progress.advance(steps_per_record - advanced)
     progress.stage('done')
     progress.close()
     return reports

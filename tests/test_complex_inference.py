@@ -243,3 +243,22 @@ def test_regrouped_heterotrimer_keeps_fasta_chains(shared_dir, tmp_path, capsys,
     pae = np.array(json.loads((seq_dir / 'abc_pae_model_1_multimer_v3.json').read_text())[0]
                    ['predicted_aligned_error'])
     assert pae.shape == (2 * len(MDM2) + len(P53),) * 2
+
+
+@pytest.mark.slow
+def test_homodimer_3u8v_from_its_chain_a_alignments(shared_dir, tmp_path, capsys, monkeypatch):
+    """3u8v as a homodimer: both copies read shared/data/msas/3u8v_A (found as <msa_dir>/<name>_A)."""
+    sequence = ''.join((shared_dir / 'data' / 'seqs' / '3u8v_A.fasta').read_text().splitlines()[1:])
+    fasta = _fasta(tmp_path, f'>3u8v\n{sequence}:{sequence}\n')
+    code, err = _run_cli([fasta, '--params', 'random', *SHRUNK, '--msa-dir', shared_dir / 'data' / 'msas',
+                          '--output-dir', tmp_path / 'out', '--compilation-cache', '', '--no-progress',
+                          '--kernels', 'xla', '--no-plots'], capsys, monkeypatch)
+    assert code == 0, err
+    seq_dir = tmp_path / 'out' / '3u8v'
+    structure = _parse(seq_dir / '3u8v_unrelaxed_model_1_multimer_v3.cif')
+    assert {c.id: len(c) for c in structure} == {'A': len(sequence), 'B': len(sequence)}
+    ranking = json.loads((seq_dir / 'ranking.json').read_text())
+    assert [(c['entity_id'], c['sym_id']) for c in ranking['chains']] == [(1, 1), (1, 2)]
+    assert list(ranking['info']) == ['A'] and not ranking['info']['A']['uniprot_rows']  # homomers pair nothing
+    entry = ranking['per_model']['model_1_multimer_v3']
+    assert entry['chain_pair_iptm']['A-B'] == pytest.approx(entry['iptm'], abs=1e-4)
