@@ -16,7 +16,14 @@ import numpy as np
 from jaxfold.errors import InferenceError
 
 PathLike = str | os.PathLike
-_PARAMS_FILE_RE = re.compile(r'^params_(model_[1-5](?:_ptm)?)(?:_[^.]*)?\.npz$')
+# `params_model_2_ptm.npz`, `params_model_1_multimer_v3.npz`, and shrunk copies `params_model_1_ptm_shrunk.npz`.
+_PARAMS_FILE_RE = re.compile(r'^params_(model_[1-5](?:_ptm|_multimer_v[1-3])?)(?:_[^.]*)?\.npz$')
+MULTIMER_PRESET_RE = re.compile(r'^model_[1-5]_multimer_v[1-3]$')
+
+
+def is_multimer_preset(preset: str) -> bool:
+    """``model_N_multimer_vK`` presets (AlphaFold-Multimer) predict complexes; the others single chains."""
+    return bool(MULTIMER_PRESET_RE.match(preset))
 
 
 _STACK_SCOPES = ('/evoformer_iteration/', '/extra_msa_stack/', '/__layer_stack_no_state/')
@@ -65,7 +72,8 @@ def init_random_params(config, seed: int = 0, method: str = 'fast') -> dict:
 
 
 def preset_of_params_file(path: PathLike) -> str | None:
-    """``params_model_2_ptm.npz`` -> ``'model_2_ptm'`` (also ``params_model_1_ptm_shrunk.npz``)."""
+    """``params_model_2_ptm.npz`` -> ``'model_2_ptm'`` (also ``params_model_1_ptm_shrunk.npz``,
+    ``params_model_1_multimer_v3.npz`` -> ``'model_1_multimer_v3'``)."""
     match = _PARAMS_FILE_RE.match(Path(path).name)
     return match.group(1) if match else None
 
@@ -111,24 +119,26 @@ def resolve_params(params: str | None, preset: str) -> Path | None:
     return path
 
 
-def default_models(params: str | None) -> list[str]:
+def default_models(params: str | None, multimer: bool = False) -> list[str]:
     """The presets run when ``--models`` is not given.
 
     A ``params_<preset>*.npz`` file: that preset. A folder: the ``model_N_ptm`` presets it
     has files for (else the ``model_N`` ones), as AlphaFold's ``monomer_ptm`` / ``monomer``
-    model presets. ``random`` (or anything else): ``model_1_ptm``.
+    model presets. ``random`` (or anything else): ``model_1_ptm``. With ``multimer`` (complexes):
+    the ``model_N_multimer_v3`` presets a folder has files for, else ``model_1_multimer_v3``.
     """
+    fallback = 'model_1_multimer_v3' if multimer else 'model_1_ptm'
     if params and params != 'random':
         path = Path(params).expanduser()
         if path.is_file():
-            return [preset_of_params_file(path) or 'model_1_ptm']
+            return [preset_of_params_file(path) or fallback]
         if path.is_dir():
-            for suffix in ('_ptm', ''):
+            for suffix in (('_multimer_v3',) if multimer else ('_ptm', '')):
                 found = [f'model_{i}{suffix}' for i in range(1, 6)
                          if (path / f'params_model_{i}{suffix}.npz').is_file()]
                 if found:
                     return found
-    return ['model_1_ptm']
+    return [fallback]
 
 
 def _depth_hint(path: Path, config) -> str:

@@ -50,9 +50,14 @@ def check_not_finished(seq_dir: PathLike, overwrite: bool = False) -> None:
                                 '--output-dir')
 
 
-def make_protein(outputs: Mapping[str, np.ndarray], features: Mapping[str, Any] | None = None):
+def make_protein(outputs: Mapping[str, np.ndarray], features: Mapping[str, Any] | None = None,
+                 chain_ids: Sequence[str] | None = None):
     """The predicted :class:`jaxfold.common.protein.Protein` (pLDDT as B-factors; residues
-    numbered from 1, as AlphaFold writes them). Padded residues are dropped."""
+    numbered from 1, as AlphaFold writes them). Padded residues are dropped.
+
+    Complexes: ``outputs['features/chain_index']`` ``[N_res]`` (0, 1, ... per residue) splits the
+    residues into chains named ``chain_ids`` (default ``A``, ``B``, ...); ``residue_index`` then
+    restarts per chain. Without it, one chain ``A``."""
     from jaxfold.common import protein  # noqa: PLC0415
 
     processed = features is not None and is_processed(features)
@@ -77,12 +82,15 @@ def make_protein(outputs: Mapping[str, np.ndarray], features: Mapping[str, Any] 
         seq_mask = np.ones(aatype.shape, bool)
     n = int(seq_mask.sum())
     plddt = np.asarray(outputs['confidence/plddt'])
+    chain_index = outputs.get('features/chain_index')
     return protein.from_prediction(
         aatype=aatype[:n],
         final_atom_positions=outputs['structure_module/final_atom_positions'][:n],
         final_atom_mask=outputs['structure_module/final_atom_mask'][:n],
         residue_index=residue_index[:n] + 1,
-        plddt=plddt[:n])
+        plddt=plddt[:n],
+        chain_index=None if chain_index is None else np.asarray(chain_index)[:n],
+        chain_ids=chain_ids)
 
 
 def _version() -> str:
@@ -103,7 +111,9 @@ def _remarks(model_name: str, random_params: bool, outputs: Mapping[str, np.ndar
     lines.append('B-factor column: per-residue pLDDT (0-100)')
     lines.append(f'mean pLDDT {float(np.mean(outputs["confidence/plddt"])):.2f}'
                  + (f', pTM {float(outputs["confidence/ptm"]):.4f}'
-                    if 'confidence/ptm' in outputs else ''))
+                    if 'confidence/ptm' in outputs else '')
+                 + (f', ipTM {float(outputs["confidence/iptm"]):.4f}'
+                    if 'confidence/iptm' in outputs else ''))
     return lines
 
 
@@ -155,12 +165,14 @@ def model_file_names(name: str, model_name: str) -> dict[str, str]:
 def write_model_outputs(seq_dir: PathLike, name: str, model_name: str,
                         outputs: Mapping[str, np.ndarray],
                         features: Mapping[str, Any] | None = None, *,
-                        random_params: bool = False) -> list[Path]:
+                        random_params: bool = False,
+                        chain_ids: Sequence[str] | None = None) -> list[Path]:
     """Writes ``<name>_unrelaxed_<model>.pdb`` / ``.cif`` and (pTM models)
-    ``<name>_pae_<model>.json`` into ``seq_dir``; returns the paths."""
+    ``<name>_pae_<model>.json`` into ``seq_dir``; returns the paths. ``chain_ids``: see
+    :func:`make_protein` (complexes)."""
     seq_dir = Path(seq_dir)
     files = model_file_names(name, model_name)
-    prot = make_protein(outputs, features)
+    prot = make_protein(outputs, features, chain_ids)
     written = [atomic_write(seq_dir / files['pdb'],
                             to_pdb_string(prot, model_name, outputs, random_params)),
                atomic_write(seq_dir / files['cif'],
@@ -176,15 +188,20 @@ def write_model_outputs(seq_dir: PathLike, name: str, model_name: str,
 
 
 def ranking_summary(results: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
-    """AlphaFold's ``ranking_debug.json`` content, plus pTM where present.
+    """AlphaFold's ``ranking_debug.json`` content, plus pTM (and ipTM) where present.
 
     ``plddts``: model -> ranking confidence (mean pLDDT for monomer models, as AlphaFold);
+    multimer models (outputs with ``confidence/iptm``) have ``iptm+ptm`` instead, as
+    AlphaFold-Multimer's file: model -> ``0.8 ipTM + 0.2 pTM``, and ``iptm``: model -> ipTM.
     ``ptm``: model -> pTM (pTM models only); ``order``: models by decreasing ranking
     confidence.
     """
     confidences = {m: float(o['confidence/ranking_confidence']) for m, o in results.items()}
     order = [m for m, _ in sorted(confidences.items(), key=lambda kv: kv[1], reverse=True)]
-    summary: dict[str, Any] = {'plddts': confidences}
+    multimer = bool(results) and all('confidence/iptm' in o for o in results.values())
+    summary: dict[str, Any] = {'iptm+ptm' if multimer else 'plddts': confidences}
+    if multimer:
+        summary['iptm'] = {m: float(o['confidence/iptm']) for m, o in results.items()}
     ptms = {m: float(o['confidence/ptm']) for m, o in results.items() if 'confidence/ptm' in o}
     if ptms:
         summary['ptm'] = ptms

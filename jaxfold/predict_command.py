@@ -1,5 +1,10 @@
 """The ``infer.py`` command: options -> checked inputs -> :func:`jaxfold.inference.run_inference` -> summary.
 
+Complexes: a FASTA record whose sequence holds ``:`` (``>name`` then ``SEQA:SEQB``, chains A, B, ...) makes
+the run one of complexes, predicted by :func:`jaxfold.complex_inference.run_complexes` with
+AlphaFold-Multimer presets (``model_N_multimer_v3``); see :func:`jaxfold.complex_inference.check_presets`
+for the rule (complexes and single chains are predicted in separate runs).
+
 Exit status: 0 all predicted; 1 a bad input or a failed sequence (one ``error:`` line each, and a summary
 naming the failed ones); 2 no parameters given, or a usage error. Every input is checked, and the output
 folder is checked writable, before any model work starts.
@@ -15,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxfold import inference, model_params
+from jaxfold import complex_inference, inference, model_params
 from jaxfold.common.files import atomic_write
 from jaxfold.data.msa_search import MsaSearchError
 from jaxfold.data.parsers import ParseError
@@ -86,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='comma-separated presets, e.g. model_1_ptm,model_2_ptm (ranked by '
                         "confidence); 'tiny' is a small test architecture for --params random. "
                         'Default: the preset of the --params file, the model_N_ptm presets of a '
-                        '--params folder, model_1_ptm for random')
+                        '--params folder, model_1_ptm for random. Complexes (FASTA records with '
+                        "chains joined by ':', >name SEQA:SEQB) need model_N_multimer_v3 presets "
+                        '(default: those of a --params folder, model_1_multimer_v3 for random)')
     p.add_argument('--num-recycle', type=int, help='recycling iterations (default: the preset\'s, 3)')
     p.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32',
                    help='Evoformer activation precision (default fp32; bf16 halves the memory of '
@@ -179,7 +186,11 @@ def run(argv=None) -> int:
             msa_mode = 'precomputed'
         log(f'No FASTA given: predicting the bundled example {EXAMPLE_FASTA.relative_to(REPO)} '
             f'(MSAs: {msa_mode}{" " + str(Path(msa_dir)) if msa_dir else ""}).')
-    records = inference.load_records(fasta)
+    # Complexes (jaxfold.complex_inference): a record with ':' (>name SEQA:SEQB) makes this a run of
+    # complexes, predicted with AlphaFold-Multimer presets; single chains then need a run of their own.
+    complexes = (complex_inference.load_complex_records(fasta)
+                 if complex_inference.has_complexes(fasta) else None)
+    records = complexes if complexes is not None else inference.load_records(fasta)
     if msa_mode is None:
         if msa_dir:
             msa_mode = 'precomputed'
@@ -197,6 +208,12 @@ def run(argv=None) -> int:
     databases = _databases(args.database)
     if msa_mode == 'search' and not databases:
         raise InferenceError('--msa-mode search needs at least one --database NAME=PATH')
+    if complexes is not None and args.template_hits:
+        raise InferenceError('--template-hits is for single chains: a complex reads each chain\'s template '
+                             'hits (pdb_hits.sto / hmm_output.sto) from its alignment folder')
+    if complexes is not None and msa_mode == 'single_sequence':
+        raise InferenceError('--msa-mode single_sequence is for single chains: complexes need per-chain '
+                             'alignments (--msa-dir DIR, or --database NAME=PATH --database uniprot=PATH)')
     if args.template_hits and not args.template_mmcif_dir:
         raise InferenceError('--template-hits needs --template-mmcif-dir (the template structures)')
     if args.template_mmcif_dir and not Path(args.template_mmcif_dir).is_dir():
@@ -221,11 +238,12 @@ def run(argv=None) -> int:
 
     # --- models --------------------------------------------------------------------------
     models = ([m.strip() for m in args.models.split(',') if m.strip()] if args.models
-              else model_params.default_models(args.params))
+              else model_params.default_models(args.params, multimer=complexes is not None))
     if not models:
         raise InferenceError('--models is empty')
     if len(set(models)) != len(models):
         raise InferenceError(f'--models lists a preset twice: {args.models}')
+    complex_inference.check_presets(models, complexes)
     overrides = {'evoformer_num_block': args.evoformer_num_block,
                  'extra_msa_stack_num_block': args.extra_msa_stack_num_block,
                  'structure_module_num_layer': args.structure_module_num_layer}
@@ -239,7 +257,8 @@ def run(argv=None) -> int:
         specs.append(inference.ModelSpec(name=name, config=config))
     output_dir = Path(args.output_dir)
     for record in records:
-        check_not_finished(sequence_output_dir(output_dir, record), args.overwrite)
+        name = complex_inference.complex_name(record) if complexes is not None else record
+        check_not_finished(sequence_output_dir(output_dir, name), args.overwrite)
     check_writable(output_dir)
 
     # --- run -------------------------------------------------------------------------------
@@ -272,12 +291,20 @@ def run(argv=None) -> int:
     progress = Progress(enabled=None if not args.no_progress else False)
     start = time.perf_counter()
     try:
-        reports = inference.run_inference(
-            records, specs, output_dir, pipeline_options=pipeline_options, params=args.params,
-            seed=args.seed, workers=args.workers, use_ray=args.ray, overwrite=args.overwrite,
-            plots=not args.no_plots, progress=progress, log=progress.write,
-            trim_msa_padding=not args.keep_msa_padding, mesh=mesh, kernels=args.kernels,
-            chunk_size=args.chunk_size, reraise=args.debug)
+        if complexes is not None:
+            reports = complex_inference.run_complexes(
+                records, specs, output_dir, msa_dir=msa_dir, template_mmcif_dir=args.template_mmcif_dir,
+                params=args.params, seed=args.seed, msa_mode=msa_mode, databases=databases,
+                max_template_date=args.max_template_date, progress=progress, log=progress.write,
+                kernels=args.kernels, chunk_size=args.chunk_size, mesh=mesh, overwrite=args.overwrite,
+                plots=not args.no_plots, reraise=args.debug)
+        else:
+            reports = inference.run_inference(
+                records, specs, output_dir, pipeline_options=pipeline_options, params=args.params,
+                seed=args.seed, workers=args.workers, use_ray=args.ray, overwrite=args.overwrite,
+                plots=not args.no_plots, progress=progress, log=progress.write,
+                trim_msa_padding=not args.keep_msa_padding, mesh=mesh, kernels=args.kernels,
+                chunk_size=args.chunk_size, reraise=args.debug)
     finally:
         progress.close()
     failed = [r for r in reports if r.error]  # each already reported on its own line as it failed
@@ -285,8 +312,10 @@ def run(argv=None) -> int:
         if report.error:
             continue
         best = report.ranking['order'][0]
+        score = (f'ipTM+pTM {report.ranking["iptm+ptm"][best]:.3f}' if 'iptm+ptm' in report.ranking
+                 else f'mean pLDDT {report.ranking["plddts"][best]:.2f}')
         log(f'{report.name}: {len(report.ranking["order"])} model(s) written to {report.output_dir}; '
-            f'best {best} (mean pLDDT {report.ranking["plddts"][best]:.2f})')
+            f'best {best} ({score})')
     log(f'Finished in {time.perf_counter() - start:.1f} s: {len(reports) - len(failed)} predicted, '
         f'{len(failed)} failed' + (f': {", ".join(r.name for r in failed)}' if failed else '') + '.')
     if args.params == 'random':
