@@ -206,10 +206,11 @@ def test_chunked_product_temporaries_are_one_chunk(shared_dir):
     body = loops[0].params["jaxpr"].jaxpr
     n = io["input/pair"].shape[0]
     # Every product/LayerNorm/projection temporary is [N, N, 128]-sized unchunked; a 4-row slice holds at most
-    # 4 * 23 * 128 elements, well under the N * N * 64 threshold.
-    big = [tuple(v.aval.shape) for e in body.eqns for v in e.outvars
+    # 4 * 23 * 128 elements, well under the N * N * 64 threshold. The only full-size value in the loop is the
+    # output itself, which each slice is written into (`dynamic_update_slice`, in place).
+    big = [(e.primitive.name, tuple(v.aval.shape)) for e in body.eqns for v in e.outvars
            if hasattr(v.aval, "shape") and np.prod(v.aval.shape) >= n * n * 64]
-    assert not big, big
+    assert big and all(name == "dynamic_update_slice" for name, _ in big), big
 
 
 @pytest.mark.parametrize("name", NAMES)

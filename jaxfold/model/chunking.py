@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxfold.parallel.dap import vary_like
+
 
 def chunked(fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int | None] | None = None,
             out_axis: int = 0) -> Callable:
@@ -50,6 +52,7 @@ def chunked(fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int
         shapes = jax.eval_shape(lambda: call(0, chunk_size))
         out = jax.tree_util.tree_map(
             lambda s: jnp.zeros(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1:], s.dtype), shapes)
+        out = vary_like(out, *args)  # under shard_map the loop carry varies like what is written into it
         num_full = size // chunk_size
         out = lax.fori_loop(0, num_full, lambda i, o: write(o, i * chunk_size, chunk_size), out)
         tail = size - num_full * chunk_size
