@@ -1,8 +1,10 @@
 """Shared pytest fixtures for jaxfold tests."""
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # The suite runs on small CPU shapes where XLA's compile time dominates; the backend's optimisation passes
@@ -55,3 +57,27 @@ def ieee_fp32_dots():
 
     with jax.default_matmul_precision("highest"):
         yield
+
+
+@pytest.fixture(scope="module")
+def multimer_reference(shared_dir):
+    """Loader of shared/reference_multimer module references: `load(name) -> (io, params)` (parameters sliced
+    from the full official-format file as the manifest's `param_map` says)."""
+    from jaxfold.weights import flat_to_tree, read_npz  # noqa: PLC0415  (after XLA_FLAGS are set, above)
+
+    base = shared_dir / "reference_multimer"
+    if not base.is_dir():
+        pytest.skip("shared/reference_multimer not available")
+    manifest = json.loads((base / "manifest.json").read_text())
+    full = read_npz(base / manifest["params_file"])
+
+    def load(name: str) -> tuple[dict, dict]:
+        with np.load(base / "modules" / f"{name}.npz") as data:
+            io = {k: data[k] for k in data.files}
+        flat = {}
+        for key, (full_key, layer) in manifest["modules"][name]["param_map"].items():
+            value = full[full_key]
+            flat[key] = value if layer is None else value[layer]
+        return io, flat_to_tree(flat)
+
+    return load

@@ -11,31 +11,7 @@ from jaxfold.config import model_config
 from jaxfold.model import memory, run_alphafold
 from jaxfold.model.predict import predict
 from jaxfold.weights import load_alphafold_params
-from reference_utils import assert_close_on
-
-SHRINK = dict(evoformer_num_block=2, extra_msa_stack_num_block=1, structure_module_num_layer=2)
-
-
-def tolerance(key: str) -> float:
-    """atol for one output key (README table, full-model rows)."""
-    if key == "confidence/ptm":
-        return 1e-5
-    if key in ("confidence/plddt", "confidence/predicted_aligned_error", "confidence/max_predicted_aligned_error",
-               "confidence/ranking_confidence"):
-        return 1e-3
-    if key.startswith("structure_module/"):
-        if "angles_sin_cos" in key or "/frames/rot/" in key:
-            return 5e-4
-        if key.endswith(("_mask",)):
-            return 0.0
-        return 1e-3  # positions, traj, affines, frame translations (Angstrom)
-    return 1e-4  # representations, logits, probabilities, bins
-
-
-def reference(shared_dir, name):
-    with np.load(shared_dir / "reference" / f"{name}.npz") as data:
-        return {k: data[k] for k in data.files}
-
+from reference_utils import SHRINK, assert_close_on, compare_all, reference, tolerance
 
 @pytest.fixture(scope="module")
 def features(shared_dir):
@@ -57,16 +33,6 @@ def first_pass(shared_dir, features):
 @pytest.fixture(scope="module")
 def recycled(shared_dir, features):
     return run(shared_dir, features, num_recycle=1)
-
-
-def compare_all(outputs, ref):
-    errors = {}
-    for key, expected in ref.items():
-        if key.startswith("captured/"):
-            continue
-        assert key in outputs, f"output {key} missing"
-        errors[key] = assert_close_on(outputs[key], expected, None, tolerance(key), what=key)
-    return errors
 
 
 def test_first_pass_matches_deepmind(shared_dir, first_pass):

@@ -20,7 +20,7 @@ from jaxfold.parallel.dap import NO_DAP, Dap
 from jaxfold.parallel.mesh import MeshError, dap_for_mesh, make_mesh, parse_mesh_spec
 from jaxfold.weights import load_alphafold_params
 from reference_utils import assert_close_on, module_reference
-from test_alphafold_reference import SHRINK, compare_all, reference
+from reference_utils import SHRINK, compare_all, reference
 
 CONFIG = model_config("model_1_ptm")
 EVO = CONFIG.model.embeddings_and_evoformer.evoformer

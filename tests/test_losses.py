@@ -9,7 +9,7 @@ import pytest
 from jaxfold import losses
 from jaxfold.common import all_atom, protein
 from jaxfold.common import residue_constants as rc
-from jaxfold.common.geometry import Rigid, Rot3, Vec3
+from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.config import model_config
 from jaxfold.data.ground_truth import make_ground_truth
 

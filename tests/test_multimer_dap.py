@@ -18,9 +18,8 @@ from jaxfold.model.evoformer import EvoformerIteration
 from jaxfold.model.template_multimer import TemplateEmbedding
 from jaxfold.parallel.mesh import dap_for_mesh, make_mesh
 from reference_utils import assert_close_on
-from test_multimer_modules_reference import ATOL_TRUNK, EMB, GC, reference, valid_2d, valid_rows  # noqa: F401
+from multimer_reference_utils import ATOL_TRUNK, EMB, GC, valid_2d, valid_rows
 
-__all__ = ["reference"]  # the module-scoped fixture, re-exported for pytest
 
 
 class _Block(nn.Module):
@@ -45,8 +44,8 @@ def _sharded(dap_size: int):
 
 @pytest.mark.parametrize("name,scope,extra,dap_size", [("evoformer_iteration", "evoformer_iteration", False, 4),
                                                        ("extra_msa_stack_iteration", "extra_msa_stack", True, 2)])
-def test_multimer_evoformer_iteration_under_dap(reference, name, scope, extra, dap_size):
-    io, params = reference(name)
+def test_multimer_evoformer_iteration_under_dap(multimer_reference, name, scope, extra, dap_size):
+    io, params = multimer_reference(name)
     dap, wrap = _sharded(dap_size)
     stacked = {"stack": jax.tree_util.tree_map(lambda x: np.asarray(x)[None], params[scope])}
     module = _Block(dap, extra)
@@ -59,8 +58,8 @@ def test_multimer_evoformer_iteration_under_dap(reference, name, scope, extra, d
     assert_close_on(pair, io["output/pair"], valid_2d(pair.shape), ATOL_TRUNK, what=f"{name} pair dap={dap_size}")
 
 
-def test_multimer_template_embedding_under_dap(reference):
-    io, params = reference("template_embedding")
+def test_multimer_template_embedding_under_dap(multimer_reference):
+    io, params = multimer_reference("template_embedding")
     dap, wrap = _sharded(4)
     module = TemplateEmbedding(EMB.template, GC, dap=dap)
     batch = {k: io[f"input/{k}"] for k in ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")}

@@ -8,8 +8,6 @@ the last 2 of 18 residues (none for the heads and the relative encoding): only v
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -27,55 +25,9 @@ from jaxfold.model.structure_module_multimer import (
     FoldIterationMultimer, InvariantPointAttentionMultimer, StructureModuleMultimer)
 from jaxfold.model.template_multimer import TemplateEmbedding, template_embedding_1d
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
-from jaxfold.weights import flat_to_tree, read_npz
+from multimer_reference_utils import (
+    ATOL_SM, ATOL_SM_POS, ATOL_TRUNK, CONFIG, EMB, GC, NUM_VALID, SM, valid_2d, valid_rows)
 from reference_utils import assert_close_on
-
-ATOL_TRUNK = 5e-5       # relative encoding, templates, Evoformer/extra-MSA iterations, triangle mult., heads
-ATOL_SM = 1e-4          # IPA, fold iteration, structure module: activations, rotations, sin/cos
-ATOL_SM_POS = 5e-4      # same: positions and translations (Angstrom)
-NUM_VALID = 16          # of 18 residues in the padded module inputs
-
-_MANIFEST = Path(os.environ.get("JAXFOLD_SHARED") or Path(__file__).resolve().parents[2] / "shared") / \
-    "reference_multimer" / "manifest.json"
-# The reference's config: model_1_multimer_v3 with the manifest's dotted overrides (fp32, shrunk depth).
-OVERRIDES = json.loads(_MANIFEST.read_text())["overrides"] if _MANIFEST.is_file() else {}
-CONFIG = model_config("model_1_multimer_v3", **OVERRIDES)
-EMB = CONFIG.model.embeddings_and_evoformer
-GC = CONFIG.model.global_config
-SM = CONFIG.model.heads.structure_module
-
-
-@pytest.fixture(scope="module")
-def reference(shared_dir):
-    base = shared_dir / "reference_multimer"
-    if not base.is_dir():
-        pytest.skip("shared/reference_multimer not available")
-    manifest = json.loads((base / "manifest.json").read_text())
-    full = read_npz(base / manifest["params_file"])
-
-    def load(name: str) -> tuple[dict, dict]:
-        with np.load(base / "modules" / f"{name}.npz") as data:
-            io = {k: data[k] for k in data.files}
-        flat = {}
-        for key, (full_key, layer) in manifest["modules"][name]["param_map"].items():
-            value = full[full_key]
-            flat[key] = value if layer is None else value[layer]
-        return io, flat_to_tree(flat)
-
-    return load
-
-
-def valid_2d(shape):
-    mask = np.zeros(shape[:2], bool)
-    mask[:NUM_VALID, :NUM_VALID] = True
-    return mask.reshape(shape[:2] + (1,) * (len(shape) - 2))
-
-
-def valid_rows(shape, axis=0):
-    mask = np.zeros(shape[axis], bool)
-    mask[:NUM_VALID] = True
-    return mask.reshape((1,) * axis + (-1,) + (1,) * (len(shape) - axis - 1))
-
 
 def rigid_input(io) -> Rigid:
     return Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])),
@@ -106,8 +58,8 @@ def test_config_loads_reference_overrides(shared_dir):
     compare(cfg.model, ref, "model.")
 
 
-def test_relative_encoding(reference):
-    io, params = reference("relative_encoding")
+def test_relative_encoding(multimer_reference):
+    io, params = multimer_reference("relative_encoding")
     module = RelativeEncoding(EMB)
     args = [jnp.asarray(io[f"input/{k}"]) for k in ("residue_index", "asym_id", "entity_id", "sym_id")]
     out, state = module.apply({"params": params["evoformer"]["~_relative_encoding"]}, *args,
@@ -117,8 +69,8 @@ def test_relative_encoding(reference):
 
 
 @pytest.mark.parametrize("name", ["triangle_multiplication_outgoing", "triangle_multiplication_incoming"])
-def test_fused_triangle_multiplication(reference, name):
-    io, params = reference(name)
+def test_fused_triangle_multiplication(multimer_reference, name):
+    io, params = multimer_reference(name)
     module = TriangleMultiplication(EMB.evoformer[name], GC)
     out = module.apply({"params": params[name]}, io["input/pair"], io["input/pair_mask"])
     assert_close_on(out, io["output/update"], valid_2d(out.shape), ATOL_TRUNK, what=name)
@@ -126,8 +78,8 @@ def test_fused_triangle_multiplication(reference, name):
 
 @pytest.mark.parametrize("name,scope,extra", [("evoformer_iteration", "evoformer_iteration", False),
                                               ("extra_msa_stack_iteration", "extra_msa_stack", True)])
-def test_evoformer_iterations(reference, name, scope, extra):
-    io, params = reference(name)
+def test_evoformer_iterations(multimer_reference, name, scope, extra):
+    io, params = multimer_reference(name)
     module = EvoformerIteration(EMB.evoformer, GC, is_extra_msa=extra)
     (msa, pair), _ = module.apply({"params": params[scope]}, (io["input/msa"], io["input/pair"]),
                                   io["input/msa_mask"], io["input/pair_mask"])
@@ -135,8 +87,8 @@ def test_evoformer_iterations(reference, name, scope, extra):
     assert_close_on(pair, io["output/pair"], valid_2d(pair.shape), ATOL_TRUNK, what=f"{name} pair")
 
 
-def test_template_embedding(reference):
-    io, params = reference("template_embedding")
+def test_template_embedding(multimer_reference):
+    io, params = multimer_reference("template_embedding")
     module = TemplateEmbedding(EMB.template, GC)
     batch = {k: jnp.asarray(io[f"input/{k}"]) for k in
              ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")}
@@ -151,8 +103,8 @@ class _Template1d(nn.Module):
         return template_embedding_1d(batch, EMB.msa_channel, jnp.float32)
 
 
-def test_template_embedding_1d(reference):
-    io, params = reference("template_embedding_1d")
+def test_template_embedding_1d(multimer_reference):
+    io, params = multimer_reference("template_embedding_1d")
     batch = {k: jnp.asarray(io[f"input/{k}"]) for k in
              ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")}
     act, mask = _Template1d().apply({"params": params}, batch)
@@ -160,8 +112,8 @@ def test_template_embedding_1d(reference):
     assert_close_on(act, io["output/activations"], valid_rows(act.shape, 1), ATOL_TRUNK, what="template 1d")
 
 
-def test_invariant_point_attention(reference):
-    io, params = reference("invariant_point_attention")
+def test_invariant_point_attention(multimer_reference):
+    io, params = multimer_reference("invariant_point_attention")
     module = InvariantPointAttentionMultimer(SM, GC)
     out = module.apply({"params": params["invariant_point_attention"]}, io["input/inputs_1d"],
                        io["input/inputs_2d"], io["input/mask"], rigid_input(io))
@@ -186,10 +138,10 @@ def _compare_sidechains(sc, io, prefix, lead: int = 0):
     _compare_rigids(sc["frames"], io[f"{prefix}frames"], lead, "sidechain frames")
 
 
-def test_fold_iteration(reference):
+def test_fold_iteration(multimer_reference):
     from jaxfold.model.structure_module_multimer import rigid_to_array  # noqa: PLC0415
 
-    io, params = reference("fold_iteration")
+    io, params = multimer_reference("fold_iteration")
     module = FoldIterationMultimer(SM, GC)
     activations = {"act": jnp.asarray(io["input/act"]), "rigid": rigid_input(io)}
     new, out = module.apply({"params": params["fold_iteration"]}, activations, io["input/sequence_mask"],
@@ -201,8 +153,8 @@ def test_fold_iteration(reference):
     _compare_sidechains(sc, io, "output/outputs/sc/")
 
 
-def test_structure_module(reference):
-    io, params = reference("structure_module")
+def test_structure_module(multimer_reference):
+    io, params = multimer_reference("structure_module")
     module = StructureModuleMultimer(SM, GC)
     out = module.apply({"params": params["structure_module"]},
                        {"single": io["input/single"], "pair": io["input/pair"]},
@@ -225,8 +177,8 @@ class _Heads(nn.Module):
                 for name, (cls, scope) in HEADS.items() if heads[name].weight}
 
 
-def test_heads_and_confidence(reference):
-    io, params = reference("heads")
+def test_heads_and_confidence(multimer_reference):
+    io, params = multimer_reference("heads")
     representations = {k: jnp.asarray(io[f"input/{k}"]) for k in ("single", "pair", "msa", "structure_module")}
     out = _Heads().apply({"params": params}, representations, {"asym_id": jnp.asarray(io["input/asym_id"])})
     out = jax.tree_util.tree_map(np.asarray, out)
@@ -261,17 +213,17 @@ def test_bad_multimer_inputs_are_clear_errors():
                                              {"seq_mask": jnp.ones((1, 3)), "aatype": jnp.zeros(3, jnp.int32)})
 
 
-def test_chunked_multimer_modules_match(reference):
+def test_chunked_multimer_modules_match(multimer_reference):
     """With `global_config.chunk_size` (row-chunked attention, transitions, outer product mean, template stack)
     the multimer Evoformer block and template embedder still give DeepMind's outputs."""
     chunked_gc = CONFIG.replace(**{"model.global_config.chunk_size": 5}).model.global_config
-    io, params = reference("evoformer_iteration")
+    io, params = multimer_reference("evoformer_iteration")
     module = EvoformerIteration(EMB.evoformer, chunked_gc)
     (msa, pair), _ = module.apply({"params": params["evoformer_iteration"]}, (io["input/msa"], io["input/pair"]),
                                   io["input/msa_mask"], io["input/pair_mask"])
     assert_close_on(msa, io["output/msa"], valid_rows(msa.shape, 1), ATOL_TRUNK, what="chunked msa")
     assert_close_on(pair, io["output/pair"], valid_2d(pair.shape), ATOL_TRUNK, what="chunked pair")
-    io, params = reference("template_embedding")
+    io, params = multimer_reference("template_embedding")
     batch = {k: jnp.asarray(io[f"input/{k}"]) for k in
              ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")}
     out = TemplateEmbedding(EMB.template, chunked_gc).apply(

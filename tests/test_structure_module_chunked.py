@@ -14,7 +14,7 @@ from jaxfold.config import model_config
 from jaxfold.model.primitives import layer_norm
 from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule
 from reference_utils import assert_close_on, module_reference
-from test_structure_module import (
+from structure_module_utils import (
     ATOL_SM, FOLD_ITERATION_OUTPUTS, atol_for, get_path, residue_valid, structure_module_outputs)
 
 CHUNK = 5  # 23 residues: 4 whole chunks and a padded one

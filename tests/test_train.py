@@ -253,7 +253,7 @@ def test_missing_and_corrupt_checkpoints_raise_clear_errors(toy_cfg, tmp_path):
     assert files
     for p in files:  # corrupt every file of the state item
         p.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=rf"step 3 in '.*run' is corrupt"):
+    with pytest.raises(CheckpointError, match=r"step 3 in '.*run' is corrupt"):
         ckpt.restore(state)
     assert (tmp_path / "run" / "3").is_dir()  # never deleted
     ckpt.close()

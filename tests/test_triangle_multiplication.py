@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
