@@ -79,7 +79,9 @@ def test_relax_removes_introduced_clashes(shared_dir):
     assert before.clashing_atoms > 0 and before.num_violating_residues >= len(moved)
 
     start = time.monotonic()
-    result = relax_structure(protein.to_pdb(clashed), device="cpu", threads=2)
+    remark = "REMARK   1 RANDOM PARAMETERS - NOT A PREDICTION"  # as inference.to_pdb_string writes
+    result = relax_structure(f"{remark}\n{protein.to_pdb(clashed)}", device="cpu", threads=2)
+    assert result.pdb_string.startswith(remark + "\n")
     assert time.monotonic() - start < 60
     s = result.stats
     assert s["clashing_atoms_before"] == before.clashing_atoms
@@ -176,6 +178,12 @@ def test_relax_bad_device_and_bounds(shared_dir):
         relax_structure(prot, device="tpu")
     with pytest.raises(ValueError, match="must be positive"):
         relax_structure(prot, max_iterations=0)
+    import openmm
+
+    platforms = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if "CUDA" not in platforms:
+        with pytest.raises(ValueError, match=r"OpenMM has no CUDA platform here \(available: .*CPU"):
+            relax_structure(prot, device="cuda")
 
 
 def test_relax_wall_time_bound(shared_dir):
