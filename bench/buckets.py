@@ -3,6 +3,7 @@
     python bench/buckets.py --quick            # CPU smoke run: 4 sequences, tiny, 0 recycles, fast XLA (~1 min)
     python bench/buckets.py                    # CPU: 50 sequences of 50-400 residues, tiny preset
     python bench/buckets.py --full             # GPU: same 50 sequences, full-size model_1_ptm, 3 recycles
+    python bench/buckets.py --full --mode buckets --budget-s 480   # one mode per call, bounded
 
 Sequences: 50 real PDB chains (AlphaFold3's subsampled PDB seqres, `../shared/data/seqdb/af3_miniature/`),
 20 standard amino acids only, lengths spread evenly over 50-400 residues (the chain nearest to each of 50
@@ -203,7 +204,8 @@ def main(argv=None) -> int:
               "lengths": [len(r.sequence) for r in records], "bucket_rule": buckets.BUCKET_RULE[:2],
               "budget_s_per_mode": args.budget_s, "peak_bytes_in_use": peak_bytes(), "modes": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "quick" if args.quick else "full" if args.full else "cpu-tiny"
+    tag = ("quick" if args.quick else "full" if args.full else "cpu-tiny") + (
+        "" if args.mode == "both" else f"-{args.mode}")
     path = args.out / (f"buckets-{tag}-{device.device_kind.replace(' ', '_')}-"
                        f"{_dt.date.today().strftime('%Y%m%d')}.json")
     path.write_text(json.dumps(report, indent=1, default=str) + "\n")
