@@ -197,3 +197,17 @@ def test_relax_wall_time_bound(shared_dir):
     assert time.monotonic() - start < 30
     assert result.stats["timed_out"] is True
     assert result.stats["outer_iterations"] == 1
+
+
+def test_violations_count_bonds_and_never_join_chains(shared_dir):
+    """1ycr's two chains renumbered 1..98 straight through: still no peptide bond between them; pulling one
+    residue's N away from the previous C is a bond violation."""
+    from jaxfold.relax import find_violations
+
+    prot = protein.from_file(shared_dir / "data/structures/pdb/1ycr.pdb")
+    through = dataclasses.replace(prot, residue_index=np.arange(prot.num_res) + 1)
+    assert find_violations(through).num_violating_residues == 0
+    pos = prot.atom_positions.copy()
+    pos[20, rc.atom_order["N"]] += 1.0  # C(19)-N(20) stretched by up to 1 Å: far beyond 12 sigma
+    v = find_violations(dataclasses.replace(prot, atom_positions=pos))
+    assert v.bond_violations >= 1 and {19, 20} <= set(v.violating_residues)

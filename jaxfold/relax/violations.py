@@ -22,8 +22,6 @@ __all__ = ["VIOLATION_TOLERANCE_FACTOR", "CLASH_OVERLAP_TOLERANCE", "Violations"
 # AlphaFold's relax thresholds (amber_minimize.find_violations).
 VIOLATION_TOLERANCE_FACTOR = 12.0
 CLASH_OVERLAP_TOLERANCE = 1.5
-# Residue-number gap put between chains, so the peptide-bond checks never join two chains.
-_CHAIN_GAP = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +66,11 @@ def find_violations(prot: protein_lib.Protein) -> Violations:
     exists14 = masks["atom14_atom_exists"] * (present14 > 0.5)
     pos14 = all_atom.atom37_to_atom14(jnp.asarray(prot.atom_positions), masks["residx_atom14_to_atom37"],
                                       masks["atom14_atom_exists"])
-    residue_index = (np.asarray(prot.residue_index, np.int64)
-                     + _CHAIN_GAP * np.asarray(prot.chain_index, np.int64)
-)
+    # Chain c is shifted by c * (span + 2): consecutive residues of two chains then differ by >= 2, so the
+    # peptide-bond checks (which need a difference of exactly 1) never join two chains.
+    resnum = np.asarray(prot.residue_index, np.int64)
+    span = int(resnum.max() - resnum.min()) if resnum.size else 0
+    residue_index = resnum + (span + 2) * np.asarray(prot.chain_index, np.int64)
     batch = {"aatype": jnp.asarray(aatype), "atom14_atom_exists": jnp.asarray(exists14, jnp.float32),
              "residue_index": jnp.asarray(residue_index, jnp.int32),
              "residx_atom14_to_atom37": jnp.asarray(masks["residx_atom14_to_atom37"])}
