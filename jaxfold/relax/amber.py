@@ -103,20 +103,23 @@ def minimise(topology, positions, *, stiffness: float, tolerance: float, max_ite
     class _Stop(openmm.MinimizationReporter):
         """Counts iterations; stops the minimiser at the deadline."""
 
-        iterations = 0
-        timed_out = False
+        def __init__(self):
+            super().__init__()
+            self.iterations = 0
+            self.timed_out = False
 
         def report(self, iteration, x, grad, args):  # noqa: ARG002 - OpenMM's signature
-            # Counted per call: OpenMM restarts its iteration number when it tightens constraints.
-            type(self).iterations += 1
+            # Counted per call: `iteration` is per L-BFGS run, and OpenMM may run several in one call.
+            self.iterations += 1
             if time.monotonic() > deadline:
-                type(self).timed_out = True
+                self.timed_out = True
                 return True
             return False
 
+    stop = _Stop()
     tol = (tolerance * kcal).value_in_unit(unit.kilojoules_per_mole)
     simulation.minimizeEnergy(tolerance=tol * unit.kilojoules_per_mole / unit.nanometer,
-                              maxIterations=int(max_iterations), reporter=_Stop())
+                              maxIterations=int(max_iterations), reporter=stop)
     state = simulation.context.getState(getEnergy=True, getPositions=True)
     e1 = state.getPotentialEnergy().value_in_unit(kcal)
     pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstroms)
@@ -124,4 +127,4 @@ def minimise(topology, positions, *, stiffness: float, tolerance: float, max_ite
         raise FloatingPointError(f"minimisation produced a non-finite energy or coordinates (energy {e1})")
     out = io.StringIO()
     app.PDBFile.writeFile(simulation.topology, state.getPositions(), out, keepIds=True)
-    return Minimised(out.getvalue(), float(e0), float(e1), _Stop.iterations, _Stop.timed_out)
+    return Minimised(out.getvalue(), float(e0), float(e1), stop.iterations, stop.timed_out)
