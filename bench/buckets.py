@@ -1,6 +1,6 @@
 """Throughput of many sequences with and without length buckets (compiles, total time).
 
-    python bench/buckets.py --quick            # CPU smoke run: 4 sequences, tiny, 0 recycles, fast XLA (~1 min)
+    python bench/buckets.py --quick            # CPU smoke run: 4 sequences, tiny, 0 recycles, fast XLA (3 min on a busy 2-core CPU)
     python bench/buckets.py                    # CPU: 50 sequences of 50-400 residues, tiny preset
     python bench/buckets.py --full             # GPU: same 50 sequences, full-size model_1_ptm, 3 recycles
     python bench/buckets.py --full --mode buckets --budget-s 480   # one mode per call, bounded
