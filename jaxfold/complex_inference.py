@@ -44,7 +44,8 @@ from jaxfold.errors import InferenceError
 from jaxfold.inference import ModelSpec, SequenceReport, failure_reason
 from jaxfold.model_params import is_multimer_preset, load_model_params
 from jaxfold.outputs import (
-    check_not_finished, ranking_summary, sequence_output_dir, write_model_outputs, write_sequence_summary)
+    check_not_finished, ranking_summary, relax_models, sequence_output_dir, write_model_outputs,
+    write_sequence_summary)
 from jaxfold.progress import NO_PROGRESS, Progress
 
 PathLike = str | os.PathLike
@@ -240,7 +241,7 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
                   max_template_date: str | None = None, progress: Progress | None = None,
                   log: Callable[[str], None] = lambda s: None, kernels: str = 'auto',
                   chunk_size: int | str = 'auto', mesh=None, overwrite: bool = False, plots: bool = True,
-                  reraise: bool = False) -> list[SequenceReport]:
+                  relax: str = 'none', relax_device: str = 'cpu', reraise: bool = False) -> list[SequenceReport]:
     """Predicts every complex with every (multimer) model and writes its files into ``output_dir/<name>/``.
 
     Returns one report per record (``error`` set for the ones that failed: bad alignments, a missing
@@ -341,6 +342,14 @@ def run_complexes(records: Sequence[ComplexRecord], models: Sequence[ModelSpec],
                      # Per distinct sequence (keyed by its first chain), as the monomer 'info'.
                      'info': {k: {'num_alignments': v.get('num_alignments'), 'uniprot_rows': v.get('uniprot_rows'),
                                   'templates': v.get('templates', [])} for k, v in info['per_sequence'].items()}}
+            if relax != 'none':
+                progress.stage(f'{name} relaxing')
+                files, relax_stats, relax_seconds = relax_models(
+                    seq_dir, name, results, ranking_summary(results)['order'], relax, relax_device,
+                    any(s.random for s in models), chain_ids=record.chain_ids, log=log)
+                report.files += files
+                extra['relax'] = relax_stats
+                timings.update({f'relax_{model}': t for model, t in relax_seconds.items()})
             report.files += write_sequence_summary(seq_dir, name, results, timings,
                                                    random_params=any(s.random for s in models), plots=plots,
                                                    extra=extra)

@@ -21,12 +21,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxfold.common import residue_constants as rc
+from jaxfold.data.buckets import bucket_length, pad_features, unpad_outputs
 from jaxfold.data.feature_processing import is_processed
 from jaxfold.data.parsers import FastaRecord
 from jaxfold.errors import InferenceError, OutputExistsError
 from jaxfold.model_params import load_model_params
 from jaxfold.outputs import (
-    check_not_finished, ranking_summary, sequence_output_dir, write_model_outputs, write_sequence_summary)
+    check_not_finished, ranking_summary, relax_models, sequence_output_dir, write_model_outputs,
+    write_sequence_summary)
 from jaxfold.progress import NO_PROGRESS, Progress
 
 PathLike = str | os.PathLike
@@ -66,11 +68,28 @@ def trim_msa_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def bucket_msa_rows(batch_full: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The MSA and extra-MSA rows of ``batch`` (trimmed of padding rows) rounded up to a power of two, at
+    most the untrimmed batch's rows, by taking those rows from ``batch_full``: the extra rows are
+    AlphaFold's own padding rows (masked), so the prediction is unchanged and records of similar MSA depth
+    share shapes."""
+    out = dict(batch)
+    for row_mask_key, keys in (('msa_row_mask', _MSA_ROW_FEATURES), ('extra_msa_row_mask', _EXTRA_ROW_FEATURES)):
+        present = [k for k in keys if k in out and np.ndim(out[k]) >= 2]
+        if not present:
+            continue
+        rows, available = out[present[0]].shape[1], batch_full[present[0]].shape[1]
+        target = min(max(16, 1 << (rows - 1).bit_length()), available)
+        for key in present:
+            out[key] = batch_full[key][:, :target]
+    return out
+
+
 def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, params: Mapping,
             *, seed: int = 0, pipeline_options: Mapping[str, Any] | None = None,
             progress: Progress | None = None, timings: dict[str, float] | None = None,
             label: str = '', trim_msa_padding: bool = True, mesh=None, kernels: str | None = None,
-            chunk_size: int | str | None = None, outputs: str = 'full',
+            chunk_size: int | str | None = None, outputs: str = 'full', bucket: str = 'none',
             run_settings: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Predicts a structure: record / raw features / processed features -> model outputs.
 
@@ -88,6 +107,9 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
       mesh, kernels, chunk_size, outputs: as :func:`jaxfold.model.predict.predict` (the one
         prediction path this calls): DAP mesh, ``auto``/``xla``/``pallas``, ``auto``/int,
         ``full``/``lean``.
+      bucket: ``'auto'`` pads the chain to its length bucket (:mod:`jaxfold.data.buckets`) and the MSA
+        rows to a power of two, so records of similar size share a compiled program; the outputs are
+        cut back to the true residues (the same prediction to round-off). ``'none'``: exact shapes.
       run_settings: optional dict receiving the resolved settings (kernels, chunk size, dtype,
         DAP size, estimated peak and free device memory).
       label: prefix of the progress stage names.
@@ -124,10 +146,15 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
         features = process_features(features, config, seed=seed)
         timings['process_features'] = time.perf_counter() - start
 
-    batch_all = {k: np.asarray(v) for k, v in features.items()
-                 if np.asarray(v).dtype.kind in 'biuf'}
-    if trim_msa_padding:
-        batch_all = trim_msa_rows(batch_all)
+    batch_full = {k: np.asarray(v) for k, v in features.items()
+                  if np.asarray(v).dtype.kind in 'biuf'}
+    batch_all = trim_msa_rows(batch_full) if trim_msa_padding else batch_full
+    num_res = batch_all['aatype'].shape[1]
+    if bucket != 'none':  # shapes shared by many records: one compiled program per bucket
+        batch_all = bucket_msa_rows(batch_full, batch_all)
+        length = bucket_length(num_res, bucket)
+        if length > num_res:
+            batch_all = pad_features(batch_all, length)
     num_passes = number_of_passes(config, batch_all)
 
     def pass_stage(index: int) -> str:
@@ -155,9 +182,11 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
     timings['predict'] = run_timings['predict']
     if run_settings is not None:
         run_settings.update(dataclasses.asdict(run_timings['settings']))
-    flat['features/aatype'] = batch_all['aatype'][0]
-    flat['features/residue_index'] = batch_all['residue_index'][0]
-    flat['features/seq_mask'] = batch_all['seq_mask'][0]
+    if batch_all['aatype'].shape[1] > num_res:  # cut the bucket's padding off, confidences of the true residues
+        flat = unpad_outputs(flat, num_res)
+    flat['features/aatype'] = batch_all['aatype'][0, :num_res]
+    flat['features/residue_index'] = batch_all['residue_index'][0, :num_res]
+    flat['features/seq_mask'] = batch_all['seq_mask'][0, :num_res]
     if not np.all(np.isfinite(flat['structure_module/final_atom_positions'])):
         raise InferenceError('the model produced non-finite coordinates (NaN/inf): check the '
                              'parameters and the precision (--precision fp32)')
@@ -212,14 +241,17 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                   workers: int = 1, use_ray: bool = False, overwrite: bool = False,
                   plots: bool = True, progress: Progress | None = None,
                   trim_msa_padding: bool = True, mesh=None, kernels: str = 'auto',
-                  chunk_size: int | str = 'auto', reraise: bool = False,
+                  chunk_size: int | str = 'auto', bucket: str = 'auto', relax: str = 'none',
+                  relax_device: str = 'cpu', reraise: bool = False,
                   log: Callable[[str], None] = lambda s: None) -> list[SequenceReport]:
     """Preprocesses ``records`` in parallel and, as each is ready, runs every model on it and
     writes its files into ``output_dir/<name>/``. Returns one report per record (``error`` set
     for the ones that failed); raises :class:`InferenceError` for set-up problems found before
     any work (finished outputs in the way, bad parameters). ``mesh``, ``kernels`` and
     ``chunk_size`` go to :func:`jaxfold.model.predict.predict`, which runs with lean outputs
-    (what the writers need: no N x N x 64 logits on the host). A record that fails in any way
+    (what the writers need: no N x N x 64 logits on the host). ``bucket`` pads each record to its
+    length bucket (one compiled program per bucket); ``relax`` (``none``/``best``/``all``) Amber-relaxes
+    the best or every model on ``relax_device``. A record that fails in any way
     (an out-of-memory included) is reported and the next one is tried; ``reraise`` re-raises
     unexpected errors instead (``--debug``)."""
     from jaxfold.data.pipeline import preprocess_many  # noqa: PLC0415
@@ -249,6 +281,7 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
         progress.advance()
 
     reports: dict[int, SequenceReport] = {}
+    compiles = 0
     progress.stage(f'preprocessing {len(records)} sequence(s)')
     for result in preprocess_many(records, workers=workers, use_ray=use_ray, **pipeline_options):
         record = result.record
@@ -278,7 +311,8 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                                   progress=progress, timings=model_timings,
                                   label=f'{name} {spec.name}', trim_msa_padding=trim_msa_padding,
                                   mesh=mesh, kernels=kernels, chunk_size=chunk_size, outputs='lean',
-                                  run_settings=settings)
+                                  bucket=bucket, run_settings=settings)
+                compiles += model_timings.get('compile', 0.0) > 0
                 log(f'{name} {spec.name}: kernels {settings["kernels"]}, chunk size '
                     f'{settings["chunk_size"] or "none"}, {settings["dtype"]}'
                     + (f', DAP over {settings["dap_size"]} devices' if settings['dap_size'] > 1 else '')
@@ -299,14 +333,22 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                        if 'confidence/ptm' in outputs else '')
                     + f' (compile {model_timings.get("compile", 0):.1f} s, '
                       f'predict {model_timings.get("predict", 0):.1f} s)')
+            extra = {'info': {'num_alignments': result.info.get('num_alignments'),
+                              'msa_depth': result.info.get('msa_depth'),
+                              'templates': result.info.get('templates', [])}}
+            if relax != 'none':
+                progress.stage(f'{name} relaxing')
+                files, relax_stats, relax_seconds = relax_models(
+                    seq_dir, name, results, ranking_summary(results)['order'], relax, relax_device,
+                    random_params, log=log)
+                report.files += files
+                extra['relax'] = relax_stats
+                timings.update({f'relax_{model}': t for model, t in relax_seconds.items()})
             progress.stage(f'{name} writing summary')
             start = time.perf_counter()
             timings['total'] = (sum(v for k, v in timings.items()
                                     if k in ('features',) or k.startswith(
-                                        ('process_features_', 'compile_', 'predict_', 'write_'))))
-            extra = {'info': {'num_alignments': result.info.get('num_alignments'),
-                              'msa_depth': result.info.get('msa_depth'),
-                              'templates': result.info.get('templates', [])}}
+                                        ('process_features_', 'compile_', 'predict_', 'write_', 'relax_'))))
             files = write_sequence_summary(seq_dir, name, results, timings,
                                            random_params=random_params, plots=plots, extra=extra)
             timings['write_summary'] = time.perf_counter() - start
@@ -322,6 +364,11 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                 raise
             report.error = f'{name}: {failure_reason(e, record)}'
             progress.write(f'error: {report.error}')
+    done = [r for r in reports.values() if r.timings]
+    if done:
+        per_record = ', '.join(f'{r.name} {r.timings.get("total", 0):.1f} s' for r in done)
+        log(f'{compiles} compiled program(s) for {len(done)} record(s) x {len(models)} model(s) '
+            f'(length buckets: {bucket}); {per_record}')
     progress.stage('done')
     progress.close()
     return [reports[i] for i in sorted(reports)]

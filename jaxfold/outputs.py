@@ -317,3 +317,45 @@ def write_sequence_summary(seq_dir: PathLike, name: str,
     written.append(atomic_write(seq_dir / FINISHED_MARKER, _json(
         {**label, **summary, **dict(extra or {})}, indent=4)))
     return written
+
+
+RELAX_MODES = ('none', 'best', 'all')
+
+
+def relax_models(seq_dir: PathLike, name: str, results: Mapping[str, Mapping[str, np.ndarray]],
+                 order: Sequence[str], mode: str, device: str = 'cpu', random_params: bool = False,
+                 chain_ids: Sequence[str] | None = None, log=lambda text: None) -> tuple[list[Path], dict, dict]:
+    """Amber-relaxes the best (``mode='best'``) or every (``'all'``) model and writes
+    ``<name>_relaxed_<model>.pdb`` / ``.cif`` (pLDDT B-factors kept).
+
+    Returns ``(files, stats, seconds)``: per relaxed model the relaxation's numbers (violations and clashes
+    before and after, heavy-atom RMSD, energies, time) or ``{'skipped': reason}`` for a structure that
+    cannot be relaxed (non-standard residues, missing backbone atoms, chain breaks): reported, never fatal.
+    """
+    if mode not in RELAX_MODES:
+        raise ValueError(f'relax mode must be one of {RELAX_MODES}, got {mode!r}')
+    from jaxfold.relax import RelaxError, RelaxInputError, relax_structure  # noqa: PLC0415  (optional OpenMM)
+
+    models = {'none': [], 'best': list(order[:1]), 'all': list(order)}[mode]
+    seq_dir = Path(seq_dir)
+    files: list[Path] = []
+    stats: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for model in models:
+        outputs = results[model]
+        prot = make_protein(outputs, chain_ids=chain_ids)
+        try:
+            result = relax_structure(to_pdb_string(prot, model, outputs, random_params), device=device)
+        except (RelaxInputError, RelaxError) as e:
+            stats[model] = {'skipped': str(e)}
+            log(f'{name} {model}: relaxation skipped: {e}')
+            continue
+        files.append(atomic_write(seq_dir / f'{name}_relaxed_{model}.pdb', result.pdb_string))
+        files.append(atomic_write(seq_dir / f'{name}_relaxed_{model}.cif',
+                                  to_mmcif_string(result.protein, name, model, outputs, random_params)))
+        stats[model] = result.stats
+        seconds[model] = float(result.stats.get('time_s', 0.0))
+        log(f'{name} {model}: relaxed in {seconds[model]:.1f} s, violations '
+            f'{result.stats.get("violating_residues_before")} -> {result.stats.get("violating_residues_after")}, '
+            f'heavy-atom RMSD {result.stats.get("rmsd", float("nan")):.2f} A')
+    return files, stats, seconds

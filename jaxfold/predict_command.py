@@ -26,7 +26,7 @@ from jaxfold.data.msa_search import MsaSearchError
 from jaxfold.data.parsers import ParseError
 from jaxfold.data.pipeline import PipelineError
 from jaxfold.errors import InferenceError
-from jaxfold.outputs import RANDOM_PARAMS_LABEL, check_not_finished, sequence_output_dir
+from jaxfold.outputs import RANDOM_PARAMS_LABEL, RELAX_MODES, check_not_finished, sequence_output_dir
 from jaxfold.progress import Progress
 from jaxfold.weights import ParamsError
 
@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ray', action='store_true', help='preprocess with Ray tasks (needs ray)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace finished predictions in the output folder')
+    p.add_argument('--relax', choices=RELAX_MODES, default='best',
+                   help='Amber-relax the best model (default, as AlphaFold), every model, or none; '
+                        'needs OpenMM: pip install "jaxfold[relax]"')
+    p.add_argument('--relax-device', choices=('cpu', 'cuda'), default='cpu',
+                   help='OpenMM platform for the relaxation (default cpu)')
+    p.add_argument('--bucket', choices=('auto', 'none'), default='auto',
+                   help='auto (default): pad each chain to its length bucket (multiples of 32 up to 512, '
+                        '64 up to 1024, then 128) so records of similar length share one compiled program '
+                        '(the same prediction to round-off); none: exact shapes')
     p.add_argument('--no-plots', action='store_true', help='do not write the PNG plots')
     p.add_argument('--keep-msa-padding', action='store_true',
                    help="run AlphaFold's fixed-size batch as is (MSA padded to max_msa_clusters, "
@@ -260,6 +269,13 @@ def run(argv=None) -> int:
         name = complex_inference.complex_name(record) if complexes is not None else record
         check_not_finished(sequence_output_dir(output_dir, name), args.overwrite)
     check_writable(output_dir)
+    if args.relax != 'none':  # before any work: relaxing needs OpenMM
+        from jaxfold.relax import require_openmm  # noqa: PLC0415  (optional dependency)
+
+        try:
+            require_openmm()
+        except ImportError as e:
+            raise InferenceError(f'{e} (or pass --relax none)') from None
 
     # --- run -------------------------------------------------------------------------------
     import jax
@@ -297,14 +313,15 @@ def run(argv=None) -> int:
                 params=args.params, seed=args.seed, msa_mode=msa_mode, databases=databases,
                 max_template_date=args.max_template_date, progress=progress, log=progress.write,
                 kernels=args.kernels, chunk_size=args.chunk_size, mesh=mesh, overwrite=args.overwrite,
-                plots=not args.no_plots, reraise=args.debug)
+                plots=not args.no_plots, relax=args.relax, relax_device=args.relax_device, reraise=args.debug)
         else:
             reports = inference.run_inference(
                 records, specs, output_dir, pipeline_options=pipeline_options, params=args.params,
                 seed=args.seed, workers=args.workers, use_ray=args.ray, overwrite=args.overwrite,
                 plots=not args.no_plots, progress=progress, log=progress.write,
                 trim_msa_padding=not args.keep_msa_padding, mesh=mesh, kernels=args.kernels,
-                chunk_size=args.chunk_size, reraise=args.debug)
+                chunk_size=args.chunk_size, bucket=args.bucket, relax=args.relax,
+                relax_device=args.relax_device, reraise=args.debug)
     finally:
         progress.close()
     failed = [r for r in reports if r.error]  # each already reported on its own line as it failed

@@ -601,3 +601,62 @@ def test_params_resolution(tmp_path, params_file):
         model_params.resolve_params(str(params_file), 'model_2_ptm')
     with pytest.raises(inference.InferenceError, match='python -m jaxfold.params download'):
         model_params.resolve_params(None, 'model_1_ptm')
+
+
+# ---------------------------------------------------------------------------------------------
+# --relax and --bucket wiring.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_dir):
+    """`--relax best` glue: a deposited structure (1L2Y, Trp-cage) standing in for a prediction, two atoms
+    pushed into a clash; only the best-ranked model is relaxed, its files keep the pLDDT B-factors, the
+    clash is gone and the stats land in what ranking.json receives."""
+    pytest.importorskip('openmm')
+    from Bio.PDB import MMCIFParser, PDBParser
+
+    from jaxfold.common import protein
+
+    prot = protein.from_mmcif_string((shared_dir / 'data/structures/mmcif/1l2y.cif').read_text())
+    n = len(prot.aatype)
+    positions = np.array(prot.atom_positions, np.float32)
+    positions[5, 4] = positions[6, 1] + 0.3  # CB of residue 6 onto CA of residue 7: a clash
+    plddt = np.linspace(40.0, 95.0, n)
+
+    def prediction(rank_score):
+        return {'structure_module/final_atom_positions': positions, 'structure_module/final_atom_mask':
+                np.asarray(prot.atom_mask, np.float32), 'confidence/plddt': plddt + rank_score,
+                'confidence/ranking_confidence': np.asarray(rank_score), 'features/aatype': prot.aatype,
+                'features/residue_index': np.arange(n), 'features/seq_mask': np.ones(n, np.float32)}
+
+    results = {'model_a': prediction(1.0), 'model_b': prediction(2.0)}
+    order = outputs.ranking_summary(results)['order']
+    assert order == ['model_b', 'model_a']
+    files, stats, seconds = outputs.relax_models(tmp_path, 'trp', results, order, 'best')
+    assert sorted(p.name for p in files) == ['trp_relaxed_model_b.cif', 'trp_relaxed_model_b.pdb']
+    assert set(stats) == {'model_b'} and seconds['model_b'] > 0
+    assert stats['model_b']['clashing_atoms_before'] > 0 and stats['model_b']['violating_residues_after'] == 0
+    assert stats['model_b']['rmsd'] < 1.0
+    relaxed = PDBParser(QUIET=True).get_structure('r', str(tmp_path / 'trp_relaxed_model_b.pdb'))
+    b_factors = [res['CA'].get_bfactor() for res in relaxed.get_residues()]
+    np.testing.assert_allclose(b_factors, plddt + 2.0, atol=0.01)
+    assert len(list(MMCIFParser(QUIET=True).get_structure('c', str(tmp_path / 'trp_relaxed_model_b.cif'))
+                    .get_residues())) == n
+
+
+def test_bucketed_prediction_equals_exact_shapes(data):
+    """`--bucket auto`: 1psm_A (38 residues) padded to 64 and its MSA rows to a power of two gives the
+    exact-shape prediction to round-off, cut back to 38 residues."""
+    config = inference.build_config('tiny', num_recycle=1)
+    params = model_params.init_random_params(config, seed=0)
+    record = parsers.read_fasta(REPO / 'examples' / '1psm_A.fasta')[0]
+    raw = build_raw_features(record, msa_mode='precomputed', msa_dir=str(REPO / 'examples' / 'msas'))
+    from jaxfold.data.feature_processing import process_features
+
+    features = process_features(raw, config, seed=0)
+    exact = inference.predict(features, config, params, outputs='lean', bucket='none')
+    padded = inference.predict(features, config, params, outputs='lean', bucket='auto')
+    assert padded['structure_module/final_atom_positions'].shape[0] == len(SEQUENCE)
+    for key in ('structure_module/final_atom_positions', 'confidence/plddt', 'confidence/predicted_aligned_error',
+                'confidence/ptm', 'confidence/ranking_confidence'):
+        np.testing.assert_allclose(padded[key], exact[key], rtol=1e-4, atol=2e-3, err_msg=key)
