@@ -18,7 +18,7 @@ import pytest
 
 from jaxfold.model.init import dummy_features
 from jaxfold.parallel.mesh import make_mesh
-from jaxfold.train import load_training_config
+from jaxfold.config import model_config
 from jaxfold.train.checkpoint import CheckpointError, CheckpointManager
 from jaxfold.train.optimizer import alphafold_schedule, make_optimizer
 from jaxfold.train.state import TrainState, ema_update
@@ -31,34 +31,35 @@ REPO = Path(__file__).resolve().parents[1]
 # Presets and schedule
 # ---------------------------------------------------------------------------
 def test_training_presets_follow_the_published_recipe():
-    init = load_training_config("initial_training")
-    fine = load_training_config("finetuning")
+    init = model_config("initial_training")
+    fine = model_config("finetuning")
     for cfg in (init, fine):
         t = cfg.training
         assert (t.adam_b1, t.adam_b2, t.adam_eps) == (0.9, 0.999, 1e-6)
         assert (t.warmup_steps, t.decay_steps, t.decay_factor) == (1000, 50000, 0.95)
         assert (t.clip_global_norm, t.ema_decay, t.batch_size) == (0.1, 0.999, 128)
         assert cfg.model.global_config.use_remat and cfg.model.global_config.dtype == "bfloat16"
-    assert (init.training.learning_rate, init.training.crop_size) == (1e-3, 256)
-    assert (init.data.eval.max_msa_clusters, init.data.common.max_extra_msa) == (128, 1024)
+    assert (init.training.learning_rate, init.data.train.crop_size) == (1e-3, 256)
+    assert (init.data.train.max_msa_clusters, init.data.train.max_extra_msa) == (128, 1024)
+    assert init.data.train.use_clamped_fape_probability == 0.9  # Suppl. 1.11.5
     assert init.model.heads.structure_module.structural_violation_loss_weight == 0.0
-    assert (fine.training.learning_rate, fine.training.crop_size) == (5e-4, 384)
-    assert (fine.data.eval.max_msa_clusters, fine.data.common.max_extra_msa) == (512, 5120)
+    assert (fine.training.learning_rate, fine.data.train.crop_size) == (5e-4, 384)
+    assert (fine.data.train.max_msa_clusters, fine.data.train.max_extra_msa) == (512, 5120)
     assert fine.model.heads.structure_module.structural_violation_loss_weight == 1.0
     assert fine.model.heads.predicted_aligned_error.weight == 0.1
-    tiny = load_training_config("tiny", **{"training.batch_size": 4}, num_recycle=0)
+    tiny = model_config("tiny", **{"training.batch_size": 4}, num_recycle=0)
     assert tiny.training.batch_size == 4 and tiny.model.num_recycle == 0
     with pytest.raises(ValueError, match="learning_rat"):
-        load_training_config("tiny", **{"training.learning_rat": 1.0})
+        model_config("tiny", **{"training.learning_rat": 1.0})
 
 
 def test_schedule_warmup_constant_decay():
-    sched = alphafold_schedule(load_training_config("initial_training"))
+    sched = alphafold_schedule(model_config("initial_training"))
     expect = {0: 1e-6, 499: 5e-4, 998: 0.999e-3, 999: 1e-3, 1000: 1e-3, 20000: 1e-3, 49999: 1e-3,
               50000: 0.95e-3, 100000: 0.95e-3}
     for step, lr in expect.items():
         np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-6, err_msg=f"step {step}")
-    fine = alphafold_schedule(load_training_config("finetuning"))
+    fine = alphafold_schedule(model_config("finetuning"))
     np.testing.assert_allclose(float(fine(5000)), 5e-4, rtol=1e-6)
 
 
@@ -110,7 +111,7 @@ def toy_batch(batch_size=4, offset=0):
 
 @pytest.fixture(scope="module")
 def toy_cfg():
-    return load_training_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
+    return model_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
                                                            "training.warmup_steps": 2,
                                                            "training.ema_decay": 0.9})
 
@@ -175,6 +176,30 @@ def test_nan_loss_or_gradient_skips_the_update(toy_cfg, toy_step):
     assert int(m["skipped"]) == 1 and int(state.num_skipped) == 2
     state, m = toy_step(state, shard_batch(toy_batch(), None))  # training goes on
     assert int(m["skipped"]) == 0 and np.isfinite(float(m["loss"]))
+
+
+def test_per_example_clamped_fape_flag_reaches_the_loss(toy_cfg):
+    """The dataset's per-example `use_clamped_fape` scalar ([B] in the batch) reaches each example's
+    loss: a loss clamping the error only where the flag is 1 sees the flags it was given."""
+    def loss(outputs, ex):
+        err = jnp.mean((outputs["pos"] - ex["target_pos"]) ** 2, -1)           # [N]
+        use = ex["use_clamped_fape"]
+        value = use * jnp.mean(jnp.minimum(err, 0.01)) + (1 - use) * jnp.mean(err)
+        return value, {"use_clamped_fape": use, "clamped_part": use * jnp.mean(jnp.minimum(err, 0.01))}
+
+    step = make_train_step(toy_cfg, loss, apply_fn=toy_apply, donate=False)
+    batch = toy_batch(4)
+    state = toy_state(toy_cfg)
+    results = {}
+    for flags in ((1, 0, 0, 0), (1, 1, 1, 1), (0, 0, 0, 0)):
+        b = dict(batch, use_clamped_fape=np.asarray(flags, np.float32))
+        _, m = step(state, shard_batch(b, None))
+        results[flags] = {k: float(v) for k, v in m.items()}
+        assert results[flags]["use_clamped_fape"] == pytest.approx(np.mean(flags))
+    assert results[(0, 0, 0, 0)]["clamped_part"] == 0.0
+    # every error is clamped to 0.01 in the all-clamped batch; the unclamped errors are larger
+    assert results[(1, 1, 1, 1)]["loss"] == pytest.approx(0.01, rel=1e-5)
+    assert results[(0, 0, 0, 0)]["loss"] > results[(1, 0, 0, 0)]["loss"] > results[(1, 1, 1, 1)]["loss"]
 
 
 def test_data_parallel_step_equals_single_device(toy_cfg, toy_step):
@@ -313,7 +338,7 @@ def distogram_stand_in_loss(outputs, example):
 
 @pytest.mark.slow  # ~2-6 min of XLA compile on 2 shared CPU cores; run with -m slow
 def test_alphafold_train_step_reduces_loss_and_skips_nan():
-    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
+    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
                                use_remat=True, **{
                                    "model.embeddings_and_evoformer.template.enabled": False,
                                    "model.heads.masked_msa.weight": 0.0,
@@ -350,11 +375,11 @@ def test_alphafold_train_step_reduces_loss_and_skips_nan():
 # ---------------------------------------------------------------------------
 # train.py end to end: the real model, real losses, real chains
 # ---------------------------------------------------------------------------
-TINY_REAL_SETS = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
+TINY_REAL_SETS = {"training.batch_size": 2, "data.train.crop_size": 40, "training.warmup_steps": 0,
                   "training.num_workers": 1, "training.checkpoint_every": 10,
                   "model.embeddings_and_evoformer.evoformer_num_block": 1,
                   "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
-                  "data.common.max_extra_msa": 16, "data.eval.max_msa_clusters": 8}
+                  "data.train.max_extra_msa": 16, "data.train.max_msa_clusters": 8}
 
 
 def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
@@ -450,9 +475,9 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
     from jaxfold.model.init import init_params
     from jaxfold.train.step import loss_fn_from_config
 
-    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
+    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
         "model.embeddings_and_evoformer.template.enabled": False, "data.common.use_templates": False,
-        "training.crop_size": 32, "training.warmup_steps": 0})
+        "data.train.crop_size": 32, "training.warmup_steps": 0})
     lst = tmp_path / "chains.txt"
     lst.write_text("1k1a_A\n")
     ds = TrainingDataset(shared_dir / "data" / "structures" / "mmcif", shared_dir / "data" / "msas", cfg,

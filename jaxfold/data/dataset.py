@@ -47,6 +47,8 @@ PathLike = Union[str, os.PathLike]
 __all__ = [
     "DatasetError",
     "TrainingDataset",
+    "training_feature_config",
+    "use_clamped_fape",
     "TrainSettings",
     "crop_and_pad",
 ]
@@ -124,6 +126,14 @@ def _norm_id(chain_id: str) -> str:
 # ---------------------------------------------------------------------------------------
 # The dataset.
 # ---------------------------------------------------------------------------------------
+def use_clamped_fape(seed: int, index: int, probability: float) -> np.ndarray:
+    """Whether sample ``index`` trains with clamped backbone FAPE: float32 1.0 with ``probability``
+    (AlphaFold: 0.9, Suppl. 1.11.5), else 0.0. Its own random stream of ``(seed, index)``, so the
+    sample's other draws do not depend on it and a resumed run draws the same."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 4]))
+    return np.asarray(float(rng.random() < probability), np.float32)
+
+
 def training_feature_config(config: Mapping[str, Any], settings: TrainSettings) -> Mapping[str, Any]:
     """The config :mod:`feature_processing` reads, with the training values of ``settings``.
 
@@ -459,11 +469,7 @@ class TrainingDataset:
             slices.append(sl)
         out = {k: np.stack([sl[k] for sl in slices]) for k in slices[0]}
         out["num_iter_recycling"] = np.full([self.num_slices], num_iter, np.int32)
-        # Clamped backbone FAPE in a fraction of the examples (Suppl. 1.11.5). Its own stream, so
-        # the draws above are unchanged and a resumed run (same index, seed) draws the same.
-        clamp_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 4]))
-        out["use_clamped_fape"] = np.asarray(
-            float(clamp_rng.random() < s.use_clamped_fape_probability), np.float32)
+        out["use_clamped_fape"] = use_clamped_fape(seed, index, s.use_clamped_fape_probability)
 
         # Ground truth, cropped consistently.
         gt = {"all_atom_positions": raw["all_atom_positions"],
