@@ -284,6 +284,91 @@ def test_missing_and_corrupt_checkpoints_raise_clear_errors(toy_cfg, tmp_path):
     ckpt.close()
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(toy_cfg, tmp_path):
+    """Steps 2 and 4 saved, step 4's files then truncated / overwritten: `restore_latest` warns naming
+    step 4, moves it aside and resumes from step 2 exactly; with step 2 corrupted too, one clear
+    CheckpointError names both."""
+    state = toy_state(toy_cfg)
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        for step in (2, 4):
+            ckpt.save(state.replace(step=jnp.asarray(step, jnp.int32)), {"step": step})
+    files = sorted(p for p in (tmp_path / "ck" / "4" / "state").rglob("*") if p.is_file())
+    for p in files:  # truncated writes: every file cut to half (or emptied)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    warnings = []
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        restored, loader_state, step = ckpt.restore_latest(state, warn=warnings.append)
+        assert step == 2 and int(restored.step) == 2 and loader_state == {"step": 2}
+        assert_trees_equal(restored.params, state.params)
+        assert len(warnings) == 1 and "ck/4" in warnings[0], warnings
+        assert ckpt.all_steps() == [2] and (tmp_path / "ck" / "4.corrupt").is_dir()
+        ckpt.save(restored.replace(step=jnp.asarray(4, jnp.int32)), {"step": 4})  # step 4 again: no clash
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4]
+    for d in ("2", "4"):
+        for p in (tmp_path / "ck" / d / "state").rglob("*"):
+            if p.is_file():
+                p.write_bytes(b"")
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores:\n  step 4: .*\n  step 2: "):
+            ckpt.restore_latest(state, warn=warnings.append)
+    with CheckpointManager(tmp_path / "empty", keep=5) as ckpt:
+        assert ckpt.restore_latest(state) is None
+
+
+def test_metrics_log_is_cut_back_to_the_restored_step(tmp_path):
+    """Killed after step 8 with its last checkpoint at step 3 (and mid-way through writing a line):
+    the resumed run's log reads 1..3 then the new steps, never going backwards."""
+    from jaxfold.train.metrics_log import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 9):
+        log.record(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # torn line
+    resumed = MetricsLog(tmp_path, tensorboard=False)
+    assert resumed.truncate_after(3) == 6
+    for step in range(4, 11):
+        resumed.record(step, {"loss": float(step)})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    assert not list(tmp_path.glob("*.tmp"))
+    assert MetricsLog(tmp_path / "none", tensorboard=False).truncate_after(0) == 0  # no file: nothing
+
+
+def test_train_py_help_lists_every_preset():
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    from jaxfold.config import available_presets
+
+    for preset in available_presets():
+        if preset not in ("base", "training_base"):
+            assert preset in text, preset
+    assert "--num-processes" in text and "JAX_COORDINATOR_ADDRESS" in text
+
+
+def test_train_py_bad_data_leaves_no_output_folder(tmp_path, shared_dir):
+    """Unusable data (no alignment folder for the listed chain): a one-line error, exit 2, and no
+    output folder left behind."""
+    chains = tmp_path / "chains.txt"
+    chains.write_text("1psm_A\n")
+    empty = tmp_path / "no_alignments"
+    empty.mkdir()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny",
+                           "--data-dir", str(shared_dir / "data" / "structures" / "mmcif"),
+                           "--alignment-dir", str(empty), "--chain-list", str(chains),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags))
+    assert proc.returncode == 2, proc.stderr
+    assert "train.py: error: training data:" in proc.stderr and "1psm_a" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------
