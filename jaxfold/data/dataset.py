@@ -234,6 +234,10 @@ class TrainingDataset:
         s = self.settings
         if s.crop_size < 1 or s.max_msa_clusters < 1 or s.num_recycle < 0:
             raise DatasetError(f"invalid training settings {s}")
+        if common["reduce_msa_clusters_by_max_templates"] and s.max_msa_clusters - s.max_templates < 1:
+            raise DatasetError(f"data.train.max_msa_clusters ({s.max_msa_clusters}) leaves no MSA row after "
+                               f"reduce_msa_clusters_by_max_templates (max_templates={s.max_templates}); "
+                               "need at least 1 (the query)")
         if not 0.0 <= s.use_clamped_fape_probability <= 1.0:
             raise DatasetError("data.train.use_clamped_fape_probability must be in [0, 1]; got "
                                f"{s.use_clamped_fape_probability}")

@@ -81,11 +81,14 @@ def _open_dataset(cfg, data_dir, alignment_dir, chain_list, seed: int) -> Traini
 def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str | os.PathLike,
                  output_dir: str | os.PathLike, init_params: str | os.PathLike | None = None,
                  chain_list: str | os.PathLike | None = None, eval_chain_list: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print, apply_fn=None, loss_fn=None,
+                 log: Callable[[str], None] = print, init_fn=None, apply_fn=None, loss_fn=None,
                  progress: bool = True) -> int:
     """Train `cfg` (a training config: `model`, `data.train`, `training`) on `mesh` until
-    `training.num_steps`; returns the final step. `apply_fn` / `loss_fn`: see `make_train_step`
-    (default: AlphaFold and `jaxfold.losses.total_loss`)."""
+    `training.num_steps`; returns the final step.
+
+    `init_fn(cfg, key) -> params`, `apply_fn`, `loss_fn` (see `make_train_step`) replace the model
+    (default: AlphaFold's `init_params`, AlphaFold, `jaxfold.losses.total_loss`): tests drive the
+    whole loop, multi-process included, with a stand-in that compiles in seconds."""
     t = cfg.training
     data_size = int(mesh.shape["data"]) if mesh is not None else 1
     procs, is_main = jax.process_count(), jax.process_index() == 0
@@ -102,8 +105,8 @@ def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str |
         f"{t.num_steps} steps")
 
     tic = time.perf_counter()
-    from jaxfold.model.init import init_params as init_fn  # noqa: PLC0415
-
+    if init_fn is None:
+        from jaxfold.model.init import init_params as init_fn  # noqa: PLC0415
     fresh = jax.jit(init_fn, static_argnums=0)(cfg, jax.random.PRNGKey(t.seed))
     jax.block_until_ready(fresh)
     log(f"parameters initialised in {time.perf_counter() - tic:.1f} s")
