@@ -349,6 +349,16 @@ def test_train_py_help_lists_every_preset():
     assert "--num-processes" in text and "JAX_COORDINATOR_ADDRESS" in text
 
 
+def test_train_py_multi_process_flags_need_a_coordinator(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny", "--num-processes", "2",
+                           "--data-dir", str(tmp_path), "--alignment-dir", str(tmp_path),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=dict(env, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2 and "--coordinator HOST:PORT and --process-id" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_py_bad_data_leaves_no_output_folder(tmp_path, shared_dir):
     """Unusable data (no alignment folder for the listed chain): a one-line error, exit 2, and no
     output folder left behind."""
@@ -467,8 +477,7 @@ TINY_REAL_SETS = {"training.batch_size": 2, "data.train.crop_size": 40, "trainin
                   "data.train.max_extra_msa": 16, "data.train.max_msa_clusters": 8}
 
 
-def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
-    """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
+def _train_py_cmd(shared_dir, workdir: Path, out: Path, extra_args=()) -> list[str]:
     data = shared_dir / "data"
     chains = workdir / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
@@ -477,10 +486,19 @@ def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subproc
            "--num-steps", "20", *extra_args]
     for k, v in TINY_REAL_SETS.items():
         cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _train_py_env() -> dict:
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500, cwd=workdir)
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+
+
+def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
+    """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
+    return subprocess.run(_train_py_cmd(shared_dir, workdir, out, extra_args), capture_output=True, text=True,
+                          env=_train_py_env(), timeout=1500, cwd=workdir)
 
 
 @pytest.fixture(scope="module")
@@ -579,3 +597,91 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
         np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=1e-4, err_msg=k)
     for a, b in zip(jax.tree_util.tree_leaves(host(sharded.params)), jax.tree_util.tree_leaves(host(single.params))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # two more real train.py runs (~2.5 min each on 2 idle CPU cores, mostly XLA compile)
+def test_train_py_killed_mid_run_resumes_from_last_complete_checkpoint(tiny_real_run, shared_dir, tmp_path):
+    """`kill -9` of a real train.py after its step-10 checkpoint: no loader worker or resource tracker
+    outlives it; a half-written checkpoint (an Orbax temporary folder, as a kill during the asynchronous
+    write leaves) and a corrupt step-15 folder are skipped with a warning naming it; rerunning the same
+    command resumes from step 10, and the metrics of steps 11..20 equal the uninterrupted run's."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_train_py_cmd(shared_dir, tmp_path, out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_train_py_env(), cwd=tmp_path)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 1500
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
+            if (out / "checkpoints" / "10").is_dir() and steps and max(steps) >= 12:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "train.py finished before it could be killed"
+        family = _descendants(proc.pid)
+        assert family, "train.py has no loader worker"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in family):
+        time.sleep(0.2)
+    assert not [p for p in family if _alive(p)], "children of the killed train.py survive it"
+    killed_steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.endswith("}")]
+    assert max(killed_steps) >= 12
+
+    ckpts = out / "checkpoints"
+    ten = ckpts / "10"
+    partial = ckpts / "20.orbax-checkpoint-tmp-1"
+    shutil.copytree(ten, partial)
+    shutil.copytree(ten, ckpts / "15")
+    for p in (ckpts / "15").rglob("*"):
+        if p.is_file():
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    for d in ckpts.iterdir():  # what the killed run may have written past step 10 goes; keep the test's
+        if d.name.isdigit() and int(d.name) not in (10, 15):
+            shutil.rmtree(d)
+
+    proc = run_train_py(shared_dir, tmp_path, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and f"{ckpts}/10" in proc.stderr, proc.stderr[-3000:]
+    assert f"skipping checkpoint {ckpts}/15" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    got = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in got] == list(range(1, 21))  # never backwards, nothing twice
+    want = {r["step"]: r for r in (json.loads(x) for x in (tiny_real_run / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+    for r in got[10:]:
+        for k in ("loss", "fape", "distogram", "masked_msa", "grad_norm"):
+            assert r[k] == want[r["step"]][k], (r["step"], k, r[k], want[r["step"]][k])
