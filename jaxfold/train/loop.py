@@ -73,7 +73,9 @@ def _this_process_loader_state(saved: dict) -> dict:
 
 def _open_dataset(cfg, data_dir, alignment_dir, chain_list, seed: int) -> TrainingDataset:
     try:
-        return TrainingDataset(data_dir, alignment_dir, cfg, chain_list=chain_list, seed=seed)
+        # One MSA sample per recycling iteration of the model being trained.
+        return TrainingDataset(data_dir, alignment_dir, cfg, chain_list=chain_list, seed=seed,
+                               num_recycle=int(cfg.model.num_recycle))
     except (OSError, ValueError) as e:  # DatasetError is a ValueError
         raise TrainingError(f"training data: {e}") from None
 
