@@ -59,11 +59,11 @@ def run_variant(args) -> dict:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from jaxfold.data.dataset import TrainingDataset, training_dataset_kwargs  # noqa: PLC0415
+    from jaxfold.data.dataset import TrainingDataset  # noqa: PLC0415
     from jaxfold.losses import total_loss  # noqa: PLC0415
     from jaxfold.model.init import init_params  # noqa: PLC0415
     from jaxfold.config import parse_overrides  # noqa: PLC0415
-    from jaxfold.train import load_training_config  # noqa: PLC0415
+    from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.train.optimizer import make_optimizer  # noqa: PLC0415
     from jaxfold.train.state import TrainState  # noqa: PLC0415
     from jaxfold.train.step import (  # noqa: PLC0415
@@ -73,21 +73,19 @@ def run_variant(args) -> dict:
     overrides = parse_overrides(args.set)
     if args.remat_policy:
         overrides["model.global_config.remat_policy"] = args.remat_policy
-    cfg = load_training_config(args.config, kernels=args.kernels, **{"training.batch_size": 1}, **overrides)
+    cfg = model_config(args.config, kernels=args.kernels, **{"training.batch_size": 1}, **overrides)
     row["remat_policy"] = str(cfg.model.global_config.remat_policy)
-    t = cfg.training
     evo = cfg.model.embeddings_and_evoformer
-    row["shapes"] = {"crop": int(t.crop_size), "msa_clusters": int(cfg.data.eval.max_msa_clusters),
-                     "extra_msa": int(cfg.data.common.max_extra_msa),
-                     "templates": int(cfg.data.eval.max_templates) if cfg.data.common.use_templates else 0,
+    row["shapes"] = {"crop": int(cfg.data.train.crop_size), "msa_clusters": int(cfg.data.train.max_msa_clusters),
+                     "extra_msa": int(cfg.data.train.max_extra_msa),
+                     "templates": int(cfg.data.train.max_templates) if cfg.data.common.use_templates else 0,
                      "evoformer_blocks": int(evo.evoformer_num_block),
                      "extra_msa_blocks": int(evo.extra_msa_stack_num_block),
                      "dtype": str(cfg.model.global_config.dtype), "remat": bool(cfg.model.global_config.use_remat)}
     lst = Path(args.scratch) / "chain.txt"
     lst.parent.mkdir(parents=True, exist_ok=True)
     lst.write_text(args.chain + "\n")
-    ds = TrainingDataset(args.data_dir, args.alignment_dir, cfg, chain_list=lst, seed=0,
-                         **training_dataset_kwargs(cfg))
+    ds = TrainingDataset(args.data_dir, args.alignment_dir, cfg, chain_list=lst, seed=0)
     example = ds.sample(0, seed=0)
     row["chain"] = args.chain
     row["chain_length"] = int(example["num_res"])

@@ -205,7 +205,11 @@ def _lddt_core(pred, true, mask, cutoff, per_residue):
     else:
         count = jnp.sum(to_score)
         good = jnp.sum(to_score * score)
-    return (1e-10 + good) / (1e-10 + count)
+    # DeepMind's order of operations (reciprocal, then product): `good / count` rounds differently in
+    # fp32, e.g. 7.5 / 25 is 0.3 but (1 / 25) * 7.5 is 0.29999998, and at a bin edge that moves the
+    # pLDDT target to the next bin.
+    norm = 1.0 / (1e-10 + count)
+    return norm * (1e-10 + good)
 
 
 def lddt_ca(pred, true, mask=None, cutoff: float = 15.0, per_residue: bool = False):

@@ -65,7 +65,7 @@ def test_shapes_fixed_to_crop(ds):
         assert int(s["seq_length"][0]) == min(n, CROP)
         assert s["seq_mask"][0].sum() == min(n, CROP)
     nslices = 3  # num_recycle=2
-    clusters = ds._fp_settings.msa_clusters  # noqa: SLF001  (8 - max_templates, as AlphaFold)
+    clusters = 8 - ds.settings.max_templates  # model_1_ptm reduces the clusters by max_templates, as AlphaFold
     assert shapes["msa_feat"] == (nslices, clusters, CROP, 49)
     assert shapes["extra_msa"] == (nslices, 16, CROP)
     assert shapes["all_atom_positions"] == (CROP, 37, 3)
@@ -171,3 +171,22 @@ def test_templates_and_ground_truth(tmp_path, shared_dir):
     assert s["template_all_atom_positions"].shape == (1, 2, CROP, 37, 3)
     assert s["atom14_gt_positions"].shape[0] == CROP
     assert s["pseudo_beta"].shape == (CROP, 3)
+
+
+def test_clamped_fape_is_sampled_per_example(ds):
+    """`use_clamped_fape` is 1 in ~90 % of the examples (AlphaFold, Suppl. 1.11.5), a function of
+    (seed, index) only, configurable, and carried by every sample."""
+    from jaxfold.data.dataset import use_clamped_fape
+
+    draws = np.array([use_clamped_fape(0, i, 0.9) for i in range(4000)])
+    assert set(np.unique(draws)) == {0.0, 1.0}
+    assert abs(draws.mean() - 0.9) < 0.015  # 4000 draws: sd 0.0047
+    assert np.array_equal(draws, [use_clamped_fape(0, i, 0.9) for i in range(4000)])
+    assert not np.array_equal(draws, [use_clamped_fape(1, i, 0.9) for i in range(4000)])
+    assert all(use_clamped_fape(3, i, 1.0) == 1.0 and use_clamped_fape(3, i, 0.0) == 0.0 for i in range(50))
+    assert ds.settings.use_clamped_fape_probability == 0.9  # the config's default
+    index = next(i for i in range(200) if use_clamped_fape(0, i, 0.9) == 0.0)  # an unclamped example
+    for i in (0, index):
+        s = ds.sample(i, 0)
+        assert s["use_clamped_fape"].shape == () and s["use_clamped_fape"].dtype == np.float32
+        assert s["use_clamped_fape"] == use_clamped_fape(0, i, 0.9)

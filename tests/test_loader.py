@@ -155,3 +155,75 @@ def test_real_dataset_in_workers(tmp_path, shared_dir):
     for bb in batches:
         for i, p in enumerate(bb["sample_position"]):
             np.testing.assert_array_equal(bb["msa_feat"][i], ref[int(p)]["msa_feat"])
+
+
+def test_process_shards_cover_each_global_batch_exactly_once():
+    """P processes, each loading its ProcessShard with batch B/P, together load global batch i =
+    positions [i*B, (i+1)*B) exactly once, process p holding rows [p*B/P, (p+1)*B/P) in order."""
+    from jaxfold.data.loader import ProcessShard
+
+    ds, big_b, steps = CheapDataset(), 8, 3
+    for procs in (1, 2, 4):
+        rows = []
+        for p in range(procs):
+            with Loader(ProcessShard(ds, big_b, p, procs), batch_size=big_b // procs, seed=5,
+                        num_steps=steps) as ld:
+                rows.append([[int(k) for k in b["k"]] for b in ld])
+        for i in range(steps):
+            assert sum((rows[p][i] for p in range(procs)), []) == list(range(i * big_b, (i + 1) * big_b))
+    with pytest.raises(ValueError, match="not divisible"):
+        ProcessShard(ds, 6, 0, 4)
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from test_loader import CheapDataset
+from jaxfold.data.loader import Loader
+if __name__ == "__main__":  # spawned workers re-import this file
+    ld = Loader(CheapDataset(delays={{k: 60.0 for k in range(100)}}), batch_size=2, num_workers=2, queue_size=8)
+    ld._fill()
+    time.sleep(1.0)  # the pool starts its workers on demand
+    print(" ".join(str(p) for p in ld._executor._processes), flush=True)
+    time.sleep(120)
+"""
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """`kill -9` of the process owning a Loader: its workers (and the resource tracker, which exits
+    when the last holder of its pipe does) do not outlive it."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "owner.py"
+    script.write_text(_ORPHAN_SCRIPT.format(root=str(here.parent), tests=str(here)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        time.sleep(1.0)  # the workers are inside their 60 s samples
+        children = _children_of(proc.pid)
+        assert set(workers) <= children
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not [p for p in children if _alive(p)], "loader processes outlived their parent"
+
+
+def _children_of(pid: int) -> set[int]:
+    out = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.add(int(d))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out

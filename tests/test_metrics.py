@@ -406,3 +406,35 @@ def test_nmr_models_give_plausible_scores(structures):
     assert 0.3 < tm < 1.0
     assert 0.3 < gdt < 1.0
     assert 0.5 < ld < 1.0
+
+
+def _dm_lddt_per_residue_f32(pred, true, mask):
+    """DeepMind's `lddt.py` in float32 numpy, operation for operation (reciprocal of the count, then
+    multiplied by the score sum)."""
+    f = np.float32
+    dt = np.sqrt(f(1e-10) + ((true[:, None] - true[None]) ** 2).sum(-1, dtype=f)).astype(f)
+    dp = np.sqrt(f(1e-10) + ((pred[:, None] - pred[None]) ** 2).sum(-1, dtype=f)).astype(f)
+    to_score = ((dt < 15).astype(f) * mask[:, None] * mask[None] * (f(1) - np.eye(len(true), dtype=f))).astype(f)
+    l1 = np.abs(dt - dp)
+    score = f(0.25) * sum((l1 < t).astype(f) for t in (0.5, 1.0, 2.0, 4.0))
+    norm = f(1) / (f(1e-10) + to_score.sum(-1, dtype=f))
+    return norm * (f(1e-10) + (to_score * score).sum(-1, dtype=f))
+
+
+def test_lddt_at_a_bin_edge_matches_deepmind_bit_for_bit():
+    # Residue 0 has 25 scored neighbours with pair scores summing to 7.5: lDDT "0.3". In fp32,
+    # 7.5 / 25 = 0.3 (pLDDT bin 15 of 50) but DeepMind's (1 / 25) * 7.5 = 0.29999998 (bin 14).
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(25, 3))
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    # |d_true - d_pred| per neighbour -> pair score: 0 -> 1, 0.7 -> 0.75, 1.5 -> 0.5, 3 -> 0.25, 6 -> 0.
+    errors = np.array([0.0] * 3 + [0.7] * 3 + [1.5] * 3 + [3.0] * 3 + [6.0] * 13)
+    assert errors.size == 25
+    true = np.concatenate([np.zeros((1, 3)), 10.0 * dirs]).astype(np.float32)
+    pred = np.concatenate([np.zeros((1, 3)), (10.0 + errors)[:, None] * dirs]).astype(np.float32)
+    mask = np.ones(26, np.float32)
+    got = np.asarray(metrics.lddt(pred, true, mask, per_residue=True))
+    expected = _dm_lddt_per_residue_f32(pred, true, mask)
+    assert expected[0] == np.float32(0.29999998)  # the construction hits the edge
+    np.testing.assert_array_equal(got, expected)
+    assert int(np.floor(got[0] * 50)) == 14  # DeepMind's pLDDT bin, not 15

@@ -346,7 +346,7 @@ def test_pdb_columns_match_original_file(structures):
 def test_pdb_ter_per_chain_and_end(structures):
     prot = load(structures, "pdb/2rbg.pdb")
     lines = protein.to_pdb(prot).splitlines()
-    assert lines[-1] == "END"
+    assert lines[-1] == "END".ljust(80)
     ter = [k for k, l in enumerate(lines) if l.startswith("TER")]
     assert len(ter) == 2
     for k in ter:
@@ -447,3 +447,21 @@ def dataclasses_frozen_error():
     import dataclasses
 
     return dataclasses.FrozenInstanceError
+
+
+def test_pdb_output_parses_in_biopython_without_warnings(structures):
+    """Every record is padded to 80 columns: Biopython reads the END record (columns 1-6) without its
+    'Ignoring unrecognized record' warning, and gets every atom back."""
+    import io
+    import warnings
+
+    from Bio.PDB import PDBParser
+
+    prot = load(structures, "pdb/2rbg.pdb")
+    text = protein.to_pdb(prot)
+    assert all(len(line) == 80 for line in text.splitlines() if line.startswith(("ATOM", "TER", "END")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        structure = PDBParser().get_structure("x", io.StringIO(text))
+    assert not [str(w.message) for w in caught]
+    assert sum(1 for _ in structure.get_atoms()) == int((prot.atom_mask > 0.5).sum())

@@ -576,3 +576,41 @@ def test_global_align_fragment_in_chain():
     assert x == '-' * 20 + fragment + '-' * 26 and y == chain
     x, y = templates.global_align(chain[5:30] + chain[33:60], chain)  # a 3-residue deletion
     assert y == chain and x == '-' * 5 + chain[5:30] + '---' + chain[33:60] + '-' * 16
+
+
+def test_corrupt_and_missing_template_mmcifs_are_reported_once_grouped(tmp_path, mmcif_dir, caplog):
+    """Garbage text, random bytes and a truncated copy of 1ubq.cif, plus two hits whose mmCIF is
+    missing: the one good template is used; the result groups the others by reason (JSON-able) and
+    the search logs one warning line summarising them, not a line per hit."""
+    import json
+    import logging
+
+    shutil.copy(mmcif_dir / '1ubq.cif', tmp_path / '1ubq.cif')
+    (tmp_path / '1gar.cif').write_text('hello, this is not an mmCIF file\n')
+    (tmp_path / '1rnd.cif').write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+    (tmp_path / '1trc.cif').write_bytes((mmcif_dir / '1ubq.cif').read_bytes()[:20000])
+    ubq = mmcif.parse_mmcif_file(mmcif_dir / '1ubq.cif').chain_to_seqres['A']
+    names = ['1GAR_A', '1RND_A', '1TRC_A', '1MS1_A', '1MS2_A', '1UBQ_A']
+    hits = [_ungapped_hit(n, UBQ_1_37, ubq, 2, 2, 32, sum_probs=60.0 - i, index=i + 1)
+            for i, n in enumerate(names)]
+    with caplog.at_level(logging.INFO, logger='jaxfold.data.templates'):
+        r = templates.TemplateFeaturizer(tmp_path, '2100-01-01', kalign_binary='').get_templates(UBQ_1_37, hits)
+    assert [d.decode() for d in r.features['template_domain_names']] == ['1ubq_A']
+    assert r.skipped_by_reason == {'mmCIF unreadable (corrupt or truncated)': ['1gar_A', '1rnd_A', '1trc_A'],
+                                   'mmCIF file not found': ['1ms1_A', '1ms2_A']}
+    assert json.loads(json.dumps(r.skipped_by_reason)) == r.skipped_by_reason
+    summaries = [rec for rec in caplog.records if 'template hit(s) not used' in rec.getMessage()]
+    assert len(summaries) == 1 and summaries[0].levelno == logging.WARNING
+    line = summaries[0].getMessage()
+    assert line.startswith('5 template hit(s) not used:') and 'mmCIF file not found: 2 (1ms1_A, 1ms2_A)' in line
+    assert 'mmCIF unreadable (corrupt or truncated): 3 (1gar_A, 1rnd_A, 1trc_A)' in line
+    assert set(r.skipped_by_reason) <= set(templates.SKIP_REASONS)
+
+
+def test_filtered_hits_are_grouped_as_filters(mmcif_dir, openfold_short):
+    query, hits = openfold_short
+    r = templates.TemplateFeaturizer(mmcif_dir, '2010-01-01', kalign_binary='').get_templates(query, hits)
+    assert r.skipped_by_reason['mmCIF file not found'] == ['1hf9_B']
+    late = r.skipped_by_reason['released after the template cut-off']
+    assert sorted(late) == ['3u8v_A', '3zee_A', '4i6p_A', '4zey_A', '5kc1_F', '5kc1_J']
+    assert templates.summarize_skipped({}) == ''

@@ -18,7 +18,7 @@ import pytest
 
 from jaxfold.model.init import dummy_features
 from jaxfold.parallel.mesh import make_mesh
-from jaxfold.train import load_training_config
+from jaxfold.config import model_config
 from jaxfold.train.checkpoint import CheckpointError, CheckpointManager
 from jaxfold.train.optimizer import alphafold_schedule, make_optimizer
 from jaxfold.train.state import TrainState, ema_update
@@ -31,34 +31,35 @@ REPO = Path(__file__).resolve().parents[1]
 # Presets and schedule
 # ---------------------------------------------------------------------------
 def test_training_presets_follow_the_published_recipe():
-    init = load_training_config("initial_training")
-    fine = load_training_config("finetuning")
+    init = model_config("initial_training")
+    fine = model_config("finetuning")
     for cfg in (init, fine):
         t = cfg.training
         assert (t.adam_b1, t.adam_b2, t.adam_eps) == (0.9, 0.999, 1e-6)
         assert (t.warmup_steps, t.decay_steps, t.decay_factor) == (1000, 50000, 0.95)
         assert (t.clip_global_norm, t.ema_decay, t.batch_size) == (0.1, 0.999, 128)
         assert cfg.model.global_config.use_remat and cfg.model.global_config.dtype == "bfloat16"
-    assert (init.training.learning_rate, init.training.crop_size) == (1e-3, 256)
-    assert (init.data.eval.max_msa_clusters, init.data.common.max_extra_msa) == (128, 1024)
+    assert (init.training.learning_rate, init.data.train.crop_size) == (1e-3, 256)
+    assert (init.data.train.max_msa_clusters, init.data.train.max_extra_msa) == (128, 1024)
+    assert init.data.train.use_clamped_fape_probability == 0.9  # Suppl. 1.11.5
     assert init.model.heads.structure_module.structural_violation_loss_weight == 0.0
-    assert (fine.training.learning_rate, fine.training.crop_size) == (5e-4, 384)
-    assert (fine.data.eval.max_msa_clusters, fine.data.common.max_extra_msa) == (512, 5120)
+    assert (fine.training.learning_rate, fine.data.train.crop_size) == (5e-4, 384)
+    assert (fine.data.train.max_msa_clusters, fine.data.train.max_extra_msa) == (512, 5120)
     assert fine.model.heads.structure_module.structural_violation_loss_weight == 1.0
     assert fine.model.heads.predicted_aligned_error.weight == 0.1
-    tiny = load_training_config("tiny", **{"training.batch_size": 4}, num_recycle=0)
+    tiny = model_config("tiny", **{"training.batch_size": 4}, num_recycle=0)
     assert tiny.training.batch_size == 4 and tiny.model.num_recycle == 0
     with pytest.raises(ValueError, match="learning_rat"):
-        load_training_config("tiny", **{"training.learning_rat": 1.0})
+        model_config("tiny", **{"training.learning_rat": 1.0})
 
 
 def test_schedule_warmup_constant_decay():
-    sched = alphafold_schedule(load_training_config("initial_training"))
+    sched = alphafold_schedule(model_config("initial_training"))
     expect = {0: 1e-6, 499: 5e-4, 998: 0.999e-3, 999: 1e-3, 1000: 1e-3, 20000: 1e-3, 49999: 1e-3,
               50000: 0.95e-3, 100000: 0.95e-3}
     for step, lr in expect.items():
         np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-6, err_msg=f"step {step}")
-    fine = alphafold_schedule(load_training_config("finetuning"))
+    fine = alphafold_schedule(model_config("finetuning"))
     np.testing.assert_allclose(float(fine(5000)), 5e-4, rtol=1e-6)
 
 
@@ -110,7 +111,7 @@ def toy_batch(batch_size=4, offset=0):
 
 @pytest.fixture(scope="module")
 def toy_cfg():
-    return load_training_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
+    return model_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
                                                            "training.warmup_steps": 2,
                                                            "training.ema_decay": 0.9})
 
@@ -175,6 +176,30 @@ def test_nan_loss_or_gradient_skips_the_update(toy_cfg, toy_step):
     assert int(m["skipped"]) == 1 and int(state.num_skipped) == 2
     state, m = toy_step(state, shard_batch(toy_batch(), None))  # training goes on
     assert int(m["skipped"]) == 0 and np.isfinite(float(m["loss"]))
+
+
+def test_per_example_clamped_fape_flag_reaches_the_loss(toy_cfg):
+    """The dataset's per-example `use_clamped_fape` scalar ([B] in the batch) reaches each example's
+    loss: a loss clamping the error only where the flag is 1 sees the flags it was given."""
+    def loss(outputs, ex):
+        err = jnp.mean((outputs["pos"] - ex["target_pos"]) ** 2, -1)           # [N]
+        use = ex["use_clamped_fape"]
+        value = use * jnp.mean(jnp.minimum(err, 0.01)) + (1 - use) * jnp.mean(err)
+        return value, {"use_clamped_fape": use, "clamped_part": use * jnp.mean(jnp.minimum(err, 0.01))}
+
+    step = make_train_step(toy_cfg, loss, apply_fn=toy_apply, donate=False)
+    batch = toy_batch(4)
+    state = toy_state(toy_cfg)
+    results = {}
+    for flags in ((1, 0, 0, 0), (1, 1, 1, 1), (0, 0, 0, 0)):
+        b = dict(batch, use_clamped_fape=np.asarray(flags, np.float32))
+        _, m = step(state, shard_batch(b, None))
+        results[flags] = {k: float(v) for k, v in m.items()}
+        assert results[flags]["use_clamped_fape"] == pytest.approx(np.mean(flags))
+    assert results[(0, 0, 0, 0)]["clamped_part"] == 0.0
+    # every error is clamped to 0.01 in the all-clamped batch; the unclamped errors are larger
+    assert results[(1, 1, 1, 1)]["loss"] == pytest.approx(0.01, rel=1e-5)
+    assert results[(0, 0, 0, 0)]["loss"] > results[(1, 0, 0, 0)]["loss"] > results[(1, 1, 1, 1)]["loss"]
 
 
 def test_data_parallel_step_equals_single_device(toy_cfg, toy_step):
@@ -259,6 +284,101 @@ def test_missing_and_corrupt_checkpoints_raise_clear_errors(toy_cfg, tmp_path):
     ckpt.close()
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(toy_cfg, tmp_path):
+    """Steps 2 and 4 saved, step 4's files then truncated / overwritten: `restore_latest` warns naming
+    step 4, moves it aside and resumes from step 2 exactly; with step 2 corrupted too, one clear
+    CheckpointError names both."""
+    state = toy_state(toy_cfg)
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        for step in (2, 4):
+            ckpt.save(state.replace(step=jnp.asarray(step, jnp.int32)), {"step": step})
+    files = sorted(p for p in (tmp_path / "ck" / "4" / "state").rglob("*") if p.is_file())
+    for p in files:  # truncated writes: every file cut to half (or emptied)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    warnings = []
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        restored, loader_state, step = ckpt.restore_latest(state, warn=warnings.append)
+        assert step == 2 and int(restored.step) == 2 and loader_state == {"step": 2}
+        assert_trees_equal(restored.params, state.params)
+        assert len(warnings) == 1 and "ck/4" in warnings[0], warnings
+        assert ckpt.all_steps() == [2] and (tmp_path / "ck" / "4.corrupt").is_dir()
+        ckpt.save(restored.replace(step=jnp.asarray(4, jnp.int32)), {"step": 4})  # step 4 again: no clash
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4]
+    for d in ("2", "4"):
+        for p in (tmp_path / "ck" / d / "state").rglob("*"):
+            if p.is_file():
+                p.write_bytes(b"")
+    with CheckpointManager(tmp_path / "ck", keep=5) as ckpt:
+        with pytest.raises(CheckpointError, match=r"no checkpoint in .* restores:\n  step 4: .*\n  step 2: "):
+            ckpt.restore_latest(state, warn=warnings.append)
+    with CheckpointManager(tmp_path / "empty", keep=5) as ckpt:
+        assert ckpt.restore_latest(state) is None
+
+
+def test_metrics_log_is_cut_back_to_the_restored_step(tmp_path):
+    """Killed after step 8 with its last checkpoint at step 3 (and mid-way through writing a line):
+    the resumed run's log reads 1..3 then the new steps, never going backwards."""
+    from jaxfold.train.metrics_log import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 9):
+        log.record(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # torn line
+    resumed = MetricsLog(tmp_path, tensorboard=False)
+    assert resumed.truncate_after(3) == 6
+    for step in range(4, 11):
+        resumed.record(step, {"loss": float(step)})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+    assert not list(tmp_path.glob("*.tmp"))
+    assert MetricsLog(tmp_path / "none", tensorboard=False).truncate_after(0) == 0  # no file: nothing
+
+
+def test_train_py_help_lists_every_preset():
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    from jaxfold.config import available_presets
+
+    for preset in available_presets():
+        if preset not in ("base", "training_base"):
+            assert preset in text, preset
+    assert "--num-processes" in text and "JAX_COORDINATOR_ADDRESS" in text
+
+
+def test_train_py_multi_process_flags_need_a_coordinator(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID")}
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny", "--num-processes", "2",
+                           "--data-dir", str(tmp_path), "--alignment-dir", str(tmp_path),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=dict(env, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 2 and "--coordinator HOST:PORT and --process-id" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_py_bad_data_leaves_no_output_folder(tmp_path, shared_dir):
+    """Unusable data (no alignment folder for the listed chain): a one-line error, exit 2, and no
+    output folder left behind."""
+    chains = tmp_path / "chains.txt"
+    chains.write_text("1psm_A\n")
+    empty = tmp_path / "no_alignments"
+    empty.mkdir()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny",
+                           "--data-dir", str(shared_dir / "data" / "structures" / "mmcif"),
+                           "--alignment-dir", str(empty), "--chain-list", str(chains),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags))
+    assert proc.returncode == 2, proc.stderr
+    assert "train.py: error: training data:" in proc.stderr and "1psm_a" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------
@@ -313,7 +433,7 @@ def distogram_stand_in_loss(outputs, example):
 
 @pytest.mark.slow  # ~2-6 min of XLA compile on 2 shared CPU cores; run with -m slow
 def test_alphafold_train_step_reduces_loss_and_skips_nan():
-    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
+    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
                                use_remat=True, **{
                                    "model.embeddings_and_evoformer.template.enabled": False,
                                    "model.heads.masked_msa.weight": 0.0,
@@ -350,15 +470,14 @@ def test_alphafold_train_step_reduces_loss_and_skips_nan():
 # ---------------------------------------------------------------------------
 # train.py end to end: the real model, real losses, real chains
 # ---------------------------------------------------------------------------
-TINY_REAL_SETS = {"training.batch_size": 2, "training.crop_size": 40, "training.warmup_steps": 0,
+TINY_REAL_SETS = {"training.batch_size": 2, "data.train.crop_size": 40, "training.warmup_steps": 0,
                   "training.num_workers": 1, "training.checkpoint_every": 10,
                   "model.embeddings_and_evoformer.evoformer_num_block": 1,
                   "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
-                  "data.common.max_extra_msa": 16, "data.eval.max_msa_clusters": 8}
+                  "data.train.max_extra_msa": 16, "data.train.max_msa_clusters": 8}
 
 
-def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
-    """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
+def _train_py_cmd(shared_dir, workdir: Path, out: Path, extra_args=()) -> list[str]:
     data = shared_dir / "data"
     chains = workdir / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
@@ -367,10 +486,19 @@ def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subproc
            "--num-steps", "20", *extra_args]
     for k, v in TINY_REAL_SETS.items():
         cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _train_py_env() -> dict:
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500, cwd=workdir)
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+
+
+def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
+    """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
+    return subprocess.run(_train_py_cmd(shared_dir, workdir, out, extra_args), capture_output=True, text=True,
+                          env=_train_py_env(), timeout=1500, cwd=workdir)
 
 
 @pytest.fixture(scope="module")
@@ -450,9 +578,9 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
     from jaxfold.model.init import init_params
     from jaxfold.train.step import loss_fn_from_config
 
-    cfg = load_training_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
+    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
         "model.embeddings_and_evoformer.template.enabled": False, "data.common.use_templates": False,
-        "training.crop_size": 32, "training.warmup_steps": 0})
+        "data.train.crop_size": 32, "training.warmup_steps": 0})
     lst = tmp_path / "chains.txt"
     lst.write_text("1k1a_A\n")
     ds = TrainingDataset(shared_dir / "data" / "structures" / "mmcif", shared_dir / "data" / "msas", cfg,
@@ -469,3 +597,92 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
         np.testing.assert_allclose(float(m2[k]), float(m1[k]), rtol=1e-4, err_msg=k)
     for a, b in zip(jax.tree_util.tree_leaves(host(sharded.params)), jax.tree_util.tree_leaves(host(single.params))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # two more real train.py runs (~2.5 min each on 2 idle CPU cores, mostly XLA compile)
+def test_train_py_killed_mid_run_resumes_from_last_complete_checkpoint(tiny_real_run, shared_dir, tmp_path):
+    """`kill -9` of a real train.py after its step-10 checkpoint: no loader worker or resource tracker
+    outlives it; a half-written checkpoint (an Orbax temporary folder, as a kill during the asynchronous
+    write leaves) and a corrupt step-15 folder are skipped with a warning naming it; rerunning the same
+    command resumes from step 10, and the metrics of steps 11..20 equal the uninterrupted run's."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_train_py_cmd(shared_dir, tmp_path, out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_train_py_env(), cwd=tmp_path)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 1500
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            steps = [json.loads(x)["step"] for x in lines if x.endswith("}")]
+            if (out / "checkpoints" / "10").is_dir() and steps and max(steps) >= 12:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "train.py finished before it could be killed"
+        family = _descendants(proc.pid)
+        assert family, "train.py has no loader worker"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in family):
+        time.sleep(0.2)
+    assert not [p for p in family if _alive(p)], "children of the killed train.py survive it"
+    killed_steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.endswith("}")]
+    assert max(killed_steps) >= 12
+
+    ckpts = out / "checkpoints"
+    ten = ckpts / "10"
+    partial = ckpts / "20.orbax-checkpoint-tmp-1"
+    shutil.copytree(ten, partial)
+    shutil.copytree(ten, ckpts / "15")
+    for p in (ckpts / "15").rglob("*"):
+        if p.is_file():
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    for d in ckpts.iterdir():  # what the killed run may have written past step 10 goes; keep the test's
+        if d.name.isdigit() and int(d.name) not in (10, 15):
+            shutil.rmtree(d)
+
+    proc = run_train_py(shared_dir, tmp_path, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and f"{ckpts}/10" in proc.stderr, proc.stderr[-3000:]
+    assert f"skipping checkpoint {ckpts}/15" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    got = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in got] == list(range(1, 21))  # never backwards, nothing twice
+    uninterrupted = (json.loads(x) for x in (tiny_real_run / "metrics.jsonl").read_text().splitlines())
+    want = {r["step"]: r for r in uninterrupted if "loss" in r}
+    for r in got[10:]:
+        for k in ("loss", "fape", "distogram", "masked_msa", "grad_norm"):
+            assert r[k] == want[r["step"]][k], (r["step"], k, r[k], want[r["step"]][k])

@@ -605,7 +605,7 @@ def to_pdb(prot: Protein) -> str:
     """Writes a :class:`Protein` as PDB text.
 
     One ``ATOM`` record per present atom (mask > 0.5) in atom37 order, a
-    ``TER`` record after each chain and a final ``END``.  Occupancy is 1.00;
+    ``TER`` record after each chain and a final ``END`` (every record 80 columns).  Occupancy is 1.00;
     the B-factor column comes from ``prot.b_factors``.
 
     Raises:
@@ -657,11 +657,13 @@ def to_pdb(prot: Protein) -> str:
             serial += 1
         last_of_chain = i == n - 1 or prot.chain_index[i + 1] != prot.chain_index[i]
         if last_of_chain:
-            lines.append(f"{'TER':<6}{serial:>5}      {res_name:>3} {chain:1}{resnum:>4}{icode:1}")
+            lines.append(f"{'TER':<6}{serial:>5}      {res_name:>3} {chain:1}{resnum:>4}{icode:1}".ljust(80))
             serial += 1
         if serial > 100000:
             raise ValueError("PDB atom serial numbers stop at 99999; write mmCIF (to_mmcif)")
-    lines.append("END")
+    # Padded to the record's 80 columns: parsers that read the record name from columns 1-6
+    # (Biopython's "END   ") otherwise warn about an unrecognized record on every file.
+    lines.append("END".ljust(80))
     lines.append("")
     return "\n".join(lines)
 

@@ -15,7 +15,11 @@ single-residue dominance) and turns one of them into a fixed-size training sampl
    profiles, extra MSA) from :mod:`jaxfold.data.feature_processing`; then a contiguous
    random crop to ``crop_size`` (the same crop for every slice, the templates and the
    ground truth) and zero padding to ``crop_size`` so every sample has the same shapes;
-   ``num_iter_recycling`` drawn uniformly from ``[0, num_recycle]``.
+   ``num_iter_recycling`` drawn uniformly from ``[0, num_recycle]``; ``use_clamped_fape``
+   (1.0 with probability ``data.train.use_clamped_fape_probability``, AlphaFold's 0.9).
+
+The settings come from the config's ``[data.train]`` table (``configs/base.toml``, adjusted by
+the training presets); constructor keywords override single values.
 
 Everything is a pure function of ``(index, seed)`` and uses NumPy only (no JAX), so
 samples can be produced in worker processes (:mod:`jaxfold.data.loader`).
@@ -41,30 +45,13 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
-    "TRAIN_DEFAULTS",
-    "training_dataset_kwargs",
     "DatasetError",
     "TrainingDataset",
+    "training_feature_config",
+    "use_clamped_fape",
     "TrainSettings",
     "crop_and_pad",
 ]
-
-# AlphaFold2 training values (paper, suppl. 1.11 / Table 4, initial training; OpenFold's
-# `config.data.train`). jaxfold's config has no `data.train` section yet: these are used
-# unless `config["data"]["train"]` or constructor keywords override them.
-TRAIN_DEFAULTS: Dict[str, Any] = {
-    "crop_size": 256,
-    "max_msa_clusters": 128,
-    "max_extra_msa": 1024,
-    "max_templates": 4,
-    "subsample_templates": True,
-    "masked_msa_replace_fraction": 0.15,
-    "max_template_hits": 20,
-    "uniform_recycling": True,
-    "max_resolution": 9.0,
-    "max_single_residue_fraction": 0.8,
-}
-
 
 class DatasetError(ValueError):
     """Unusable dataset set-up or sample; the message names the entry / files."""
@@ -82,6 +69,7 @@ class TrainSettings:
     uniform_recycling: bool
     use_templates: bool
     max_template_hits: int
+    use_clamped_fape_probability: float
 
 
 def _plain(obj: Any) -> Any:
@@ -138,13 +126,32 @@ def _norm_id(chain_id: str) -> str:
 # ---------------------------------------------------------------------------------------
 # The dataset.
 # ---------------------------------------------------------------------------------------
-def training_dataset_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """The `TrainingDataset` shape settings of a training config (`jaxfold.train.load_training_config`):
-    crop from `training.crop_size`, clusters / templates from `data.eval`, extra sequences from
-    `data.common`, recycling slices from `model.num_recycle`."""
-    return dict(crop_size=config.training.crop_size, max_msa_clusters=config.data.eval.max_msa_clusters,
-                max_extra_msa=config.data.common.max_extra_msa, max_templates=config.data.eval.max_templates,
-                num_recycle=config.model.num_recycle)
+def use_clamped_fape(seed: int, index: int, probability: float) -> np.ndarray:
+    """Whether sample ``index`` trains with clamped backbone FAPE: float32 1.0 with ``probability``
+    (AlphaFold: 0.9, Suppl. 1.11.5), else 0.0. Its own random stream of ``(seed, index)``, so the
+    sample's other draws do not depend on it and a resumed run draws the same."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 4]))
+    return np.asarray(float(rng.random() < probability), np.float32)
+
+
+def training_feature_config(config: Mapping[str, Any], settings: TrainSettings) -> Mapping[str, Any]:
+    """The config :mod:`feature_processing` reads, with the training values of ``settings``.
+
+    feature_processing implements AlphaFold's ``eval`` mode (``data.eval``); the training mode is
+    the same transforms with the ``data.train`` cluster / template / masking values and no
+    ensembling, so those values are put where it reads them."""
+    from jaxfold.config import Config  # noqa: PLC0415
+
+    config = config if isinstance(config, Config) else Config(_plain(config))
+    model_recycle = {"model.num_recycle": settings.num_recycle} if "model" in config else {}
+    return config.replace(**model_recycle, **{
+        "data.common.num_recycle": settings.num_recycle,
+        "data.common.max_extra_msa": settings.max_extra_msa,
+        "data.eval.max_msa_clusters": settings.max_msa_clusters,
+        "data.eval.max_templates": settings.max_templates,
+        "data.eval.subsample_templates": settings.subsample_templates,
+        "data.eval.masked_msa_replace_fraction": settings.masked_msa_replace_fraction,
+        "data.eval.num_ensemble": 1})
 
 
 class TrainingDataset:
@@ -153,8 +160,7 @@ class TrainingDataset:
     Args:
       mmcif_dir: folder of ``<pdb_id>.cif`` (lower-case ids).
       alignment_dir: folder of ``<pdb_id>_<chain>/`` alignment folders (OpenProteinSet).
-      config: ``jaxfold.config.model_config(...)`` (uses ``data.common``; ``data.train``
-        when present, else :data:`TRAIN_DEFAULTS`).
+      config: ``jaxfold.config.model_config(...)`` (uses ``data.common`` and ``data.train``).
       chain_list: optional file of chain ids (one per line) restricting the entries.
       cluster_file: optional file, one cluster of whitespace/comma-separated chain ids per
         line; then ``sample(index, seed)`` picks a cluster uniformly, then a member.
@@ -163,12 +169,13 @@ class TrainingDataset:
       max_template_date: template cut-off (default: each chain's release date; AlphaFold's
         featurizer also moves it to 60 days before the query's release).
       crop_size, max_msa_clusters, max_extra_msa, max_templates, num_recycle: override the
-        training values.
+        config's values.
       min_resolution / max_resolution: keep chains with resolution in that range
-        (AlphaFold: <= 9 Å; NMR entries have resolution 0 and pass).
+        (default ``data.train.max_resolution``, AlphaFold: <= 9 Å; NMR entries have
+        resolution 0 and pass).
       min_length / max_length: SEQRES length filters.
       max_single_residue_fraction: drop chains where one residue type exceeds this fraction
-        (AlphaFold: 0.8); None disables.
+        (default ``data.train.max_single_residue_fraction``, AlphaFold: 0.8); None disables.
       chain_data_cache: optional OpenFold-style JSON ``{id: {"resolution", "seq", ...}}``
         used for filtering instead of parsing every mmCIF up front.
       ground_truth: add :func:`jaxfold.data.ground_truth.make_ground_truth`'s features
@@ -185,10 +192,9 @@ class TrainingDataset:
                  max_msa_clusters: Optional[int] = None, max_extra_msa: Optional[int] = None,
                  max_templates: Optional[int] = None, num_recycle: Optional[int] = None,
                  min_resolution: Optional[float] = None,
-                 max_resolution: Optional[float] = TRAIN_DEFAULTS["max_resolution"],
+                 max_resolution: Union[None, float, str] = "config",
                  min_length: Optional[int] = None, max_length: Optional[int] = None,
-                 max_single_residue_fraction: Optional[float] =
-                 TRAIN_DEFAULTS["max_single_residue_fraction"],
+                 max_single_residue_fraction: Union[None, float, str] = "config",
                  chain_data_cache: Optional[PathLike] = None,
                  ground_truth: Optional[bool] = None,
                  seed: int = 0):
@@ -202,17 +208,19 @@ class TrainingDataset:
             if not p.is_dir():
                 raise DatasetError(f"{what} not found: {p}")
 
-        cfg = _plain(config)
-        if "data" not in cfg:
-            raise TypeError("config must be a jaxfold config with a 'data' section "
-                            "(jaxfold.config.model_config(...))")
-        common = dict(cfg["data"]["common"])
-        train = {**TRAIN_DEFAULTS, **dict(cfg["data"].get("train", {}) or {})}
+        if not isinstance(config, Mapping) or "data" not in config or "train" not in config["data"]:
+            raise TypeError("config must be a jaxfold config with 'data.common' and 'data.train' "
+                            "sections (jaxfold.config.model_config(...))")
+        common, train = dict(config["data"]["common"]), dict(config["data"]["train"])
         overrides = {"crop_size": crop_size, "max_msa_clusters": max_msa_clusters,
                      "max_extra_msa": max_extra_msa, "max_templates": max_templates}
         train.update({k: v for k, v in overrides.items() if v is not None})
         if num_recycle is not None:
             common["num_recycle"] = int(num_recycle)
+        if max_resolution == "config":
+            max_resolution = float(train["max_resolution"])
+        if max_single_residue_fraction == "config":
+            max_single_residue_fraction = float(train["max_single_residue_fraction"])
         self.settings = TrainSettings(
             crop_size=int(train["crop_size"]), max_msa_clusters=int(train["max_msa_clusters"]),
             max_extra_msa=int(train["max_extra_msa"]), max_templates=int(train["max_templates"]),
@@ -221,20 +229,21 @@ class TrainingDataset:
             num_recycle=int(common["num_recycle"]),
             uniform_recycling=bool(train["uniform_recycling"]),
             use_templates=bool(common["use_templates"]),
-            max_template_hits=int(train["max_template_hits"]))
+            max_template_hits=int(train["max_template_hits"]),
+            use_clamped_fape_probability=float(train["use_clamped_fape_probability"]))
         s = self.settings
         if s.crop_size < 1 or s.max_msa_clusters < 1 or s.num_recycle < 0:
             raise DatasetError(f"invalid training settings {s}")
-        common["max_extra_msa"] = s.max_extra_msa
-        # The config feature_processing reads: its `eval` section carries training values.
-        self._fp_config = {"data": {"common": common, "eval": {
-            **dict(cfg["data"].get("eval", {})),
-            "max_msa_clusters": s.max_msa_clusters, "max_templates": s.max_templates,
-            "subsample_templates": s.subsample_templates,
-            "masked_msa_replace_fraction": s.masked_msa_replace_fraction,
-            "num_ensemble": 1}}}
-        fp._settings(self._fp_config)  # noqa: SLF001  validate early
-        self._fp_settings = fp._settings(self._fp_config)  # noqa: SLF001
+        if common["reduce_msa_clusters_by_max_templates"] and s.max_msa_clusters - s.max_templates < 1:
+            raise DatasetError(f"data.train.max_msa_clusters ({s.max_msa_clusters}) leaves no MSA row after "
+                               f"reduce_msa_clusters_by_max_templates (max_templates={s.max_templates}); "
+                               "need at least 1 (the query)")
+        if not 0.0 <= s.use_clamped_fape_probability <= 1.0:
+            raise DatasetError("data.train.use_clamped_fape_probability must be in [0, 1]; got "
+                               f"{s.use_clamped_fape_probability}")
+        self._fp_config = training_feature_config(config, s)
+        # One MSA sample per recycling iteration (AlphaFold's training pipeline has no ensembling).
+        self._num_slices = s.num_recycle + 1 if common["resample_msa_in_recycling"] else 1
 
         # --- enumerate entries -------------------------------------------------------
         cifs = {p.name.split(".")[0].lower(): p for p in self.mmcif_dir.iterdir()
@@ -350,7 +359,7 @@ class TrainingDataset:
 
     @property
     def num_slices(self) -> int:
-        return self._fp_settings.num_slices
+        return self._num_slices
 
     # ------------------------------------------------------------------------------------
     def chain_for(self, index: int, seed: Optional[int] = None) -> str:
@@ -464,6 +473,7 @@ class TrainingDataset:
             slices.append(sl)
         out = {k: np.stack([sl[k] for sl in slices]) for k in slices[0]}
         out["num_iter_recycling"] = np.full([self.num_slices], num_iter, np.int32)
+        out["use_clamped_fape"] = use_clamped_fape(seed, index, s.use_clamped_fape_probability)
 
         # Ground truth, cropped consistently.
         gt = {"all_atom_positions": raw["all_atom_positions"],

@@ -11,6 +11,14 @@ the number of workers or on timing; only their grouping into batches does.
 Resumption: :meth:`Loader.state_dict` records the first position never issued and the
 issued-but-not-yielded ("pending") positions; :meth:`Loader.from_state` re-issues the
 pending ones first, so a resumed run neither repeats nor skips a sample.
+
+Multi-process runs: :class:`ProcessShard` gives each process its slice of every global batch
+(global batch ``i`` = positions ``[i * B, (i + 1) * B)``; process ``p`` of ``P`` loads rows
+``[p * B / P, (p + 1) * B / P)`` of it), so every example is loaded exactly once and the global
+batch is the one a single process would load.
+
+Workers exit when their parent dies (``kill -9`` included): a parent-death signal on Linux and,
+everywhere, a thread that watches the parent's pid.
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ import collections
 import concurrent.futures
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 import traceback
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Loader", "LoaderError", "stack_samples"]
+__all__ = ["Loader", "LoaderError", "ProcessShard", "stack_samples"]
 
 
 class LoaderError(RuntimeError):
@@ -37,8 +49,33 @@ class LoaderError(RuntimeError):
 _WORKER_DATASET: Any = None
 
 
-def _init_worker(dataset: Any, env: Mapping[str, str]) -> None:
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this worker die when `parent_pid` does: a worker left behind by a `kill -9` of the
+    training process would otherwise keep its dataset (hundreds of MB) and the resource tracker alive."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes  # noqa: PLC0415
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+        except (OSError, AttributeError):
+            pass
+    # The signal fires when the parent *thread* that spawned us exits, and is Linux-only: also watch
+    # the pid (re-parenting changes getppid()).
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+    threading.Thread(target=watch, name="jaxfold-loader-parent-watch", daemon=True).start()
+
+
+def _init_worker(dataset: Any, env: Mapping[str, str], parent_pid: int | None = None) -> None:
     global _WORKER_DATASET  # noqa: PLW0603
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     os.environ.update(env)
     _WORKER_DATASET = dataset
 
@@ -77,6 +114,42 @@ def stack_samples(samples: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]
             shapes = [np.shape(s.get(k)) for s in samples]
             raise LoaderError(f"cannot batch feature {k!r}: shapes {shapes} ({e})") from None
     return out
+
+
+class ProcessShard:
+    """One process's share of a dataset's global batches (see the module docstring).
+
+    Local position ``j`` (the ``j``-th sample this process loads) is global position
+    ``(j // b) * B + p * b + j % b`` with ``b = B / P`` rows per process. ``sample(j, seed)`` is
+    ``dataset.sample(global_position(j), seed)``, so a :class:`Loader` over it with batch ``b``
+    yields this process's rows of each global batch, in order (``num_workers=0``) or in
+    completion order.
+    """
+
+    def __init__(self, dataset: Any, global_batch_size: int, process_index: int, process_count: int):
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"process {process_index} of {process_count}: out of range")
+        if global_batch_size % process_count:
+            raise ValueError(f"global batch {global_batch_size} is not divisible by the {process_count} "
+                             "processes")
+        self.dataset = dataset
+        self.global_batch_size = int(global_batch_size)
+        self.process_index = int(process_index)
+        self.process_count = int(process_count)
+        self.local_batch_size = self.global_batch_size // self.process_count
+
+    def global_position(self, position: int) -> int:
+        step, row = divmod(int(position), self.local_batch_size)
+        return step * self.global_batch_size + self.process_index * self.local_batch_size + row
+
+    def sample(self, position: int, seed: int) -> Dict[str, np.ndarray]:
+        return self.dataset.sample(self.global_position(position), seed)
+
+    def chain_for(self, position: int, seed: int | None = None) -> str:
+        return self.dataset.chain_for(self.global_position(position), seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,7 +242,7 @@ class Loader:
             ctx = multiprocessing.get_context("spawn")
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.num_workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(self.dataset, self._worker_env))
+                initargs=(self.dataset, self._worker_env, os.getpid()))
         return self._executor
 
     def _fill(self) -> None:

@@ -34,7 +34,10 @@ name, aligned_cols, sum_probs, query, hit_sequence, indices_query, indices_hit``
 Errors never abort the search; they are returned as strings in ``errors`` (problems with a hit or
 the set-up, e.g. a missing mmCIF file, which would crash AlphaFold) or ``warnings`` (missing
 experimental data or unparseable mmCIF, and realignments), as AlphaFold sorts them. Skipped hits
-are listed in ``skipped`` with the reason.
+are listed in ``skipped`` with the reason. Every hit that gave no template is also counted under a
+short reason in ``skipped_by_reason`` (``{"mmCIF unreadable (corrupt or truncated)": ["1abc_A", ...]}``,
+see :data:`SKIP_REASONS`), and one log line per search summarises them (warning level when a file was
+missing or unreadable), instead of a line per hit.
 
 AlphaFold quirk kept on purpose: after a realignment, a query residue whose hit residue has no
 partner in the realigned chain gets template index -1, i.e. the *last* SEQRES residue's atoms and
@@ -61,6 +64,8 @@ from jaxfold.data import mmcif
 __all__ = [
     'TEMPLATE_FEATURES',
     'TemplateSearchResult',
+    'SKIP_REASONS',
+    'summarize_skipped',
     'TemplateFeaturizer',
     'TemplateError',
     'empty_template_features',
@@ -96,6 +101,34 @@ _NUM_HHBLITS_CLASSES = max(residue_constants.HHBLITS_AA_TO_ID.values()) + 1
 # --------------------------------------------------------------------------------------------
 # Errors (AlphaFold's classes, one hierarchy).
 # --------------------------------------------------------------------------------------------
+
+# The short reasons of `TemplateSearchResult.skipped_by_reason`; the first four are problems with the
+# template mirror or the hits (logged as a warning), the others AlphaFold's filters (logged as info).
+SKIP_REASONS = (
+    'mmCIF file not found',
+    'mmCIF unreadable (corrupt or truncated)',
+    'mmCIF without release date',
+    'bad hit name',
+    'no usable atoms in the aligned residues',
+    'sequence not found in the mmCIF (realignment failed)',
+    'released after the template cut-off',
+    'prefilter (query\'s own entry, near-duplicate, short or poorly aligned hit)',
+)
+_PROBLEM_REASONS = frozenset(SKIP_REASONS[:4])
+
+
+def summarize_skipped(skipped_by_reason: Mapping[str, Sequence[str]], limit: int = 5) -> str:
+    """``{reason: [hit, ...]}`` -> one line: ``"7 template hits not used: mmCIF file not found: 5
+    (1abc_A, ...); ..."`` (empty string when nothing was skipped)."""
+    total = sum(len(v) for v in skipped_by_reason.values())
+    if not total:
+        return ''
+    parts = []
+    for reason, hits in skipped_by_reason.items():
+        shown = ', '.join(hits[:limit]) + (', ...' if len(hits) > limit else '')
+        parts.append(f'{reason}: {len(hits)} ({shown})')
+    return f'{total} template hit(s) not used: ' + '; '.join(parts)
+
 
 class TemplateError(Exception):
     """Feature extraction failed for one hit."""
@@ -610,12 +643,15 @@ class TemplateSearchResult:
     """Stacked features (``T`` templates), and messages about hits that gave none.
 
     ``errors`` and ``warnings`` are AlphaFold's lists; ``skipped`` (ours) names the hits dropped
-    by the prefilter or the release-date check, with the reason.
+    by the prefilter or the release-date check, with the reason. ``skipped_by_reason`` (ours):
+    every hit that gave no template (``pdbid_chain``), grouped under one of :data:`SKIP_REASONS`
+    (JSON-able; :func:`summarize_skipped` renders it as one line).
     """
     features: Mapping[str, np.ndarray]
     errors: Sequence[str]
     warnings: Sequence[str]
     skipped: Sequence[str] = ()
+    skipped_by_reason: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -624,6 +660,8 @@ class _HitResult:
     error: Optional[str] = None
     warning: Optional[str] = None
     skipped: Optional[str] = None
+    reason: Optional[str] = None  # one of SKIP_REASONS when no features
+    label: str = '?'
 
 
 class TemplateFeaturizer:
@@ -686,6 +724,7 @@ class TemplateFeaturizer:
         errors: List[str] = []
         warnings_: List[str] = []
         skipped: List[str] = []
+        by_reason: Dict[str, List[str]] = {}
         num_hits = 0
         if hits and all(h.sum_probs is not None for h in hits):
             ordered = sorted(hits, key=lambda h: h.sum_probs, reverse=True)  # stable
@@ -701,6 +740,8 @@ class TemplateFeaturizer:
                 warnings_.append(result.warning)
             if result.skipped:
                 skipped.append(result.skipped)
+            if result.features is None and result.reason:
+                by_reason.setdefault(result.reason, []).append(result.label)
             if result.features is not None:
                 num_hits += 1
                 for name in collected:
@@ -717,8 +758,12 @@ class TemplateFeaturizer:
                     features[name] = arr
                 else:
                     features[name] = np.stack(collected[name], axis=0).astype(dtype)
+        summary = summarize_skipped(by_reason)
+        if summary:
+            level = logging.WARNING if _PROBLEM_REASONS & set(by_reason) else logging.INFO
+            logger.log(level, '%s', summary)
         return TemplateSearchResult(features=features, errors=errors, warnings=warnings_,
-                                    skipped=skipped)
+                                    skipped=skipped, skipped_by_reason=by_reason)
 
     def _process_hit(self, query_sequence: str, query_pdb_code: Optional[str], hit: Any,
                      cutoff: datetime.datetime) -> _HitResult:
@@ -726,10 +771,12 @@ class TemplateFeaturizer:
         try:
             pdb_code, chain_id = get_pdb_id_and_chain(hit.name)
         except ValueError as e:  # AlphaFold raises here; we report and go on.
-            return _HitResult(None, error=f'hit {getattr(hit, "index", "?")}: {e}')
+            return _HitResult(None, error=f'hit {getattr(hit, "index", "?")}: {e}',
+                              reason='bad hit name', label=str(getattr(hit, 'name', '?')).split()[0])
         if pdb_code not in self._release_dates and pdb_code in self._obsolete_pdbs:
             pdb_code = self._obsolete_pdbs[pdb_code]
         label = f'{pdb_code}_{chain_id}'
+        fail = lambda reason, **kw: _HitResult(None, reason=reason, label=label, **kw)  # noqa: E731
         sum_probs = 0.0 if hit.sum_probs is None else float(hit.sum_probs)
         context = f'{label} (sum_probs: {sum_probs:.2f}, rank: {hit.index})'
 
@@ -738,9 +785,10 @@ class TemplateFeaturizer:
         except PrefilterError as e:
             msg = f'hit {label} did not pass prefilter: {e}'
             logger.info(msg)
+            reason = SKIP_REASONS[6] if isinstance(e, DateError) else SKIP_REASONS[7]
             if strict and isinstance(e, (DateError, PdbIdError, DuplicateError)):
-                return _HitResult(None, error=msg, skipped=msg)
-            return _HitResult(None, skipped=msg)
+                return fail(reason, error=msg, skipped=msg)
+            return fail(reason, skipped=msg)
 
         mapping = build_query_to_hit_index_mapping(hit.query, hit.hit_sequence, hit.indices_hit,
                                                    hit.indices_query, query_sequence)
@@ -749,7 +797,7 @@ class TemplateFeaturizer:
         cif_path = os.path.join(self._mmcif_dir, pdb_code + '.cif')
         if not os.path.exists(cif_path):
             # AlphaFold crashes here (open() fails); we report the hit and go on.
-            return _HitResult(None, error=f'{context}: mmCIF file not found: {cif_path}')
+            return fail(SKIP_REASONS[0], error=f'{context}: mmCIF file not found: {cif_path}')
         parse_error = None
         try:
             mmcif_object = mmcif.parse_mmcif_file(cif_path, file_id=pdb_code)
@@ -758,13 +806,13 @@ class TemplateFeaturizer:
 
         if mmcif_object is not None:
             if mmcif_object.release_date is None:
-                return _HitResult(None, error=f'{context}: mmCIF {cif_path} has no release date '
-                                  '(_pdbx_audit_revision_history); cannot apply the date cut-off.')
+                return fail(SKIP_REASONS[2], error=f'{context}: mmCIF {cif_path} has no release date '
+                            '(_pdbx_audit_revision_history); cannot apply the date cut-off.')
             hit_date = datetime.datetime.strptime(mmcif_object.release_date, '%Y-%m-%d')
             if hit_date > cutoff:
                 msg = f'Template {pdb_code} date ({hit_date}) > max template date ({cutoff}).'
                 logger.info(msg)
-                return _HitResult(None, error=msg if strict else None, skipped=msg)
+                return fail(SKIP_REASONS[6], error=msg if strict else None, skipped=msg)
 
         try:
             features, realign_warning = extract_template_features(
@@ -776,9 +824,11 @@ class TemplateFeaturizer:
         except (NoChainsError, NoAtomDataInTemplateError, TemplateAtomMaskAllZerosError) as e:
             msg = (f'{context}: feature extracting errors: {e}, mmCIF parsing errors: '
                    f'{parse_error}')
+            reason = SKIP_REASONS[1] if parse_error else SKIP_REASONS[4]
             if strict:
-                return _HitResult(None, error=msg)
-            return _HitResult(None, warning=msg)
+                return fail(reason, error=msg)
+            return fail(reason, warning=msg)
         except TemplateError as e:
-            return _HitResult(None, error=(f'{context}: feature extracting errors: {e}, mmCIF '
-                                           f'parsing errors: {parse_error}'))
+            return fail(SKIP_REASONS[1] if parse_error else SKIP_REASONS[5],
+                        error=(f'{context}: feature extracting errors: {e}, mmCIF '
+                               f'parsing errors: {parse_error}'))

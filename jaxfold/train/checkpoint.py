@@ -10,20 +10,26 @@ Layout: `<directory>/<step>/{state,loader}` (Orbax). A save goes to a temporary 
 when complete, so a crash never leaves a half-written step behind; older steps are deleted only after a
 newer save has finished, so the newest good checkpoint is never removed. A missing or unreadable step
 raises `CheckpointError` naming the directory and the step.
+
+Resuming (`restore_latest`): the newest step that restores is used; a newer one that does not (truncated
+or corrupted files, a folder someone copied half of) is reported through `warn`, naming it, and moved
+aside to `<step>.corrupt` so later saves and restarts do not trip over it; if no step restores, one
+`CheckpointError` lists each step's reason. `load_init_params` starts a run from parameters: an
+official `.npz` or an earlier run's checkpoint (its EMA parameters).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 
 from jaxfold.train.state import TrainState
 
-__all__ = ["CheckpointManager", "CheckpointError"]
+__all__ = ["CheckpointManager", "CheckpointError", "load_init_params"]
 
 
 class CheckpointError(RuntimeError):
@@ -101,6 +107,42 @@ class CheckpointManager:
                                   f"{int(jax.device_get(state.step))}")
         return state, dict(loader_state or {})
 
+    def restore_latest(self, template: TrainState, warn: Callable[[str], None] = print,
+                       ) -> tuple[TrainState, dict, int] | None:
+        """The newest step that restores, as `(state, loader_state, step)`; None without any step.
+
+        Steps that fail to restore are reported with `warn` and moved aside (see the module docstring);
+        CheckpointError when there are steps but none restores."""
+        self.wait()
+        reasons = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, loader_state = self.restore(template, step)
+            except CheckpointError as e:
+                reasons.append(f"step {step}: {e}")
+                warn(f"skipping checkpoint {self.directory / str(step)}: it does not restore ({e})")
+                self._move_aside(step)
+                continue
+            return state, loader_state, step
+        if reasons:
+            raise CheckpointError(f"no checkpoint in {str(self.directory)!r} restores:\n  "
+                                  + "\n  ".join(reasons))
+        return None
+
+    def _move_aside(self, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        src = self.directory / str(step)
+        dst = self.directory / f"{step}.corrupt"
+        n = 1
+        while dst.exists():
+            dst, n = self.directory / f"{step}.corrupt{n}", n + 1
+        try:
+            src.rename(dst)
+        except OSError:
+            pass
+        self._manager.reload()
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are written."""
         self._manager.wait_until_finished()
@@ -114,3 +156,44 @@ class CheckpointManager:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def load_init_params(path: str | os.PathLike, fresh: Any) -> tuple[Any, list[str]]:
+    """Overlay parameters from `path` onto `fresh` (same key layout); returns (params, notes).
+
+    `path`: an official `.npz`, or an earlier run's output or checkpoint folder (its latest checkpoint's
+    EMA parameters). Keys absent from the file keep their fresh initialisation (e.g. the pTM head when
+    fine-tuning from initial-training parameters); keys of the file the model lacks are ignored (both
+    noted); shapes must agree (`ParamsError` listing the mismatches)."""
+    import numpy as np  # noqa: PLC0415
+
+    from jaxfold.weights import ROOT_SCOPE, ParamsError, flat_to_tree, read_npz, tree_to_flat  # noqa: PLC0415
+
+    path = Path(path)
+    fresh_flat = tree_to_flat(jax.device_get(fresh))
+    if path.is_dir():
+        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        mgr = CheckpointManager(ckpt_dir, create=False)
+        step = mgr.latest_step()
+        mgr.close()
+        if step is None:
+            raise ParamsError(f"--init-params {str(path)!r}: no checkpoint in {str(ckpt_dir)!r}")
+        raw = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
+        ema = raw["ema_params"] if isinstance(raw, dict) else raw.ema_params
+        flat = {k: np.asarray(v) for k, v in tree_to_flat(ema).items()}
+    else:
+        flat = {k.split("/", 1)[1] if k.startswith(ROOT_SCOPE + "/") else k: v
+                for k, v in read_npz(path).items()}
+    bad = [f"{k}: file {flat[k].shape} vs model {fresh_flat[k].shape}" for k in flat
+           if k in fresh_flat and tuple(flat[k].shape) != tuple(fresh_flat[k].shape)]
+    if bad:
+        raise ParamsError(f"--init-params {str(path)!r} does not fit the config: " + "; ".join(bad[:10]))
+    merged = {k: (np.asarray(flat[k], np.float32) if k in flat else v) for k, v in fresh_flat.items()}
+    notes = []
+    missing = sorted(set(fresh_flat) - set(flat))
+    if missing:
+        notes.append(f"{len(missing)} parameter arrays not in {path} start fresh (e.g. {missing[0]})")
+    extra = sorted(set(flat) - set(fresh_flat))
+    if extra:
+        notes.append(f"{len(extra)} parameter arrays of {path} are not used by this config (e.g. {extra[0]})")
+    return flat_to_tree(merged), notes

@@ -134,7 +134,8 @@ def make_train_step(config, loss_fn: LossFn, mesh=None, *, apply_fn: ApplyFn | N
                     tx: optax.GradientTransformation | None = None, donate: bool = True):
     """Build the compiled training step (see the module docstring).
 
-    config: a training config (`load_training_config(...)`: `config.model`, `config.training`).
+    config: a training config (`jaxfold.config.model_config("initial_training", ...)`: `config.model`,
+      `config.training`).
     loss_fn: per-example loss, `(outputs, example) -> (scalar, terms)`.
     mesh: optional ('dap', 'data') mesh from `jaxfold.parallel.mesh.make_mesh`.
     apply_fn: the model, `(params, example, dropout_key, dap) -> outputs`; default AlphaFold (tests and
