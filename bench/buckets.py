@@ -54,7 +54,8 @@ from jaxfold.data.feature_processing import process_features  # noqa: E402
 from jaxfold.data.parsers import FastaRecord, read_fasta  # noqa: E402
 from jaxfold.data.pipeline import build_raw_features  # noqa: E402
 from jaxfold.inference import init_random_params  # noqa: E402
-from jaxfold.model import compiled_model, run_alphafold  # noqa: E402
+from jaxfold.model import run_alphafold  # noqa: E402
+from jaxfold.model.predict import clear_compiled  # noqa: E402
 
 STANDARD = set("ACDEFGHIKLMNPQRSTVWY")
 SEQ_FILE = "data/seqdb/af3_miniature/pdb_seqres_2022_09_28__subsampled_1000.fasta"
@@ -94,7 +95,7 @@ def pick_records(num: int, lo: int, hi: int) -> list[FastaRecord]:
 
 def run_mode(mode: str, cfg, params, feats: list[dict], names: list[str], budget_s: float) -> dict:
     jax.clear_caches()
-    compiled_model.cache_clear()
+    clear_compiled()
     order = sorted(range(len(feats)), key=lambda i: feats[i]["aatype"].shape[1])
     rows, shapes_seen, outputs = [], set(), {}
     start = time.perf_counter()

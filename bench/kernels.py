@@ -518,7 +518,6 @@ def bench_copy_ceiling(budget: Budget, quick: bool, log):
 
 def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
     """One full-size Evoformer block (N_seq 128, N_res 256) forward+backward, kernels='pallas' vs 'xla'."""
-    import flax.linen as nn  # noqa: PLC0415
 
     from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.model.evoformer import EvoformerIteration  # noqa: PLC0415

@@ -335,7 +335,8 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
                       f'predict {model_timings.get("predict", 0):.1f} s)')
             extra = {'info': {'num_alignments': result.info.get('num_alignments'),
                               'msa_depth': result.info.get('msa_depth'),
-                              'templates': result.info.get('templates', [])}}
+                              'templates': result.info.get('templates', []),
+                              'templates_skipped': result.info.get('templates_skipped', {})}}
             if relax != 'none':
                 progress.stage(f'{name} relaxing')
                 files, relax_stats, relax_seconds = relax_models(

@@ -28,7 +28,6 @@ from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxfold.common import all_atom
 from jaxfold.common import residue_constants as rc

@@ -175,8 +175,9 @@ def template_features(record: FastaRecord, *, hits_path: Optional[PathLike] = No
                          for n in features.get('template_domain_names', [])]
     info['template_errors'] = list(getattr(result, 'errors', []))
     info['template_warnings'] = list(getattr(result, 'warnings', []))
-    for message in info['template_errors']:
-        logger.warning('%s: template: %s', record.name, message)
+    # Every unused hit grouped under its reason (the featurizer logs one summary line per search, not one
+    # line per missing or unreadable mmCIF); inference writes it into ranking.json.
+    info['templates_skipped'] = dict(getattr(result, 'skipped_by_reason', {}) or {})
     return features
 
 

@@ -6,44 +6,20 @@
   key names of DeepMind's results (`structure_module/final_atom_positions`, `confidence/plddt`, ...). It is
   `jaxfold.model.predict.predict`, the one prediction path (also behind `infer.py`).
 - `AlphaFold`: the Flax module underneath (`AlphaFold(config.model).apply({'params': params}, batch)`),
-  the training path (recycling inside one compiled `while_loop`).
+  the training path (recycling inside one compiled `while_loop`, differentiable last pass).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
 from jaxfold.model.predict import flat_outputs, flatten_outputs, predict
-from jaxfold.parallel.mesh import dap_for_mesh
 
-__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs",
-           "compiled_model"]
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_model(config, mesh=None):
-    """`jit(AlphaFold(config.model).apply)`: the whole model with its `while_loop` recycling in one program
-    (training-time evaluation and benchmarks of that path; prediction uses `predict`).
-
-    With a `mesh` that has a `dap` axis of size > 1 the model runs inside `jax.shard_map`: parameters and
-    features replicated, the trunk's stacks split over `dap` (dynamic axial parallelism), everything else
-    replicated, outputs replicated.
-    """
-    dap = dap_for_mesh(mesh)
-    model = AlphaFold(config.model, dap=dap)
-
-    def apply(params, batch):
-        return model.apply({"params": params}, batch)
-
-    if dap.enabled:
-        apply = jax.shard_map(apply, mesh=mesh, in_specs=(P(), P()), out_specs=P())
-    return jax.jit(apply)
+__all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs"]
 
 
 def run_alphafold(config, params: Mapping, features: Mapping, mesh=None, *, rng: jax.Array | None = None,

@@ -120,6 +120,12 @@ _PROGRAMS: dict = {}
 _PROGRAMS_MAX = 8
 
 
+def clear_compiled() -> None:
+    """Forget every compiled prediction program (benchmarks of compile counts start from nothing)."""
+    _PROGRAMS.clear()
+    _multimer_program.cache_clear()
+
+
 def _signature(tree) -> tuple:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     return treedef, tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves)

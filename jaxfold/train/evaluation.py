@@ -8,7 +8,8 @@
 An example is one chain's features with the leading recycling axis (as the model takes them) plus its
 ground truth `all_atom_positions` `[N, 37, 3]` and `all_atom_mask` `[N, 37]` (a leading recycling axis on
 those is accepted and ignored). The prediction runs the model in inference mode
-(`jaxfold.model.compiled_model`, no dropout, `model.num_recycle` recycles) unless `predict_fn` is given.
+(`jaxfold.model.predict.predict`, the one prediction path: no dropout, `model.num_recycle` recycles) unless
+`predict_fn` is given.
 A submission while an evaluation is still running is dropped (training never waits); `poll` reports it.
 """
 
@@ -32,16 +33,15 @@ _MODEL_KEYS_EXCLUDED = ("all_atom_positions", "all_atom_mask", "resolution")
 
 
 def model_predict_fn(config, mesh=None) -> PredictFn:
-    from jaxfold.model import compiled_model  # noqa: PLC0415
+    """Predictions through the one prediction path (`jaxfold.model.predict.predict`, lean outputs)."""
+    from jaxfold.model.predict import predict as run_model  # noqa: PLC0415
     from jaxfold.train.step import split_example  # noqa: PLC0415
-
-    model = compiled_model(config, mesh)
 
     def predict(params, features):
         sliced, _ = split_example({k: np.asarray(v) for k, v in features.items()
                                    if np.asarray(v).dtype.kind in "biuf"})
-        batch = {k: jnp.asarray(v) for k, v in sliced.items() if k not in _MODEL_KEYS_EXCLUDED}
-        return model(params, batch)["structure_module"]["final_atom_positions"]
+        batch = {k: v for k, v in sliced.items() if k not in _MODEL_KEYS_EXCLUDED}
+        return run_model(config, params, batch, mesh=mesh, outputs="lean")["structure_module/final_atom_positions"]
 
     return predict
 
