@@ -10,7 +10,7 @@ import warnings
 
 from jaxfold.predict_command import main
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     # Warnings for the user (e.g. hhblits missing) as one plain line, not a source location.
-    warnings.formatwarning = lambda message, category, *rest, **kw: f'warning: {message}\n'
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     sys.exit(main())

@@ -26,30 +26,53 @@ TRAINING_PRESETS = ("initial_training", "finetuning", "short_training")
 
 def parse_args(argv=None) -> argparse.Namespace:
     others = [p for p in available_presets() if p not in TRAINING_PRESETS and p != "training_base"]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mesh", default="1x1", help="DAPxDATA, e.g. 8x64 (or dap=8,data=64)")
-    p.add_argument("--config", default="initial_training",
-                   help=f"preset: {', '.join(TRAINING_PRESETS)} (training recipes), or any model preset "
-                        f"({', '.join(others)}), or a .toml path")
+    p.add_argument(
+        "--config",
+        default="initial_training",
+        help=f"preset: {', '.join(TRAINING_PRESETS)} (training recipes), or any model preset "
+        f"({', '.join(others)}), or a .toml path",
+    )
     p.add_argument("--data-dir", required=True, help="folder of <pdb_id>.cif files")
     p.add_argument("--alignment-dir", required=True, help="folder of <pdb_id>_<chain>/ alignment folders")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--init-params", default=None,
-                   help="official .npz, or an earlier run's output/checkpoint folder (its EMA parameters)")
+    p.add_argument(
+        "--init-params",
+        default=None,
+        help="official .npz, or an earlier run's output/checkpoint folder (its EMA parameters)",
+    )
     p.add_argument("--num-steps", type=int, default=None, help="override training.num_steps")
     p.add_argument("--seed", type=int, default=None, help="override training.seed")
     p.add_argument("--chain-list", default=None, help="training chain ids, one per line")
     p.add_argument("--eval-chain-list", default=None, help="held-out chain ids for lDDT-Ca evaluation")
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="config override, e.g. --set training.batch_size=16 (VALUE parsed as TOML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="config override, e.g. --set training.batch_size=16 (VALUE parsed as TOML)",
+    )
     g = p.add_argument_group("multi-process runs (one command per process)")
-    g.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-                   help="HOST:PORT of process 0 (env JAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, default=_env_int("JAX_NUM_PROCESSES"),
-                   help="number of processes (env JAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=_env_int("JAX_PROCESS_ID"),
-                   help="this process's index, 0..N-1 (env JAX_PROCESS_ID)")
+    g.add_argument(
+        "--coordinator",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        help="HOST:PORT of process 0 (env JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        default=_env_int("JAX_NUM_PROCESSES"),
+        help="number of processes (env JAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=int,
+        default=_env_int("JAX_PROCESS_ID"),
+        help="this process's index, 0..N-1 (env JAX_PROCESS_ID)",
+    )
     return p.parse_args(argv)
 
 
@@ -70,8 +93,7 @@ def _start_distributed(args) -> None:
     if args.num_processes is not None and args.num_processes > 1:
         if args.coordinator is None or args.process_id is None:
             raise ValueError("--num-processes > 1 needs --coordinator HOST:PORT and --process-id")
-        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     else:
         initialize_distributed()  # a cluster launcher's environment (SLURM, Open MPI, ...), if any
 
@@ -104,10 +126,17 @@ def main(argv=None) -> int:
     from jaxfold.weights import ParamsError  # noqa: PLC0415
 
     try:
-        run_training(cfg, mesh, data_dir=args.data_dir, alignment_dir=args.alignment_dir,
-                     output_dir=args.output_dir, init_params=args.init_params, chain_list=args.chain_list,
-                     eval_chain_list=args.eval_chain_list,
-                     log=lambda msg: print(f"train.py: {msg}", file=sys.stderr, flush=True))
+        run_training(
+            cfg,
+            mesh,
+            data_dir=args.data_dir,
+            alignment_dir=args.alignment_dir,
+            output_dir=args.output_dir,
+            init_params=args.init_params,
+            chain_list=args.chain_list,
+            eval_chain_list=args.eval_chain_list,
+            log=lambda msg: print(f"train.py: {msg}", file=sys.stderr, flush=True),
+        )
     except (TrainingError, ParamsError, LoaderError) as e:
         return _error(str(e))
     return 0

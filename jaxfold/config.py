@@ -44,13 +44,9 @@ _MISSING = object()
 # one sets.  Any full dotted path is accepted as well.
 SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "evoformer_num_block": ("model.embeddings_and_evoformer.evoformer_num_block",),
-    "extra_msa_stack_num_block": (
-        "model.embeddings_and_evoformer.extra_msa_stack_num_block",
-    ),
+    "extra_msa_stack_num_block": ("model.embeddings_and_evoformer.extra_msa_stack_num_block",),
     "structure_module_num_layer": ("model.heads.structure_module.num_layer",),
-    "template_pair_stack_num_block": (
-        "model.embeddings_and_evoformer.template.template_pair_stack.num_block",
-    ),
+    "template_pair_stack_num_block": ("model.embeddings_and_evoformer.template.template_pair_stack.num_block",),
     "num_recycle": ("model.num_recycle", "data.common.num_recycle"),
     "resample_msa_in_recycling": (
         "model.resample_msa_in_recycling",
@@ -70,6 +66,7 @@ SHORT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "deterministic": ("model.global_config.deterministic",),
     "zero_init": ("model.global_config.zero_init",),
 }
+
 
 # AlphaFold config keys that jaxfold expresses through one of its own keys: override path -> (jaxfold path,
 # value converter).  AlphaFold's `global_config.bfloat16` is jaxfold's `global_config.dtype`, so DeepMind's
@@ -143,9 +140,7 @@ def _freeze(value: Any, where: str) -> Any:
     try:
         hash(value)
     except TypeError:
-        raise TypeError(
-            f"Config value at {where!r} has unhashable type {type(value).__name__}"
-        ) from None
+        raise TypeError(f"Config value at {where!r} has unhashable type {type(value).__name__}") from None
     return value
 
 
@@ -238,17 +233,13 @@ class Config(Mapping):
 
     # -- immutability ------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(
-            f"Config is immutable: cannot set {name!r}; use .replace(...) instead"
-        )
+        raise AttributeError(f"Config is immutable: cannot set {name!r}; use .replace(...) instead")
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Config is immutable: cannot delete {name!r}")
 
     def __setitem__(self, key: str, value: Any) -> None:
-        raise TypeError(
-            f"Config is immutable: cannot set {key!r}; use .replace(...) instead"
-        )
+        raise TypeError(f"Config is immutable: cannot set {key!r}; use .replace(...) instead")
 
     def __delitem__(self, key: str) -> None:
         raise TypeError(f"Config is immutable: cannot delete {key!r}")
@@ -317,9 +308,7 @@ class Config(Mapping):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Config):
-            return self is other or (
-                hash(self) == hash(other) and self._key() == other._key()
-            )
+            return self is other or (hash(self) == hash(other) and self._key() == other._key())
         if isinstance(other, Mapping):
             try:
                 return self._key() == Config(other)._key()
@@ -391,10 +380,7 @@ class Config(Mapping):
             node: Any = tree
             for depth, part in enumerate(parts):
                 if not isinstance(node, dict) or part not in node:
-                    raise KeyError(
-                        f"unknown config path {path!r}."
-                        + _did_you_mean(_suggest(path, self._all_paths()))
-                    )
+                    raise KeyError(f"unknown config path {path!r}." + _did_you_mean(_suggest(path, self._all_paths())))
                 if depth < len(parts) - 1:
                     node = node[part]
             old = self[path]
@@ -434,8 +420,7 @@ def config_dir() -> Path:
         if (d / "base.toml").is_file():
             return d
     raise FileNotFoundError(
-        "jaxfold preset directory not found; looked in "
-        + ", ".join(str(d) for d in _candidate_dirs())
+        "jaxfold preset directory not found; looked in " + ", ".join(str(d) for d in _candidate_dirs())
     )
 
 
@@ -521,8 +506,11 @@ def _validate(cfg: Config, source: str) -> None:
         if path in cfg and cfg[path] < 0:
             raise ValueError(f"{source}: {path} must be >= 0; got {cfg[path]!r}")
     for path in _INT_OR_AUTO:
-        if path in cfg and cfg[path] != "auto" and (isinstance(cfg[path], bool) or not isinstance(cfg[path], int)
-                                                    or cfg[path] < 0):
+        if (
+            path in cfg
+            and cfg[path] != "auto"
+            and (isinstance(cfg[path], bool) or not isinstance(cfg[path], int) or cfg[path] < 0)
+        ):
             raise ValueError(f"{source}: {path} must be a non-negative int or 'auto'; got {cfg[path]!r}")
 
 
@@ -581,8 +569,7 @@ def model_config(preset: str = "model_1_ptm", **overrides: Any) -> Config:
             raise ValueError(
                 f"unknown override {name!r} for preset {preset!r}. Pass one of "
                 f"the short names ({', '.join(SHORT_OVERRIDES)}) or a full "
-                f"dotted path such as 'model.heads.distogram.weight'."
-                + _did_you_mean(matches)
+                f"dotted path such as 'model.heads.distogram.weight'." + _did_you_mean(matches)
             )
     cfg = cfg.replace(**updates)
     _validate(cfg, source=f"model_config({preset!r})")

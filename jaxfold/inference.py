@@ -13,28 +13,41 @@ The library half of ``infer.py``:
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from jaxfold.common import residue_constants as rc
+from jaxfold.common.files import PathLike
 from jaxfold.data.buckets import bucket_length, pad_features, unpad_outputs
 from jaxfold.data.feature_processing import is_processed
 from jaxfold.data.parsers import FastaRecord
 from jaxfold.errors import InferenceError, OutputExistsError
 from jaxfold.model_params import load_model_params
 from jaxfold.outputs import (
-    check_not_finished, ranking_summary, relax_models, sequence_output_dir, write_model_outputs,
-    write_sequence_summary)
+    check_not_finished,
+    ranking_summary,
+    relax_models,
+    sequence_output_dir,
+    write_model_outputs,
+    write_sequence_summary,
+)
 from jaxfold.progress import NO_PROGRESS, Progress
 
-PathLike = str | os.PathLike
-
-__all__ = ['InferenceError', 'OutputExistsError', 'ModelSpec', 'SequenceReport', 'build_config', 'load_records',
-           'predict', 'run_inference', 'trim_msa_rows']
+__all__ = [
+    "InferenceError",
+    "OutputExistsError",
+    "ModelSpec",
+    "SequenceReport",
+    "build_config",
+    "load_records",
+    "predict",
+    "run_inference",
+    "trim_msa_rows",
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,9 +55,14 @@ __all__ = ['InferenceError', 'OutputExistsError', 'ModelSpec', 'SequenceReport',
 # ---------------------------------------------------------------------------------------
 
 
-_MSA_ROW_FEATURES = ('msa_feat', 'msa_mask', 'bert_mask', 'true_msa', 'msa_row_mask')
-_EXTRA_ROW_FEATURES = ('extra_msa', 'extra_msa_mask', 'extra_has_deletion', 'extra_deletion_value',
-                       'extra_msa_row_mask')
+_MSA_ROW_FEATURES = ("msa_feat", "msa_mask", "bert_mask", "true_msa", "msa_row_mask")
+_EXTRA_ROW_FEATURES = (
+    "extra_msa",
+    "extra_msa_mask",
+    "extra_has_deletion",
+    "extra_deletion_value",
+    "extra_msa_row_mask",
+)
 
 
 def trim_msa_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -55,8 +73,7 @@ def trim_msa_rows(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     unchanged (up to float rounding). At least one row of each is kept.
     """
     out = dict(batch)
-    for row_mask_key, keys in (('msa_row_mask', _MSA_ROW_FEATURES),
-                               ('extra_msa_row_mask', _EXTRA_ROW_FEATURES)):
+    for row_mask_key, keys in (("msa_row_mask", _MSA_ROW_FEATURES), ("extra_msa_row_mask", _EXTRA_ROW_FEATURES)):
         if row_mask_key not in out:
             continue
         valid = np.asarray(out[row_mask_key]).reshape(-1, np.shape(out[row_mask_key])[-1]) > 0
@@ -74,7 +91,7 @@ def bucket_msa_rows(batch_full: Mapping[str, np.ndarray], batch: Mapping[str, np
     AlphaFold's own padding rows (masked), so the prediction is unchanged and records of similar MSA depth
     share shapes."""
     out = dict(batch)
-    for row_mask_key, keys in (('msa_row_mask', _MSA_ROW_FEATURES), ('extra_msa_row_mask', _EXTRA_ROW_FEATURES)):
+    for row_mask_key, keys in (("msa_row_mask", _MSA_ROW_FEATURES), ("extra_msa_row_mask", _EXTRA_ROW_FEATURES)):
         present = [k for k in keys if k in out and np.ndim(out[k]) >= 2]
         if not present:
             continue
@@ -85,12 +102,24 @@ def bucket_msa_rows(batch_full: Mapping[str, np.ndarray], batch: Mapping[str, np
     return out
 
 
-def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, params: Mapping,
-            *, seed: int = 0, pipeline_options: Mapping[str, Any] | None = None,
-            progress: Progress | None = None, timings: dict[str, float] | None = None,
-            label: str = '', trim_msa_padding: bool = True, mesh=None, kernels: str | None = None,
-            chunk_size: int | str | None = None, outputs: str = 'full', bucket: str = 'none',
-            run_settings: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def predict(
+    features_or_record: Mapping[str, Any] | FastaRecord | str,
+    config,
+    params: Mapping,
+    *,
+    seed: int = 0,
+    pipeline_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
+    label: str = "",
+    trim_msa_padding: bool = True,
+    mesh=None,
+    kernels: str | None = None,
+    chunk_size: int | str | None = None,
+    outputs: str = "full",
+    bucket: str = "none",
+    run_settings: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """Predicts a structure: record / raw features / processed features -> model outputs.
 
     Args:
@@ -127,30 +156,30 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
     """
     from jaxfold.data.feature_processing import process_features  # noqa: PLC0415
     from jaxfold.model.memory import ChainTooLongError  # noqa: PLC0415
-    from jaxfold.model.predict import number_of_passes, predict as run_model  # noqa: PLC0415
+    from jaxfold.model.predict import number_of_passes  # noqa: PLC0415
+    from jaxfold.model.predict import predict as run_model
 
     progress = progress or NO_PROGRESS
     timings = {} if timings is None else timings
-    prefix = f'{label} ' if label else ''
+    prefix = f"{label} " if label else ""
     features = features_or_record
     if isinstance(features, (FastaRecord, str)):
         from jaxfold.data.pipeline import build_raw_features  # noqa: PLC0415
 
-        progress.stage(f'{prefix}preprocessing')
+        progress.stage(f"{prefix}preprocessing")
         start = time.perf_counter()
         features = build_raw_features(features, **dict(pipeline_options or {}))
-        timings['preprocess'] = time.perf_counter() - start
+        timings["preprocess"] = time.perf_counter() - start
     if not is_processed(features):
-        progress.stage(f'{prefix}processing features')
+        progress.stage(f"{prefix}processing features")
         start = time.perf_counter()
         features = process_features(features, config, seed=seed)
-        timings['process_features'] = time.perf_counter() - start
+        timings["process_features"] = time.perf_counter() - start
 
-    batch_full = {k: np.asarray(v) for k, v in features.items()
-                  if np.asarray(v).dtype.kind in 'biuf'}
+    batch_full = {k: np.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
     batch_all = trim_msa_rows(batch_full) if trim_msa_padding else batch_full
-    num_res = batch_all['aatype'].shape[1]
-    if bucket != 'none':  # shapes shared by many records: one compiled program per bucket
+    num_res = batch_all["aatype"].shape[1]
+    if bucket != "none":  # shapes shared by many records: one compiled program per bucket
         batch_all = bucket_msa_rows(batch_full, batch_all)
         length = bucket_length(num_res, bucket)
         if length > num_res:
@@ -158,38 +187,53 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
     num_passes = number_of_passes(config, batch_all)
 
     def pass_stage(index: int) -> str:
-        return (f'{prefix}recycle {index}/{num_passes - 1}' if index + 1 < num_passes
-                else f'{prefix}final pass ({num_passes - 1} recycles)')
+        return (
+            f"{prefix}recycle {index}/{num_passes - 1}"
+            if index + 1 < num_passes
+            else f"{prefix}final pass ({num_passes - 1} recycles)"
+        )
 
     def on_compiled(seconds):
         progress.advance()
         progress.stage(pass_stage(0))
 
     def on_pass(index, total, seconds):
-        timings[f'recycle_{index}'] = seconds
+        timings[f"recycle_{index}"] = seconds
         progress.advance()
         if index + 1 < total:
             progress.stage(pass_stage(index + 1))
 
-    progress.stage(f'{prefix}compiling')
+    progress.stage(f"{prefix}compiling")
     run_timings: dict[str, Any] = {}
     try:
-        flat = run_model(config, params, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size,
-                         outputs=outputs, timings=run_timings, on_compiled=on_compiled, on_pass=on_pass)
+        flat = run_model(
+            config,
+            params,
+            batch_all,
+            mesh=mesh,
+            kernels=kernels,
+            chunk_size=chunk_size,
+            outputs=outputs,
+            timings=run_timings,
+            on_compiled=on_compiled,
+            on_pass=on_pass,
+        )
     except ChainTooLongError as e:
         raise InferenceError(str(e)) from None
-    timings['compile'] = run_timings['compile']
-    timings['predict'] = run_timings['predict']
+    timings["compile"] = run_timings["compile"]
+    timings["predict"] = run_timings["predict"]
     if run_settings is not None:
-        run_settings.update(dataclasses.asdict(run_timings['settings']))
-    if batch_all['aatype'].shape[1] > num_res:  # cut the bucket's padding off, confidences of the true residues
+        run_settings.update(dataclasses.asdict(run_timings["settings"]))
+    if batch_all["aatype"].shape[1] > num_res:  # cut the bucket's padding off, confidences of the true residues
         flat = unpad_outputs(flat, num_res)
-    flat['features/aatype'] = batch_all['aatype'][0, :num_res]
-    flat['features/residue_index'] = batch_all['residue_index'][0, :num_res]
-    flat['features/seq_mask'] = batch_all['seq_mask'][0, :num_res]
-    if not np.all(np.isfinite(flat['structure_module/final_atom_positions'])):
-        raise InferenceError('the model produced non-finite coordinates (NaN/inf): check the '
-                             'parameters and the precision (--precision fp32)')
+    flat["features/aatype"] = batch_all["aatype"][0, :num_res]
+    flat["features/residue_index"] = batch_all["residue_index"][0, :num_res]
+    flat["features/seq_mask"] = batch_all["seq_mask"][0, :num_res]
+    if not np.all(np.isfinite(flat["structure_module/final_atom_positions"])):
+        raise InferenceError(
+            "the model produced non-finite coordinates (NaN/inf): check the "
+            "parameters and the precision (--precision fp32)"
+        )
     return flat
 
 
@@ -201,6 +245,7 @@ def predict(features_or_record: Mapping[str, Any] | FastaRecord | str, config, p
 @dataclasses.dataclass
 class ModelSpec:
     """One model to run: preset name, config, and (lazily) its parameters."""
+
     name: str
     config: Any
     params: dict | None = None
@@ -218,32 +263,48 @@ class SequenceReport:
     files: list[Path] = dataclasses.field(default_factory=list)
 
 
-def build_config(preset: str, *, num_recycle: int | None = None, precision: str = 'fp32',
-                 overrides: Mapping[str, Any] | None = None):
+def build_config(
+    preset: str, *, num_recycle: int | None = None, precision: str = "fp32", overrides: Mapping[str, Any] | None = None
+):
     """``model_config(preset, ...)`` with the command line's overrides."""
     from jaxfold.config import model_config  # noqa: PLC0415
 
     kwargs = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     if num_recycle is not None:
-        kwargs['num_recycle'] = int(num_recycle)
-    if precision not in ('fp32', 'bf16'):
-        raise InferenceError(f'unknown precision {precision!r} (fp32 or bf16)')
-    if precision == 'bf16':
-        kwargs['dtype'] = 'bfloat16'
+        kwargs["num_recycle"] = int(num_recycle)
+    if precision not in ("fp32", "bf16"):
+        raise InferenceError(f"unknown precision {precision!r} (fp32 or bf16)")
+    if precision == "bf16":
+        kwargs["dtype"] = "bfloat16"
     try:
         return model_config(preset, **kwargs)
     except (ValueError, KeyError, TypeError) as e:
-        raise InferenceError(f'model {preset!r}: {str(e).strip(chr(34) + chr(39))}') from None
+        raise InferenceError(f"model {preset!r}: {str(e).strip(chr(34) + chr(39))}") from None
 
 
-def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], output_dir: PathLike,
-                  *, pipeline_options: Mapping[str, Any], params: str | None, seed: int = 0,
-                  workers: int = 1, use_ray: bool = False, overwrite: bool = False,
-                  plots: bool = True, progress: Progress | None = None,
-                  trim_msa_padding: bool = True, mesh=None, kernels: str = 'auto',
-                  chunk_size: int | str = 'auto', bucket: str = 'auto', relax: str = 'none',
-                  relax_device: str = 'cpu', reraise: bool = False,
-                  log: Callable[[str], None] = lambda s: None) -> list[SequenceReport]:
+def run_inference(
+    records: Sequence[FastaRecord],
+    models: Sequence[ModelSpec],
+    output_dir: PathLike,
+    *,
+    pipeline_options: Mapping[str, Any],
+    params: str | None,
+    seed: int = 0,
+    workers: int = 1,
+    use_ray: bool = False,
+    overwrite: bool = False,
+    plots: bool = True,
+    progress: Progress | None = None,
+    trim_msa_padding: bool = True,
+    mesh=None,
+    kernels: str = "auto",
+    chunk_size: int | str = "auto",
+    bucket: str = "auto",
+    relax: str = "none",
+    relax_device: str = "cpu",
+    reraise: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[SequenceReport]:
     """Preprocesses ``records`` in parallel and, as each is ready, runs every model on it and
     writes its files into ``output_dir/<name>/``. Returns one report per record (``error`` set
     for the ones that failed); raises :class:`InferenceError` for set-up problems found before
@@ -269,20 +330,21 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
     # Parameters: load (or draw) them all first, so that a bad file fails before any work.
     for spec in models:
         if spec.params is None:
-            progress.stage(f'loading parameters {spec.name}')
+            progress.stage(f"loading parameters {spec.name}")
             start = time.perf_counter()
-            spec.params, spec.random, spec.path = load_model_params(params, spec.name,
-                                                                    spec.config, seed)
+            spec.params, spec.random, spec.path = load_model_params(params, spec.name, spec.config, seed)
             import jax  # noqa: PLC0415
 
             spec.params = jax.device_put(spec.params)  # once, not per prediction
-            log(f'{spec.name}: {"random parameters" if spec.random else spec.path} '
-                f'({time.perf_counter() - start:.1f} s)')
+            log(
+                f"{spec.name}: {'random parameters' if spec.random else spec.path} "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
         progress.advance()
 
     reports: dict[int, SequenceReport] = {}
     compiles = 0
-    progress.stage(f'preprocessing {len(records)} sequence(s)')
+    progress.stage(f"preprocessing {len(records)} sequence(s)")
     for result in preprocess_many(records, workers=workers, use_ray=use_ray, **pipeline_options):
         record = result.record
         name = record.safe_name
@@ -292,106 +354,141 @@ def run_inference(records: Sequence[FastaRecord], models: Sequence[ModelSpec], o
         progress.advance()
         if not result.ok:
             report.error = result.error
-            progress.write(f'error: {result.error}')
+            progress.write(f"error: {result.error}")
             progress.advance(num_steps_per_model + 1)
             continue
         unknown = unknown_residues(record.sequence)
         if unknown:
-            log(f'{name}: {unknown}')
-        timings: dict[str, float] = {'features': result.timings.get('preprocess', 0.0),
-                                     'msa': result.timings.get('msa', 0.0),
-                                     'templates': result.timings.get('templates', 0.0)}
+            log(f"{name}: {unknown}")
+        timings: dict[str, float] = {
+            "features": result.timings.get("preprocess", 0.0),
+            "msa": result.timings.get("msa", 0.0),
+            "templates": result.timings.get("templates", 0.0),
+        }
         results: dict[str, dict[str, np.ndarray]] = {}
         random_params = any(spec.random for spec in models)
         try:
             for spec in models:
                 model_timings: dict[str, float] = {}
                 settings: dict[str, Any] = {}
-                outputs = predict(result.features, spec.config, spec.params, seed=seed,
-                                  progress=progress, timings=model_timings,
-                                  label=f'{name} {spec.name}', trim_msa_padding=trim_msa_padding,
-                                  mesh=mesh, kernels=kernels, chunk_size=chunk_size, outputs='lean',
-                                  bucket=bucket, run_settings=settings)
-                compiles += model_timings.get('compile', 0.0) > 0
-                log(f'{name} {spec.name}: kernels {settings["kernels"]}, chunk size '
-                    f'{settings["chunk_size"] or "none"}, {settings["dtype"]}'
-                    + (f', DAP over {settings["dap_size"]} devices' if settings['dap_size'] > 1 else '')
-                    + f', estimated peak {settings["estimated_peak_bytes"] / 2**30:.1f} GiB of '
-                      f'{settings["budget_bytes"] / 2**30:.1f} GiB free')
+                outputs = predict(
+                    result.features,
+                    spec.config,
+                    spec.params,
+                    seed=seed,
+                    progress=progress,
+                    timings=model_timings,
+                    label=f"{name} {spec.name}",
+                    trim_msa_padding=trim_msa_padding,
+                    mesh=mesh,
+                    kernels=kernels,
+                    chunk_size=chunk_size,
+                    outputs="lean",
+                    bucket=bucket,
+                    run_settings=settings,
+                )
+                compiles += model_timings.get("compile", 0.0) > 0
+                log(
+                    f"{name} {spec.name}: kernels {settings['kernels']}, chunk size "
+                    f"{settings['chunk_size'] or 'none'}, {settings['dtype']}"
+                    + (f", DAP over {settings['dap_size']} devices" if settings["dap_size"] > 1 else "")
+                    + f", estimated peak {settings['estimated_peak_bytes'] / 2**30:.1f} GiB of "
+                    f"{settings['budget_bytes'] / 2**30:.1f} GiB free"
+                )
                 progress.advance()  # process_features
                 for key, value in model_timings.items():
-                    timings[f'{key}_{spec.name}'] = value
-                progress.stage(f'{name} {spec.name} writing')
+                    timings[f"{key}_{spec.name}"] = value
+                progress.stage(f"{name} {spec.name} writing")
                 start = time.perf_counter()
-                report.files += write_model_outputs(seq_dir, name, spec.name, outputs,
-                                                    random_params=spec.random)
-                timings[f'write_{spec.name}'] = time.perf_counter() - start
+                report.files += write_model_outputs(seq_dir, name, spec.name, outputs, random_params=spec.random)
+                timings[f"write_{spec.name}"] = time.perf_counter() - start
                 progress.advance()
                 results[spec.name] = outputs
-                log(f'{name} {spec.name}: mean pLDDT {float(np.mean(outputs["confidence/plddt"])):.2f}'
-                    + (f', pTM {float(outputs["confidence/ptm"]):.3f}'
-                       if 'confidence/ptm' in outputs else '')
-                    + f' (compile {model_timings.get("compile", 0):.1f} s, '
-                      f'predict {model_timings.get("predict", 0):.1f} s)')
-            extra = {'info': {'num_alignments': result.info.get('num_alignments'),
-                              'msa_depth': result.info.get('msa_depth'),
-                              'templates': result.info.get('templates', []),
-                              'templates_skipped': result.info.get('templates_skipped', {})}}
-            if relax != 'none':
-                progress.stage(f'{name} relaxing')
+                log(
+                    f"{name} {spec.name}: mean pLDDT {float(np.mean(outputs['confidence/plddt'])):.2f}"
+                    + (f", pTM {float(outputs['confidence/ptm']):.3f}" if "confidence/ptm" in outputs else "")
+                    + f" (compile {model_timings.get('compile', 0):.1f} s, "
+                    f"predict {model_timings.get('predict', 0):.1f} s)"
+                )
+            extra = {
+                "info": {
+                    "num_alignments": result.info.get("num_alignments"),
+                    "msa_depth": result.info.get("msa_depth"),
+                    "templates": result.info.get("templates", []),
+                    "templates_skipped": result.info.get("templates_skipped", {}),
+                }
+            }
+            if relax != "none":
+                progress.stage(f"{name} relaxing")
                 files, relax_stats, relax_seconds = relax_models(
-                    seq_dir, name, results, ranking_summary(results)['order'], relax, relax_device,
-                    random_params, log=log)
+                    seq_dir,
+                    name,
+                    results,
+                    ranking_summary(results)["order"],
+                    relax,
+                    relax_device,
+                    random_params,
+                    log=log,
+                )
                 report.files += files
-                extra['relax'] = relax_stats
-                timings.update({f'relax_{model}': t for model, t in relax_seconds.items()})
-            progress.stage(f'{name} writing summary')
+                extra["relax"] = relax_stats
+                timings.update({f"relax_{model}": t for model, t in relax_seconds.items()})
+            progress.stage(f"{name} writing summary")
             start = time.perf_counter()
-            timings['total'] = (sum(v for k, v in timings.items()
-                                    if k in ('features',) or k.startswith(
-                                        ('process_features_', 'compile_', 'predict_', 'write_', 'relax_'))))
-            files = write_sequence_summary(seq_dir, name, results, timings,
-                                           random_params=random_params, plots=plots, extra=extra)
-            timings['write_summary'] = time.perf_counter() - start
+            timings["total"] = sum(
+                v
+                for k, v in timings.items()
+                if k in ("features",) or k.startswith(("process_features_", "compile_", "predict_", "write_", "relax_"))
+            )
+            files = write_sequence_summary(
+                seq_dir, name, results, timings, random_params=random_params, plots=plots, extra=extra
+            )
+            timings["write_summary"] = time.perf_counter() - start
             report.files += files
             report.ranking = ranking_summary(results)
             report.timings = timings
             progress.advance()
         except InferenceError as e:
-            report.error = f'{name}: {e}'
-            progress.write(f'error: {report.error}')
+            report.error = f"{name}: {e}"
+            progress.write(f"error: {report.error}")
         except Exception as e:  # noqa: BLE001  (one failing record must not end the run; KeyboardInterrupt does)
             if reraise:
                 raise
-            report.error = f'{name}: {failure_reason(e, record)}'
-            progress.write(f'error: {report.error}')
+            report.error = f"{name}: {failure_reason(e, record)}"
+            progress.write(f"error: {report.error}")
     done = [r for r in reports.values() if r.timings]
     if done:
-        per_record = ', '.join(f'{r.name} {r.timings.get("total", 0):.1f} s' for r in done)
-        log(f'{compiles} compiled program(s) for {len(done)} record(s) x {len(models)} model(s) '
-            f'(length buckets: {bucket}); {per_record}')
-    progress.stage('done')
+        per_record = ", ".join(f"{r.name} {r.timings.get('total', 0):.1f} s" for r in done)
+        log(
+            f"{compiles} compiled program(s) for {len(done)} record(s) x {len(models)} model(s) "
+            f"(length buckets: {bucket}); {per_record}"
+        )
+    progress.stage("done")
     progress.close()
     return [reports[i] for i in sorted(reports)]
 
 
 def failure_reason(error: Exception, record: FastaRecord) -> str:
     """One line for an unexpected failure of one record: an out-of-memory says so and what would help."""
-    text = f'{type(error).__name__}: {error}'
-    if 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower():
-        return (f'out of device memory ({len(record.sequence)} residues): try --precision bf16, a smaller '
-                '--chunk-size, fewer MSA rows, or more GPUs with --mesh DAPx1')
-    return f'unexpected {text.splitlines()[0][:300]} (rerun with --debug for the traceback)'
+    text = f"{type(error).__name__}: {error}"
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+        return (
+            f"out of device memory ({len(record.sequence)} residues): try --precision bf16, a smaller "
+            "--chunk-size, fewer MSA rows, or more GPUs with --mesh DAPx1"
+        )
+    return f"unexpected {text.splitlines()[0][:300]} (rerun with --debug for the traceback)"
 
 
 def unknown_residues(sequence: str) -> str:
     """A note for residues without atoms in the output (X and other non-standard letters), or ''."""
     positions = [i + 1 for i, aa in enumerate(sequence) if aa not in rc.restypes]
     if not positions:
-        return ''
-    shown = ', '.join(f'{sequence[p - 1]}{p}' for p in positions[:10]) + (', ...' if len(positions) > 10 else '')
-    return (f'{len(positions)} non-standard residue(s) ({shown}) are modelled as unknown: they get no atoms '
-            'in the structure files')
+        return ""
+    shown = ", ".join(f"{sequence[p - 1]}{p}" for p in positions[:10]) + (", ..." if len(positions) > 10 else "")
+    return (
+        f"{len(positions)} non-standard residue(s) ({shown}) are modelled as unknown: they get no atoms "
+        "in the structure files"
+    )
 
 
 def load_records(fasta_paths: Iterable[PathLike]) -> list[FastaRecord]:
@@ -404,16 +501,17 @@ def load_records(fasta_paths: Iterable[PathLike]) -> list[FastaRecord]:
         try:
             file_records = read_fasta(path)
         except ParseError as e:
-            raise InferenceError(f'malformed FASTA: {e}') from None
+            raise InferenceError(f"malformed FASTA: {e}") from None
         except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            text = str(e) if isinstance(e, FileNotFoundError) else f'{path}: {e}'
-            raise InferenceError(f'cannot read FASTA: {text}') from None
+            text = str(e) if isinstance(e, FileNotFoundError) else f"{path}: {e}"
+            raise InferenceError(f"cannot read FASTA: {text}") from None
         for record in file_records:
             if record.safe_name in seen:
-                raise InferenceError(f'two sequences named {record.safe_name!r} ({seen[record.safe_name]} '
-                                     f'and {path}): their outputs would share one folder; '
-                                     'rename one of them')
+                raise InferenceError(
+                    f"two sequences named {record.safe_name!r} ({seen[record.safe_name]} "
+                    f"and {path}): their outputs would share one folder; "
+                    "rename one of them"
+                )
             seen[record.safe_name] = str(path)
             records.append(record)
     return records
-

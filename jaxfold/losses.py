@@ -18,7 +18,8 @@ Heads (`modules.py`): `distogram_loss`, `masked_msa_loss`, `predicted_lddt_loss`
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,19 +32,36 @@ from jaxfold.common.geometry import Rigid, Rot3, Vec3
 Array = jax.Array
 
 __all__ = [
-    "softmax_cross_entropy", "sigmoid_cross_entropy", "mask_mean",
-    "rigid_from_affine_tensor", "frame_aligned_point_error", "backbone_loss",
-    "find_optimal_renaming", "compute_renamed_ground_truth", "sidechain_loss", "supervised_chi_loss",
-    "between_residue_bond_loss", "between_residue_clash_loss", "within_residue_violations",
-    "find_structural_violations", "structural_violation_loss", "structure_module_loss",
-    "distogram_loss", "masked_msa_loss", "predicted_lddt_loss", "experimentally_resolved_loss",
-    "predicted_aligned_error_loss", "resolution_filter", "total_loss",
+    "softmax_cross_entropy",
+    "sigmoid_cross_entropy",
+    "mask_mean",
+    "rigid_from_affine_tensor",
+    "frame_aligned_point_error",
+    "backbone_loss",
+    "find_optimal_renaming",
+    "compute_renamed_ground_truth",
+    "sidechain_loss",
+    "supervised_chi_loss",
+    "between_residue_bond_loss",
+    "between_residue_clash_loss",
+    "within_residue_violations",
+    "find_structural_violations",
+    "structural_violation_loss",
+    "structure_module_loss",
+    "distogram_loss",
+    "masked_msa_loss",
+    "predicted_lddt_loss",
+    "experimentally_resolved_loss",
+    "predicted_aligned_error_loss",
+    "resolution_filter",
+    "total_loss",
 ]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Utilities (AlphaFold's utils / modules helpers).
 # ---------------------------------------------------------------------------------------------------------
+
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     return -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
@@ -109,10 +127,18 @@ def resolution_filter(resolution: Array, cfg) -> Array:
 # FAPE.
 # ---------------------------------------------------------------------------------------------------------
 
-def frame_aligned_point_error(pred_frames: Rigid, target_frames: Rigid, frames_mask: Array,
-                              pred_positions: Vec3, target_positions: Vec3, positions_mask: Array,
-                              length_scale: float, l1_clamp_distance: Optional[float] = None,
-                              epsilon: float = 1e-4) -> Array:
+
+def frame_aligned_point_error(
+    pred_frames: Rigid,
+    target_frames: Rigid,
+    frames_mask: Array,
+    pred_positions: Vec3,
+    target_positions: Vec3,
+    positions_mask: Array,
+    length_scale: float,
+    l1_clamp_distance: float | None = None,
+    epsilon: float = 1e-4,
+) -> Array:
     """Frame aligned point error (Suppl. Alg. 28), AlphaFold's all_atom.frame_aligned_point_error.
 
     Args:
@@ -126,10 +152,8 @@ def frame_aligned_point_error(pred_frames: Rigid, target_frames: Rigid, frames_m
       scalar: sum_ij clamp(|T_i^-1 x_j - T'_i^-1 x'_j|) / length_scale over masked pairs, divided by
       (epsilon + #frames * #positions).
     """
-    local_pred = pred_frames.inverse().map(lambda r: r[:, None]).apply(
-        pred_positions.map(lambda x: x[None, :]))
-    local_target = target_frames.inverse().map(lambda r: r[:, None]).apply(
-        target_positions.map(lambda x: x[None, :]))
+    local_pred = pred_frames.inverse().map(lambda r: r[:, None]).apply(pred_positions.map(lambda x: x[None, :]))
+    local_target = target_frames.inverse().map(lambda r: r[:, None]).apply(target_positions.map(lambda x: x[None, :]))
     error_dist = jnp.sqrt(local_pred.squared_distance(local_target) + epsilon)
     if l1_clamp_distance is not None:
         error_dist = jnp.clip(error_dist, 0, l1_clamp_distance)
@@ -139,7 +163,7 @@ def frame_aligned_point_error(pred_frames: Rigid, target_frames: Rigid, frames_m
     return jnp.sum(normed_error, axis=(-2, -1)) / (epsilon + normalization_factor)
 
 
-def backbone_loss(batch: Mapping[str, Array], traj: Array, config) -> Dict[str, Array]:
+def backbone_loss(batch: Mapping[str, Array], traj: Array, config) -> dict[str, Array]:
     """Backbone FAPE over every structure-module layer (AlphaFold's folding.backbone_loss).
 
     traj: [L, N, 7] quaternion + translation (Angstrom). With `batch['use_clamped_fape']` (a scalar,
@@ -151,9 +175,9 @@ def backbone_loss(batch: Mapping[str, Array], traj: Array, config) -> Dict[str, 
     mask = jnp.asarray(batch["backbone_affine_mask"], jnp.float32)
 
     def fape(clamp):
-        fn = lambda p: frame_aligned_point_error(p, gt, mask, p.trans, gt.trans, mask,
-                                                 length_scale=config.fape.loss_unit_distance,
-                                                 l1_clamp_distance=clamp)
+        fn = lambda p: frame_aligned_point_error(
+            p, gt, mask, p.trans, gt.trans, mask, length_scale=config.fape.loss_unit_distance, l1_clamp_distance=clamp
+        )
         return jax.vmap(fn)(pred)
 
     fape_loss = fape(config.fape.clamp_distance)
@@ -167,13 +191,20 @@ def backbone_loss(batch: Mapping[str, Array], traj: Array, config) -> Dict[str, 
 # Side chains.
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _pairwise_dists(x: Array, y: Array) -> Array:
     """[N, 14, 3] -> [N, N, 14, 14] distances between atoms of residue pairs (sqrt(1e-10 + d^2))."""
     return jnp.sqrt(1e-10 + jnp.sum(_sq_diff(x[:, None, :, None, :], y[None, :, None, :, :]), axis=-1))
 
 
-def find_optimal_renaming(atom14_gt_positions, atom14_alt_gt_positions, atom14_atom_is_ambiguous,
-                          atom14_gt_exists, atom14_pred_positions, atom14_atom_exists=None) -> Array:
+def find_optimal_renaming(
+    atom14_gt_positions,
+    atom14_alt_gt_positions,
+    atom14_atom_is_ambiguous,
+    atom14_gt_exists,
+    atom14_pred_positions,
+    atom14_atom_exists=None,
+) -> Array:
     """[N] float: 1 where swapping the symmetric atom names of the ground truth matches the
     prediction better (distances of ambiguous atoms to all non-ambiguous atoms; Suppl. Alg. 26)."""
     del atom14_atom_exists  # unused, as in AlphaFold
@@ -182,50 +213,70 @@ def find_optimal_renaming(atom14_gt_positions, atom14_alt_gt_positions, atom14_a
     alt_gt_dists = _pairwise_dists(atom14_alt_gt_positions, atom14_alt_gt_positions)
     lddt = jnp.sqrt(1e-10 + _sq_diff(pred_dists, gt_dists))
     alt_lddt = jnp.sqrt(1e-10 + _sq_diff(pred_dists, alt_gt_dists))
-    mask = (atom14_gt_exists[:, None, :, None] * atom14_atom_is_ambiguous[:, None, :, None]
-            * atom14_gt_exists[None, :, None, :] * (1.0 - atom14_atom_is_ambiguous[None, :, None, :]))
+    mask = (
+        atom14_gt_exists[:, None, :, None]
+        * atom14_atom_is_ambiguous[:, None, :, None]
+        * atom14_gt_exists[None, :, None, :]
+        * (1.0 - atom14_atom_is_ambiguous[None, :, None, :])
+    )
     per_res_lddt = jnp.sum(mask * lddt, axis=(1, 2, 3))
     alt_per_res_lddt = jnp.sum(mask * alt_lddt, axis=(1, 2, 3))
     return (alt_per_res_lddt < per_res_lddt).astype(jnp.float32)
 
 
-def compute_renamed_ground_truth(batch: Mapping[str, Array], atom14_pred_positions: Array) -> Dict[str, Array]:
+def compute_renamed_ground_truth(batch: Mapping[str, Array], atom14_pred_positions: Array) -> dict[str, Array]:
     """AlphaFold's folding.compute_renamed_ground_truth: per residue, the naming of the ground
     truth's symmetric atoms closer to the prediction."""
-    alt = find_optimal_renaming(batch["atom14_gt_positions"], batch["atom14_alt_gt_positions"],
-                                batch["atom14_atom_is_ambiguous"], batch["atom14_gt_exists"],
-                                atom14_pred_positions, batch["atom14_atom_exists"])
-    positions = ((1.0 - alt[:, None, None]) * batch["atom14_gt_positions"]
-                 + alt[:, None, None] * batch["atom14_alt_gt_positions"])
+    alt = find_optimal_renaming(
+        batch["atom14_gt_positions"],
+        batch["atom14_alt_gt_positions"],
+        batch["atom14_atom_is_ambiguous"],
+        batch["atom14_gt_exists"],
+        atom14_pred_positions,
+        batch["atom14_atom_exists"],
+    )
+    positions = (1.0 - alt[:, None, None]) * batch["atom14_gt_positions"] + alt[:, None, None] * batch[
+        "atom14_alt_gt_positions"
+    ]
     mask = (1.0 - alt[:, None]) * batch["atom14_gt_exists"] + alt[:, None] * batch["atom14_alt_gt_exists"]
-    return {"alt_naming_is_better": alt, "renamed_atom14_gt_positions": positions,
-            "renamed_atom14_gt_exists": mask}
+    return {"alt_naming_is_better": alt, "renamed_atom14_gt_positions": positions, "renamed_atom14_gt_exists": mask}
 
 
-def sidechain_loss(batch: Mapping[str, Array], sidechains: Mapping[str, Any],
-                   renamed: Mapping[str, Array], config) -> Dict[str, Array]:
+def sidechain_loss(
+    batch: Mapping[str, Array], sidechains: Mapping[str, Any], renamed: Mapping[str, Array], config
+) -> dict[str, Array]:
     """All-atom FAPE of the final layer's 8 group frames x 14 atoms (AlphaFold's folding.sidechain_loss).
 
     sidechains: `frames` Rigid [L, N, 8] (or [N, 8]), `atom_pos` Vec3 [L, N, 14] (or [N, 14]).
     renamed: output of compute_renamed_ground_truth.
     """
     alt = renamed["alt_naming_is_better"]
-    gt_frames = ((1.0 - alt[:, None, None]) * batch["rigidgroups_gt_frames"]
-                 + alt[:, None, None] * batch["rigidgroups_alt_gt_frames"])
+    gt_frames = (1.0 - alt[:, None, None]) * batch["rigidgroups_gt_frames"] + alt[:, None, None] * batch[
+        "rigidgroups_alt_gt_frames"
+    ]
     flat_gt_frames = Rigid.from_tensor_flat12(jnp.reshape(gt_frames, [-1, 12]))
     flat_frames_mask = jnp.reshape(batch["rigidgroups_gt_exists"], [-1]).astype(jnp.float32)
     flat_gt_positions = Vec3.from_array(jnp.reshape(renamed["renamed_atom14_gt_positions"], [-1, 3]))
     flat_positions_mask = jnp.reshape(renamed["renamed_atom14_gt_exists"], [-1])
 
     frames, atom_pos = sidechains["frames"], sidechains["atom_pos"]
-    last = (lambda x: jnp.reshape(x[-1], [-1])) if frames.shape and len(frames.shape) == 3 \
+    last = (
+        (lambda x: jnp.reshape(x[-1], [-1]))
+        if frames.shape and len(frames.shape) == 3
         else (lambda x: jnp.reshape(x, [-1]))
+    )
     flat_pred_frames = frames.map(last)
     flat_pred_positions = atom_pos.map(last)
-    fape = frame_aligned_point_error(flat_pred_frames, flat_gt_frames, flat_frames_mask,
-                                     flat_pred_positions, flat_gt_positions, flat_positions_mask,
-                                     length_scale=config.sidechain.length_scale,
-                                     l1_clamp_distance=config.sidechain.atom_clamp_distance)
+    fape = frame_aligned_point_error(
+        flat_pred_frames,
+        flat_gt_frames,
+        flat_frames_mask,
+        flat_pred_positions,
+        flat_gt_positions,
+        flat_positions_mask,
+        length_scale=config.sidechain.length_scale,
+        l1_clamp_distance=config.sidechain.atom_clamp_distance,
+    )
     return {"fape": fape, "loss": fape}
 
 
@@ -236,7 +287,7 @@ def _true_chi_sin_cos(batch) -> Array:
     return jnp.stack([jnp.sin(chi), jnp.cos(chi)], axis=-1)
 
 
-def supervised_chi_loss(batch: Mapping[str, Array], sidechains: Mapping[str, Array], config) -> Dict[str, Array]:
+def supervised_chi_loss(batch: Mapping[str, Array], sidechains: Mapping[str, Array], config) -> dict[str, Array]:
     """Chi-angle loss over all layers with the pi-periodic alternative, plus the angle-norm loss
     (Suppl. Alg. 27; AlphaFold's folding.supervised_chi_loss).
 
@@ -268,9 +319,15 @@ def supervised_chi_loss(batch: Mapping[str, Array], sidechains: Mapping[str, Arr
 # Structural violations.
 # ---------------------------------------------------------------------------------------------------------
 
-def between_residue_bond_loss(pred_atom_positions: Array, pred_atom_mask: Array, residue_index: Array,
-                              aatype: Array, tolerance_factor_soft: float = 12.0,
-                              tolerance_factor_hard: float = 12.0) -> Dict[str, Array]:
+
+def between_residue_bond_loss(
+    pred_atom_positions: Array,
+    pred_atom_mask: Array,
+    residue_index: Array,
+    aatype: Array,
+    tolerance_factor_soft: float = 12.0,
+    tolerance_factor_hard: float = 12.0,
+) -> dict[str, Array]:
     """Flat-bottom losses on the peptide bond C-N and the angles CA-C-N, C-N-CA (Suppl. Sec. 1.9.11).
 
     pred_atom_positions [N, 14, 3] (atom14: N=0, CA=1, C=2), pred_atom_mask [N, 14].
@@ -287,10 +344,12 @@ def between_residue_bond_loss(pred_atom_positions: Array, pred_atom_mask: Array,
 
     c_n_bond_length = jnp.sqrt(1e-6 + jnp.sum(_sq_diff(this_c_pos, next_n_pos), axis=-1))
     next_is_proline = (aatype[1:] == rc.resname_to_idx["PRO"]).astype(jnp.float32)
-    gt_length = ((1.0 - next_is_proline) * rc.between_res_bond_length_c_n[0]
-                 + next_is_proline * rc.between_res_bond_length_c_n[1])
-    gt_stddev = ((1.0 - next_is_proline) * rc.between_res_bond_length_stddev_c_n[0]
-                 + next_is_proline * rc.between_res_bond_length_stddev_c_n[1])
+    gt_length = (1.0 - next_is_proline) * rc.between_res_bond_length_c_n[
+        0
+    ] + next_is_proline * rc.between_res_bond_length_c_n[1]
+    gt_stddev = (1.0 - next_is_proline) * rc.between_res_bond_length_stddev_c_n[
+        0
+    ] + next_is_proline * rc.between_res_bond_length_stddev_c_n[1]
     c_n_bond_length_error = jnp.sqrt(1e-6 + jnp.square(c_n_bond_length - gt_length))
     c_n_loss_per_residue = jax.nn.relu(c_n_bond_length_error - tolerance_factor_soft * gt_stddev)
     mask = this_c_mask * next_n_mask * has_no_gap_mask
@@ -322,10 +381,8 @@ def between_residue_bond_loss(pred_atom_positions: Array, pred_atom_mask: Array,
     c_n_ca_violation_mask = mask * (c_n_ca_cos_angle_error > tolerance_factor_hard * gt_stddev)
 
     per_residue_loss_sum = c_n_loss_per_residue + ca_c_n_loss_per_residue + c_n_ca_loss_per_residue
-    per_residue_loss_sum = 0.5 * (jnp.pad(per_residue_loss_sum, [[0, 1]])
-                                  + jnp.pad(per_residue_loss_sum, [[1, 0]]))
-    violation_mask = jnp.max(jnp.stack([c_n_violation_mask, ca_c_n_violation_mask,
-                                        c_n_ca_violation_mask]), axis=0)
+    per_residue_loss_sum = 0.5 * (jnp.pad(per_residue_loss_sum, [[0, 1]]) + jnp.pad(per_residue_loss_sum, [[1, 0]]))
+    violation_mask = jnp.max(jnp.stack([c_n_violation_mask, ca_c_n_violation_mask, c_n_ca_violation_mask]), axis=0)
     violation_mask = jnp.maximum(jnp.pad(violation_mask, [[0, 1]]), jnp.pad(violation_mask, [[1, 0]]))
     return {
         "c_n_loss_mean": c_n_loss,
@@ -340,10 +397,14 @@ def between_residue_bond_loss(pred_atom_positions: Array, pred_atom_mask: Array,
     }
 
 
-def between_residue_clash_loss(atom14_pred_positions: Array, atom14_atom_exists: Array,
-                               atom14_atom_radius: Array, residue_index: Array,
-                               overlap_tolerance_soft: float = 1.5,
-                               overlap_tolerance_hard: float = 1.5) -> Dict[str, Array]:
+def between_residue_clash_loss(
+    atom14_pred_positions: Array,
+    atom14_atom_exists: Array,
+    atom14_atom_radius: Array,
+    residue_index: Array,
+    overlap_tolerance_soft: float = 1.5,
+    overlap_tolerance_hard: float = 1.5,
+) -> dict[str, Array]:
     """Van der Waals clashes between atoms of different residues (peptide C-N and CYS SG-SG
     excluded), AlphaFold's all_atom.between_residue_clash_loss."""
     atom14_atom_exists = jnp.asarray(atom14_atom_exists, jnp.float32)
@@ -365,18 +426,22 @@ def between_residue_clash_loss(atom14_pred_positions: Array, atom14_atom_exists:
     per_atom_loss_sum = jnp.sum(dists_to_low_error, axis=(0, 2)) + jnp.sum(dists_to_low_error, axis=(1, 3))
     clash_mask = dists_mask * (dists < (dists_lower_bound - overlap_tolerance_hard))
     per_atom_clash_mask = jnp.maximum(jnp.max(clash_mask, axis=(0, 2)), jnp.max(clash_mask, axis=(1, 3)))
-    return {"mean_loss": mean_loss, "per_atom_loss_sum": per_atom_loss_sum,
-            "per_atom_clash_mask": per_atom_clash_mask}
+    return {"mean_loss": mean_loss, "per_atom_loss_sum": per_atom_loss_sum, "per_atom_clash_mask": per_atom_clash_mask}
 
 
-def within_residue_violations(atom14_pred_positions: Array, atom14_atom_exists: Array,
-                              atom14_dists_lower_bound: Array, atom14_dists_upper_bound: Array,
-                              tighten_bounds_for_loss: float = 0.0) -> Dict[str, Array]:
+def within_residue_violations(
+    atom14_pred_positions: Array,
+    atom14_atom_exists: Array,
+    atom14_dists_lower_bound: Array,
+    atom14_dists_upper_bound: Array,
+    tighten_bounds_for_loss: float = 0.0,
+) -> dict[str, Array]:
     """Bond lengths, bond angles (as 1-3 distances) and clashes within each residue."""
     atom14_atom_exists = jnp.asarray(atom14_atom_exists, jnp.float32)
     dists_masks = (1.0 - jnp.eye(14, 14)[None]) * (atom14_atom_exists[:, :, None] * atom14_atom_exists[:, None, :])
-    dists = jnp.sqrt(1e-10 + jnp.sum(_sq_diff(atom14_pred_positions[:, :, None, :],
-                                               atom14_pred_positions[:, None, :, :]), axis=-1))
+    dists = jnp.sqrt(
+        1e-10 + jnp.sum(_sq_diff(atom14_pred_positions[:, :, None, :], atom14_pred_positions[:, None, :, :]), axis=-1)
+    )
     dists_to_low_error = jax.nn.relu(atom14_dists_lower_bound + tighten_bounds_for_loss - dists)
     dists_to_high_error = jax.nn.relu(dists - (atom14_dists_upper_bound - tighten_bounds_for_loss))
     loss = dists_masks * (dists_to_low_error + dists_to_high_error)
@@ -389,30 +454,46 @@ def within_residue_violations(atom14_pred_positions: Array, atom14_atom_exists: 
 _ATOMTYPE_RADIUS = np.array([rc.van_der_waals_radius[name[0]] for name in rc.atom_types], np.float32)
 
 
-def find_structural_violations(batch: Mapping[str, Array], atom14_pred_positions: Array, config) -> Dict[str, Any]:
+def find_structural_violations(batch: Mapping[str, Array], atom14_pred_positions: Array, config) -> dict[str, Any]:
     """AlphaFold's folding.find_structural_violations; `config` is the structure_module section."""
     aatype = batch["aatype"]
     atom14_atom_exists = jnp.asarray(batch["atom14_atom_exists"], jnp.float32)
     residue_index = jnp.asarray(batch["residue_index"])
     connection = between_residue_bond_loss(
-        atom14_pred_positions, atom14_atom_exists, residue_index.astype(jnp.float32), aatype,
+        atom14_pred_positions,
+        atom14_atom_exists,
+        residue_index.astype(jnp.float32),
+        aatype,
         tolerance_factor_soft=config.violation_tolerance_factor,
-        tolerance_factor_hard=config.violation_tolerance_factor)
-    atom14_atom_radius = atom14_atom_exists * jnp.take(jnp.asarray(_ATOMTYPE_RADIUS),
-                                                       batch["residx_atom14_to_atom37"], mode="clip")
+        tolerance_factor_hard=config.violation_tolerance_factor,
+    )
+    atom14_atom_radius = atom14_atom_exists * jnp.take(
+        jnp.asarray(_ATOMTYPE_RADIUS), batch["residx_atom14_to_atom37"], mode="clip"
+    )
     clashes = between_residue_clash_loss(
-        atom14_pred_positions, atom14_atom_exists, atom14_atom_radius, residue_index,
+        atom14_pred_positions,
+        atom14_atom_exists,
+        atom14_atom_radius,
+        residue_index,
         overlap_tolerance_soft=config.clash_overlap_tolerance,
-        overlap_tolerance_hard=config.clash_overlap_tolerance)
-    bounds = rc.make_atom14_dists_bounds(overlap_tolerance=config.clash_overlap_tolerance,
-                                         bond_length_tolerance_factor=config.violation_tolerance_factor)
+        overlap_tolerance_hard=config.clash_overlap_tolerance,
+    )
+    bounds = rc.make_atom14_dists_bounds(
+        overlap_tolerance=config.clash_overlap_tolerance, bond_length_tolerance_factor=config.violation_tolerance_factor
+    )
     lower = jnp.take(jnp.asarray(bounds["lower_bound"]), aatype, axis=0, mode="clip")
     upper = jnp.take(jnp.asarray(bounds["upper_bound"]), aatype, axis=0, mode="clip")
     within = within_residue_violations(atom14_pred_positions, atom14_atom_exists, lower, upper, 0.0)
-    per_residue_violations_mask = jnp.max(jnp.stack([
-        connection["per_residue_violation_mask"],
-        jnp.max(clashes["per_atom_clash_mask"], axis=-1),
-        jnp.max(within["per_atom_violations"], axis=-1)]), axis=0)
+    per_residue_violations_mask = jnp.max(
+        jnp.stack(
+            [
+                connection["per_residue_violation_mask"],
+                jnp.max(clashes["per_atom_clash_mask"], axis=-1),
+                jnp.max(within["per_atom_violations"], axis=-1),
+            ]
+        ),
+        axis=0,
+    )
     return {
         "between_residues": {
             "bonds_c_n_loss_mean": connection["c_n_loss_mean"],
@@ -439,11 +520,15 @@ def structural_violation_loss(batch: Mapping[str, Array], violations: Mapping[st
     """Unweighted violation loss (AlphaFold's folding.structural_violation_loss without the weight)."""
     num_atoms = jnp.sum(batch["atom14_atom_exists"]).astype(jnp.float32)
     br, wr = violations["between_residues"], violations["within_residues"]
-    return (br["bonds_c_n_loss_mean"] + br["angles_ca_c_n_loss_mean"] + br["angles_c_n_ca_loss_mean"]
-            + jnp.sum(br["clashes_per_atom_loss_sum"] + wr["per_atom_loss_sum"]) / (1e-6 + num_atoms))
+    return (
+        br["bonds_c_n_loss_mean"]
+        + br["angles_ca_c_n_loss_mean"]
+        + br["angles_c_n_ca_loss_mean"]
+        + jnp.sum(br["clashes_per_atom_loss_sum"] + wr["per_atom_loss_sum"]) / (1e-6 + num_atoms)
+    )
 
 
-def structure_module_loss(structure: Mapping[str, Any], batch: Mapping[str, Array], config) -> Dict[str, Any]:
+def structure_module_loss(structure: Mapping[str, Any], batch: Mapping[str, Array], config) -> dict[str, Any]:
     """AlphaFold's StructureModule.loss. `config`: heads.structure_module; `structure`: the model's
     `structure_module` outputs (`traj`, `sidechains`, `final_atom14_positions`).
 
@@ -458,8 +543,13 @@ def structure_module_loss(structure: Mapping[str, Any], batch: Mapping[str, Arra
     loss = (1 - config.sidechain.weight_frac) * bb["loss"] + config.sidechain.weight_frac * sc["loss"]
     chi = supervised_chi_loss(batch, structure["sidechains"], config)
     loss = loss + chi["loss"]
-    out = {"fape": bb["fape"], "backbone_fape": bb["loss"], "sidechain_fape": sc["fape"],
-           "chi_loss": chi["chi_loss"], "angle_norm_loss": chi["angle_norm_loss"]}
+    out = {
+        "fape": bb["fape"],
+        "backbone_fape": bb["loss"],
+        "sidechain_fape": sc["fape"],
+        "chi_loss": chi["chi_loss"],
+        "angle_norm_loss": chi["angle_norm_loss"],
+    }
     if config.structural_violation_loss_weight:
         violations = find_structural_violations(batch, final_atom14, config)
         viol = structural_violation_loss(batch, violations)
@@ -475,7 +565,8 @@ def structure_module_loss(structure: Mapping[str, Any], batch: Mapping[str, Arra
 # Heads.
 # ---------------------------------------------------------------------------------------------------------
 
-def distogram_loss(logits: Array, bin_edges: Array, batch: Mapping[str, Array]) -> Dict[str, Array]:
+
+def distogram_loss(logits: Array, bin_edges: Array, batch: Mapping[str, Array]) -> dict[str, Array]:
     """Cross entropy of pseudo-beta distance bins (AlphaFold's _distogram_log_loss)."""
     positions = batch["pseudo_beta"]
     mask = jnp.asarray(batch["pseudo_beta_mask"], jnp.float32)
@@ -489,7 +580,7 @@ def distogram_loss(logits: Array, bin_edges: Array, batch: Mapping[str, Array]) 
     return {"loss": avg_error, "true_dist": jnp.sqrt(1e-6 + dist2[..., 0])}
 
 
-def masked_msa_loss(logits: Array, batch: Mapping[str, Array]) -> Dict[str, Array]:
+def masked_msa_loss(logits: Array, batch: Mapping[str, Array]) -> dict[str, Array]:
     """BERT loss on the masked MSA positions (`true_msa`, `bert_mask`)."""
     errors = softmax_cross_entropy(logits, jax.nn.one_hot(batch["true_msa"], logits.shape[-1]))
     bert_mask = jnp.asarray(batch["bert_mask"], jnp.float32)
@@ -497,8 +588,9 @@ def masked_msa_loss(logits: Array, batch: Mapping[str, Array]) -> Dict[str, Arra
     return {"loss": loss}
 
 
-def predicted_lddt_loss(logits: Array, final_atom_positions: Array, batch: Mapping[str, Array],
-                        config) -> Dict[str, Array]:
+def predicted_lddt_loss(
+    logits: Array, final_atom_positions: Array, batch: Mapping[str, Array], config
+) -> dict[str, Array]:
     """Cross entropy of the binned per-residue lDDT-Ca of the (stop-gradient) final structure."""
     ca = rc.atom_order["CA"]
     pred_ca = jax.lax.stop_gradient(final_atom_positions[:, ca, :])
@@ -513,7 +605,7 @@ def predicted_lddt_loss(logits: Array, final_atom_positions: Array, batch: Mappi
     return {"loss": loss, "lddt_ca": lddt_ca}
 
 
-def experimentally_resolved_loss(logits: Array, batch: Mapping[str, Array], config) -> Dict[str, Array]:
+def experimentally_resolved_loss(logits: Array, batch: Mapping[str, Array], config) -> dict[str, Array]:
     """Per-atom sigmoid cross entropy of `all_atom_mask` over the atoms the residue type has."""
     atom_exists = jnp.asarray(batch["atom37_atom_exists"], jnp.float32)
     labels = jnp.asarray(batch["all_atom_mask"], jnp.float32)
@@ -523,8 +615,9 @@ def experimentally_resolved_loss(logits: Array, batch: Mapping[str, Array], conf
     return {"loss": loss}
 
 
-def predicted_aligned_error_loss(logits: Array, breaks: Array, final_affines: Array,
-                                 batch: Mapping[str, Array], config) -> Dict[str, Array]:
+def predicted_aligned_error_loss(
+    logits: Array, breaks: Array, final_affines: Array, batch: Mapping[str, Array], config
+) -> dict[str, Array]:
     """Cross entropy of the binned aligned error |T_i^-1 t_j - T_i'^-1 t_j'| (stop-gradient)."""
     pred = rigid_from_affine_tensor(final_affines)
     true = rigid_from_affine_tensor(batch["backbone_affine_tensor"])
@@ -547,7 +640,8 @@ def predicted_aligned_error_loss(logits: Array, breaks: Array, final_affines: Ar
 # Total.
 # ---------------------------------------------------------------------------------------------------------
 
-def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], config) -> Tuple[Array, Dict[str, Array]]:
+
+def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], config) -> tuple[Array, dict[str, Array]]:
     """Weighted sum of the losses of every head present in `outputs` with a nonzero weight,
     as AlphaFoldIteration's loss.
 
@@ -564,7 +658,7 @@ def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], config) -
       `angle_norm_loss`, `violation_loss`).
     """
     heads = _heads_config(config)
-    terms: Dict[str, Array] = {}
+    terms: dict[str, Array] = {}
     total = jnp.asarray(0.0, jnp.float32)
 
     sm_cfg = heads.structure_module
@@ -582,21 +676,40 @@ def total_loss(outputs: Mapping[str, Any], batch: Mapping[str, Array], config) -
         total = total + heads[name].weight * value
 
     if "distogram" in outputs and heads.distogram.weight:
-        add("distogram", distogram_loss(outputs["distogram"]["logits"], outputs["distogram"]["bin_edges"],
-                                        batch)["loss"])
+        add(
+            "distogram",
+            distogram_loss(outputs["distogram"]["logits"], outputs["distogram"]["bin_edges"], batch)["loss"],
+        )
     if "masked_msa" in outputs and heads.masked_msa.weight:
         add("masked_msa", masked_msa_loss(outputs["masked_msa"]["logits"], batch)["loss"])
     if "predicted_lddt" in outputs and heads.predicted_lddt.weight:
-        add("predicted_lddt", predicted_lddt_loss(outputs["predicted_lddt"]["logits"],
-                                                  outputs["structure_module"]["final_atom_positions"],
-                                                  batch, heads.predicted_lddt)["loss"])
+        add(
+            "predicted_lddt",
+            predicted_lddt_loss(
+                outputs["predicted_lddt"]["logits"],
+                outputs["structure_module"]["final_atom_positions"],
+                batch,
+                heads.predicted_lddt,
+            )["loss"],
+        )
     if "experimentally_resolved" in outputs and heads.experimentally_resolved.weight:
-        add("experimentally_resolved", experimentally_resolved_loss(
-            outputs["experimentally_resolved"]["logits"], batch, heads.experimentally_resolved)["loss"])
+        add(
+            "experimentally_resolved",
+            experimentally_resolved_loss(
+                outputs["experimentally_resolved"]["logits"], batch, heads.experimentally_resolved
+            )["loss"],
+        )
     if "predicted_aligned_error" in outputs and heads.predicted_aligned_error.weight:
         pae = outputs["predicted_aligned_error"]
-        add("predicted_aligned_error", predicted_aligned_error_loss(
-            pae["logits"], pae["breaks"], outputs["structure_module"]["final_affines"], batch,
-            heads.predicted_aligned_error)["loss"])
+        add(
+            "predicted_aligned_error",
+            predicted_aligned_error_loss(
+                pae["logits"],
+                pae["breaks"],
+                outputs["structure_module"]["final_affines"],
+                batch,
+                heads.predicted_aligned_error,
+            )["loss"],
+        )
     terms["loss"] = total
     return total, terms

@@ -16,7 +16,7 @@ not; a point masked out in either structure should be masked out here.
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -166,18 +166,14 @@ def lddt(pred, true, mask=None, cutoff: float = 15.0, per_residue: bool = False)
     pred = jnp.asarray(pred)
     true = jnp.asarray(true)
     if pred.shape != true.shape or pred.shape[-1] != 3 or pred.ndim not in (2, 3):
-        raise ValueError(
-            f"lddt expects pred/true of equal shape [N, 3] or [N, A, 3], got {pred.shape}, {true.shape}"
-        )
+        raise ValueError(f"lddt expects pred/true of equal shape [N, 3] or [N, A, 3], got {pred.shape}, {true.shape}")
     dtype = jnp.result_type(pred.dtype, jnp.float32)
     if mask is None:
         mask = jnp.ones(pred.shape[:-1], dtype)
     mask = jnp.asarray(mask).astype(dtype)
     if mask.shape != pred.shape[:-1]:
         raise ValueError(f"lddt mask must have shape {pred.shape[:-1]}, got {mask.shape}")
-    return _lddt_core(
-        pred.astype(dtype), true.astype(dtype), mask, jnp.asarray(cutoff, dtype), bool(per_residue)
-    )
+    return _lddt_core(pred.astype(dtype), true.astype(dtype), mask, jnp.asarray(cutoff, dtype), bool(per_residue))
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
@@ -250,7 +246,7 @@ def tm_d0(seq_len: int) -> float:
     return max(1.24 * (seq_len - 15.0) ** (1.0 / 3.0) - 1.8, 0.5)
 
 
-def _masked_points(pred, true, mask) -> Tuple[np.ndarray, np.ndarray]:
+def _masked_points(pred, true, mask) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(true, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 2 or x.shape[-1] != 3:
@@ -268,7 +264,7 @@ def _masked_points(pred, true, mask) -> Tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _fragment_lengths(n: int) -> List[int]:
+def _fragment_lengths(n: int) -> list[int]:
     """Seed fragment lengths n, n/2, n/4, ... down to 4 (TM-score's L_ini)."""
     l_min = min(4, n)
     lengths = []
@@ -292,7 +288,7 @@ def _seed_masks(n: int) -> np.ndarray:
     return np.stack(rows)
 
 
-def _batched_kabsch(x, y, xy, sel) -> Tuple[np.ndarray, np.ndarray]:
+def _batched_kabsch(x, y, xy, sel) -> tuple[np.ndarray, np.ndarray]:
     """Kabsch on the rows of ``sel`` ([S, n] bool) at once: R [S,3,3], t [S,3].
 
     ``xy`` is the precomputed ``[n, 9]`` table of outer products x_i y_i^T,
@@ -393,7 +389,7 @@ def _tm_and_gdt_scores(d0: float, norm: float, cutoffs: Sequence[float]):
     return scores
 
 
-def tm_score(pred, true, mask=None, seq_len: Optional[int] = None) -> float:
+def tm_score(pred, true, mask=None, seq_len: int | None = None) -> float:
     """TM-score of ``pred`` against ``true`` (residue i corresponds to i).
 
     ``TM = max over superpositions of (1/L) sum_i 1 / (1 + (d_i / d0)^2)``
@@ -423,9 +419,7 @@ def tm_score(pred, true, mask=None, seq_len: Optional[int] = None) -> float:
         return 0.0
     d0 = tm_d0(length)
     d0_search = min(max(d0, 4.5), 8.0)
-    best = _fragment_search(
-        x, y, d0_search - 1.0, d0_search + 1.0, _tm_and_gdt_scores(d0, length, ())
-    )
+    best = _fragment_search(x, y, d0_search - 1.0, d0_search + 1.0, _tm_and_gdt_scores(d0, length, ()))
     return float(best[0])
 
 

@@ -12,15 +12,20 @@ dict of :func:`jaxfold.inference.predict` / :func:`jaxfold.model.run_alphafold`;
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 __all__ = ["PLDDT_BANDS", "figure_png", "plddt_figure", "pae_figure", "pdb_string", "structure_view", "show"]
 
 # AlphaFold DB's pLDDT colours: (lower bound, colour, label).
-PLDDT_BANDS = ((90, "#0053D6", "very high (>90)"), (70, "#65CBF3", "confident (70-90)"),
-               (50, "#FFDB13", "low (50-70)"), (0, "#FF7D45", "very low (<50)"))
+PLDDT_BANDS = (
+    (90, "#0053D6", "very high (>90)"),
+    (70, "#65CBF3", "confident (70-90)"),
+    (50, "#FFDB13", "low (50-70)"),
+    (0, "#FF7D45", "very low (<50)"),
+)
 
 
 def _mask(outputs: Mapping[str, Any]) -> np.ndarray:
@@ -47,8 +52,13 @@ def plddt_figure(outputs: Mapping[str, Any], title: str = "predicted lDDT"):
         ax.axhspan(lower, upper, color=colour, alpha=0.15, lw=0, label=label)
         upper = lower
     ax.plot(np.arange(1, len(plddt) + 1), plddt, color="black", lw=1.5)
-    ax.set(xlabel="residue", ylabel="pLDDT", ylim=(0, 100), xlim=(1, max(len(plddt), 2)),
-           title=f"{title} (mean {plddt.mean():.1f})")
+    ax.set(
+        xlabel="residue",
+        ylabel="pLDDT",
+        ylim=(0, 100),
+        xlim=(1, max(len(plddt), 2)),
+        title=f"{title} (mean {plddt.mean():.1f})",
+    )
     ax.legend(loc="lower right", fontsize="x-small")
     fig.tight_layout()
     return fig
@@ -98,8 +108,9 @@ def structure_view(structure: Mapping[str, Any] | str, width: int = 600, height:
     return view
 
 
-def show(outputs: Mapping[str, Any], *, structure: str | None = None, view: bool = True,
-         display: bool = True) -> dict[str, Any]:
+def show(
+    outputs: Mapping[str, Any], *, structure: str | None = None, view: bool = True, display: bool = True
+) -> dict[str, Any]:
     """Shows a prediction inline: the 3D view (if py3Dmol is installed), the PAE heat map (pTM models) and
     the pLDDT plot. ``structure``: PDB text to view instead of the prediction (e.g. a relaxed one).
 

@@ -17,10 +17,9 @@ class Progress:
     names what is running; :meth:`advance` counts finished steps; :meth:`add` grows the total.
     """
 
-    def __init__(self, total: int = 0, enabled: bool | None = None, verbose: bool | None = None,
-                 stream=None):
+    def __init__(self, total: int = 0, enabled: bool | None = None, verbose: bool | None = None, stream=None):
         self._stream = stream or sys.stderr
-        is_terminal = bool(getattr(self._stream, 'isatty', lambda: False)())
+        is_terminal = bool(getattr(self._stream, "isatty", lambda: False)())
         if verbose is None:
             verbose = enabled is None and not is_terminal
         if enabled is None:
@@ -28,15 +27,20 @@ class Progress:
         self._bar = None
         self._verbose = verbose
         if enabled:
-            self._bar = tqdm(total=total, file=self._stream, unit='step', dynamic_ncols=True,
-                             bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]')
+            self._bar = tqdm(
+                total=total,
+                file=self._stream,
+                unit="step",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]",
+            )
 
     def stage(self, text: str) -> None:
         if self._bar is not None:
             self._bar.set_description_str(text, refresh=True)
         elif self._verbose:
-            stamp = time.strftime('%Y-%m-%d %H:%M:%S')
-            print(f'[{stamp}] {text}', file=self._stream, flush=True)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"[{stamp}] {text}", file=self._stream, flush=True)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import os
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -86,8 +86,12 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ParamsError(f"parameter file {str(path)!r} is not a readable .npz archive: {err}") from err
 
 
-def check_against(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], source: str,
-                  covered: Callable[[str], bool] = lambda key: True) -> None:
+def check_against(
+    flat: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple],
+    source: str,
+    covered: Callable[[str], bool] = lambda key: True,
+) -> None:
     """Raise `ParamsError` unless `flat` has exactly the `expected` keys and shapes.
 
     Keys for which `covered(key)` is False are not checked for being unexpected (modules the model does
@@ -95,8 +99,11 @@ def check_against(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
     """
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(k for k in set(flat) - set(expected) if covered(k))
-    misshaped = sorted(f"{k}: file {tuple(flat[k].shape)} vs model {tuple(expected[k])}"
-                       for k in set(expected) & set(flat) if tuple(flat[k].shape) != tuple(expected[k]))
+    misshaped = sorted(
+        f"{k}: file {tuple(flat[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(expected) & set(flat)
+        if tuple(flat[k].shape) != tuple(expected[k])
+    )
     problems = []
     for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
         if items:
@@ -131,11 +138,15 @@ def check_ptm_agreement(flat: Mapping[str, np.ndarray], expected: Mapping[str, t
     file_has = any(k.startswith(PAE_HEAD) for k in flat)
     model_has = any(k.startswith(PAE_HEAD) for k in expected)
     if file_has and not model_has:
-        raise ParamsError(f"parameter file {str(path)!r} is a pTM model (it has a predicted_aligned_error "
-                          "head) but the config has none: use the matching `model_N_ptm` preset")
+        raise ParamsError(
+            f"parameter file {str(path)!r} is a pTM model (it has a predicted_aligned_error "
+            "head) but the config has none: use the matching `model_N_ptm` preset"
+        )
     if model_has and not file_has:
-        raise ParamsError(f"parameter file {str(path)!r} has no predicted_aligned_error head but the config is "
-                          "a pTM preset: use the matching `model_N` preset (without `_ptm`)")
+        raise ParamsError(
+            f"parameter file {str(path)!r} has no predicted_aligned_error head but the config is "
+            "a pTM preset: use the matching `model_N` preset (without `_ptm`)"
+        )
 
 
 def load_alphafold_params(path: str | os.PathLike, config) -> dict:

@@ -289,8 +289,21 @@ def _dq_kernel(q_ref, k_ref, v_ref, mask_ref, *refs, cfg: _Cfg):
     _store(dq_ref, dq.astype(dq_ref.dtype), _tile_mask(q_ok, cfg.cp, cfg.c))
 
 
-def _dpair_kernel(q_ref, k_ref, v_ref, mask_ref, pair_ref, do_ref, m_ref, ll_ref, delta_ref, dpair_ref, *,
-                  cfg: _Cfg, rows_per_split: int):
+def _dpair_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    mask_ref,
+    pair_ref,
+    do_ref,
+    m_ref,
+    ll_ref,
+    delta_ref,
+    dpair_ref,
+    *,
+    cfg: _Cfg,
+    rows_per_split: int,
+):
     """One [bq, bk] tile of d(pair bias) for one head, summed over this program's slice of the B rows."""
     bq, bk = cfg.dp_q, cfg.dp_k
     q0 = pl.program_id(0) * bq
@@ -321,8 +334,9 @@ def _dpair_kernel(q_ref, k_ref, v_ref, mask_ref, pair_ref, do_ref, m_ref, ll_ref
         return acc + jnp.where(b_raw < cfg.batch, ds, 0.0)
 
     acc = jax.lax.fori_loop(0, rows_per_split, body, jnp.zeros((bq, bk), jnp.float32))
-    _store(dpair_ref, acc, _and(q_ok[:, None] if q_ok is not None else None,
-                                k_ok[None, :] if k_ok is not None else None))
+    _store(
+        dpair_ref, acc, _and(q_ok[:, None] if q_ok is not None else None, k_ok[None, :] if k_ok is not None else None)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -359,9 +373,11 @@ def _forward(q, k, v, mask, pair, cfg: _Cfg):
         grid=(C_.cdiv(nq, bq), b, h),
         in_specs=in_specs,
         out_specs=[pl.BlockSpec((None, bq, None, cvp), lambda i, j, hh: (j, i, hh, 0)), row_spec, row_spec],
-        out_shape=[jax.ShapeDtypeStruct((b, nq, h, cfg.cv), v.dtype),
-                   jax.ShapeDtypeStruct((b, h, nq), jnp.float32),
-                   jax.ShapeDtypeStruct((b, h, nq), jnp.float32)],
+        out_shape=[
+            jax.ShapeDtypeStruct((b, nq, h, cfg.cv), v.dtype),
+            jax.ShapeDtypeStruct((b, h, nq), jnp.float32),
+            jax.ShapeDtypeStruct((b, h, nq), jnp.float32),
+        ],
         compiler_params=C_.compiler_params(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=cfg.interpret,
         name="jaxfold_attention_fwd",
@@ -390,15 +406,16 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
         in_specs.append(pl.BlockSpec((None, qr, bk), lambda j, bb, hh: (hh, 0, j)))
         args.append(pair)
     row_spec = pl.BlockSpec((None, None, qr), lambda j, bb, hh: (bb, hh, 0))
-    in_specs += [pl.BlockSpec((None, qr, None, cvp), lambda j, bb, hh: (bb, 0, hh, 0)), row_spec, row_spec,
-                 row_spec]
+    in_specs += [pl.BlockSpec((None, qr, None, cvp), lambda j, bb, hh: (bb, 0, hh, 0)), row_spec, row_spec, row_spec]
     args += [do, m, ll, delta]
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg),
         grid=(C_.cdiv(nk, bk), b, h),
         in_specs=in_specs,
-        out_specs=[pl.BlockSpec((None, bk, None, cp), lambda j, bb, hh: (bb, j, hh, 0)),
-                   pl.BlockSpec((None, bk, None, cvp), lambda j, bb, hh: (bb, j, hh, 0))],
+        out_specs=[
+            pl.BlockSpec((None, bk, None, cp), lambda j, bb, hh: (bb, j, hh, 0)),
+            pl.BlockSpec((None, bk, None, cvp), lambda j, bb, hh: (bb, j, hh, 0)),
+        ],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=params,
         interpret=cfg.interpret,
@@ -419,8 +436,7 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
         in_specs.append(pl.BlockSpec((None, bq, kr), lambda i, bb, hh: (hh, i, 0)))
         args.append(pair)
     row_spec = pl.BlockSpec((None, None, bq), lambda i, bb, hh: (bb, hh, i))
-    in_specs += [pl.BlockSpec((None, bq, None, cvp), lambda i, bb, hh: (bb, i, hh, 0)), row_spec, row_spec,
-                 row_spec]
+    in_specs += [pl.BlockSpec((None, bq, None, cvp), lambda i, bb, hh: (bb, i, hh, 0)), row_spec, row_spec, row_spec]
     args += [do, m, ll, delta]
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
@@ -443,11 +459,16 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
             pl.BlockSpec((b, bq, None, cp), lambda i, j, hs: (0, i, hs // s_, 0)),
             pl.BlockSpec((b, bk, None, cp), lambda i, j, hs: (0, j, hs // s_, 0)),
             pl.BlockSpec((b, bk, None, cvp), lambda i, j, hs: (0, j, hs // s_, 0)),
-            (pl.BlockSpec((b, bk), lambda i, j, hs: (0, j)) if cfg.mask_batched
-             else pl.BlockSpec((None, bk), lambda i, j, hs: (0, j))),
+            (
+                pl.BlockSpec((b, bk), lambda i, j, hs: (0, j))
+                if cfg.mask_batched
+                else pl.BlockSpec((None, bk), lambda i, j, hs: (0, j))
+            ),
             pl.BlockSpec((None, bq, bk), lambda i, j, hs: (hs // s_, i, j)),
             pl.BlockSpec((b, bq, None, cvp), lambda i, j, hs: (0, i, hs // s_, 0)),
-            row_spec, row_spec, row_spec,
+            row_spec,
+            row_spec,
+            row_spec,
         ]
         parts = pl.pallas_call(
             functools.partial(_dpair_kernel, cfg=cfg, rows_per_split=rows_per_split),
@@ -512,10 +533,25 @@ def _pick_block(n: int, requested: int | None, default: int) -> int:
     return max(16, min(blk, C_.next_power_of_2(n)))
 
 
-def attention(q, k, v, bias, nonbatched_bias=None, *, block_q: int | None = None, block_k: int | None = None,
-              interpret: bool | None = None, block_q_bwd: int | None = None, block_k_bwd: int | None = None,
-              num_warps: int | None = None, num_stages: int | None = None, num_warps_bwd: int | None = None,
-              num_stages_bwd: int | None = None, bwd_blocks: dict | None = None, allow_tf32: bool | None = None):
+def attention(
+    q,
+    k,
+    v,
+    bias,
+    nonbatched_bias=None,
+    *,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool | None = None,
+    block_q_bwd: int | None = None,
+    block_k_bwd: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    num_warps_bwd: int | None = None,
+    num_stages_bwd: int | None = None,
+    bwd_blocks: dict | None = None,
+    allow_tf32: bool | None = None,
+):
     """Fused `softmax(q k^T + bias + nonbatched_bias) v`; see the module docstring for shapes and design.
 
     `interpret=None`: Pallas interpret mode unless running on a GPU backend.
@@ -539,16 +575,21 @@ def attention(q, k, v, bias, nonbatched_bias=None, *, block_q: int | None = None
         try:
             nonbatched_bias = jnp.broadcast_to(nonbatched_bias, (h, nq, nk))
         except ValueError:
-            raise ValueError(f"nonbatched_bias {nonbatched_bias.shape} is not broadcastable to [H, Q, K] = "
-                             f"{(h, nq, nk)}") from None
+            raise ValueError(
+                f"nonbatched_bias {nonbatched_bias.shape} is not broadcastable to [H, Q, K] = {(h, nq, nk)}"
+            ) from None
     mask = _key_bias_vector(bias, b, nq, h, nk)
     if mask is None:
-        warnings.warn(f"pallas attention: bias of shape {jnp.shape(bias)} varies over heads/queries; only a "
-                      "per-key bias [B|1, 1, 1, K] is fused. Falling back to the jnp reference.", stacklevel=2)
+        warnings.warn(
+            f"pallas attention: bias of shape {jnp.shape(bias)} varies over heads/queries; only a "
+            "per-key bias [B|1, 1, 1, K] is fused. Falling back to the jnp reference.",
+            stacklevel=2,
+        )
         return attention_reference(q, k, v, bias, nonbatched_bias)
     if max(c, cv) > _MAX_HEAD_DIM:
-        warnings.warn(f"pallas attention: head dim {max(c, cv)} > {_MAX_HEAD_DIM}; using the jnp reference",
-                      stacklevel=2)
+        warnings.warn(
+            f"pallas attention: head dim {max(c, cv)} > {_MAX_HEAD_DIM}; using the jnp reference", stacklevel=2
+        )
         return attention_reference(q, k, v, bias, nonbatched_bias)
     mask = jax.lax.stop_gradient(mask)
     if b == 0 or nq == 0 or h == 0:
@@ -564,15 +605,24 @@ def attention(q, k, v, bias, nonbatched_bias=None, *, block_q: int | None = None
     unknown = set(bwd) - {"dkdv_q", "dkdv_k", "dq_q", "dq_k", "dp_q", "dp_k"}
     if unknown:
         raise ValueError(f"unknown bwd_blocks keys {sorted(unknown)}")
-    tile = {name: _pick_block(nq if name.endswith("_q") else nk,
-                              bwd.get(name) or (block_q_bwd if name.endswith("_q") else block_k_bwd), 64)
-            for name in ("dkdv_q", "dkdv_k", "dq_q", "dq_k", "dp_q", "dp_k")}
+    tile = {
+        name: _pick_block(
+            nq if name.endswith("_q") else nk,
+            bwd.get(name) or (block_q_bwd if name.endswith("_q") else block_k_bwd),
+            64,
+        )
+        for name in ("dkdv_q", "dkdv_k", "dq_q", "dq_k", "dp_q", "dp_k")
+    }
     # dpair parallelism: split the B rows so that its grid has >= ~1k programs.
     tiles = C_.cdiv(nq, tile["dp_q"]) * C_.cdiv(nk, tile["dp_k"]) * h
     splits = max(1, min(_MAX_DPAIR_SPLITS, b, C_.cdiv(1024, tiles)))
 
     cfg = _Cfg(
-        batch=b, nq=nq, nk=nk, c=c, cv=cv,
+        batch=b,
+        nq=nq,
+        nk=nk,
+        c=c,
+        cv=cv,
         cp=max(16, C_.next_power_of_2(c)),
         cvp=max(16, C_.next_power_of_2(cv)),
         mask_batched=mask.shape[0] != 1,

@@ -174,12 +174,18 @@ def _choose_cfg(m: int, cols: int, eps: float, interpret: bool, block_rows: int 
     n_blocks = C_.cdiv(m, block_rows)
     inner = max(1, min(8, n_blocks // 2048))  # keep >= ~2k programs, at most 8 tiles per program
     num_warps = 4 if block_rows * cols_p <= 4096 else 8
-    return _Cfg(eps=float(eps), cols=cols, cols_p=cols_p, block_rows=block_rows, inner_blocks=inner,
-                num_warps=num_warps, interpret=interpret)
+    return _Cfg(
+        eps=float(eps),
+        cols=cols,
+        cols_p=cols_p,
+        block_rows=block_rows,
+        inner_blocks=inner,
+        num_warps=num_warps,
+        interpret=interpret,
+    )
 
 
-def layer_norm(x, scale, offset, eps: float = 1e-5, *, interpret: bool | None = None,
-               block_rows: int | None = None):
+def layer_norm(x, scale, offset, eps: float = 1e-5, *, interpret: bool | None = None, block_rows: int | None = None):
     """LayerNorm over the last axis of `x` with `scale`/`offset` of shape `[C]`; fp32 stats, x.dtype out.
 
     Differentiable in `x`, `scale` and `offset` (Pallas backward). `interpret=None`: interpret mode unless
@@ -193,8 +199,7 @@ def layer_norm(x, scale, offset, eps: float = 1e-5, *, interpret: bool | None = 
         m *= d
     if cols > _MAX_COLS or m == 0:
         if m:
-            warnings.warn(f"pallas layer_norm: {cols} channels > {_MAX_COLS}; using the jnp reference",
-                          stacklevel=2)
+            warnings.warn(f"pallas layer_norm: {cols} channels > {_MAX_COLS}; using the jnp reference", stacklevel=2)
         return layer_norm_reference(x, scale, offset, eps)
     cfg = _choose_cfg(m, cols, eps, C_.resolve_interpret(interpret), block_rows)
     y = _layer_norm_2d(x.reshape(m, cols), scale, offset, cfg)

@@ -132,9 +132,23 @@ def _bwd(cfg, res, dy):
 _transition_2d.defvjp(_fwd, _bwd)
 
 
-def transition(x, scale, offset, w1, b1, w2, b2, *, eps: float = LAYER_NORM_EPS, block_rows: int = 64,
-               block_h: int = 64, num_warps: int = 4, num_stages: int = 2, interpret: bool | None = None,
-               allow_tf32: bool | None = None):
+def transition(
+    x,
+    scale,
+    offset,
+    w1,
+    b1,
+    w2,
+    b2,
+    *,
+    eps: float = LAYER_NORM_EPS,
+    block_rows: int = 64,
+    block_h: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    interpret: bool | None = None,
+    allow_tf32: bool | None = None,
+):
     """Fused LN -> Linear -> ReLU -> Linear over the last axis of `x` `[..., c]`; returns x's shape/dtype.
 
     scale/offset `[c]`, w1 `[c, h]`, b1 `[h]`, w2 `[h, c]`, b2 `[c]` (fp32 parameters are cast to x's dtype
@@ -143,8 +157,14 @@ def transition(x, scale, offset, w1, b1, w2, b2, *, eps: float = LAYER_NORM_EPS,
     """
     c = x.shape[-1]
     h = w1.shape[-1]
-    expect = {"scale": (scale, (c,)), "offset": (offset, (c,)), "w1": (w1, (c, h)), "b1": (b1, (h,)),
-              "w2": (w2, (h, c)), "b2": (b2, (c,))}
+    expect = {
+        "scale": (scale, (c,)),
+        "offset": (offset, (c,)),
+        "w1": (w1, (c, h)),
+        "b1": (b1, (h,)),
+        "w2": (w2, (h, c)),
+        "b2": (b2, (c,)),
+    }
     for name, (arr, shape) in expect.items():
         if tuple(arr.shape) != shape:
             raise ValueError(f"transition: {name} must have shape {shape}, got {tuple(arr.shape)}")
@@ -155,11 +175,26 @@ def transition(x, scale, offset, w1, b1, w2, b2, *, eps: float = LAYER_NORM_EPS,
     if rows == 0:
         return transition_reference(x, scale, offset, w1, b1, w2, b2, eps)
     dtype = x.dtype
-    cfg = _Cfg(rows=rows, c=c, h=h, cp=max(16, C_.next_power_of_2(c)), hp=max(16, C_.next_power_of_2(h)),
-               block_rows=max(16, min(block_rows, C_.next_power_of_2(rows))),
-               block_h=max(16, min(block_h, C_.next_power_of_2(h))), eps=float(eps), num_warps=num_warps,
-               num_stages=num_stages, precision=C_.matmul_precision(dtype, allow_tf32),
-               interpret=C_.resolve_interpret(interpret))
-    weights = (scale.astype(jnp.float32), offset.astype(jnp.float32), w1.astype(dtype), b1.astype(jnp.float32),
-               w2.astype(dtype), b2.astype(jnp.float32))
+    cfg = _Cfg(
+        rows=rows,
+        c=c,
+        h=h,
+        cp=max(16, C_.next_power_of_2(c)),
+        hp=max(16, C_.next_power_of_2(h)),
+        block_rows=max(16, min(block_rows, C_.next_power_of_2(rows))),
+        block_h=max(16, min(block_h, C_.next_power_of_2(h))),
+        eps=float(eps),
+        num_warps=num_warps,
+        num_stages=num_stages,
+        precision=C_.matmul_precision(dtype, allow_tf32),
+        interpret=C_.resolve_interpret(interpret),
+    )
+    weights = (
+        scale.astype(jnp.float32),
+        offset.astype(jnp.float32),
+        w1.astype(dtype),
+        b1.astype(jnp.float32),
+        w2.astype(dtype),
+        b2.astype(jnp.float32),
+    )
     return _transition_2d(x.reshape(rows, c), weights, cfg).reshape(x.shape)

@@ -76,19 +76,32 @@ def _linear_ref(x, w, b):
     return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
 
 
-def epilogue_reference(p, gate_input, center_scale, center_offset, output_weights, output_bias,
-                       gating_weights, gating_bias):
+def epilogue_reference(
+    p, gate_input, center_scale, center_offset, output_weights, output_bias, gating_weights, gating_bias
+):
     """p `[I, J, c]` (the triangle product) -> `[I, J, c_z]`: LayerNorm, output projection, sigmoid gate."""
     act = _linear_ref(_layer_norm_ref(p, center_scale, center_offset), output_weights, output_bias)
     return act * jax.nn.sigmoid(_linear_ref(gate_input, gating_weights, gating_bias))
 
 
-def triangle_multiplication_reference(left, right, gate_input, center_scale, center_offset, output_weights,
-                                      output_bias, gating_weights, gating_bias, *, outgoing: bool):
+def triangle_multiplication_reference(
+    left,
+    right,
+    gate_input,
+    center_scale,
+    center_offset,
+    output_weights,
+    output_bias,
+    gating_weights,
+    gating_bias,
+    *,
+    outgoing: bool,
+):
     """Pure-jnp triangle product + epilogue, the same math as the model's XLA path."""
     p = jnp.einsum(EQUATIONS[outgoing], left, right)
-    return epilogue_reference(p, gate_input, center_scale, center_offset, output_weights, output_bias,
-                              gating_weights, gating_bias)
+    return epilogue_reference(
+        p, gate_input, center_scale, center_offset, output_weights, output_bias, gating_weights, gating_bias
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,7 +181,7 @@ def _tile(n: int, want: int) -> int:
     return max(16, min(want, C_.next_power_of_2(n)))
 
 
-def _bmm_call(a, b, trans_a: bool, trans_b: bool, tiles: "Tiles", interpret: bool):
+def _bmm_call(a, b, trans_a: bool, trans_b: bool, tiles: Tiles, interpret: bool):
     """`[c, M, N] = op(a[c]) @ op(b[c])` for every channel c, in a's dtype with fp32 accumulation."""
     nc = a.shape[0]
     m, k = (a.shape[2], a.shape[1]) if trans_a else (a.shape[1], a.shape[2])
@@ -177,12 +190,19 @@ def _bmm_call(a, b, trans_a: bool, trans_b: bool, tiles: "Tiles", interpret: boo
         raise ValueError(f"bmm: incompatible operands {a.shape} (trans {trans_a}) and {b.shape} (trans {trans_b})")
     small = jnp.dtype(a.dtype).itemsize <= 2
     cfg = _MatmulCfg(
-        m=m, n=n, k=k, trans_a=trans_a, trans_b=trans_b,
+        m=m,
+        n=n,
+        k=k,
+        trans_a=trans_a,
+        trans_b=trans_b,
         bm=_tile(m, tiles.bm if small else min(tiles.bm, 64)),
         bn=_tile(n, tiles.bn if small else min(tiles.bn, 64)),
         bk=_tile(k, tiles.bk),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-        precision=C_.matmul_precision(a.dtype, tiles.allow_tf32), interpret=interpret)
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+        precision=C_.matmul_precision(a.dtype, tiles.allow_tf32),
+        interpret=interpret,
+    )
     kr = _round_up(k, cfg.bk)  # the block spans the whole (rounded) contraction; the tail is masked
     if trans_a:
         a_spec = pl.BlockSpec((None, kr, cfg.bm), lambda i, j, c: (c, 0, i))
@@ -211,7 +231,7 @@ def _bmm_xla(a, b, trans_a: bool, trans_b: bool):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _product(a, b, trans: tuple[bool, bool], tiles: "Tiles", interpret: bool):
+def _product(a, b, trans: tuple[bool, bool], tiles: Tiles, interpret: bool):
     return _bmm_call(a, b, trans[0], trans[1], tiles, interpret)
 
 
@@ -260,8 +280,7 @@ def _vec(ref, n, n_p):
     return _load(ref, None if n == n_p else jnp.arange(n_p) < n).astype(jnp.float32)
 
 
-def _epilogue_kernel(p_ref, g_ref, scale_ref, offset_ref, wo_ref, bo_ref, wg_ref, bg_ref, o_ref, *,
-                     cfg: _EpiCfg):
+def _epilogue_kernel(p_ref, g_ref, scale_ref, offset_ref, wo_ref, bo_ref, wg_ref, bg_ref, o_ref, *, cfg: _EpiCfg):
     """`cfg.ri` output rows x `cfg.bj` columns; the weights are loaded once and reused for every row."""
     bj, ri = cfg.bj, cfg.ri
     i0 = pl.program_id(0) * ri
@@ -298,8 +317,11 @@ def _epilogue_kernel(p_ref, g_ref, scale_ref, offset_ref, wo_ref, bo_ref, wg_ref
         out = C_.dot(y, wo, trans_a=True, precision=cfg.precision) + bo[None, :]
         g = _load(g_ref.at[r], rows_masked(_mask2(j_ok, cg_ok, g_shape), g_shape))
         z = C_.dot(g, wg, precision=cfg.precision) + bg[None, :]
-        _store(o_ref.at[r], (out * jax.nn.sigmoid(z)).astype(o_ref.dtype),
-               rows_masked(_mask2(j_ok, cz_ok, o_shape), o_shape))
+        _store(
+            o_ref.at[r],
+            (out * jax.nn.sigmoid(z)).astype(o_ref.dtype),
+            rows_masked(_mask2(j_ok, cz_ok, o_shape), o_shape),
+        )
         return carry
 
     jax.lax.fori_loop(0, ri, body, 0)
@@ -315,7 +337,12 @@ def _epilogue_call(p_cm, gate_input, weights, cfg: _EpiCfg):
         in_specs=[
             pl.BlockSpec((cfg.cp, cfg.ri, cfg.bj), lambda i, j: (0, i, j)),
             pl.BlockSpec((cfg.ri, cfg.bj, cfg.cgp), lambda i, j: (i, j, 0)),
-            vec(cfg.cp), vec(cfg.cp), mat(cfg.cp, cfg.czp), vec(cfg.czp), mat(cfg.cgp, cfg.czp), vec(cfg.czp),
+            vec(cfg.cp),
+            vec(cfg.cp),
+            mat(cfg.cp, cfg.czp),
+            vec(cfg.czp),
+            mat(cfg.cgp, cfg.czp),
+            vec(cfg.czp),
         ],
         out_specs=pl.BlockSpec((cfg.ri, cfg.bj, cfg.czp), lambda i, j: (i, j, 0)),
         out_shape=jax.ShapeDtypeStruct((cfg.i, cfg.j, cfg.cz), gate_input.dtype),
@@ -380,10 +407,23 @@ class Tiles:
             raise ValueError(f"Tiles.epilogue_rows must be >= 1, got {self.epilogue_rows}")
 
 
-def triangle_multiplication(left, right, gate_input, center_scale, center_offset, output_weights, output_bias,
-                            gating_weights, gating_bias, *, outgoing: bool, product: str = "pallas",
-                            tiles: Tiles | None = None, interpret: bool | None = None,
-                            eps: float = LAYER_NORM_EPS):
+def triangle_multiplication(
+    left,
+    right,
+    gate_input,
+    center_scale,
+    center_offset,
+    output_weights,
+    output_bias,
+    gating_weights,
+    gating_bias,
+    *,
+    outgoing: bool,
+    product: str = "pallas",
+    tiles: Tiles | None = None,
+    interpret: bool | None = None,
+    eps: float = LAYER_NORM_EPS,
+):
     """Fused triangle product -> center LayerNorm -> output projection x sigmoid gate (see module docstring).
 
     outgoing: left `[I, K, c]`, right `[J, K, c]`; incoming: left `[K, J, c]`, right `[K, I, c]`
@@ -396,8 +436,7 @@ def triangle_multiplication(left, right, gate_input, center_scale, center_offset
     if product not in ("pallas", "xla"):
         raise ValueError(f"product must be 'pallas' or 'xla', got {product!r}")
     if left.ndim != 3 or right.ndim != 3 or gate_input.ndim != 3:
-        raise ValueError(f"left/right/gate_input must be rank 3, got {left.shape}, {right.shape}, "
-                         f"{gate_input.shape}")
+        raise ValueError(f"left/right/gate_input must be rank 3, got {left.shape}, {right.shape}, {gate_input.shape}")
     c = left.shape[-1]
     if right.shape[-1] != c:
         raise ValueError(f"left and right disagree on channels: {left.shape} vs {right.shape}")
@@ -406,15 +445,22 @@ def triangle_multiplication(left, right, gate_input, center_scale, center_offset
     else:
         (nk, nj), (nk2, ni) = left.shape[:2], right.shape[:2]
     if nk != nk2:
-        raise ValueError(f"left {left.shape} and right {right.shape} disagree on the contracted axis "
-                         f"({'outgoing' if outgoing else 'incoming'})")
+        raise ValueError(
+            f"left {left.shape} and right {right.shape} disagree on the contracted axis "
+            f"({'outgoing' if outgoing else 'incoming'})"
+        )
     if gate_input.shape[:2] != (ni, nj):
         raise ValueError(f"gate_input {gate_input.shape} must be [I, J, c_g] = [{ni}, {nj}, c_g]")
     cz = output_weights.shape[-1]
     cg = gate_input.shape[-1]
-    expect = {"center_scale": (center_scale, (c,)), "center_offset": (center_offset, (c,)),
-              "output_weights": (output_weights, (c, cz)), "output_bias": (output_bias, (cz,)),
-              "gating_weights": (gating_weights, (cg, cz)), "gating_bias": (gating_bias, (cz,))}
+    expect = {
+        "center_scale": (center_scale, (c,)),
+        "center_offset": (center_offset, (c,)),
+        "output_weights": (output_weights, (c, cz)),
+        "output_bias": (output_bias, (cz,)),
+        "gating_weights": (gating_weights, (cg, cz)),
+        "gating_bias": (gating_bias, (cz,)),
+    }
     for name, (arr, shape) in expect.items():
         if tuple(arr.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
@@ -434,13 +480,28 @@ def triangle_multiplication(left, right, gate_input, center_scale, center_offset
     else:
         p_cm = _bmm_xla(a, b, *trans)
 
-    weights = (center_scale.astype(jnp.float32), center_offset.astype(jnp.float32),
-               output_weights.astype(dtype), output_bias.astype(jnp.float32),
-               gating_weights.astype(dtype), gating_bias.astype(jnp.float32))
-    cfg = _EpiCfg(i=ni, j=nj, c=c, cz=cz, cg=cg,
-                  cp=max(16, C_.next_power_of_2(c)), czp=max(16, C_.next_power_of_2(cz)),
-                  cgp=max(16, C_.next_power_of_2(cg)), bj=_tile(nj, tiles.bj),
-                  ri=max(1, min(tiles.epilogue_rows, ni)), eps=float(eps),
-                  num_warps=tiles.epilogue_warps, precision=C_.matmul_precision(dtype, tiles.allow_tf32),
-                  interpret=interpret)
+    weights = (
+        center_scale.astype(jnp.float32),
+        center_offset.astype(jnp.float32),
+        output_weights.astype(dtype),
+        output_bias.astype(jnp.float32),
+        gating_weights.astype(dtype),
+        gating_bias.astype(jnp.float32),
+    )
+    cfg = _EpiCfg(
+        i=ni,
+        j=nj,
+        c=c,
+        cz=cz,
+        cg=cg,
+        cp=max(16, C_.next_power_of_2(c)),
+        czp=max(16, C_.next_power_of_2(cz)),
+        cgp=max(16, C_.next_power_of_2(cg)),
+        bj=_tile(nj, tiles.bj),
+        ri=max(1, min(tiles.epilogue_rows, ni)),
+        eps=float(eps),
+        num_warps=tiles.epilogue_warps,
+        precision=C_.matmul_precision(dtype, tiles.allow_tf32),
+        interpret=interpret,
+    )
     return _epilogue(p_cm, gate_input, weights, cfg)

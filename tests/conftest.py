@@ -19,8 +19,10 @@ try:
     from importlib.metadata import version as _version
 
     if tuple(int(p) for p in _version("jaxlib").split(".")[:2]) >= (0, 10):
-        _FLAGS += ["--xla_cpu_collective_call_terminate_timeout_seconds=600",
-                   "--xla_cpu_collective_timeout_seconds=600"]
+        _FLAGS += [
+            "--xla_cpu_collective_call_terminate_timeout_seconds=600",
+            "--xla_cpu_collective_timeout_seconds=600",
+        ]
 except Exception:  # noqa: BLE001  (no jaxlib metadata: keep XLA's defaults)
     pass
 for flag in _FLAGS:
@@ -42,8 +44,7 @@ def shared_dir() -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"shared data directory not found at {path}: CI must run with shared/ beside the clone")
         pytest.skip(
-            f"shared data directory not found at {path} "
-            "(set JAXFOLD_SHARED to the folder holding data/structures)"
+            f"shared data directory not found at {path} (set JAXFOLD_SHARED to the folder holding data/structures)"
         )
     return path
 

@@ -9,13 +9,16 @@ import numpy as np
 
 from jaxfold.config import model_config
 
-ATOL_TRUNK = 5e-5       # relative encoding, templates, Evoformer/extra-MSA iterations, triangle mult., heads
-ATOL_SM = 1e-4          # IPA, fold iteration, structure module: activations, rotations, sin/cos
-ATOL_SM_POS = 5e-4      # same: positions and translations (Angstrom)
-NUM_VALID = 16          # of 18 residues in the padded module inputs
+ATOL_TRUNK = 5e-5  # relative encoding, templates, Evoformer/extra-MSA iterations, triangle mult., heads
+ATOL_SM = 1e-4  # IPA, fold iteration, structure module: activations, rotations, sin/cos
+ATOL_SM_POS = 5e-4  # same: positions and translations (Angstrom)
+NUM_VALID = 16  # of 18 residues in the padded module inputs
 
-_MANIFEST = Path(os.environ.get("JAXFOLD_SHARED") or Path(__file__).resolve().parents[2] / "shared") / \
-    "reference_multimer" / "manifest.json"
+_MANIFEST = (
+    Path(os.environ.get("JAXFOLD_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+    / "reference_multimer"
+    / "manifest.json"
+)
 # The reference's config: model_1_multimer_v3 with the manifest's dotted overrides (fp32, shrunk depth).
 OVERRIDES = json.loads(_MANIFEST.read_text())["overrides"] if _MANIFEST.is_file() else {}
 CONFIG = model_config("model_1_multimer_v3", **OVERRIDES)

@@ -19,16 +19,30 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = {"training.batch_size": 4, "training.num_workers": 0, "training.checkpoint_every": 2,
-            "training.log_every": 1, "training.warmup_steps": 0, "training.learning_rate": 1e-2,
-            "training.ema_decay": 0.9, "data.train.crop_size": 16, "data.train.max_msa_clusters": 8,
-            "data.train.max_extra_msa": 4, "data.common.use_templates": False}
+SETTINGS = {
+    "training.batch_size": 4,
+    "training.num_workers": 0,
+    "training.checkpoint_every": 2,
+    "training.log_every": 1,
+    "training.warmup_steps": 0,
+    "training.learning_rate": 1e-2,
+    "training.ema_decay": 0.9,
+    "data.train.crop_size": 16,
+    "data.train.max_msa_clusters": 8,
+    "data.train.max_extra_msa": 4,
+    "data.common.use_templates": False,
+}
 
 
 def stand_in_init(cfg, key):
     k1, k2 = jax.random.split(key)
-    return {"mlp": {"w1": 0.3 * jax.random.normal(k1, (49, 16)), "b1": jax.numpy.zeros(16),
-                    "w2": 0.3 * jax.random.normal(k2, (16, 3))}}
+    return {
+        "mlp": {
+            "w1": 0.3 * jax.random.normal(k1, (49, 16)),
+            "b1": jax.numpy.zeros(16),
+            "w2": 0.3 * jax.random.normal(k2, (16, 3)),
+        }
+    }
 
 
 def stand_in_apply(params, example, key, dap):
@@ -36,8 +50,8 @@ def stand_in_apply(params, example, key, dap):
 
     del dap
     p = params["mlp"]
-    h = jnp.tanh(example["msa_feat"][0].mean(0) @ p["w1"] + p["b1"])       # [N, 16]
-    h = jnp.where(jax.random.bernoulli(key, 0.9, h.shape), h / 0.9, 0.0)   # dropout: keys matter
+    h = jnp.tanh(example["msa_feat"][0].mean(0) @ p["w1"] + p["b1"])  # [N, 16]
+    h = jnp.where(jax.random.bernoulli(key, 0.9, h.shape), h / 0.9, 0.0)  # dropout: keys matter
     return {"ca": 10.0 * (h @ p["w2"])}
 
 
@@ -65,10 +79,19 @@ def main(out: str, steps: int, num_processes: int, process_id: int, port: int, d
     cfg = model_config("tiny", num_recycle=0, **SETTINGS, **{"training.num_steps": steps})
     chains = Path(out).parent / "chains.txt"
     data = Path(data_dir)
-    run_training(cfg, make_mesh("2x4"), data_dir=data / "structures" / "mmcif", alignment_dir=data / "msas",
-                 output_dir=out, chain_list=chains, init_fn=stand_in_init, apply_fn=stand_in_apply,
-                 loss_fn=stand_in_loss, progress=False,
-                 log=lambda m: print(f"[{process_id}] {m}", file=sys.stderr, flush=True))
+    run_training(
+        cfg,
+        make_mesh("2x4"),
+        data_dir=data / "structures" / "mmcif",
+        alignment_dir=data / "msas",
+        output_dir=out,
+        chain_list=chains,
+        init_fn=stand_in_init,
+        apply_fn=stand_in_apply,
+        loss_fn=stand_in_loss,
+        progress=False,
+        log=lambda m: print(f"[{process_id}] {m}", file=sys.stderr, flush=True),
+    )
     print(f"[{process_id}] finished", file=sys.stderr, flush=True)
 
 

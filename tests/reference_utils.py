@@ -10,7 +10,7 @@ from jaxfold.weights import flat_to_tree, read_npz
 
 # Tolerances from shared/reference/README.md (fp32, rtol 1e-4 everywhere).
 RTOL = 1e-4
-ATOL_TRUNK = 5e-5          # Evoformer sub-modules and blocks, extra-MSA block, template pair stack, heads
+ATOL_TRUNK = 5e-5  # Evoformer sub-modules and blocks, extra-MSA block, template pair stack, heads
 ATOL_FULL_ACTIVATIONS = 1e-4  # full model: representations, captured activations, logits
 
 
@@ -38,8 +38,10 @@ def assert_close_on(actual, expected, valid, atol: float, rtol: float = RTOL, wh
     valid = np.broadcast_to(np.ones((), bool) if valid is None else valid, actual.shape)
     bad = (np.abs(actual - expected) > atol + rtol * np.abs(expected)) & valid
     err = max_abs_error(actual, expected, valid)
-    assert not bad.any(), (f"{what}: {bad.sum()} of {valid.sum()} valid entries off; max abs err {err:.3g} "
-                           f"(atol {atol}, rtol {rtol}); first at {np.argwhere(bad)[0].tolist()}")
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} of {valid.sum()} valid entries off; max abs err {err:.3g} "
+        f"(atol {atol}, rtol {rtol}); first at {np.argwhere(bad)[0].tolist()}"
+    )
     return err
 
 
@@ -51,8 +53,12 @@ def tolerance(key: str) -> float:
     """atol for one output key (README table, full-model rows)."""
     if key == "confidence/ptm":
         return 1e-5
-    if key in ("confidence/plddt", "confidence/predicted_aligned_error", "confidence/max_predicted_aligned_error",
-               "confidence/ranking_confidence"):
+    if key in (
+        "confidence/plddt",
+        "confidence/predicted_aligned_error",
+        "confidence/max_predicted_aligned_error",
+        "confidence/ranking_confidence",
+    ):
         return 1e-3
     if key.startswith("structure_module/"):
         if "angles_sin_cos" in key or "/frames/rot/" in key:

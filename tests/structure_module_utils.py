@@ -5,9 +5,9 @@ import numpy as np
 from jaxfold.config import model_config
 
 # shared/reference/README.md: IPA, fold iteration, structure module (fp32, rtol 1e-4).
-ATOL_SM = 1e-4       # activations, affines, sin/cos, rotations
-ATOL_SM_POS = 5e-4   # positions and translations in Angstrom
-NUM_VALID = 21       # of 23 residues
+ATOL_SM = 1e-4  # activations, affines, sin/cos, rotations
+ATOL_SM_POS = 5e-4  # positions and translations in Angstrom
+NUM_VALID = 21  # of 23 residues
 
 CONFIG = model_config("model_1_ptm", structure_module_num_layer=2)
 SM = CONFIG.model.heads.structure_module
@@ -37,17 +37,33 @@ def atol_for(path: str) -> float:
 
 
 FOLD_ITERATION_OUTPUTS = (
-    ["activations/act", "activations/affine", "outputs/affine", "outputs/sc/angles_sin_cos",
-     "outputs/sc/unnormalized_angles_sin_cos"]
+    [
+        "activations/act",
+        "activations/affine",
+        "outputs/affine",
+        "outputs/sc/angles_sin_cos",
+        "outputs/sc/unnormalized_angles_sin_cos",
+    ]
     + [f"outputs/sc/atom_pos/{c}" for c in "xyz"]
     + [f"outputs/sc/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"]
-    + [f"outputs/sc/frames/trans/{c}" for c in "xyz"])
+    + [f"outputs/sc/frames/trans/{c}" for c in "xyz"]
+)
 
 
 def structure_module_outputs():
-    return ["final_affines", "final_atom14_mask", "final_atom14_positions", "final_atom_mask",
-            "final_atom_positions", "representations/structure_module", "traj",
-            "sidechains/angles_sin_cos", "sidechains/unnormalized_angles_sin_cos"] + [
-        f"sidechains/atom_pos/{c}" for c in "xyz"] + [
-        f"sidechains/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"] + [
-        f"sidechains/frames/trans/{c}" for c in "xyz"]
+    return (
+        [
+            "final_affines",
+            "final_atom14_mask",
+            "final_atom14_positions",
+            "final_atom_mask",
+            "final_atom_positions",
+            "representations/structure_module",
+            "traj",
+            "sidechains/angles_sin_cos",
+            "sidechains/unnormalized_angles_sin_cos",
+        ]
+        + [f"sidechains/atom_pos/{c}" for c in "xyz"]
+        + [f"sidechains/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"]
+        + [f"sidechains/frames/trans/{c}" for c in "xyz"]
+    )

@@ -6,12 +6,13 @@ Tolerances per output family from shared/reference/README.md; every key of the r
 
 import numpy as np
 import pytest
+from reference_utils import SHRINK, assert_close_on, compare_all, reference, tolerance
 
 from jaxfold.config import model_config
 from jaxfold.model import memory, run_alphafold
 from jaxfold.model.predict import predict
 from jaxfold.weights import load_alphafold_params
-from reference_utils import SHRINK, assert_close_on, compare_all, reference, tolerance
+
 
 @pytest.fixture(scope="module")
 def features(shared_dir):
@@ -48,12 +49,27 @@ def test_recycled_model_matches_deepmind(shared_dir, recycled):
 def test_recycling_outputs_feed_the_next_pass(shared_dir, first_pass):
     """What the first pass hands to recycling equals what DeepMind's model captured as recycling inputs."""
     captured = reference(shared_dir, "outputs")
-    assert_close_on(first_pass["representations/pair"], captured["captured/recycling_inputs/prev_pair"], None,
-                    1e-4, what="prev_pair")
-    assert_close_on(first_pass["representations/msa_first_row"],
-                    captured["captured/recycling_inputs/prev_msa_first_row"], None, 1e-4, what="prev_msa_first_row")
-    assert_close_on(first_pass["structure_module/final_atom_positions"],
-                    captured["captured/recycling_inputs/prev_pos"], None, 1e-3, what="prev_pos")
+    assert_close_on(
+        first_pass["representations/pair"],
+        captured["captured/recycling_inputs/prev_pair"],
+        None,
+        1e-4,
+        what="prev_pair",
+    )
+    assert_close_on(
+        first_pass["representations/msa_first_row"],
+        captured["captured/recycling_inputs/prev_msa_first_row"],
+        None,
+        1e-4,
+        what="prev_msa_first_row",
+    )
+    assert_close_on(
+        first_pass["structure_module/final_atom_positions"],
+        captured["captured/recycling_inputs/prev_pos"],
+        None,
+        1e-3,
+        what="prev_pos",
+    )
 
 
 def test_same_input_twice_is_bit_identical(shared_dir, features, recycled):
@@ -68,8 +84,9 @@ def test_runtime_recycling_count_caps_iterations(shared_dir, features, first_pas
     params = load_alphafold_params(shared_dir / "reference" / "params" / "params_model_1_ptm_shrunk.npz", cfg)
     feats = dict(features, num_iter_recycling=np.zeros((2,), np.int32))
     out = run_alphafold(cfg, params, feats)
-    np.testing.assert_allclose(out["structure_module/final_atom_positions"],
-                               first_pass["structure_module/final_atom_positions"], atol=1e-4)
+    np.testing.assert_allclose(
+        out["structure_module/final_atom_positions"], first_pass["structure_module/final_atom_positions"], atol=1e-4
+    )
 
 
 def auto_budget_forcing_a_chunk(cfg, feats) -> int:
@@ -90,8 +107,15 @@ def recycled_auto_chunked(shared_dir, features):
     params = load_alphafold_params(shared_dir / "reference" / "params" / "params_model_1_ptm_shrunk.npz", cfg)
     feats = {k: v[:2] for k, v in features.items()}
     timings = {}
-    out = predict(cfg, params, feats, chunk_size="auto", outputs="lean", timings=timings,
-                  budget_bytes=auto_budget_forcing_a_chunk(cfg, feats))
+    out = predict(
+        cfg,
+        params,
+        feats,
+        chunk_size="auto",
+        outputs="lean",
+        timings=timings,
+        budget_bytes=auto_budget_forcing_a_chunk(cfg, feats),
+    )
     return out, timings["settings"]
 
 
@@ -99,9 +123,16 @@ def test_auto_chunked_in_place_lean_model_matches_deepmind(shared_dir, recycled_
     out, settings = recycled_auto_chunked
     assert 0 < settings.chunk_size < 37  # 37 residues: the run really was chunked
     ref = reference(shared_dir, "outputs")
-    for key in ("structure_module/final_atom_positions", "structure_module/final_atom_mask", "confidence/plddt",
-                "confidence/predicted_aligned_error", "confidence/max_predicted_aligned_error", "confidence/ptm",
-                "confidence/ranking_confidence", "predicted_lddt/logits"):
+    for key in (
+        "structure_module/final_atom_positions",
+        "structure_module/final_atom_mask",
+        "confidence/plddt",
+        "confidence/predicted_aligned_error",
+        "confidence/max_predicted_aligned_error",
+        "confidence/ptm",
+        "confidence/ranking_confidence",
+        "predicted_lddt/logits",
+    ):
         assert_close_on(out[key], ref[key], None, tolerance(key), what=f"{key} (auto chunk, in place, lean)")
     # Lean outputs leave the N x N x 64 logits and the representations on the device.
     assert not any(k.startswith(("representations/", "distogram/", "predicted_aligned_error/")) for k in out)

@@ -12,8 +12,19 @@ from jaxfold.data.feature_processing import process_features
 
 
 def test_bucket_rule():
-    cases = {1: 32, 32: 32, 33: 64, 50: 64, 400: 416, 512: 512, 513: 576, 1000: 1024, 1024: 1024,
-             1025: 1152, 2700: 2816}
+    cases = {
+        1: 32,
+        32: 32,
+        33: 64,
+        50: 64,
+        400: 416,
+        512: 512,
+        513: 576,
+        1000: 1024,
+        1024: 1024,
+        1025: 1152,
+        2700: 2816,
+    }
     assert {n: bucket_length(n) for n in cases} == cases
     assert bucket_length(397, "none") == 397
     lengths = list(range(50, 401, 7))
@@ -98,8 +109,7 @@ def test_padding_does_not_change_a_tiny_prediction(tiny_chain):
     padded_raw = run_alphafold(cfg, params, pad_features(feats, bucket_length(n)))
     assert padded_raw["structure_module/final_atom_positions"].shape[0] == 64
     padded = unpad_outputs(padded_raw, n)
-    _assert_same_prediction(padded, plain, {"structure_module/": 1e-3, "confidence/": 1e-3,
-                                            "confidence/ptm": 1e-5})
+    _assert_same_prediction(padded, plain, {"structure_module/": 1e-3, "confidence/": 1e-3, "confidence/ptm": 1e-5})
     # pTM must be recomputed on the true residues: on the padded logits it is a different number.
     stale = unpad_outputs({k: v for k, v in padded_raw.items() if not k.startswith("predicted_")}, n)
     assert abs(float(stale["confidence/ptm"]) - float(plain["confidence/ptm"])) > 1e-3
@@ -108,9 +118,10 @@ def test_padding_does_not_change_a_tiny_prediction(tiny_chain):
 def test_padding_reproduces_deepmind_reference(shared_dir):
     """DeepMind's reference model (shrunk model_1_ptm, its parameters) on the reference features padded
     from 37 to 64 residues, cut back: DeepMind's unpadded outputs within the reference tolerances."""
+    from test_alphafold_reference import SHRINK, compare_all, reference
+
     from jaxfold.model import run_alphafold
     from jaxfold.weights import load_alphafold_params
-    from test_alphafold_reference import SHRINK, compare_all, reference
 
     cfg = model_config("model_1_ptm", num_recycle=0, **SHRINK)
     params = load_alphafold_params(shared_dir / "reference/params/params_model_1_ptm_shrunk.npz", cfg)

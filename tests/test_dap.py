@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from reference_utils import SHRINK, assert_close_on, compare_all, module_reference, reference
 
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
@@ -19,8 +20,6 @@ from jaxfold.model.stacks import apply_stack
 from jaxfold.parallel.dap import NO_DAP, Dap
 from jaxfold.parallel.mesh import MeshError, dap_for_mesh, make_mesh, parse_mesh_spec
 from jaxfold.weights import load_alphafold_params
-from reference_utils import assert_close_on, module_reference
-from reference_utils import SHRINK, compare_all, reference
 
 CONFIG = model_config("model_1_ptm")
 EVO = CONFIG.model.embeddings_and_evoformer.evoformer
@@ -31,9 +30,16 @@ def test_enough_virtual_devices():
     assert len(jax.devices()) >= 8, "conftest.py must force 8 host devices before jax initialises"
 
 
-@pytest.mark.parametrize("spec,expected", [("8x64", {"dap": 8, "data": 64}), ("2x1", {"dap": 2, "data": 1}),
-                                           ("dap=8,data=64", {"dap": 8, "data": 64}),
-                                           ("data=4", {"dap": 1, "data": 4}), (" DAP=2 , data=4 ", {"dap": 2, "data": 4})])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("8x64", {"dap": 8, "data": 64}),
+        ("2x1", {"dap": 2, "data": 1}),
+        ("dap=8,data=64", {"dap": 8, "data": 64}),
+        ("data=4", {"dap": 1, "data": 4}),
+        (" DAP=2 , data=4 ", {"dap": 2, "data": 4}),
+    ],
+)
 def test_mesh_spec_parsing(spec, expected):
     assert parse_mesh_spec(spec) == expected
 
@@ -97,7 +103,7 @@ def stack_run(io, params, dap_size, is_extra_msa):
         # Masked so that padding and invalid positions (whose values AlphaFold leaves arbitrary) do not count.
         valid_msa = io["input/msa_mask"][..., None]
         valid_pair = io["input/pair_mask"][..., None]
-        return jnp.sum(jnp.sin(out_msa) * valid_msa) + jnp.sum(out_pair ** 2 * valid_pair) * 1e-3, (out_msa, out_pair)
+        return jnp.sum(jnp.sin(out_msa) * valid_msa) + jnp.sum(out_pair**2 * valid_pair) * 1e-3, (out_msa, out_pair)
 
     grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
     (_, outputs), grads = grad_fn(params, io["input/msa"], io["input/pair"])
@@ -130,8 +136,15 @@ def stack_reference(shared_dir):
     return results
 
 
-@pytest.mark.parametrize("name,dap_size", [("evoformer_iteration", 2), ("evoformer_iteration", 4),
-                                           ("evoformer_iteration", 8), ("extra_msa_stack_iteration", 4)])
+@pytest.mark.parametrize(
+    "name,dap_size",
+    [
+        ("evoformer_iteration", 2),
+        ("evoformer_iteration", 4),
+        ("evoformer_iteration", 8),
+        ("extra_msa_stack_iteration", 4),
+    ],
+)
 def test_sharded_stack_equals_unsharded_values_and_gradients(stack_reference, name, dap_size):
     io, params, (ref_out, ref_grads) = stack_reference[name]
     out, grads = stack_run(io, params, dap_size, name.startswith("extra"))
@@ -154,8 +167,10 @@ def test_whole_model_with_dap_matches_deepmind(shared_dir):
 
 
 def collective_counts(hlo_text: str) -> dict[str, int]:
-    return {op: len(re.findall(rf"\b{op}\(", hlo_text)) for op in ("all-to-all", "all-gather", "all-reduce",
-                                                                   "reduce-scatter", "collective-permute")}
+    return {
+        op: len(re.findall(rf"\b{op}\(", hlo_text))
+        for op in ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
+    }
 
 
 def test_one_sharded_block_has_exactly_the_planned_collectives(stack_reference):
@@ -175,13 +190,19 @@ def test_one_sharded_block_has_exactly_the_planned_collectives(stack_reference):
         (msa, pair), _ = block.apply({"params": p}, (msa, pair), msa_mask, pair_mask)
         return msa, pair
 
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P("dap"), P("dap"), P(), P()),
-                            out_specs=(P("dap"), P("dap")))
+    sharded = jax.shard_map(
+        body, mesh=mesh, in_specs=(P(), P("dap"), P("dap"), P(), P()), out_specs=(P("dap"), P("dap"))
+    )
     compiled = jax.jit(sharded).lower(one_layer, msa, pair, jnp.ones((8, 24)), jnp.ones((24, 24))).compile()
     text = compiled.as_text()
     counts = collective_counts(text)
-    assert counts == {"all-to-all": 6, "all-gather": 6, "all-reduce": 0, "reduce-scatter": 0,
-                      "collective-permute": 0}, counts
+    assert counts == {
+        "all-to-all": 6,
+        "all-gather": 6,
+        "all-reduce": 0,
+        "reduce-scatter": 0,
+        "collective-permute": 0,
+    }, counts
     gathered = re.findall(r"= f32\[([\d,]+)\][^\n]*\ball-gather\(", text)
     pair_sized = [s for s in gathered if s.startswith("24,24,")]
     assert len(pair_sized) == 2, gathered  # the two triangle-multiplication operands, nothing else

@@ -14,8 +14,7 @@ CROP = 48
 
 
 def _config(use_templates=False, num_recycle=2):
-    return model_config("model_1_ptm", num_recycle=num_recycle,
-                        **{"data.common.use_templates": use_templates})
+    return model_config("model_1_ptm", num_recycle=num_recycle, **{"data.common.use_templates": use_templates})
 
 
 def _make(tmp_path, shared_dir, chains=CHAINS, **kw):
@@ -27,8 +26,7 @@ def _make(tmp_path, shared_dir, chains=CHAINS, **kw):
     kw.setdefault("max_extra_msa", 16)
     kw.setdefault("ground_truth", False)
     cfg = kw.pop("config", None) or _config()
-    return TrainingDataset(data / "structures" / "mmcif", data / "msas", cfg,
-                           chain_list=lst, **kw)
+    return TrainingDataset(data / "structures" / "mmcif", data / "msas", cfg, chain_list=lst, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,7 @@ def test_crop_consistency(ds):
         s = ds.sample(_index_of(ds, chain, seed), seed)
         start = int(s["crop_start"])
         assert 0 <= start <= len(seq) - CROP
-        want = np.array([rc.restype_order_with_x.get(c, 20) for c in seq[start:start + CROP]])
+        want = np.array([rc.restype_order_with_x.get(c, 20) for c in seq[start : start + CROP]])
         np.testing.assert_array_equal(s["aatype"][0], want)
         np.testing.assert_array_equal(s["residue_index"][0], np.arange(start, start + CROP))
         # MSA first row (before BERT masking) = query crop, in every slice
@@ -93,11 +91,12 @@ def test_crop_consistency(ds):
         assert np.all(mask <= exists)  # no atom a residue type does not have
         assert np.all(mask[:, rc.atom_order["CA"]] == 1)
         full_pos, _ = _full_gt(ds, chain)
-        np.testing.assert_array_equal(s["all_atom_positions"], full_pos[start:start + CROP])
+        np.testing.assert_array_equal(s["all_atom_positions"], full_pos[start : start + CROP])
 
 
 def _full_gt(ds, chain):
     from jaxfold.data import mmcif
+
     obj = mmcif.parse_mmcif_file(ds._cif_paths[chain])  # noqa: SLF001
     return obj.get_atom_positions(chain.split("_")[1])
 
@@ -113,7 +112,7 @@ def test_padding_and_missing_residues(ds):
     ca = s["all_atom_mask"][:, rc.atom_order["CA"]]
     observed = np.zeros(70)
     observed[22:67] = 1
-    np.testing.assert_array_equal(ca, observed[start:start + CROP])
+    np.testing.assert_array_equal(ca, observed[start : start + CROP])
 
 
 def test_determinism_and_seed_dependence(ds):
@@ -122,8 +121,9 @@ def test_determinism_and_seed_dependence(ds):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     c = ds.sample(4, 5)  # index 4 = next epoch; differs in choices
-    assert any(not np.array_equal(a[k], c[k]) for k in ("bert_mask", "msa_feat", "crop_start")
-               if a[k].shape == c[k].shape) or ds.chain_for(1, 5) != ds.chain_for(4, 5)
+    assert any(
+        not np.array_equal(a[k], c[k]) for k in ("bert_mask", "msa_feat", "crop_start") if a[k].shape == c[k].shape
+    ) or ds.chain_for(1, 5) != ds.chain_for(4, 5)
 
 
 def test_recycling_sampled_uniformly(ds):
@@ -164,8 +164,15 @@ def test_cluster_sampling(tmp_path, shared_dir):
 
 def test_templates_and_ground_truth(tmp_path, shared_dir):
     pytest.importorskip("jaxfold.data.ground_truth")
-    d = _make(tmp_path, shared_dir, chains=["4zey_A"], config=_config(use_templates=True),
-              max_templates=2, ground_truth=True, num_recycle=0)
+    d = _make(
+        tmp_path,
+        shared_dir,
+        chains=["4zey_A"],
+        config=_config(use_templates=True),
+        max_templates=2,
+        ground_truth=True,
+        num_recycle=0,
+    )
     s = d.sample(0, 0)
     assert s["template_aatype"].shape == (1, 2, CROP)
     assert s["template_all_atom_positions"].shape == (1, 2, CROP, 37, 3)

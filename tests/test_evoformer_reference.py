@@ -3,17 +3,16 @@
 import jax
 import numpy as np
 import pytest
+from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
 from jaxfold.config import model_config
 from jaxfold.model.evoformer import EvoformerIteration
-from jaxfold.model.msa_attention import (
-    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias)
+from jaxfold.model.msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from jaxfold.model.outer_product_mean import OuterProductMean
 from jaxfold.model.template import TemplatePairStack
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
-from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
 CONFIG = model_config("model_1_ptm")
 EVO = CONFIG.model.embeddings_and_evoformer.evoformer
@@ -32,30 +31,46 @@ def pair_input(io):
 SUB_MODULES = {
     "msa_row_attention_with_pair_bias": (
         lambda: MSARowAttentionWithPairBias(EVO.msa_row_attention_with_pair_bias, GC),
-        lambda m, p, io: m.apply(p, *msa_input(io), io["input/pair"]), "msa"),
+        lambda m, p, io: m.apply(p, *msa_input(io), io["input/pair"]),
+        "msa",
+    ),
     "msa_column_attention": (
         lambda: MSAColumnAttention(EVO.msa_column_attention, GC),
-        lambda m, p, io: m.apply(p, *msa_input(io)), "msa"),
+        lambda m, p, io: m.apply(p, *msa_input(io)),
+        "msa",
+    ),
     "msa_column_global_attention": (
         lambda: MSAColumnGlobalAttention(EVO.msa_column_attention, GC),
-        lambda m, p, io: m.apply(p, *msa_input(io)), "msa"),
-    "msa_transition": (
-        lambda: Transition(EVO.msa_transition, GC),
-        lambda m, p, io: m.apply(p, *msa_input(io)), "msa"),
+        lambda m, p, io: m.apply(p, *msa_input(io)),
+        "msa",
+    ),
+    "msa_transition": (lambda: Transition(EVO.msa_transition, GC), lambda m, p, io: m.apply(p, *msa_input(io)), "msa"),
     "outer_product_mean": (
         lambda: OuterProductMean(EVO.outer_product_mean, GC, num_output_channel=128),
-        lambda m, p, io: m.apply(p, *msa_input(io)), "pair"),
+        lambda m, p, io: m.apply(p, *msa_input(io)),
+        "pair",
+    ),
     "pair_transition": (
         lambda: Transition(EVO.pair_transition, GC),
-        lambda m, p, io: m.apply(p, *pair_input(io)), "pair"),
-    **{name: (
-        (lambda name=name: TriangleMultiplication(EVO[name], GC)),
-        lambda m, p, io: m.apply(p, *pair_input(io)), "pair")
-       for name in ("triangle_multiplication_outgoing", "triangle_multiplication_incoming")},
-    **{name: (
-        (lambda name=name: TriangleAttention(EVO[name], GC)),
-        lambda m, p, io: m.apply(p, *pair_input(io)), "pair")
-       for name in ("triangle_attention_starting_node", "triangle_attention_ending_node")},
+        lambda m, p, io: m.apply(p, *pair_input(io)),
+        "pair",
+    ),
+    **{
+        name: (
+            (lambda name=name: TriangleMultiplication(EVO[name], GC)),
+            lambda m, p, io: m.apply(p, *pair_input(io)),
+            "pair",
+        )
+        for name in ("triangle_multiplication_outgoing", "triangle_multiplication_incoming")
+    },
+    **{
+        name: (
+            (lambda name=name: TriangleAttention(EVO[name], GC)),
+            lambda m, p, io: m.apply(p, *pair_input(io)),
+            "pair",
+        )
+        for name in ("triangle_attention_starting_node", "triangle_attention_ending_node")
+    },
 }
 
 
@@ -71,14 +86,14 @@ def test_sub_module_matches_deepmind(shared_dir, name):
     assert_close_on(update, io["output/update"], valid_mask(io, kind), ATOL_TRUNK, what=name)
 
 
-@pytest.mark.parametrize("name,is_extra_msa", [("evoformer_iteration", False),
-                                               ("extra_msa_stack_iteration", True)])
+@pytest.mark.parametrize("name,is_extra_msa", [("evoformer_iteration", False), ("extra_msa_stack_iteration", True)])
 def test_evoformer_block_matches_deepmind(shared_dir, name, is_extra_msa):
     io, params = module_reference(shared_dir, name)
     (scope,) = params  # 'evoformer_iteration' or 'extra_msa_stack'
     block = EvoformerIteration(EVO, GC, is_extra_msa=is_extra_msa)
-    (msa, pair), _ = block.apply({"params": params[scope]}, (io["input/msa"], io["input/pair"]),
-                                 io["input/msa_mask"], io["input/pair_mask"])
+    (msa, pair), _ = block.apply(
+        {"params": params[scope]}, (io["input/msa"], io["input/pair"]), io["input/msa_mask"], io["input/pair_mask"]
+    )
     assert_close_on(msa, io["output/msa"], valid_mask(io, "msa"), ATOL_TRUNK, what=f"{name} msa")
     assert_close_on(pair, io["output/pair"], valid_mask(io, "pair"), ATOL_TRUNK, what=f"{name} pair")
 
@@ -87,12 +102,14 @@ def test_template_pair_stack_matches_deepmind(shared_dir):
     io, params = module_reference(shared_dir, "template_pair_stack")
     stack = TemplatePairStack(CONFIG.model.embeddings_and_evoformer.template.template_pair_stack, GC)
     out = stack.apply({"params": params["template_pair_stack"]}, io["input/pair"], io["input/pair_mask"])
-    assert_close_on(out, io["output/pair"], io["input/pair_mask"][..., None] > 0, ATOL_TRUNK,
-                    what="template_pair_stack")
+    assert_close_on(
+        out, io["output/pair"], io["input/pair_mask"][..., None] > 0, ATOL_TRUNK, what="template_pair_stack"
+    )
 
 
-@pytest.mark.parametrize("name,is_extra_msa,chunk", [("evoformer_iteration", False, 5),
-                                                     ("extra_msa_stack_iteration", True, 4)])
+@pytest.mark.parametrize(
+    "name,is_extra_msa,chunk", [("evoformer_iteration", False, 5), ("extra_msa_stack_iteration", True, 4)]
+)
 def test_in_place_chunked_block_equals_unchunked(shared_dir, name, is_extra_msa, chunk):
     """chunk_size > 0 at inference updates the MSA and pair in place, a slice of rows or columns at a time
     (23 residues: whole slices and a shorter last one); the numbers must not change, and must still match

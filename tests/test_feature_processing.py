@@ -26,12 +26,27 @@ REF_OVERRIDES = dict(
     max_msa_clusters=12,
 )
 EXACT_KEYS = [
-    "aatype", "residue_index", "seq_length", "seq_mask", "target_feat",
-    "atom14_atom_exists", "atom37_atom_exists", "residx_atom14_to_atom37",
-    "residx_atom37_to_atom14", "template_aatype", "template_all_atom_masks",
-    "template_all_atom_positions", "template_mask", "template_pseudo_beta",
-    "template_pseudo_beta_mask", "template_sum_probs", "msa_row_mask",
-    "extra_msa_row_mask", "msa_mask", "extra_msa_mask", "is_distillation",
+    "aatype",
+    "residue_index",
+    "seq_length",
+    "seq_mask",
+    "target_feat",
+    "atom14_atom_exists",
+    "atom37_atom_exists",
+    "residx_atom14_to_atom37",
+    "residx_atom37_to_atom14",
+    "template_aatype",
+    "template_all_atom_masks",
+    "template_all_atom_positions",
+    "template_mask",
+    "template_pseudo_beta",
+    "template_pseudo_beta_mask",
+    "template_sum_probs",
+    "msa_row_mask",
+    "extra_msa_row_mask",
+    "msa_mask",
+    "extra_msa_mask",
+    "is_distillation",
 ]
 HHBLITS_TO_OURS = np.asarray(rc.MAP_HHBLITS_AATYPE_TO_OUR_AATYPE)
 
@@ -129,10 +144,8 @@ def _check_slice_invariants(batch, s, raw_rows):
     np.testing.assert_array_equal(feat[..., 23], np.clip(dels[clusters], 0, 1))
     np.testing.assert_allclose(feat[..., 24], _deletion_value(dels[clusters]), atol=2e-7)
     n_e = extra.size
-    np.testing.assert_array_equal(batch["extra_has_deletion"][s][:n_e],
-                                  np.clip(dels[extra], 0, 1))
-    np.testing.assert_allclose(batch["extra_deletion_value"][s][:n_e],
-                               _deletion_value(dels[extra]), atol=2e-7)
+    np.testing.assert_array_equal(batch["extra_has_deletion"][s][:n_e], np.clip(dels[extra], 0, 1))
+    np.testing.assert_allclose(batch["extra_deletion_value"][s][:n_e], _deletion_value(dels[extra]), atol=2e-7)
     # BERT: the MSA one-hot differs from true_msa only where bert_mask = 1.
     bert_msa = np.argmax(feat[..., :23], axis=-1)
     np.testing.assert_array_equal(feat[..., :23].sum(-1), 1.0)
@@ -166,12 +179,10 @@ def test_deterministic_features_exact(out, ref, key):
 def test_query_is_first_row(out, ref, raw):
     query = np.argmax(raw["aatype"], axis=-1)
     for batch in (out, ref):
-        np.testing.assert_array_equal(batch["true_msa"][:, 0], np.broadcast_to(
-            query, batch["true_msa"][:, 0].shape))
+        np.testing.assert_array_equal(batch["true_msa"][:, 0], np.broadcast_to(query, batch["true_msa"][:, 0].shape))
         first = np.argmax(batch["msa_feat"][:, 0, :, :23], axis=-1)
         unmasked = batch["bert_mask"][:, 0] == 0
-        np.testing.assert_array_equal(first[unmasked],
-                                      np.broadcast_to(query, first.shape)[unmasked])
+        np.testing.assert_array_equal(first[unmasked], np.broadcast_to(query, first.shape)[unmasked])
 
 
 def test_random_crop_seed_shared_across_slices(out):
@@ -192,7 +203,8 @@ def test_replay_reference_sample_is_bit_exact(raw, ref, cfg, raw_rows):
             cluster_rows=clusters,
             extra_rows=np.concatenate([extra, rest]),
             bert_mask=ref["bert_mask"][s].astype(bool),
-            bert_values=np.argmax(ref["msa_feat"][s][..., :23], axis=-1))
+            bert_values=np.argmax(ref["msa_feat"][s][..., :23], axis=-1),
+        )
         got = fp.ensembled_features(feats, cfg, sample)
         assert sorted(got) == sorted(ref)
         for k in got:
@@ -221,15 +233,18 @@ def test_partition_when_not_truncated(raw, raw_rows):
     assert out["extra_msa"].shape == (2, 48, 37)
     for s in range(2):
         clusters, extra = _check_slice_invariants(out, s, raw_rows)
-        np.testing.assert_array_equal(np.sort(np.concatenate([clusters, extra])),
-                                      np.arange(msa.shape[0]))
+        np.testing.assert_array_equal(np.sort(np.concatenate([clusters, extra])), np.arange(msa.shape[0]))
         # The multiset of (sequence, deletion pattern) pairs is the raw MSA's.
-        got = sorted((bytes(out["true_msa"][s][i].astype(np.int32)),
-                      out["msa_feat"][s][i, :, 24].tobytes()) for i in range(8))
-        got += sorted((bytes(out["extra_msa"][s][i].astype(np.int32)),
-                       out["extra_deletion_value"][s][i].tobytes()) for i in range(32))
-        want = [(bytes(msa[i].astype(np.int32)),
-                 fp._deletion_transform(dels[i]).tobytes()) for i in range(msa.shape[0])]
+        got = sorted(
+            (bytes(out["true_msa"][s][i].astype(np.int32)), out["msa_feat"][s][i, :, 24].tobytes()) for i in range(8)
+        )
+        got += sorted(
+            (bytes(out["extra_msa"][s][i].astype(np.int32)), out["extra_deletion_value"][s][i].tobytes())
+            for i in range(32)
+        )
+        want = [
+            (bytes(msa[i].astype(np.int32)), fp._deletion_transform(dels[i]).tobytes()) for i in range(msa.shape[0])
+        ]
         assert sorted(got) == sorted(want)
         # Padding rows are zero and masked out.
         assert not out["extra_msa_row_mask"][s][32:].any()
@@ -240,13 +255,12 @@ def test_partition_when_not_truncated(raw, raw_rows):
 def test_reference_rows_match_raw_deletion_patterns(ref, raw_rows):
     """DeepMind's sampled rows carry exactly the raw rows' deletion features."""
     msa, dels, _ = raw_rows
-    raw_pairs = {(bytes(msa[i].astype(np.int32)), fp._deletion_transform(dels[i]).tobytes())
-                 for i in range(msa.shape[0])}
+    raw_pairs = {
+        (bytes(msa[i].astype(np.int32)), fp._deletion_transform(dels[i]).tobytes()) for i in range(msa.shape[0])
+    }
     for s in range(ref["aatype"].shape[0]):
-        pairs = [(bytes(ref["true_msa"][s][i]), ref["msa_feat"][s][i, :, 24].tobytes())
-                 for i in range(8)]
-        pairs += [(bytes(ref["extra_msa"][s][i]), ref["extra_deletion_value"][s][i].tobytes())
-                  for i in range(16)]
+        pairs = [(bytes(ref["true_msa"][s][i]), ref["msa_feat"][s][i, :, 24].tobytes()) for i in range(8)]
+        pairs += [(bytes(ref["extra_msa"][s][i]), ref["extra_deletion_value"][s][i].tobytes()) for i in range(16)]
         assert len(set(pairs)) == len(pairs)
         assert set(pairs) <= raw_pairs
 
@@ -271,8 +285,7 @@ def test_bert_masking_statistics(raw, ref):
 
 
 def test_slices_differ_and_seeds(raw, cfg, out):
-    np.testing.assert_raises(AssertionError, np.testing.assert_array_equal,
-                             out["true_msa"][0], out["true_msa"][1])
+    np.testing.assert_raises(AssertionError, np.testing.assert_array_equal, out["true_msa"][0], out["true_msa"][1])
     again = fp.process_features(raw, cfg, seed=0)
     for k in out:
         np.testing.assert_array_equal(again[k], out[k], err_msg=k)
@@ -321,8 +334,13 @@ def test_single_sequence_and_no_template_hits(raw, cfg):
     small["msa"] = raw["msa"][:1]
     small["deletion_matrix_int"] = raw["deletion_matrix_int"][:1]
     small["num_alignments"] = np.ones_like(raw["num_alignments"])
-    for k in ("template_aatype", "template_all_atom_masks", "template_all_atom_positions",
-              "template_sum_probs", "template_domain_names"):
+    for k in (
+        "template_aatype",
+        "template_all_atom_masks",
+        "template_all_atom_positions",
+        "template_sum_probs",
+        "template_domain_names",
+    ):
         small[k] = raw[k][:0]
     out = fp.process_features(small, cfg, seed=0)
     np.testing.assert_array_equal(out["msa_row_mask"][:, 1:], 0)
@@ -340,20 +358,27 @@ def test_subsample_templates_uses_crop_seed(raw):
     np.testing.assert_array_equal(out["template_mask"][0], out["template_mask"][1])
 
 
-@pytest.mark.parametrize("mutate, error, match", [
-    (lambda r: r.update(msa=r["msa"][:, :30], deletion_matrix_int=r["deletion_matrix_int"][:, :30]),
-     ValueError, "MSA width 30 != sequence length 37"),
-    (lambda r: r.update(deletion_matrix_int=r["deletion_matrix_int"][:5]),
-     ValueError, "deletion_matrix_int"),
-    (lambda r: r.update(num_alignments=r["num_alignments"] + 1),
-     ValueError, "num_alignments"),
-    (lambda r: r.update(aatype=r["aatype"][:, :20]), ValueError, "aatype"),
-    (lambda r: r.update(msa=r["msa"] + 5), ValueError, r"'msa' values must lie in \[0, 21\]"),
-    (lambda r: r.update(template_all_atom_positions=r["template_all_atom_positions"][:, :10]),
-     ValueError, "template_all_atom_positions"),
-    (lambda r: r.pop("msa"), KeyError, "lack"),
-    (lambda r: r.pop("template_aatype"), KeyError, "use_templates"),
-])
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (
+            lambda r: r.update(msa=r["msa"][:, :30], deletion_matrix_int=r["deletion_matrix_int"][:, :30]),
+            ValueError,
+            "MSA width 30 != sequence length 37",
+        ),
+        (lambda r: r.update(deletion_matrix_int=r["deletion_matrix_int"][:5]), ValueError, "deletion_matrix_int"),
+        (lambda r: r.update(num_alignments=r["num_alignments"] + 1), ValueError, "num_alignments"),
+        (lambda r: r.update(aatype=r["aatype"][:, :20]), ValueError, "aatype"),
+        (lambda r: r.update(msa=r["msa"] + 5), ValueError, r"'msa' values must lie in \[0, 21\]"),
+        (
+            lambda r: r.update(template_all_atom_positions=r["template_all_atom_positions"][:, :10]),
+            ValueError,
+            "template_all_atom_positions",
+        ),
+        (lambda r: r.pop("msa"), KeyError, "lack"),
+        (lambda r: r.pop("template_aatype"), KeyError, "use_templates"),
+    ],
+)
 def test_clear_errors(raw, cfg, mutate, error, match):
     bad = dict(raw)
     mutate(bad)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
 from jaxfold.config import model_config
 from jaxfold.model import confidence
 from jaxfold.model.heads import HEADS
 from jaxfold.weights import tree_to_flat
-from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
 CONFIG = model_config("model_1_ptm")
 GC = CONFIG.model.global_config
@@ -27,15 +27,17 @@ ATOL_PTM = 1e-5
 @pytest.fixture(scope="module")
 def heads_reference(shared_dir):
     io, params = module_reference(shared_dir, "heads")
-    representations = {k[len("input/"):]: v for k, v in io.items() if k.startswith("input/")}
+    representations = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
     return io, params, representations
 
 
 @pytest.fixture(scope="module")
 def head_outputs(heads_reference):
     _, params, representations = heads_reference
-    return {key: jax.device_get(cls(CONFIG.model.heads[key], GC).apply({"params": params[name]}, representations))
-            for key, (cls, name) in HEADS.items()}
+    return {
+        key: jax.device_get(cls(CONFIG.model.heads[key], GC).apply({"params": params[name]}, representations))
+        for key, (cls, name) in HEADS.items()
+    }
 
 
 def valid_mask(head: str, shape) -> np.ndarray:
@@ -50,9 +52,15 @@ def valid_mask(head: str, shape) -> np.ndarray:
     return mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim))
 
 
-HEAD_OUTPUTS = [("distogram", "logits"), ("distogram", "bin_edges"), ("masked_msa", "logits"),
-                ("predicted_lddt", "logits"), ("experimentally_resolved", "logits"),
-                ("predicted_aligned_error", "logits"), ("predicted_aligned_error", "breaks")]
+HEAD_OUTPUTS = [
+    ("distogram", "logits"),
+    ("distogram", "bin_edges"),
+    ("masked_msa", "logits"),
+    ("predicted_lddt", "logits"),
+    ("experimentally_resolved", "logits"),
+    ("predicted_aligned_error", "logits"),
+    ("predicted_aligned_error", "breaks"),
+]
 
 
 @pytest.mark.parametrize("head,key", HEAD_OUTPUTS)
@@ -92,12 +100,17 @@ def test_zero_init_heads_start_at_zero(heads_reference):
 # Confidence metrics.
 # ---------------------------------------------------------------------------------------------------------
 
+
 def test_confidence_metrics_match_deepmind_on_head_outputs(heads_reference, head_outputs):
     io, _, _ = heads_reference
     metrics = confidence.get_confidence_metrics(head_outputs)
-    for key, atol in [("plddt", ATOL_CONFIDENCE), ("aligned_confidence_probs", ATOL_TRUNK),
-                      ("predicted_aligned_error", ATOL_CONFIDENCE),
-                      ("max_predicted_aligned_error", 0.0), ("ptm", ATOL_PTM)]:
+    for key, atol in [
+        ("plddt", ATOL_CONFIDENCE),
+        ("aligned_confidence_probs", ATOL_TRUNK),
+        ("predicted_aligned_error", ATOL_CONFIDENCE),
+        ("max_predicted_aligned_error", 0.0),
+        ("ptm", ATOL_PTM),
+    ]:
         assert_close_on(metrics[key], io[f"output/confidence/{key}"], None, atol, what=key)
     np.testing.assert_allclose(metrics["ranking_confidence"], np.mean(metrics["plddt"]))
 
@@ -106,15 +119,18 @@ def test_confidence_functions_on_reference_logits(heads_reference):
     """From DeepMind's own logits the metrics agree to rounding (same operations, same dtypes; bit-equal
     with NumPy 2.4 on x86)."""
     io, _, _ = heads_reference
-    np.testing.assert_allclose(confidence.compute_plddt(io["output/predicted_lddt/logits"]),
-                               io["output/confidence/plddt"], rtol=1e-6)
-    pae = confidence.compute_predicted_aligned_error(io["output/predicted_aligned_error/logits"],
-                                                     io["output/predicted_aligned_error/breaks"])
+    np.testing.assert_allclose(
+        confidence.compute_plddt(io["output/predicted_lddt/logits"]), io["output/confidence/plddt"], rtol=1e-6
+    )
+    pae = confidence.compute_predicted_aligned_error(
+        io["output/predicted_aligned_error/logits"], io["output/predicted_aligned_error/breaks"]
+    )
     for key, value in pae.items():
         np.testing.assert_allclose(value, io[f"output/confidence/{key}"], rtol=1e-6, atol=1e-9)
         assert np.asarray(value).dtype == io[f"output/confidence/{key}"].dtype
-    ptm = confidence.predicted_tm_score(io["output/predicted_aligned_error/logits"],
-                                        io["output/predicted_aligned_error/breaks"])
+    ptm = confidence.predicted_tm_score(
+        io["output/predicted_aligned_error/logits"], io["output/predicted_aligned_error/breaks"]
+    )
     np.testing.assert_allclose(ptm, io["output/confidence/ptm"], rtol=0, atol=1e-9)
 
 
@@ -122,12 +138,22 @@ def test_confidence_metrics_match_full_model(shared_dir):
     """`get_confidence_metrics` on the full model's logits: monomer ranking = mean pLDDT, even for _ptm."""
     with np.load(shared_dir / "reference" / "outputs.npz") as data:
         ref = {k: data[k] for k in data.files}
-    result = {"predicted_lddt": {"logits": ref["predicted_lddt/logits"]},
-              "predicted_aligned_error": {"logits": ref["predicted_aligned_error/logits"],
-                                          "breaks": ref["predicted_aligned_error/breaks"]}}
+    result = {
+        "predicted_lddt": {"logits": ref["predicted_lddt/logits"]},
+        "predicted_aligned_error": {
+            "logits": ref["predicted_aligned_error/logits"],
+            "breaks": ref["predicted_aligned_error/breaks"],
+        },
+    }
     metrics = confidence.get_confidence_metrics(result, multimer_mode=False)
-    for key in ("plddt", "aligned_confidence_probs", "predicted_aligned_error", "max_predicted_aligned_error",
-                "ptm", "ranking_confidence"):
+    for key in (
+        "plddt",
+        "aligned_confidence_probs",
+        "predicted_aligned_error",
+        "max_predicted_aligned_error",
+        "ptm",
+        "ranking_confidence",
+    ):
         np.testing.assert_allclose(metrics[key], ref[f"confidence/{key}"], rtol=1e-6, atol=1e-9, err_msg=key)
 
 
@@ -150,9 +176,12 @@ def test_predicted_tm_score_interface():
     iptm = confidence.predicted_tm_score(logits, breaks, asym_id=asym_id, interface=True)
     np.testing.assert_allclose(iptm, ptm, rtol=1e-5)
     metrics = confidence.get_confidence_metrics(
-        {"predicted_lddt": {"logits": np.zeros((30, 50), np.float32)},
-         "predicted_aligned_error": {"logits": logits, "breaks": breaks, "asym_id": asym_id}},
-        multimer_mode=True)
+        {
+            "predicted_lddt": {"logits": np.zeros((30, 50), np.float32)},
+            "predicted_aligned_error": {"logits": logits, "breaks": breaks, "asym_id": asym_id},
+        },
+        multimer_mode=True,
+    )
     np.testing.assert_allclose(metrics["ranking_confidence"], 0.8 * metrics["iptm"] + 0.2 * metrics["ptm"])
 
 
@@ -173,8 +202,7 @@ def test_heads_on_full_model_representations(shared_dir):
     params = params["alphafold"]["alphafold_iteration"]
     with np.load(ref_dir / "outputs.npz") as data:
         ref = {k: data[k] for k in data.files if not k.startswith("captured/")}
-    representations = {k[len("representations/"):]: v for k, v in ref.items()
-                       if k.startswith("representations/")}
+    representations = {k[len("representations/") :]: v for k, v in ref.items() if k.startswith("representations/")}
     for key, (cls, name) in HEADS.items():
         out = cls(CONFIG.model.heads[key], GC).apply({"params": params[name]}, representations)
         assert_close_on(out["logits"], ref[f"{key}/logits"], None, 1e-4, what=f"full model {key}")

@@ -56,11 +56,9 @@ def test_in_process_order_and_content():
 
 def test_multiset_determinism_across_worker_counts():
     def run(workers):
-        with Loader(CheapDataset(), batch_size=4, num_workers=workers, seed=11,
-                    num_steps=5) as ld:
+        with Loader(CheapDataset(), batch_size=4, num_workers=workers, seed=11, num_steps=5) as ld:
             bs = list(ld)
-        return sorted((int(p), tuple(x)) for b in bs
-                      for p, x in zip(b["sample_position"], b["x"].tolist()))
+        return sorted((int(p), tuple(x)) for b in bs for p, x in zip(b["sample_position"], b["x"].tolist()))
 
     a, b = run(0), run(2)
     assert a == b
@@ -78,8 +76,8 @@ def test_slow_sample_does_not_stall():
             times.append(time.perf_counter() - t0)
     pos = _positions(batches)
     assert sorted(pos) == list(range(8))
-    assert 1 not in pos[:2]            # the slow sample did not hold up the first batch
-    assert pos.index(1) >= 2           # ... it arrived later, out of order
+    assert 1 not in pos[:2]  # the slow sample did not hold up the first batch
+    assert pos.index(1) >= 2  # ... it arrived later, out of order
     assert times[0] < times[-1] - 1.0  # the first batch came well before the slow one
 
 
@@ -98,23 +96,24 @@ def test_resume_neither_repeats_nor_skips():
         assert ld2.step == 6
     pos = consumed + _positions(rest)
     counts = collections.Counter(pos)
-    assert max(counts.values()) == 1                 # no repeat
-    assert set(range(max(pos) + 1)) == set(pos)      # no gap
+    assert max(counts.values()) == 1  # no repeat
+    assert set(range(max(pos) + 1)) == set(pos)  # no gap
     assert sorted(pos) == list(range(12))
 
 
 def test_start_step_skips_consumed_positions():
-    with Loader(CheapDataset(), batch_size=2, num_workers=0, seed=0, start_step=3,
-                num_steps=1) as ld:
+    with Loader(CheapDataset(), batch_size=2, num_workers=0, seed=0, start_step=3, num_steps=1) as ld:
         assert _positions(list(ld)) == [6, 7]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_worker_error_names_sample(workers):
-    with Loader(CheapDataset(fail_at=5), batch_size=2, num_workers=workers, seed=9,
-                num_steps=4) as ld:
-        with pytest.raises(LoaderError, match=r"position 5 \(seed 9, chain fake_2\).*"
-                                              r"ValueError: corrupt alignment file"):
+    with Loader(CheapDataset(fail_at=5), batch_size=2, num_workers=workers, seed=9, num_steps=4) as ld:
+        with pytest.raises(
+            LoaderError,
+            match=r"position 5 \(seed 9, chain fake_2\).*"
+            r"ValueError: corrupt alignment file",
+        ):
             list(ld)
 
 
@@ -141,11 +140,16 @@ def test_real_dataset_in_workers(tmp_path, shared_dir):
     data = shared_dir / "data"
     lst = tmp_path / "chains.txt"
     lst.write_text("2q2k_A\n4zey_A\n")
-    ds = TrainingDataset(data / "structures" / "mmcif", data / "msas",
-                         model_config("model_1_ptm", num_recycle=1,
-                                      **{"data.common.use_templates": False}),
-                         chain_list=lst, crop_size=32, max_msa_clusters=8, max_extra_msa=8,
-                         ground_truth=False)
+    ds = TrainingDataset(
+        data / "structures" / "mmcif",
+        data / "msas",
+        model_config("model_1_ptm", num_recycle=1, **{"data.common.use_templates": False}),
+        chain_list=lst,
+        crop_size=32,
+        max_msa_clusters=8,
+        max_extra_msa=8,
+        ground_truth=False,
+    )
     with Loader(ds, batch_size=2, num_workers=2, seed=1, num_steps=2) as ld:
         batches = list(ld)
     b = batches[0]
@@ -166,8 +170,7 @@ def test_process_shards_cover_each_global_batch_exactly_once():
     for procs in (1, 2, 4):
         rows = []
         for p in range(procs):
-            with Loader(ProcessShard(ds, big_b, p, procs), batch_size=big_b // procs, seed=5,
-                        num_steps=steps) as ld:
+            with Loader(ProcessShard(ds, big_b, p, procs), batch_size=big_b // procs, seed=5, num_steps=steps) as ld:
                 rows.append([[int(k) for k in b["k"]] for b in ld])
         for i in range(steps):
             assert sum((rows[p][i] for p in range(procs)), []) == list(range(i * big_b, (i + 1) * big_b))

@@ -44,8 +44,7 @@ def make_batch(prot, resolution=1.8, positions=None, sl=slice(None)):
     pos = prot.atom_positions if positions is None else positions
     gt = make_ground_truth(prot.aatype[sl], pos[sl], prot.atom_mask[sl], resolution)
     n = len(prot.aatype[sl])
-    return _np(dict(gt, aatype=prot.aatype[sl], residue_index=prot.residue_index[sl],
-                    seq_mask=np.ones(n, np.float32)))
+    return _np(dict(gt, aatype=prot.aatype[sl], residue_index=prot.residue_index[sl], seq_mask=np.ones(n, np.float32)))
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +72,14 @@ def rot_matrices(flat12):
 def quat_to_matrix(q):
     q = q / np.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = np.moveaxis(q, -1, 0)
-    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
 
 
 def dihedral(p0, p1, p2, p3):
@@ -95,6 +99,7 @@ def sidechains_of(frames_flat12, atom14_positions):
 # ---------------------------------------------------------------------------------------------------------
 # (a) Ground truth.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_frames_are_proper_rotations(gt):
     R, _ = rot_matrices(gt["rigidgroups_gt_frames"])
@@ -120,10 +125,10 @@ def test_frames_are_proper_rotations(gt):
 
 
 def test_atom14_atom37_consistent(ubq, gt):
-    back = all_atom.atom14_to_atom37(gt["atom14_gt_positions"], gt["residx_atom37_to_atom14"],
-                                     gt["atom37_atom_exists"])
-    back_mask = all_atom.atom14_to_atom37(gt["atom14_gt_exists"], gt["residx_atom37_to_atom14"],
-                                          gt["atom37_atom_exists"])
+    back = all_atom.atom14_to_atom37(gt["atom14_gt_positions"], gt["residx_atom37_to_atom14"], gt["atom37_atom_exists"])
+    back_mask = all_atom.atom14_to_atom37(
+        gt["atom14_gt_exists"], gt["residx_atom37_to_atom14"], gt["atom37_atom_exists"]
+    )
     mask37 = ubq.atom_mask * gt["atom37_atom_exists"]  # atom14 has no OXT
     assert ubq.atom_mask.sum() - mask37.sum() == 1 and ubq.atom_mask[-1, rc.atom_order["OXT"]]
     np.testing.assert_array_equal(np.asarray(back_mask), mask37)
@@ -133,8 +138,9 @@ def test_atom14_atom37_consistent(ubq, gt):
     diff = np.abs(gt["atom14_alt_gt_positions"] - gt["atom14_gt_positions"]).sum(-1) > 0
     assert not (diff & (gt["atom14_atom_is_ambiguous"] == 0)).any()
     assert diff.sum() > 0
-    np.testing.assert_allclose(np.sort(gt["atom14_alt_gt_positions"], axis=1),
-                               np.sort(gt["atom14_gt_positions"], axis=1))
+    np.testing.assert_allclose(
+        np.sort(gt["atom14_alt_gt_positions"], axis=1), np.sort(gt["atom14_gt_positions"], axis=1)
+    )
 
 
 def test_chi_angles_match_independent_dihedrals(ubq, gt):
@@ -150,7 +156,7 @@ def test_chi_angles_match_independent_dihedrals(ubq, gt):
             np.testing.assert_allclose(gt["chi_angles_sin_cos"][i, k], [np.sin(ang), np.cos(ang)], atol=1e-4)
             assert abs(np.angle(np.exp(1j * (gt["chi_angles"][i, k] - ang)))) < 1e-3
             checked += 1
-        assert not gt["chi_mask"][i, len(rc.chi_angles_atoms[resname]):].any()
+        assert not gt["chi_mask"][i, len(rc.chi_angles_atoms[resname]) :].any()
     assert checked > 100
     sb, sm = all_atom.pseudo_beta_fn(ubq.aatype, ubq.atom_positions, ubq.atom_mask)
     np.testing.assert_array_equal(gt["pseudo_beta"], sb)
@@ -168,9 +174,11 @@ def test_swapped_ambiguous_atoms_give_zero_renamed_sidechain_fape(gt):
     fape = sidechain_fape(gt, sidechains, renamed)
     np.testing.assert_allclose(fape, FAPE_FLOOR, rtol=1e-3)
     # Without renaming the same prediction is penalised.
-    plain = {"alt_naming_is_better": np.zeros(len(pred), np.float32),
-             "renamed_atom14_gt_positions": gt["atom14_gt_positions"],
-             "renamed_atom14_gt_exists": gt["atom14_gt_exists"]}
+    plain = {
+        "alt_naming_is_better": np.zeros(len(pred), np.float32),
+        "renamed_atom14_gt_positions": gt["atom14_gt_positions"],
+        "renamed_atom14_gt_exists": gt["atom14_gt_exists"],
+    }
     assert sidechain_fape(gt, sidechains, plain) > 3 * FAPE_FLOOR
     # The true naming as prediction: no renaming, FAPE at the floor.
     sc_true = sidechains_of(gt["rigidgroups_gt_frames"], gt["atom14_gt_positions"])
@@ -182,6 +190,7 @@ def test_swapped_ambiguous_atoms_give_zero_renamed_sidechain_fape(gt):
 # ---------------------------------------------------------------------------------------------------------
 # (b) FAPE.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def traj_of(batch):
     return jnp.asarray(batch["backbone_affine_tensor"])[None]
@@ -197,8 +206,7 @@ def test_backbone_fape_identity_and_rigid_invariance(ubq, gt):
     moved = make_batch(ubq, positions=moved_pos.astype(np.float32))
     for clamped in (0.0, 1.0):
         batch = dict(gt, use_clamped_fape=clamped)
-        np.testing.assert_allclose(backbone(batch, traj_of(moved))["fape"], FAPE_FLOOR,
-                                   rtol=2e-2)
+        np.testing.assert_allclose(backbone(batch, traj_of(moved))["fape"], FAPE_FLOOR, rtol=2e-2)
     # All-atom FAPE with the moved structure's frames and atoms.
     r = renamed_gt(gt, jnp.asarray(moved["atom14_gt_positions"]))
     sc = sidechains_of(moved["rigidgroups_gt_frames"], moved["atom14_gt_positions"])
@@ -209,8 +217,11 @@ def test_backbone_fape_finite_and_unchanged_with_padding(gt, noisy):
     """A crop longer than the chain pads the ground truth with zeros (zero quaternions, mask 0): FAPE
     must ignore the padding, not turn NaN (it did: the zero quaternion was normalised to NaN)."""
     pad = 6
-    padded = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-              for k, v in gt.items() if np.ndim(v) >= 1 and len(v) == len(gt["aatype"])}
+    padded = {
+        k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+        for k, v in gt.items()
+        if np.ndim(v) >= 1 and len(v) == len(gt["aatype"])
+    }
     traj = jnp.asarray(noisy["backbone_affine_tensor"])[None]
     traj_padded = jnp.concatenate([traj, jnp.tile(jnp.asarray([1.0, 0, 0, 0, 0, 0, 0]), (1, pad, 1))], 1)
     for clamped in (0.0, 1.0):
@@ -244,9 +255,14 @@ def test_fape_matches_explicit_loop(gt, noisy):
         expected = total / 10.0 / (1e-4 + count)
         got = losses.frame_aligned_point_error(
             Rigid.from_tensor_flat12(jnp.asarray(noisy["rigidgroups_gt_frames"][sub, 0])),
-            Rigid.from_tensor_flat12(jnp.asarray(gt["rigidgroups_gt_frames"][sub, 0])), jnp.asarray(fmask),
-            Vec3.from_array(jnp.asarray(px)), Vec3.from_array(jnp.asarray(tx)), jnp.asarray(xmask),
-            length_scale=10.0, l1_clamp_distance=clamp)
+            Rigid.from_tensor_flat12(jnp.asarray(gt["rigidgroups_gt_frames"][sub, 0])),
+            jnp.asarray(fmask),
+            Vec3.from_array(jnp.asarray(px)),
+            Vec3.from_array(jnp.asarray(tx)),
+            jnp.asarray(xmask),
+            length_scale=10.0,
+            l1_clamp_distance=clamp,
+        )
         np.testing.assert_allclose(got, expected, rtol=2e-5)
 
 
@@ -266,6 +282,7 @@ def test_clamped_fape_not_above_unclamped(gt, noisy):
 # ---------------------------------------------------------------------------------------------------------
 # (c) Structural violations.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def violations_of(batch, atom14):
     v, loss = violations_and_loss(batch, jnp.asarray(atom14))
@@ -316,13 +333,15 @@ def test_bond_length_violation_counts_match_numpy(ubq, gt):
     got = v["between_residues"]["c_n_violation_mask"]
     assert 5 < sum(expected) < len(expected)
     np.testing.assert_array_equal(got, expected)
-    np.testing.assert_allclose(v["between_residues"]["bonds_c_n_loss_mean"], expected_loss / (n_bonds + 1e-6),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        v["between_residues"]["bonds_c_n_loss_mean"], expected_loss / (n_bonds + 1e-6), rtol=1e-4
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # (d) Heads' losses against numpy.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def np_log_softmax(x):
     x = x - x.max(-1, keepdims=True)
@@ -428,8 +447,10 @@ def test_predicted_aligned_error_loss(gt, noisy):
     mask[[2, 50]] = 0
     batch = dict(gt, backbone_affine_mask=mask)
     Rp, tp = quat_to_matrix(pred_aff[:, :4].astype(np.float64)), pred_aff[:, 4:].astype(np.float64)
-    Rt, tt = quat_to_matrix(gt["backbone_affine_tensor"][:, :4].astype(np.float64)), \
-        gt["backbone_affine_tensor"][:, 4:].astype(np.float64)
+    Rt, tt = (
+        quat_to_matrix(gt["backbone_affine_tensor"][:, :4].astype(np.float64)),
+        gt["backbone_affine_tensor"][:, 4:].astype(np.float64),
+    )
     lp = np.einsum("iba,ijb->ija", Rp, tp[None] - tp[:, None])
     lt = np.einsum("iba,ijb->ija", Rt, tt[None] - tt[:, None])
     err = np.linalg.norm(lp - lt, axis=-1)
@@ -439,8 +460,9 @@ def test_predicted_aligned_error_loss(gt, noisy):
     w = mask[:, None] * mask[None]
     expected = (np_ce(logits, bins) * w).sum() / (1e-8 + w.sum())
     args = (jnp.asarray(breaks, jnp.float32), jnp.asarray(pred_aff))
-    np.testing.assert_allclose(losses.predicted_aligned_error_loss(jnp.asarray(logits), *args, batch, c)["loss"],
-                               expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.predicted_aligned_error_loss(jnp.asarray(logits), *args, batch, c)["loss"], expected, rtol=1e-5
+    )
     perfect = 50.0 * np.eye(c.num_bins, dtype=np.float32)[bins]
     assert losses.predicted_aligned_error_loss(jnp.asarray(perfect), *args, batch, c)["loss"] < 1e-3
     for res, factor in RES_CASES:
@@ -452,8 +474,10 @@ def test_supervised_chi_loss(gt):
     n = len(gt["aatype"])
     torsions = torsions_of(gt["aatype"], gt["all_atom_positions"], gt["all_atom_mask"], True)
     # Perfect (alt-named, pi-shifted) angles of unit norm: zero chi and angle-norm loss.
-    sc = {"angles_sin_cos": torsions["alt_torsion_angles_sin_cos"][None],
-          "unnormalized_angles_sin_cos": torsions["alt_torsion_angles_sin_cos"][None]}
+    sc = {
+        "angles_sin_cos": torsions["alt_torsion_angles_sin_cos"][None],
+        "unnormalized_angles_sin_cos": torsions["alt_torsion_angles_sin_cos"][None],
+    }
     out = chi_loss(gt, sc)
     assert out["chi_loss"] < 1e-6 and out["angle_norm_loss"] < 1e-5
     rng = np.random.default_rng(8)
@@ -466,23 +490,26 @@ def test_supervised_chi_loss(gt):
     e2 = ((unit[:, :, 3:] - (1 - 2 * periodic) * true) ** 2).sum(-1)
     m = np.broadcast_to(gt["chi_mask"][None], e1.shape)
     np.testing.assert_allclose(out["chi_loss"], (np.minimum(e1, e2) * m).sum() / m.sum(), rtol=1e-5)
-    norm = np.abs(np.sqrt((ang ** 2).sum(-1) + 1e-6) - 1)
+    norm = np.abs(np.sqrt((ang**2).sum(-1) + 1e-6) - 1)
     np.testing.assert_allclose(out["angle_norm_loss"], norm.mean(), rtol=1e-5)
-    np.testing.assert_allclose(out["loss"], SM.chi_weight * out["chi_loss"]
-                               + SM.angle_norm_weight * out["angle_norm_loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        out["loss"], SM.chi_weight * out["chi_loss"] + SM.angle_norm_weight * out["angle_norm_loss"], rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # (e) total_loss on the shrunk reference model.
 # ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # ~1-2 min on 2 CPU cores: compiling the gradient of the whole (shrunk) model
 def test_total_loss_on_reference_model_and_gradients(shared_dir, ubq):
     from jaxfold.model import AlphaFold
     from jaxfold.weights import load_alphafold_params
 
-    cfg = model_config("model_1_ptm", evoformer_num_block=2, extra_msa_stack_num_block=1,
-                       structure_module_num_layer=2, num_recycle=0)
+    cfg = model_config(
+        "model_1_ptm", evoformer_num_block=2, extra_msa_stack_num_block=1, structure_module_num_layer=2, num_recycle=0
+    )
     params = load_alphafold_params(shared_dir / "reference" / "params" / "params_model_1_ptm_shrunk.npz", cfg)
     with np.load(shared_dir / "reference" / "features.npz") as f:
         feats = {k: f[k][:1] for k in f.files}
@@ -499,16 +526,34 @@ def test_total_loss_on_reference_model_and_gradients(shared_dir, ubq):
     batch = jax.tree_util.tree_map(jnp.asarray, batch)
     (loss, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, batch)
     terms = _np(terms)
-    expected_keys = {"fape", "sidechain_fape", "chi_loss", "angle_norm_loss", "violation_loss", "structure_module",
-                     "distogram", "masked_msa", "predicted_lddt", "experimentally_resolved",
-                     "predicted_aligned_error"}
+    expected_keys = {
+        "fape",
+        "sidechain_fape",
+        "chi_loss",
+        "angle_norm_loss",
+        "violation_loss",
+        "structure_module",
+        "distogram",
+        "masked_msa",
+        "predicted_lddt",
+        "experimentally_resolved",
+        "predicted_aligned_error",
+    }
     assert expected_keys <= set(terms)
     for k, v in terms.items():
         assert np.isfinite(v), k
     h = cfg.model.heads
-    recomputed = sum(h[k].weight * terms[k] for k in ("structure_module", "distogram", "masked_msa",
-                                                      "predicted_lddt", "experimentally_resolved",
-                                                      "predicted_aligned_error"))
+    recomputed = sum(
+        h[k].weight * terms[k]
+        for k in (
+            "structure_module",
+            "distogram",
+            "masked_msa",
+            "predicted_lddt",
+            "experimentally_resolved",
+            "predicted_aligned_error",
+        )
+    )
     np.testing.assert_allclose(loss, recomputed, rtol=1e-5)
     assert 0 < terms["fape"] < 10 and terms["predicted_aligned_error"] > 0 and terms["predicted_lddt"] > 0
     leaves = jax.tree_util.tree_leaves(grads)
@@ -517,7 +562,14 @@ def test_total_loss_on_reference_model_and_gradients(shared_dir, ubq):
     assert total_norm > 0
     # Every head and the structure module receive gradient.
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    for scope in ("structure_module", "distogram_head", "masked_msa_head", "predicted_lddt_head",
-                  "experimentally_resolved_head", "predicted_aligned_error_head", "evoformer"):
+    for scope in (
+        "structure_module",
+        "distogram_head",
+        "masked_msa_head",
+        "predicted_lddt_head",
+        "experimentally_resolved_head",
+        "predicted_aligned_error_head",
+        "evoformer",
+    ):
         norm = sum(float(jnp.sum(jnp.square(g))) for path, g in flat if scope in jax.tree_util.keystr(path))
         assert norm > 0, scope

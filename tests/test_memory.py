@@ -24,8 +24,11 @@ def test_larger_predictions_run_in_large_in_place_slices_even_when_they_would_fi
     shapes = memory.ModelShapes(num_res=1024, **DEEP)
     chunk = memory.choose_chunk_size(shapes, cfg, "pallas", 80 * GIB)
     assert chunk >= 256
-    assert memory.estimate_peak_bytes(shapes, cfg, chunk, "pallas") < 10 * GIB < memory.estimate_peak_bytes(
-        shapes, cfg, 0, "pallas")
+    assert (
+        memory.estimate_peak_bytes(shapes, cfg, chunk, "pallas")
+        < 10 * GIB
+        < memory.estimate_peak_bytes(shapes, cfg, 0, "pallas")
+    )
 
 
 def test_deep_msa_fp32_xla_at_1024_is_chunked_to_fit():
@@ -46,10 +49,15 @@ def test_deep_msa_fp32_xla_at_1024_is_chunked_to_fit():
 def test_estimate_grows_with_length_and_halves_pair_in_bf16():
     fp32, bf16 = model_config("model_1_ptm"), model_config("model_1_ptm", dtype="bfloat16")
     small, large = (memory.ModelShapes(num_res=n, **DEEP) for n in (2048, 4096))
-    assert memory.estimate_peak_bytes(large, fp32, 64, "pallas") > 2.5 * memory.estimate_peak_bytes(small, fp32, 64, "pallas")
-    assert memory.estimate_peak_bytes(large, bf16, 64, "pallas") < 0.7 * memory.estimate_peak_bytes(large, fp32, 64, "pallas")
+    assert memory.estimate_peak_bytes(large, fp32, 64, "pallas") > 2.5 * memory.estimate_peak_bytes(
+        small, fp32, 64, "pallas"
+    )
+    assert memory.estimate_peak_bytes(large, bf16, 64, "pallas") < 0.7 * memory.estimate_peak_bytes(
+        large, fp32, 64, "pallas"
+    )
     assert memory.estimate_peak_bytes(large, bf16, 0, "pallas", dap_size=2) < memory.estimate_peak_bytes(
-        large, bf16, 0, "pallas")
+        large, bf16, 0, "pallas"
+    )
     # In place (a chunk size, one device) the pair has no second copy.
     assert memory.estimate_peak_bytes(large, bf16, 64, "pallas") < memory.estimate_peak_bytes(large, bf16, 0, "pallas")
 

@@ -74,19 +74,23 @@ def quaternion_superposition(x, y):
     b = y - y.mean(0)
     s = a.T @ b
     sxx, sxy, sxz, syx, syy, syz, szx, szy, szz = s.ravel()
-    n = np.array([
-        [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
-        [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
-        [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
-        [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
-    ])
+    n = np.array(
+        [
+            [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
+            [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
+            [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
+            [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
+        ]
+    )
     _, vecs = np.linalg.eigh(n)
     q0, q1, q2, q3 = vecs[:, -1]
-    rot = np.array([
-        [q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3, 2 * (q1 * q2 - q0 * q3), 2 * (q1 * q3 + q0 * q2)],
-        [2 * (q1 * q2 + q0 * q3), q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3, 2 * (q2 * q3 - q0 * q1)],
-        [2 * (q1 * q3 - q0 * q2), 2 * (q2 * q3 + q0 * q1), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3],
-    ])
+    rot = np.array(
+        [
+            [q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3, 2 * (q1 * q2 - q0 * q3), 2 * (q1 * q3 + q0 * q2)],
+            [2 * (q1 * q2 + q0 * q3), q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3, 2 * (q2 * q3 - q0 * q1)],
+            [2 * (q1 * q3 - q0 * q2), 2 * (q2 * q3 + q0 * q1), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3],
+        ]
+    )
     return rot, y.mean(0) - rot @ x.mean(0)
 
 
@@ -213,7 +217,8 @@ def test_rmsd_matches_quaternion_reference(ubq_ca, ubq):
     noisy = atoms + rng.normal(scale=0.7, size=atoms.shape)
     present = ubq.atom_mask > 0
     assert float(metrics.rmsd(noisy, atoms, ubq.atom_mask)) == pytest.approx(
-        brute_rmsd(noisy[present], atoms[present]), abs=1e-4)
+        brute_rmsd(noisy[present], atoms[present]), abs=1e-4
+    )
 
 
 # --------------------------------------------------------------------------
@@ -227,8 +232,9 @@ def test_lddt_matches_brute_force_loops(psm_models):
     mask[[3, 17]] = 0
     expected, expected_per_res = brute_lddt(pred, true, mask)
     assert float(metrics.lddt(pred, true, mask)) == pytest.approx(expected, abs=1e-5)
-    np.testing.assert_allclose(np.asarray(metrics.lddt(pred, true, mask, per_residue=True)),
-                               expected_per_res, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(metrics.lddt(pred, true, mask, per_residue=True)), expected_per_res, atol=1e-5
+    )
     for cutoff in (8.0, 30.0):
         expected, _ = brute_lddt(pred, true, np.ones(len(true)), cutoff=cutoff)
         assert float(metrics.lddt(pred, true, cutoff=cutoff)) == pytest.approx(expected, abs=1e-5)
@@ -241,8 +247,9 @@ def test_all_atom_lddt_matches_brute_force_loops(ubq):
     pred = true + rng.normal(scale=0.8, size=true.shape)
     expected, expected_per_res = brute_lddt(pred, true, mask)
     assert float(metrics.lddt(pred, true, mask)) == pytest.approx(expected, abs=1e-5)
-    np.testing.assert_allclose(np.asarray(metrics.lddt(pred, true, mask, per_residue=True)),
-                               expected_per_res, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(metrics.lddt(pred, true, mask, per_residue=True)), expected_per_res, atol=1e-5
+    )
 
 
 def test_lddt_ca_uses_ca_atoms(ubq):
@@ -340,7 +347,9 @@ def test_tm_score_matches_brute_search(psm_models, case):
     # And it is a real maximum: no better than the brute force, never below a
     # plain least-squares superposition.
     rot, t = quaternion_superposition(pred, true)
-    assert got >= tm_formula(np.linalg.norm(pred @ rot.T + t - true, axis=1), metrics.tm_d0(len(true)), len(true)) - 1e-9
+    assert (
+        got >= tm_formula(np.linalg.norm(pred @ rot.T + t - true, axis=1), metrics.tm_d0(len(true)), len(true)) - 1e-9
+    )
 
 
 def test_gdt_per_cutoff_maximum(psm_models):
@@ -381,7 +390,9 @@ def test_masks_and_normalisation_length(ubq_ca):
     mask[:10] = False
     pred_bad = pred.copy()
     pred_bad[:10] += 50.0  # would hurt every score if it were not masked
-    assert metrics.tm_score(pred_bad, ubq_ca, mask) == pytest.approx(metrics.tm_score(pred[10:], ubq_ca[10:]), abs=1e-12)
+    assert metrics.tm_score(pred_bad, ubq_ca, mask) == pytest.approx(
+        metrics.tm_score(pred[10:], ubq_ca[10:]), abs=1e-12
+    )
     assert metrics.gdt_ts(pred_bad, ubq_ca, mask) == pytest.approx(metrics.gdt_ts(pred[10:], ubq_ca[10:]), abs=1e-12)
     # seq_len: identical structures score (residues compared) / seq_len.
     assert metrics.tm_score(ubq_ca[10:], ubq_ca[10:], seq_len=100) == pytest.approx(66 / 100)

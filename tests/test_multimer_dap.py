@@ -12,14 +12,13 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from multimer_reference_utils import ATOL_TRUNK, EMB, GC, valid_2d, valid_rows
+from reference_utils import assert_close_on
 
 from jaxfold.model import run_alphafold
 from jaxfold.model.evoformer import EvoformerIteration
 from jaxfold.model.template_multimer import TemplateEmbedding
 from jaxfold.parallel.mesh import dap_for_mesh, make_mesh
-from reference_utils import assert_close_on
-from multimer_reference_utils import ATOL_TRUNK, EMB, GC, valid_2d, valid_rows
-
 
 
 class _Block(nn.Module):
@@ -30,9 +29,9 @@ class _Block(nn.Module):
     def __call__(self, msa, pair, msa_mask, pair_mask):
         from jaxfold.model.stacks import apply_stack  # noqa: PLC0415
 
-        block = nn.scan(EvoformerIteration, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=nn.broadcast, length=1)(EMB.evoformer, GC, self.is_extra_msa, dap=self.dap,
-                                                        name="stack")
+        block = nn.scan(
+            EvoformerIteration, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast, length=1
+        )(EMB.evoformer, GC, self.is_extra_msa, dap=self.dap, name="stack")
         return apply_stack(block, self.dap, msa, pair, msa_mask, pair_mask)
 
 
@@ -42,8 +41,13 @@ def _sharded(dap_size: int):
     return dap_for_mesh(mesh), lambda f: jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P(), out_specs=P()))
 
 
-@pytest.mark.parametrize("name,scope,extra,dap_size", [("evoformer_iteration", "evoformer_iteration", False, 4),
-                                                       ("extra_msa_stack_iteration", "extra_msa_stack", True, 2)])
+@pytest.mark.parametrize(
+    "name,scope,extra,dap_size",
+    [
+        ("evoformer_iteration", "evoformer_iteration", False, 4),
+        ("extra_msa_stack_iteration", "extra_msa_stack", True, 2),
+    ],
+)
 def test_multimer_evoformer_iteration_under_dap(multimer_reference, name, scope, extra, dap_size):
     io, params = multimer_reference(name)
     dap, wrap = _sharded(dap_size)
@@ -68,16 +72,18 @@ def test_multimer_template_embedding_under_dap(multimer_reference):
         query, batch, padding, multichain = args
         return module.apply({"params": params["template_embedding"]}, query, batch, padding, multichain)
 
-    out = wrap(forward)((io["input/query_embedding"], batch, io["input/padding_mask_2d"],
-                         io["input/multichain_mask_2d"]))
+    out = wrap(forward)(
+        (io["input/query_embedding"], batch, io["input/padding_mask_2d"], io["input/multichain_mask_2d"])
+    )
     assert_close_on(out, io["output/embedding"], valid_2d(out.shape), ATOL_TRUNK, what="template embedding dap=4")
 
 
 @pytest.mark.slow
 def test_whole_multimer_model_with_dap_matches_deepmind(shared_dir):
     """run_alphafold from PRNGKey(0) with the trunk split over 2 devices, against outputs.npz."""
-    from test_multimer_reference import compare_outputs  # noqa: PLC0415
     import json  # noqa: PLC0415
+
+    from test_multimer_reference import compare_outputs  # noqa: PLC0415
 
     from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.weights import load_alphafold_params  # noqa: PLC0415

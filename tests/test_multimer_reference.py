@@ -13,22 +13,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_utils import assert_close_on
 
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
 from jaxfold.model.alphafold_multimer import (
-    MSA_FEATURES, AlphaFoldIterationMultimer, ca_distance_change, continue_recycling, haiku_rng_key, prepare_batch,
-    split_pass_key)
+    MSA_FEATURES,
+    AlphaFoldIterationMultimer,
+    ca_distance_change,
+    continue_recycling,
+    haiku_rng_key,
+    prepare_batch,
+    split_pass_key,
+)
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.weights import load_alphafold_params, read_npz, save_alphafold_params
-from reference_utils import assert_close_on
 
-ATOL_ACT = 1e-4     # representations, captured activations, logits, recycled msa_first_row/pair
-ATOL_POS = 1e-3     # positions, traj, final rigids, sidechain atoms/frames, recycled prev_pos (Angstrom)
+ATOL_ACT = 1e-4  # representations, captured activations, logits, recycled msa_first_row/pair
+ATOL_POS = 1e-3  # positions, traj, final rigids, sidechain atoms/frames, recycled prev_pos (Angstrom)
 ATOL_SINCOS = 5e-4
-ATOL_CONF = 1e-3    # pLDDT (0-100), PAE (Angstrom)
-ATOL_SCORE = 1e-5   # pTM, ipTM, ranking confidence
-ATOL_BATCH = 1e-6   # msa_profile, cluster_*, msa_feat, extra_msa_feat
+ATOL_CONF = 1e-3  # pLDDT (0-100), PAE (Angstrom)
+ATOL_SCORE = 1e-5  # pTM, ipTM, ranking confidence
+ATOL_BATCH = 1e-6  # msa_profile, cluster_*, msa_feat, extra_msa_feat
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,15 @@ def ref(shared_dir):
         passes = {k: f[k] for k in f.files}
     with np.load(base / "outputs.npz") as f:
         outputs = {k: f[k] for k in f.files}
-    return {"base": base, "manifest": manifest, "config": config, "params": params, "features": features,
-            "passes": passes, "outputs": outputs}
+    return {
+        "base": base,
+        "manifest": manifest,
+        "config": config,
+        "params": params,
+        "features": features,
+        "passes": passes,
+        "outputs": outputs,
+    }
 
 
 def test_params_every_key_maps_and_round_trips(ref, tmp_path):
@@ -76,8 +89,11 @@ def test_early_stop_criterion(ref):
     condition stops exactly when it falls to the tolerance or the passes run out."""
     passes, outputs = ref["passes"], ref["outputs"]
     seq_mask = jnp.asarray(ref["features"]["seq_mask"])
-    positions = [passes["iteration_input/prev_pos"][0], passes["iteration_input/prev_pos"][1],
-                 outputs["structure_module/final_atom_positions"]]
+    positions = [
+        passes["iteration_input/prev_pos"][0],
+        passes["iteration_input/prev_pos"][1],
+        outputs["structure_module/final_atom_positions"],
+    ]
     expected = ref["manifest"]["checks"]["early_stop_rms_ca_distance_change_per_iteration"]
     for k, value in enumerate(expected):
         got = float(ca_distance_change(jnp.asarray(positions[k]), jnp.asarray(positions[k + 1]), seq_mask))
@@ -97,7 +113,8 @@ def test_msa_sampling_per_pass(ref, k):
     with deepmind_keys():
         embedding_key = jax.random.split(pass_key)[1]
         batch, info = jax.jit(lambda key, b: process_msa(key, b, config.model.embeddings_and_evoformer))(
-            embedding_key, prepare_batch(ref["features"]))
+            embedding_key, prepare_batch(ref["features"])
+        )
     np.testing.assert_array_equal(np.asarray(info["sample_key"]), passes["sample_msa/key/key"][k])
     np.testing.assert_array_equal(np.asarray(info["mask_key"]), passes["make_masked_msa/key/key"][k])
     logits = passes["sample_msa/index_order/logits"][k]
@@ -113,20 +130,26 @@ def test_msa_sampling_per_pass(ref, k):
     np.testing.assert_array_equal(np.asarray(batch["true_msa"]), passes["make_masked_msa/output/true_msa"][k])
     num_extra = config.model.embeddings_and_evoformer.num_extra_msa
     for key in ("extra_msa", "extra_deletion_matrix", "extra_bert_mask"):
-        np.testing.assert_array_equal(np.asarray(batch[key])[:num_extra],
-                                      passes[f"sample_msa/output/{key}"][k][:num_extra], err_msg=key)
-    for key, got in (("msa_profile/msa_profile", batch["msa_profile"]),
-                     ("clusters/cluster_profile", batch["cluster_profile"]),
-                     ("clusters/cluster_deletion_mean", batch["cluster_deletion_mean"]),
-                     ("msa_feat/msa_feat", batch["msa_feat"]),
-                     ("extra_msa_feat/extra_msa_feat", batch["extra_msa_feat"]),
-                     ("extra_msa_feat/extra_msa_mask", batch["extra_msa_mask"])):
+        np.testing.assert_array_equal(
+            np.asarray(batch[key])[:num_extra], passes[f"sample_msa/output/{key}"][k][:num_extra], err_msg=key
+        )
+    for key, got in (
+        ("msa_profile/msa_profile", batch["msa_profile"]),
+        ("clusters/cluster_profile", batch["cluster_profile"]),
+        ("clusters/cluster_deletion_mean", batch["cluster_deletion_mean"]),
+        ("msa_feat/msa_feat", batch["msa_feat"]),
+        ("extra_msa_feat/extra_msa_feat", batch["extra_msa_feat"]),
+        ("extra_msa_feat/extra_msa_mask", batch["extra_msa_mask"]),
+    ):
         assert_close_on(got, passes[key][k], None, ATOL_BATCH, what=key)
 
 
 # Output keys compared at the position tolerance (Angstrom) and at the sin/cos one; the rest at ATOL_ACT.
-POSITION_KEYS = ("structure_module/final_atom_positions", "structure_module/final_atom14_positions",
-                 "structure_module/sidechains/atom_pos")
+POSITION_KEYS = (
+    "structure_module/final_atom_positions",
+    "structure_module/final_atom14_positions",
+    "structure_module/sidechains/atom_pos",
+)
 SINCOS_KEYS = ("structure_module/sidechains/angles_sin_cos", "structure_module/sidechains/unnormalized_angles_sin_cos")
 RIGID_KEYS = ("structure_module/traj", "structure_module/final_rigids", "structure_module/sidechains/frames")
 
@@ -145,8 +168,11 @@ def compare_outputs(flat: dict, expected: dict) -> list[str]:
             assert_close_on(got, value, None, ATOL_POS, what=key)
         elif key in SINCOS_KEYS:
             assert_close_on(got, value, None, ATOL_SINCOS, what=key)
-        elif key in ("confidence/plddt", "confidence/predicted_aligned_error",
-                     "confidence/max_predicted_aligned_error"):
+        elif key in (
+            "confidence/plddt",
+            "confidence/predicted_aligned_error",
+            "confidence/max_predicted_aligned_error",
+        ):
             assert_close_on(got, value, None, ATOL_CONF, what=key)
         elif key in ("confidence/ptm", "confidence/iptm", "confidence/ranking_confidence"):
             assert_close_on(got, value, None, ATOL_SCORE, what=key)
@@ -188,13 +214,14 @@ def network(ref):
 
     def run(k: int):
         passes = ref["passes"]
-        batch = {key: value for key, value in prepare_batch(ref["features"]).items()
-                 if key not in MSA_FEATURES}
-        batch.update(msa_feat=passes["msa_feat/msa_feat"][k], msa_mask=passes["sample_msa/output/msa_mask"][k],
-                     extra_msa_feat=passes["extra_msa_feat/extra_msa_feat"][k],
-                     extra_msa_mask=passes["extra_msa_feat/extra_msa_mask"][k],
-                     **{name: passes[f"iteration_input/{name}"][k]
-                        for name in ("prev_pos", "prev_msa_first_row", "prev_pair")})
+        batch = {key: value for key, value in prepare_batch(ref["features"]).items() if key not in MSA_FEATURES}
+        batch.update(
+            msa_feat=passes["msa_feat/msa_feat"][k],
+            msa_mask=passes["sample_msa/output/msa_mask"][k],
+            extra_msa_feat=passes["extra_msa_feat/extra_msa_feat"][k],
+            extra_msa_mask=passes["extra_msa_feat/extra_msa_mask"][k],
+            **{name: passes[f"iteration_input/{name}"][k] for name in ("prev_pos", "prev_msa_first_row", "prev_pair")},
+        )
         return apply(ref["params"]["alphafold_iteration"], {k2: jnp.asarray(v) for k2, v in batch.items()})
 
     return run
@@ -204,12 +231,23 @@ def test_network_pass_0(ref, network):
     """Pass 0 on its recorded batch -> the recycling inputs DeepMind's pass 1 received."""
     out, _ = network(0)
     passes = ref["passes"]
-    assert_close_on(out["structure_module"]["final_atom_positions"], passes["iteration_input/prev_pos"][1], None,
-                    ATOL_POS, what="prev_pos")
-    assert_close_on(out["representations"]["msa_first_row"], passes["iteration_input/prev_msa_first_row"][1], None,
-                    ATOL_ACT, what="prev_msa_first_row")
-    assert_close_on(out["representations"]["pair"], passes["iteration_input/prev_pair"][1], None, ATOL_ACT,
-                    what="prev_pair")
+    assert_close_on(
+        out["structure_module"]["final_atom_positions"],
+        passes["iteration_input/prev_pos"][1],
+        None,
+        ATOL_POS,
+        what="prev_pos",
+    )
+    assert_close_on(
+        out["representations"]["msa_first_row"],
+        passes["iteration_input/prev_msa_first_row"][1],
+        None,
+        ATOL_ACT,
+        what="prev_msa_first_row",
+    )
+    assert_close_on(
+        out["representations"]["pair"], passes["iteration_input/prev_pair"][1], None, ATOL_ACT, what="prev_pair"
+    )
 
 
 def test_network_pass_1(ref, network):
@@ -244,11 +282,16 @@ def test_bfloat16_is_as_close_to_fp32_as_deepminds_bfloat16(ref):
     assert config.model.global_config.dtype == "bfloat16"
     flat = run_alphafold(config, ref["params"], ref["features"], rng=jax.random.PRNGKey(0))
     deepmind = ref["manifest"]["checks"]["bfloat16_true_vs_fp32_max_abs_diff"]
-    for key, check in (("representations/pair", "representations/pair"),
-                       ("representations/single", "representations/single"),
-                       ("distogram/logits", "distogram_logits"),
-                       ("structure_module/final_atom_positions", "final_atom_positions_A"),
-                       ("confidence/plddt", "plddt"), ("confidence/ptm", "ptm"), ("confidence/iptm", "iptm")):
+    for key, check in (
+        ("representations/pair", "representations/pair"),
+        ("representations/single", "representations/single"),
+        ("distogram/logits", "distogram_logits"),
+        ("structure_module/final_atom_positions", "final_atom_positions_A"),
+        ("confidence/plddt", "plddt"),
+        ("confidence/ptm", "ptm"),
+        ("confidence/iptm", "iptm"),
+    ):
         err = float(np.abs(np.asarray(flat[key], np.float64) - ref["outputs"][key]).max())
-        assert np.isfinite(err) and err <= 3 * deepmind[check], f"{key}: bf16 off by {err:.3g}, DeepMind's bf16 by " \
-                                                                  f"{deepmind[check]:.3g}"
+        assert np.isfinite(err) and err <= 3 * deepmind[check], (
+            f"{key}: bf16 off by {err:.3g}, DeepMind's bf16 by {deepmind[check]:.3g}"
+        )

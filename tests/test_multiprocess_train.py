@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 HERE = Path(__file__).resolve().parent
 CHAINS = "1psm_A\n2q2k_A\n4zey_A\n"
@@ -39,10 +37,25 @@ def run(out: Path, steps: int, processes: int, shared_dir: Path, timeout: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "chains.txt").write_text(CHAINS)
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multiprocess_train_run.py"), str(out), str(steps),
-                               str(processes), str(i), str(port), str(shared_dir / "data")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for i in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "multiprocess_train_run.py"),
+                str(out),
+                str(steps),
+                str(processes),
+                str(i),
+                str(port),
+                str(shared_dir / "data"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for i in range(processes)
+    ]
     logs = []
     try:
         for p in procs:

@@ -71,8 +71,9 @@ def test_quickstart_notebook_executes(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     nb = nbformat.read(REPO / "examples/quickstart.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                                     resources={"metadata": {"path": str(REPO / "examples")}})
+    client = nbclient.NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(REPO / "examples")}}
+    )
     client.execute()
 
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_utils import ATOL_FULL_ACTIVATIONS, assert_close_on
 
 from jaxfold.common import all_atom
 from jaxfold.config import model_config
 from jaxfold.model import embedders
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.weights import flat_to_tree, read_npz
-from reference_utils import ATOL_FULL_ACTIVATIONS, assert_close_on
 
 CONFIG = model_config("model_1_ptm")
 C = CONFIG.model.embeddings_and_evoformer
@@ -75,8 +75,9 @@ def test_unchunked_pair_embedding_is_bit_identical_to_whole_array_embedders(refe
     np.testing.assert_array_equal(msa, msa_ref)
 
 
-@pytest.mark.parametrize("dtype,prev_pair_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
-                                                   ("bfloat16", "float32")])
+@pytest.mark.parametrize(
+    "dtype,prev_pair_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"), ("bfloat16", "float32")]
+)
 def test_chunked_pair_embedding_matches_unchunked(reference, dtype, prev_pair_dtype):
     """chunk 5 of 37 rows (7 loop blocks + a tail of 2); a bfloat16 prev_pair is read from the result buffer
     itself, a float32 one from its own array."""
@@ -89,7 +90,7 @@ def test_chunked_pair_embedding_matches_unchunked(reference, dtype, prev_pair_dt
     if dtype == "float32":
         np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
     else:  # the same float32 sums rounded to bfloat16: at most one bfloat16 step apart
-        np.testing.assert_allclose(chunked, whole, rtol=2.0 ** -7, atol=1e-6)
+        np.testing.assert_allclose(chunked, whole, rtol=2.0**-7, atol=1e-6)
 
 
 def test_chunked_embeddings_match_deepmind_trunk_inputs(reference):
@@ -123,13 +124,15 @@ def test_pair_embedding_rejects_a_mismatched_prev_pair(reference):
 def compiled_memory(module, num_res: int, donate: bool = False):
     """XLA's memory analysis of the embeddings at `num_res` residues, float32 (shapes only, nothing runs;
     the CPU backend upcasts bfloat16 arrays, which would blur the comparison). `donate`: prev_pair donated."""
-    batch = {"target_feat": jax.ShapeDtypeStruct((num_res, 22), jnp.float32),
-             "msa_feat": jax.ShapeDtypeStruct((1, num_res, 49), jnp.float32),
-             "residue_index": jax.ShapeDtypeStruct((num_res,), jnp.int32),
-             "aatype": jax.ShapeDtypeStruct((num_res,), jnp.int32),
-             "prev_pos": jax.ShapeDtypeStruct((num_res, 37, 3), jnp.float32),
-             "prev_msa_first_row": jax.ShapeDtypeStruct((num_res, C.msa_channel), jnp.float32),
-             "prev_pair": jax.ShapeDtypeStruct((num_res, num_res, C.pair_channel), jnp.float32)}
+    batch = {
+        "target_feat": jax.ShapeDtypeStruct((num_res, 22), jnp.float32),
+        "msa_feat": jax.ShapeDtypeStruct((1, num_res, 49), jnp.float32),
+        "residue_index": jax.ShapeDtypeStruct((num_res,), jnp.int32),
+        "aatype": jax.ShapeDtypeStruct((num_res,), jnp.int32),
+        "prev_pos": jax.ShapeDtypeStruct((num_res, 37, 3), jnp.float32),
+        "prev_msa_first_row": jax.ShapeDtypeStruct((num_res, C.msa_channel), jnp.float32),
+        "prev_pair": jax.ShapeDtypeStruct((num_res, num_res, C.pair_channel), jnp.float32),
+    }
     params = jax.eval_shape(module.init, jax.random.PRNGKey(0), batch)
 
     def apply(params, prev_pair, batch):
@@ -148,8 +151,10 @@ def test_chunked_pair_embedding_temporaries_shrink():
     whole = compiled_memory(WholeArrayEmbedding(C, "float32"), num_res).temp_size_in_bytes
     chunked = compiled_memory(ChunkedEmbedding(C, "float32", 16), num_res).temp_size_in_bytes
     donated = compiled_memory(ChunkedEmbedding(C, "float32", 16), num_res, donate=True)
-    print(f"N={num_res}: temp bytes whole-array {whole}, chunked {chunked}, chunked with prev_pair donated "
-          f"{donated.temp_size_in_bytes} (output aliased {donated.alias_size_in_bytes}); one pair {pair_bytes}")
+    print(
+        f"N={num_res}: temp bytes whole-array {whole}, chunked {chunked}, chunked with prev_pair donated "
+        f"{donated.temp_size_in_bytes} (output aliased {donated.alias_size_in_bytes}); one pair {pair_bytes}"
+    )
     assert chunked < whole
     assert chunked < 0.5 * pair_bytes
     assert donated.alias_size_in_bytes >= pair_bytes

@@ -20,17 +20,18 @@ from pallas_kernels import _compat
 from pallas_kernels import attention as pattn
 
 # jax >= 0.11 warns that the Pallas Triton backend is deprecated (Mosaic GPU is its successor); expected here.
-pytestmark = [pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
-              pytest.mark.usefixtures("ieee_fp32_dots")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
+    pytest.mark.usefixtures("ieee_fp32_dots"),
+]
 
 F32_TOL = 1e-5
 BF16_TOL = 2e-2
 
 
-def _inputs(seed, b, nq, nk, h, c, cv, *, dtype=jnp.float32, pair=True, mask="row", full_rows=(),
-            mask_rate=0.3):
+def _inputs(seed, b, nq, nk, h, c, cv, *, dtype=jnp.float32, pair=True, mask="row", full_rows=(), mask_rate=0.3):
     ks = jax.random.split(jax.random.key(seed), 6)
-    q = (jax.random.normal(ks[0], (b, nq, h, c)) * c ** -0.5).astype(dtype)
+    q = (jax.random.normal(ks[0], (b, nq, h, c)) * c**-0.5).astype(dtype)
     k = jax.random.normal(ks[1], (b, nk, h, c)).astype(dtype)
     v = jax.random.normal(ks[2], (b, nk, h, cv)).astype(dtype)
     rows = b if mask == "row" else 1
@@ -97,8 +98,7 @@ def _check_f32(got, ref, tol=F32_TOL):
 )
 def test_attention_fp32_matches_reference(b, nq, nk, h, c, pair, mask, blocks):
     args = _inputs(b * 100 + nq, b, nq, nk, h, c, c, pair=pair, mask=mask)
-    got = _run(_kernel(block_q=blocks[0], block_k=blocks[1], block_q_bwd=blocks[0], block_k_bwd=blocks[1]),
-               *args)
+    got = _run(_kernel(block_q=blocks[0], block_k=blocks[1], block_q_bwd=blocks[0], block_k_bwd=blocks[1]), *args)
     ref = _run(pattn.attention_reference, *args)
     _check_f32(got, ref)
 
@@ -135,14 +135,14 @@ def test_fully_masked_rows_follow_alphafold():
 @pytest.mark.parametrize("c,pair", [(8, True), (32, True), (16, False)])
 def test_attention_bf16(c, pair):
     b, nq, nk, h = 2, 24, 40, 2
-    q, k, v, bias, pb, do = _inputs(c, b, nq, nk, h, c, c, dtype=jnp.bfloat16, pair=pair, mask="row",
-                                    full_rows=(1,))
+    q, k, v, bias, pb, do = _inputs(c, b, nq, nk, h, c, c, dtype=jnp.bfloat16, pair=pair, mask="row", full_rows=(1,))
     o, grads = _run(_kernel(block_q=16, block_k=16), q, k, v, bias, pb, do)
     assert o.dtype == jnp.bfloat16
     ref_o, ref_g = _run(pattn.attention_reference, _f32(q), _f32(k), _f32(v), bias, _f32(pb), _f32(do))
     xla_o, xla_g = _run(pattn.attention_reference, q, k, v, bias, pb, do)
-    for name, got, ref, xla in zip(["out", "dq", "dk", "dv", "dbias", "dpair"], (o, *grads), (ref_o, *ref_g),
-                                   (xla_o, *xla_g)):
+    for name, got, ref, xla in zip(
+        ["out", "dq", "dk", "dv", "dbias", "dpair"], (o, *grads), (ref_o, *ref_g), (xla_o, *xla_g)
+    ):
         if name == "dbias":
             assert not np.any(np.asarray(got))
             continue
@@ -189,8 +189,11 @@ def test_dpair_reduction_never_materialises_per_row_gradient():
 
     with _compat.cuda_lowering_context():
         text = jax.jit(f).trace(q, k, v, pb, do).lower(lowering_platforms=("cuda",)).as_text()
-    sizes = [int(np.prod([int(d) for d in m.split("x")])) for m in re.findall(r"tensor<((?:\d+x)+)\w+>", text)
-             for m in [m.rstrip("x")]]
+    sizes = [
+        int(np.prod([int(d) for d in m.split("x")]))
+        for m in re.findall(r"tensor<((?:\d+x)+)\w+>", text)
+        for m in [m.rstrip("x")]
+    ]
     assert max(sizes) < b * h * n * n, max(sizes)
 
 
@@ -198,12 +201,15 @@ def test_attention_core_pallas_switch_matches_xla():
     from jaxfold.model.attention import attention_core
 
     q, k, v, bias, pb, _ = _inputs(21, 2, 16, 16, 2, 8, 8, pair=True)
-    np.testing.assert_allclose(attention_core(q, k, v, bias, pb, kernels="pallas"),
-                               attention_core(q, k, v, bias, pb, kernels="xla"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        attention_core(q, k, v, bias, pb, kernels="pallas"),
+        attention_core(q, k, v, bias, pb, kernels="xla"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("dtype,c,pair", [(jnp.float32, 8, True), (jnp.bfloat16, 32, True),
-                                          (jnp.bfloat16, 16, False)])
+@pytest.mark.parametrize("dtype,c,pair", [(jnp.float32, 8, True), (jnp.bfloat16, 32, True), (jnp.bfloat16, 16, False)])
 def test_attention_lowers_for_cuda(dtype, c, pair):
     """Lower forward + backward for CUDA on this (CPU) machine: every kernel must produce Triton IR.
 

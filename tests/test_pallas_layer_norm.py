@@ -19,8 +19,10 @@ from pallas_kernels import _compat
 from pallas_kernels import layer_norm as pln
 
 # jax >= 0.11 warns that the Pallas Triton backend is deprecated (Mosaic GPU is its successor); expected here.
-pytestmark = [pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
-              pytest.mark.usefixtures("ieee_fp32_dots")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
+    pytest.mark.usefixtures("ieee_fp32_dots"),
+]
 
 F32_TOL = 1e-5
 BF16_TOL = 1e-2
@@ -89,8 +91,12 @@ def test_primitives_layer_norm_pallas_switch_matches_xla():
     from jaxfold.model.primitives import layer_norm
 
     x, scale, offset, _ = _inputs(5, (4, 6, 128))
-    np.testing.assert_allclose(layer_norm(x, scale, offset, kernels="pallas"),
-                               layer_norm(x, scale, offset, kernels="xla"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer_norm(x, scale, offset, kernels="pallas"),
+        layer_norm(x, scale, offset, kernels="xla"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("dtype,channels", [(jnp.float32, 128), (jnp.bfloat16, 384)])

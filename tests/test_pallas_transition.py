@@ -16,17 +16,24 @@ from jaxfold.model.transition import Transition
 from pallas_kernels import _compat
 from pallas_kernels import transition as ptr
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
-              pytest.mark.usefixtures("ieee_fp32_dots")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
+    pytest.mark.usefixtures("ieee_fp32_dots"),
+]
 
 
 def case(seed, shape, h):
     c = shape[-1]
     ks = jax.random.split(jax.random.key(seed), 7)
     x = jax.random.normal(ks[0], shape)
-    w = (1 + 0.1 * jax.random.normal(ks[1], (c,)), 0.1 * jax.random.normal(ks[2], (c,)),
-         jax.random.normal(ks[3], (c, h)) / np.sqrt(c), 0.1 * jax.random.normal(ks[4], (h,)),
-         jax.random.normal(ks[5], (h, c)) / np.sqrt(h), 0.1 * jax.random.normal(ks[6], (c,)))
+    w = (
+        1 + 0.1 * jax.random.normal(ks[1], (c,)),
+        0.1 * jax.random.normal(ks[2], (c,)),
+        jax.random.normal(ks[3], (c, h)) / np.sqrt(c),
+        0.1 * jax.random.normal(ks[4], (h,)),
+        jax.random.normal(ks[5], (h, c)) / np.sqrt(h),
+        0.1 * jax.random.normal(ks[6], (c,)),
+    )
     return x, w
 
 
@@ -61,9 +68,15 @@ def test_matches_model_transition_module():
     x, _ = case(2, (6, 6, 128), 512)
     params = mod.init(jax.random.key(0), x, jnp.ones((6, 6)))
     p = params["params"]
-    fused = ptr.transition(x, p["input_layer_norm"]["scale"], p["input_layer_norm"]["offset"],
-                           p["transition1"]["weights"], p["transition1"]["bias"],
-                           p["transition2"]["weights"], p["transition2"]["bias"])
+    fused = ptr.transition(
+        x,
+        p["input_layer_norm"]["scale"],
+        p["input_layer_norm"]["offset"],
+        p["transition1"]["weights"],
+        p["transition1"]["bias"],
+        p["transition2"]["weights"],
+        p["transition2"]["bias"],
+    )
     assert rel_err(fused, mod.apply(params, x, jnp.ones((6, 6)))) < 1e-5
 
 

@@ -81,9 +81,19 @@ def test_ubiquitin_pdb_and_mmcif_parses_agree(structures):
 @pytest.mark.parametrize(
     "rel",
     [
-        "pdb/1ubq.pdb", "pdb/2rbg.pdb", "pdb/1bhl.pdb", "pdb/1orc.pdb", "pdb/1ycr.pdb",
-        "pdb/1ejg.pdb", "mmcif/2q2k.cif", "mmcif/5kc1.cif", "mmcif/102m.cif",
-        "mmcif/3u8v.cif", "mmcif/7zzx.cif", "mmcif/1k6p.cif", "mmcif/4zey.cif",
+        "pdb/1ubq.pdb",
+        "pdb/2rbg.pdb",
+        "pdb/1bhl.pdb",
+        "pdb/1orc.pdb",
+        "pdb/1ycr.pdb",
+        "pdb/1ejg.pdb",
+        "mmcif/2q2k.cif",
+        "mmcif/5kc1.cif",
+        "mmcif/102m.cif",
+        "mmcif/3u8v.cif",
+        "mmcif/7zzx.cif",
+        "mmcif/1k6p.cif",
+        "mmcif/4zey.cif",
     ],
 )
 def test_residue_counts_match_structures_tsv(structures, rel):
@@ -106,8 +116,12 @@ def test_multichain_missing_residues_keep_author_numbering(structures):
     # Chain F is DNA (with 5-iodouracil HETATMs): not protein.
     assert prot.chain_ids == ("A", "B")
     # Independent truth: observed residues of _pdbx_poly_seq_scheme, author numbering.
-    rows = cif_rows(path, "_pdbx_poly_seq_scheme.pdb_strand_id", "_pdbx_poly_seq_scheme.auth_seq_num",
-                    "_pdbx_poly_seq_scheme.pdb_mon_id")
+    rows = cif_rows(
+        path,
+        "_pdbx_poly_seq_scheme.pdb_strand_id",
+        "_pdbx_poly_seq_scheme.auth_seq_num",
+        "_pdbx_poly_seq_scheme.pdb_mon_id",
+    )
     for k, chain in enumerate(prot.chain_ids):
         scheme = [(n, m) for s, n, m in rows if s == chain]
         observed = [(int(n), m) for n, m in scheme if n != "?"]
@@ -152,8 +166,15 @@ def test_hetero_residues_and_waters_skipped(structures, shared_dir):
 def test_selenomethionine_read_as_methionine(structures):
     # mmCIF: 4zey has MSE at author residues 4, 45, 65 (HETATM records).
     prot = load(structures, "mmcif/4zey.cif")
-    rows = cif_rows(structures / "mmcif/4zey.cif", "_atom_site.label_comp_id", "_atom_site.label_atom_id",
-                    "_atom_site.auth_seq_id", "_atom_site.Cartn_x", "_atom_site.Cartn_y", "_atom_site.Cartn_z")
+    rows = cif_rows(
+        structures / "mmcif/4zey.cif",
+        "_atom_site.label_comp_id",
+        "_atom_site.label_atom_id",
+        "_atom_site.auth_seq_id",
+        "_atom_site.Cartn_x",
+        "_atom_site.Cartn_y",
+        "_atom_site.Cartn_z",
+    )
     se = {int(n): np.array([x, y, z], float) for c, a, n, x, y, z in rows if c == "MSE" and a == "SE"}
     assert sorted(se) == [4, 45, 65]
     for resnum, xyz in se.items():
@@ -162,7 +183,7 @@ def test_selenomethionine_read_as_methionine(structures):
         np.testing.assert_allclose(prot.atom_positions[i, SD], xyz, atol=1e-3)
     # PDB: 2rbg has MSE 102 in both chains.
     prot = load(structures, "pdb/2rbg.pdb")
-    at = (prot.residue_index == 102)
+    at = prot.residue_index == 102
     assert at.sum() == 2 and np.all(prot.aatype[at] == MET) and np.all(prot.atom_mask[at, SD] == 1)
 
 
@@ -181,9 +202,19 @@ def test_modified_residue_becomes_unk(structures):
 
 def _expected_altloc_choice(path):
     """Highest-occupancy altloc per atom (first on ties), from the raw mmCIF rows."""
-    rows = cif_rows(path, "_atom_site.pdbx_PDB_model_num", "_atom_site.auth_asym_id", "_atom_site.auth_seq_id",
-                    "_atom_site.label_atom_id", "_atom_site.label_alt_id", "_atom_site.occupancy",
-                    "_atom_site.Cartn_x", "_atom_site.Cartn_y", "_atom_site.Cartn_z", "_atom_site.group_PDB")
+    rows = cif_rows(
+        path,
+        "_atom_site.pdbx_PDB_model_num",
+        "_atom_site.auth_asym_id",
+        "_atom_site.auth_seq_id",
+        "_atom_site.label_atom_id",
+        "_atom_site.label_alt_id",
+        "_atom_site.occupancy",
+        "_atom_site.Cartn_x",
+        "_atom_site.Cartn_y",
+        "_atom_site.Cartn_z",
+        "_atom_site.group_PDB",
+    )
     best = {}
     for model, chain, seq, atom, alt, occ, x, y, z, group in rows:
         if model != "1" or group != "ATOM":
@@ -236,8 +267,15 @@ def test_nmr_model_selection(structures):
     # 1psm: 20 NMR models.  Model index 19 must be the file's model 20, atom
     # for atom, and differ from model 1.
     last = load(structures, "mmcif/1psm.cif", model=19)
-    rows = cif_rows(structures / "mmcif/1psm.cif", "_atom_site.pdbx_PDB_model_num", "_atom_site.label_atom_id",
-                    "_atom_site.auth_seq_id", "_atom_site.Cartn_x", "_atom_site.Cartn_y", "_atom_site.Cartn_z")
+    rows = cif_rows(
+        structures / "mmcif/1psm.cif",
+        "_atom_site.pdbx_PDB_model_num",
+        "_atom_site.label_atom_id",
+        "_atom_site.auth_seq_id",
+        "_atom_site.Cartn_x",
+        "_atom_site.Cartn_y",
+        "_atom_site.Cartn_z",
+    )
     ca = {(m, int(s)): np.array([x, y, z], float) for m, a, s, x, y, z in rows if a == "CA"}
     want_20 = np.stack([ca[("20", int(r))] for r in last.residue_index])
     want_1 = np.stack([ca[("1", int(r))] for r in last.residue_index])
@@ -261,8 +299,7 @@ def test_malformed_input_raises_value_error(structures, tmp_path):
         with pytest.raises(ValueError, match="empty"):
             parse("  \n\n")
     waters = "".join(
-        line + "\n" for line in (structures / "pdb/1ubq.pdb").read_text().splitlines()
-        if line.startswith("HETATM")
+        line + "\n" for line in (structures / "pdb/1ubq.pdb").read_text().splitlines() if line.startswith("HETATM")
     )
     with pytest.raises(ValueError, match="no protein residues"):
         protein.from_pdb_string(waters)
@@ -370,8 +407,12 @@ def test_pdb_atom_name_alignment():
 def test_chain_ids_must_be_single_characters_in_pdb(structures):
     p = load(structures, "pdb/1ubq.pdb")
     renamed = protein.Protein(
-        atom_positions=p.atom_positions, atom_mask=p.atom_mask, aatype=p.aatype,
-        residue_index=p.residue_index, chain_index=p.chain_index, chain_ids=("AB",),
+        atom_positions=p.atom_positions,
+        atom_mask=p.atom_mask,
+        aatype=p.aatype,
+        residue_index=p.residue_index,
+        chain_index=p.chain_index,
+        chain_ids=("AB",),
         b_factors=p.b_factors,
     )
     with pytest.raises(ValueError, match="single characters.*'AB'"):
@@ -385,10 +426,26 @@ def test_mmcif_output_fields(structures):
     text = protein.to_mmcif(load(structures, "mmcif/2q2k.cif"), name="my model")
     assert text.startswith("data_my_model\n")
     d = MMCIF2Dict(io.StringIO(text))
-    for field in ("group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id",
-                  "label_asym_id", "label_entity_id", "label_seq_id", "pdbx_PDB_ins_code", "Cartn_x",
-                  "Cartn_y", "Cartn_z", "occupancy", "B_iso_or_equiv", "auth_seq_id", "auth_asym_id",
-                  "pdbx_PDB_model_num"):
+    for field in (
+        "group_PDB",
+        "id",
+        "type_symbol",
+        "label_atom_id",
+        "label_alt_id",
+        "label_comp_id",
+        "label_asym_id",
+        "label_entity_id",
+        "label_seq_id",
+        "pdbx_PDB_ins_code",
+        "Cartn_x",
+        "Cartn_y",
+        "Cartn_z",
+        "occupancy",
+        "B_iso_or_equiv",
+        "auth_seq_id",
+        "auth_asym_id",
+        "pdbx_PDB_model_num",
+    ):
         assert len(d[f"_atom_site.{field}"]) == len(d["_atom_site.id"])
     assert d["_struct_asym.id"] == ["A", "B"]
     assert len(d["_entity_poly_seq.mon_id"]) == 45 + 44
@@ -399,13 +456,16 @@ def test_from_prediction_puts_plddt_in_b_factors(structures):
     p = load(structures, "pdb/2rbg.pdb")
     plddt = np.linspace(10.0, 99.5, p.num_res)
     pred = protein.from_prediction(
-        aatype=p.aatype, final_atom_positions=p.atom_positions, final_atom_mask=p.atom_mask,
-        residue_index=p.residue_index, plddt=plddt, chain_index=p.chain_index,
+        aatype=p.aatype,
+        final_atom_positions=p.atom_positions,
+        final_atom_mask=p.atom_mask,
+        residue_index=p.residue_index,
+        plddt=plddt,
+        chain_index=p.chain_index,
     )
     assert pred.chain_ids == ("A", "B")
     np.testing.assert_allclose(pred.b_factors, np.repeat(plddt[:, None], 37, axis=1), atol=1e-5)
-    for back in (protein.from_pdb_string(protein.to_pdb(pred)),
-                 protein.from_mmcif_string(protein.to_mmcif(pred))):
+    for back in (protein.from_pdb_string(protein.to_pdb(pred)), protein.from_mmcif_string(protein.to_mmcif(pred))):
         assert_same_protein(pred, back)
         per_res = back.b_factors[:, CA]
         np.testing.assert_allclose(per_res, plddt, atol=5e-3)
@@ -414,16 +474,24 @@ def test_from_prediction_puts_plddt_in_b_factors(structures):
         np.testing.assert_allclose(back.b_factors[present], np.broadcast_to(per_res[:, None], present.shape)[present])
     # Defaults: one chain 'A', zero B-factors; jax arrays are accepted.
     import jax.numpy as jnp
-    single = protein.from_prediction(jnp.asarray(p.aatype), jnp.asarray(p.atom_positions),
-                                     jnp.asarray(p.atom_mask), jnp.asarray(p.residue_index))
+
+    single = protein.from_prediction(
+        jnp.asarray(p.aatype), jnp.asarray(p.atom_positions), jnp.asarray(p.atom_mask), jnp.asarray(p.residue_index)
+    )
     assert single.chain_ids == ("A",) and not single.b_factors.any()
 
 
 def test_protein_validates_shapes(structures):
     p = load(structures, "pdb/1ubq.pdb")
-    fields = dict(atom_positions=p.atom_positions, atom_mask=p.atom_mask, aatype=p.aatype,
-                  residue_index=p.residue_index, chain_index=p.chain_index, chain_ids=p.chain_ids,
-                  b_factors=p.b_factors)
+    fields = dict(
+        atom_positions=p.atom_positions,
+        atom_mask=p.atom_mask,
+        aatype=p.aatype,
+        residue_index=p.residue_index,
+        chain_index=p.chain_index,
+        chain_ids=p.chain_ids,
+        b_factors=p.b_factors,
+    )
     protein.Protein(**fields)
     bad = {
         "atom_positions": (p.atom_positions[:, :14], r"atom_positions must have shape \(76, 37, 3\)"),

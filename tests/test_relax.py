@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxfold.common import protein, residue_constants as rc
+from jaxfold.common import protein
+from jaxfold.common import residue_constants as rc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,10 +94,10 @@ def test_relax_removes_introduced_clashes(shared_dir):
     assert 0.02 < s["rmsd"] < 0.5
     assert s["energy_final"] < s["energy_initial"] and not s["timed_out"]
     # Away from the moved residues the structure stays where it was (restraints).
-    keep = (original.atom_mask > 0.5)
+    keep = original.atom_mask > 0.5
     keep[moved] = False
     d = np.linalg.norm(result.protein.atom_positions - original.atom_positions, axis=-1)[keep]
-    assert np.sqrt(np.mean(d ** 2)) < 0.4 and d.max() < 2.0
+    assert np.sqrt(np.mean(d**2)) < 0.4 and d.max() < 2.0
 
     # The PDB text parses with Biopython, has hydrogens, and keeps the pLDDT B-factors of every atom.
     structure = PDBParser(QUIET=True).get_structure("r", io.StringIO(result.pdb_string))
@@ -119,8 +120,14 @@ def test_relax_rebuilds_missing_side_chain_atoms_and_keeps_chains(shared_dir):
 
     full = protein.from_file(shared_dir / "data/structures/pdb/1ycr.pdb")
     keep = (full.chain_index == 1) | (np.cumsum(full.chain_index == 0) <= 30) & (full.chain_index == 0)
-    prot = protein.Protein(**{f.name: (getattr(full, f.name)[keep] if f.name not in ("chain_ids", "insertion_codes")
-                                       else getattr(full, f.name)) for f in dataclasses.fields(full)})
+    prot = protein.Protein(
+        **{
+            f.name: (
+                getattr(full, f.name)[keep] if f.name not in ("chain_ids", "insertion_codes") else getattr(full, f.name)
+            )
+            for f in dataclasses.fields(full)
+        }
+    )
     assert len(prot.chain_ids) == 2 and prot.num_res == 30 + 13
     i = next(k for k in range(prot.num_res) if (prot.atom_mask[k] * _SIDE).sum() >= 3)
     mask = prot.atom_mask.copy()
@@ -163,8 +170,9 @@ def test_relax_rejects_nonstandard_residue(shared_dir):
 
     text = (shared_dir / "data/structures/pdb/1ubq.pdb").read_text()
     # Residue 48 (LYS) renamed to a residue type Amber has no template for: it is read as UNK.
-    text = "\n".join(ln[:17] + "XYZ" + ln[20:] if ln.startswith("ATOM") and ln[22:26] == "  48" else ln
-                     for ln in text.splitlines())
+    text = "\n".join(
+        ln[:17] + "XYZ" + ln[20:] if ln.startswith("ATOM") and ln[22:26] == "  48" else ln for ln in text.splitlines()
+    )
     with pytest.raises(RelaxInputError, match=r"non-standard residue\(s\) \(A:UNK48\)"):
         relax_structure(text)
 

@@ -56,9 +56,11 @@ def test_dots_policy_recomputes_fewer_matmuls_toy():
 
 
 def stack_loss(policy: str | None, shapes_only: bool = False):
-    overrides = {"model.global_config.use_remat": policy is not None,
-                 "model.global_config.remat_policy": policy or "nothing",
-                 "model.global_config.deterministic": True}
+    overrides = {
+        "model.global_config.use_remat": policy is not None,
+        "model.global_config.remat_policy": policy or "nothing",
+        "model.global_config.deterministic": True,
+    }
     gc = TINY.replace(**overrides).model.global_config
 
     class Stack(nn.Module):
@@ -79,12 +81,11 @@ def stack_loss(policy: str | None, shapes_only: bool = False):
         params = jax.eval_shape(module.init, ks[2], msa, pair, msa_mask, pair_mask)
         return (lambda p: jnp.sum(module.apply(p, msa, pair, msa_mask, pair_mask)[1])), params
     params = module.init(ks[2], msa, pair, msa_mask, pair_mask)
-    params = jax.tree_util.tree_map(
-        lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), params)
+    params = jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), params)
 
     def loss(p):
         m, z = module.apply(p, msa, pair, msa_mask, pair_mask)
-        return jnp.sum(jnp.sin(m)) + jnp.sum(z ** 2) * 1e-2
+        return jnp.sum(jnp.sin(m)) + jnp.sum(z**2) * 1e-2
 
     return loss, params
 
@@ -115,8 +116,9 @@ def test_evoformer_stack_uses_the_configured_policy():
 def test_every_policy_builds_and_unknown_is_an_error():
     for name, make in REMAT_POLICIES.items():
         assert callable(make()), name
-    gc = TINY.replace(**{"model.global_config.use_remat": True,
-                         "model.global_config.remat_policy": "sometimes"}).model.global_config
+    gc = TINY.replace(
+        **{"model.global_config.use_remat": True, "model.global_config.remat_policy": "sometimes"}
+    ).model.global_config
     with pytest.raises(ValueError, match="remat_policy"):
         evoformer_stack(EVO, gc, 2, False, True, name="stack")
     with pytest.raises(ValueError, match="remat_policy"):

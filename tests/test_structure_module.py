@@ -10,25 +10,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_utils import assert_close_on, module_reference
+from structure_module_utils import (
+    ATOL_SM,
+    FOLD_ITERATION_OUTPUTS,
+    GC,
+    SM,
+    atol_for,
+    get_path,
+    residue_valid,
+    structure_module_outputs,
+)
 
 from jaxfold.common.all_atom import make_atom14_masks
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.config import model_config
-from jaxfold.model.structure_module import (
-    FoldIteration, InvariantPointAttention, StructureModule, affine_to_rigid)
+from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule, affine_to_rigid
 from jaxfold.weights import tree_to_flat
-from reference_utils import assert_close_on, module_reference
-from structure_module_utils import (
-    ATOL_SM, FOLD_ITERATION_OUTPUTS, GC, SM, atol_for, get_path, residue_valid, structure_module_outputs)
+
 
 def test_ipa_matches_deepmind(shared_dir):
     io, params = module_reference(shared_dir, "invariant_point_attention")
-    rigid = Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])),
-                  Vec3.from_array(jnp.asarray(io["input/translation"])))
+    rigid = Rigid(
+        Rot3.from_array(jnp.asarray(io["input/rotation"])), Vec3.from_array(jnp.asarray(io["input/translation"]))
+    )
     # jit: compiling once is much faster than dispatching the many small ops one by one.
     out = jax.jit(InvariantPointAttention(SM, GC).apply)(
         {"params": params["invariant_point_attention"]},
-        io["input/inputs_1d"], io["input/inputs_2d"], io["input/mask"], rigid)
+        io["input/inputs_1d"],
+        io["input/inputs_2d"],
+        io["input/mask"],
+        rigid,
+    )
     assert_close_on(out, io["output/update"], residue_valid(out.shape, 0), ATOL_SM, what="ipa update")
 
 
@@ -45,7 +58,11 @@ def fold_iteration_run(shared_dir):
     new_act, outputs = jax.jit(FoldIteration(SM, GC).apply)(
         {"params": params["fold_iteration"]},
         {"act": io["input/act"], "affine": io["input/affine"]},
-        io["input/sequence_mask"], io["input/initial_act"], io["input/static_feat_2d"], io["input/aatype"])
+        io["input/sequence_mask"],
+        io["input/initial_act"],
+        io["input/static_feat_2d"],
+        io["input/aatype"],
+    )
     return io, {"activations": new_act, "outputs": outputs}
 
 
@@ -59,7 +76,7 @@ def test_fold_iteration_matches_deepmind(fold_iteration_run, path):
 @pytest.fixture(scope="module")
 def structure_module_run(shared_dir):
     io, params = module_reference(shared_dir, "structure_module")
-    batch = {k[len("input/"):]: v for k, v in io.items() if k.startswith("input/")}
+    batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
     representations = {"single": batch.pop("single"), "pair": batch.pop("pair")}
     module = StructureModule(SM, GC)
     out = jax.jit(module.apply)({"params": params["structure_module"]}, representations, batch)
@@ -104,19 +121,19 @@ def test_structure_module_training_dropout():
     """Training mode: dropout (needs the `dropout` RNG) is drawn afresh per layer and per key; the result
     stays finite. A tiny config keeps compilation cheap."""
     cfg = model_config("model_1_ptm", structure_module_num_layer=2, deterministic=False)
-    sm = cfg.model.heads.structure_module.replace(
-        **{"num_channel": 16, "num_head": 2, "sidechain.num_channel": 8})
+    sm = cfg.model.heads.structure_module.replace(**{"num_channel": 16, "num_head": 2, "sidechain.num_channel": 8})
     gc = cfg.model.global_config
     n = 5
     rng = np.random.default_rng(0)
     aatype = jnp.asarray([0, 7, 12, 17, 3])
-    representations = {"single": rng.normal(size=(n, 16)).astype(np.float32),
-                       "pair": rng.normal(size=(n, n, 8)).astype(np.float32)}
+    representations = {
+        "single": rng.normal(size=(n, 16)).astype(np.float32),
+        "pair": rng.normal(size=(n, n, 8)).astype(np.float32),
+    }
     batch = {"seq_mask": jnp.ones(n), "aatype": aatype, **make_atom14_masks(aatype)}
     module = StructureModule(sm, gc, is_training=True)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), representations, batch))
-    params = jax.tree_util.tree_map(
-        lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+    params = jax.tree_util.tree_map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
 
     def run(key):
         return module.apply(params, representations, batch, rngs={"dropout": key})["final_atom_positions"]

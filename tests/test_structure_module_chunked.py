@@ -8,14 +8,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_utils import assert_close_on, module_reference
+from structure_module_utils import (
+    ATOL_SM,
+    FOLD_ITERATION_OUTPUTS,
+    atol_for,
+    get_path,
+    residue_valid,
+    structure_module_outputs,
+)
 
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.config import model_config
 from jaxfold.model.primitives import layer_norm
 from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule
-from reference_utils import assert_close_on, module_reference
-from structure_module_utils import (
-    ATOL_SM, FOLD_ITERATION_OUTPUTS, atol_for, get_path, residue_valid, structure_module_outputs)
 
 CHUNK = 5  # 23 residues: 4 whole chunks and a padded one
 SM = model_config("model_1_ptm", structure_module_num_layer=2).model.heads.structure_module
@@ -26,8 +32,9 @@ ATOL_SAME = 2e-5
 
 
 def ipa_inputs(io):
-    rigid = Rigid(Rot3.from_array(jnp.asarray(io["input/rotation"])),
-                  Vec3.from_array(jnp.asarray(io["input/translation"])))
+    rigid = Rigid(
+        Rot3.from_array(jnp.asarray(io["input/rotation"])), Vec3.from_array(jnp.asarray(io["input/translation"]))
+    )
     return io["input/inputs_1d"], io["input/inputs_2d"], io["input/mask"], rigid
 
 
@@ -54,7 +61,8 @@ def test_chunked_ipa_normalises_a_raw_bfloat16_pair_per_chunk(shared_dir):
     normed = layer_norm(raw.astype(jnp.float32), scale, offset)
     expected = jax.jit(InvariantPointAttention(SM, GC).apply)(variables, inputs_1d, normed, mask, rigid)
     chunked = jax.jit(InvariantPointAttention(SM, GC_CHUNKED).apply)(
-        variables, inputs_1d, raw, mask, rigid, (scale, offset))
+        variables, inputs_1d, raw, mask, rigid, (scale, offset)
+    )
     np.testing.assert_allclose(chunked, expected, rtol=1e-5, atol=ATOL_SAME)
 
 
@@ -69,6 +77,7 @@ def test_chunked_ipa_gradients_match_unchunked(shared_dir):
         def f(variables, inputs_1d, inputs_2d):
             out = InvariantPointAttention(SM, global_config).apply(variables, inputs_1d, inputs_2d, mask, rigid)
             return jnp.sum(jnp.sin(out) * mask)
+
         return jax.jit(jax.grad(f, argnums=(0, 1, 2)))
 
     whole = loss(GC)(variables, inputs_1d, inputs_2d)
@@ -83,7 +92,8 @@ def test_ipa_rejects_a_pair_of_the_wrong_size(shared_dir):
     inputs_1d, inputs_2d, mask, rigid = ipa_inputs(io)
     with pytest.raises(ValueError, match="does not match 23 residues"):
         InvariantPointAttention(SM, GC_CHUNKED).apply(
-            {"params": params["invariant_point_attention"]}, inputs_1d, inputs_2d[:, :20], mask, rigid)
+            {"params": params["invariant_point_attention"]}, inputs_1d, inputs_2d[:, :20], mask, rigid
+        )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +102,11 @@ def chunked_fold_iteration(shared_dir):
     new_act, outputs = jax.jit(FoldIteration(SM, GC_CHUNKED).apply)(
         {"params": params["fold_iteration"]},
         {"act": io["input/act"], "affine": io["input/affine"]},
-        io["input/sequence_mask"], io["input/initial_act"], io["input/static_feat_2d"], io["input/aatype"])
+        io["input/sequence_mask"],
+        io["input/initial_act"],
+        io["input/static_feat_2d"],
+        io["input/aatype"],
+    )
     return io, {"activations": new_act, "outputs": outputs}
 
 
@@ -105,10 +119,11 @@ def test_chunked_fold_iteration_matches_deepmind(chunked_fold_iteration, path):
 
 def run_structure_module(shared_dir, global_config, pair_dtype=jnp.float32):
     io, params = module_reference(shared_dir, "structure_module")
-    batch = {k[len("input/"):]: v for k, v in io.items() if k.startswith("input/")}
+    batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
     representations = {"single": batch.pop("single"), "pair": jnp.asarray(batch.pop("pair"), pair_dtype)}
     out = jax.jit(StructureModule(SM, global_config).apply)(
-        {"params": params["structure_module"]}, representations, batch)
+        {"params": params["structure_module"]}, representations, batch
+    )
     return io, jax.device_get(out)
 
 
@@ -132,8 +147,7 @@ def test_chunked_structure_module_on_a_bfloat16_pair_matches_unchunked(shared_di
     _, whole = run_structure_module(shared_dir, GC, jnp.bfloat16)
     _, chunked = run_structure_module(shared_dir, GC_CHUNKED, jnp.bfloat16)
     for key, atol in (("act", ATOL_SAME), ("final_affines", ATOL_SAME), ("final_atom_positions", 1e-4)):
-        assert_close_on(chunked[key], whole[key], residue_valid(whole[key].shape, 0), atol, rtol=1e-5,
-                        what=key)
+        assert_close_on(chunked[key], whole[key], residue_valid(whole[key].shape, 0), atol, rtol=1e-5, what=key)
 
 
 def ipa_temp_bytes(global_config, num_res: int, pair_dtype, pair_norm: bool) -> int:
@@ -144,16 +158,19 @@ def ipa_temp_bytes(global_config, num_res: int, pair_dtype, pair_norm: bool) -> 
         def run(variables, inputs_1d, inputs_2d, mask, rotation, translation, *norm):
             rigid = Rigid(Rot3.from_array(rotation), Vec3.from_array(translation))
             return method(variables, inputs_1d, inputs_2d, mask, rigid, *norm)
+
         return run(*args)
 
-    args = (jax.ShapeDtypeStruct((num_res, SM.num_channel), jnp.float32),
-            jax.ShapeDtypeStruct((num_res, num_res, 128), pair_dtype),
-            jax.ShapeDtypeStruct((num_res, 1), jnp.float32),
-            jax.ShapeDtypeStruct((num_res, 3, 3), jnp.float32), jax.ShapeDtypeStruct((num_res, 3), jnp.float32))
+    args = (
+        jax.ShapeDtypeStruct((num_res, SM.num_channel), jnp.float32),
+        jax.ShapeDtypeStruct((num_res, num_res, 128), pair_dtype),
+        jax.ShapeDtypeStruct((num_res, 1), jnp.float32),
+        jax.ShapeDtypeStruct((num_res, 3, 3), jnp.float32),
+        jax.ShapeDtypeStruct((num_res, 3), jnp.float32),
+    )
     if pair_norm:
         args += ((jax.ShapeDtypeStruct((128,), jnp.float32),) * 2,)
-    params = jax.eval_shape(lambda *a: ipa(lambda v, *x: module.init(jax.random.PRNGKey(0), *x), None, *a),
-                            *args)
+    params = jax.eval_shape(lambda *a: ipa(lambda v, *x: module.init(jax.random.PRNGKey(0), *x), None, *a), *args)
     apply = jax.jit(lambda p, *a: ipa(module.apply, p, *a))
     return apply.lower(params, *args).compile().memory_analysis().temp_size_in_bytes
 

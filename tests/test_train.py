@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfold.config import model_config
 from jaxfold.model.init import dummy_features
 from jaxfold.parallel.mesh import make_mesh
-from jaxfold.config import model_config
 from jaxfold.train.checkpoint import CheckpointError, CheckpointManager
 from jaxfold.train.optimizer import alphafold_schedule, make_optimizer
 from jaxfold.train.state import TrainState, ema_update
@@ -55,8 +55,17 @@ def test_training_presets_follow_the_published_recipe():
 
 def test_schedule_warmup_constant_decay():
     sched = alphafold_schedule(model_config("initial_training"))
-    expect = {0: 1e-6, 499: 5e-4, 998: 0.999e-3, 999: 1e-3, 1000: 1e-3, 20000: 1e-3, 49999: 1e-3,
-              50000: 0.95e-3, 100000: 0.95e-3}
+    expect = {
+        0: 1e-6,
+        499: 5e-4,
+        998: 0.999e-3,
+        999: 1e-3,
+        1000: 1e-3,
+        20000: 1e-3,
+        49999: 1e-3,
+        50000: 0.95e-3,
+        100000: 0.95e-3,
+    }
     for step, lr in expect.items():
         np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-6, err_msg=f"step {step}")
     fine = alphafold_schedule(model_config("finetuning"))
@@ -79,9 +88,9 @@ NUM_RES = 8
 
 def toy_apply(params, example, key, dap):
     del dap
-    x = example["msa_feat"][0].mean(0)                      # [N, 49] (recycling slice 0)
+    x = example["msa_feat"][0].mean(0)  # [N, 49] (recycling slice 0)
     h = jnp.tanh(x @ params["w1"] + params["b1"])
-    keep = jax.random.bernoulli(key, 0.9, h.shape)          # dropout: per-example keys matter
+    keep = jax.random.bernoulli(key, 0.9, h.shape)  # dropout: per-example keys matter
     h = jnp.where(keep, h / 0.9, 0.0)
     return {"pos": h @ params["w2"]}
 
@@ -93,8 +102,11 @@ def toy_loss(outputs, example):
 
 def toy_params(seed=0):
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    return {"w1": 0.3 * jax.random.normal(k1, (49, 16)), "b1": jnp.zeros(16),
-            "w2": 0.3 * jax.random.normal(k2, (16, 3))}
+    return {
+        "w1": 0.3 * jax.random.normal(k1, (49, 16)),
+        "b1": jnp.zeros(16),
+        "w2": 0.3 * jax.random.normal(k2, (16, 3)),
+    }
 
 
 def example(seed, num_res=NUM_RES):
@@ -111,9 +123,9 @@ def toy_batch(batch_size=4, offset=0):
 
 @pytest.fixture(scope="module")
 def toy_cfg():
-    return model_config("tiny", num_recycle=0, **{"training.learning_rate": 1e-2,
-                                                           "training.warmup_steps": 2,
-                                                           "training.ema_decay": 0.9})
+    return model_config(
+        "tiny", num_recycle=0, **{"training.learning_rate": 1e-2, "training.warmup_steps": 2, "training.ema_decay": 0.9}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +181,9 @@ def test_nan_loss_or_gradient_skips_the_update(toy_cfg, toy_step):
     assert not np.isfinite(float(m["loss"]))
     after = host(state)
     assert int(after.step) == int(before.step) + 1 and int(after.num_skipped) == 1
-    assert_trees_equal((after.params, after.opt_state, after.ema_params),
-                       (before.params, before.opt_state, before.ema_params))
+    assert_trees_equal(
+        (after.params, after.opt_state, after.ema_params), (before.params, before.opt_state, before.ema_params)
+    )
     bad["msa_feat"][1, 0, 0, 2, 5] = np.inf
     state, m = toy_step(state, shard_batch(bad, None))
     assert int(m["skipped"]) == 1 and int(state.num_skipped) == 2
@@ -181,8 +194,9 @@ def test_nan_loss_or_gradient_skips_the_update(toy_cfg, toy_step):
 def test_per_example_clamped_fape_flag_reaches_the_loss(toy_cfg):
     """The dataset's per-example `use_clamped_fape` scalar ([B] in the batch) reaches each example's
     loss: a loss clamping the error only where the flag is 1 sees the flags it was given."""
+
     def loss(outputs, ex):
-        err = jnp.mean((outputs["pos"] - ex["target_pos"]) ** 2, -1)           # [N]
+        err = jnp.mean((outputs["pos"] - ex["target_pos"]) ** 2, -1)  # [N]
         use = ex["use_clamped_fape"]
         value = use * jnp.mean(jnp.minimum(err, 0.01)) + (1 - use) * jnp.mean(err)
         return value, {"use_clamped_fape": use, "clamped_part": use * jnp.mean(jnp.minimum(err, 0.01))}
@@ -337,8 +351,9 @@ def test_metrics_log_is_cut_back_to_the_restored_step(tmp_path):
 
 
 def test_train_py_help_lists_every_preset():
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     from jaxfold.config import available_presets
@@ -351,10 +366,27 @@ def test_train_py_help_lists_every_preset():
 
 def test_train_py_multi_process_flags_need_a_coordinator(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID")}
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny", "--num-processes", "2",
-                           "--data-dir", str(tmp_path), "--alignment-dir", str(tmp_path),
-                           "--output-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=dict(env, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            "tiny",
+            "--num-processes",
+            "2",
+            "--data-dir",
+            str(tmp_path),
+            "--alignment-dir",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(env, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 2 and "--coordinator HOST:PORT and --process-id" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -367,12 +399,27 @@ def test_train_py_bad_data_leaves_no_output_folder(tmp_path, shared_dir):
     empty = tmp_path / "no_alignments"
     empty.mkdir()
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", "tiny",
-                           "--data-dir", str(shared_dir / "data" / "structures" / "mmcif"),
-                           "--alignment-dir", str(empty), "--chain-list", str(chains),
-                           "--output-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            "tiny",
+            "--data-dir",
+            str(shared_dir / "data" / "structures" / "mmcif"),
+            "--alignment-dir",
+            str(empty),
+            "--chain-list",
+            str(chains),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags),
+    )
     assert proc.returncode == 2, proc.stderr
     assert "train.py: error: training data:" in proc.stderr and "1psm_a" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
@@ -395,11 +442,11 @@ def test_background_evaluation_of_ema(toy_cfg, toy_step):
     ev = Evaluator(toy_cfg, [ex, dict(ex, name="y_B")], predict_fn=predict)
     params = {"scale": jnp.asarray(1.0)}
     assert ev.submit(10, params)
-    (step, m), = ev.wait()
+    ((step, m),) = ev.wait()
     assert step == 10 and m["num_chains"] == 2 and m["lddt_ca"] == pytest.approx(1.0)
     assert set(m["per_chain"]) == {"x_A", "y_B"}
     ev.submit(20, {"scale": jnp.asarray(3.0)})
-    (step, m), = ev.wait()
+    ((step, m),) = ev.wait()
     assert step == 20 and m["lddt_ca"] < 0.5
 
 
@@ -408,10 +455,27 @@ def test_background_evaluation_of_ema(toy_cfg, toy_step):
 # ---------------------------------------------------------------------------
 def test_train_py_bad_mesh_names_both_numbers(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--mesh", "3x5", "--config", "tiny",
-                           "--data-dir", str(tmp_path), "--alignment-dir", str(tmp_path),
-                           "--output-dir", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--mesh",
+            "3x5",
+            "--config",
+            "tiny",
+            "--data-dir",
+            str(tmp_path),
+            "--alignment-dir",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "dap 3" in proc.stderr and "data 5" in proc.stderr and "15 devices" in proc.stderr, proc.stderr
     assert "8 are available" in proc.stderr
@@ -433,14 +497,22 @@ def distogram_stand_in_loss(outputs, example):
 
 @pytest.mark.slow  # ~2-6 min of XLA compile on 2 shared CPU cores; run with -m slow
 def test_alphafold_train_step_reduces_loss_and_skips_nan():
-    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, structure_module_num_layer=1,
-                               use_remat=True, **{
-                                   "model.embeddings_and_evoformer.template.enabled": False,
-                                   "model.heads.masked_msa.weight": 0.0,
-                                   "model.heads.experimentally_resolved.weight": 0.0,
-                                   "model.heads.predicted_aligned_error.weight": 0.0,
-                                   "model.heads.predicted_lddt.weight": 0.0,
-                                   "training.learning_rate": 1e-3, "training.warmup_steps": 0})
+    cfg = model_config(
+        "tiny",
+        num_recycle=0,
+        evoformer_num_block=1,
+        structure_module_num_layer=1,
+        use_remat=True,
+        **{
+            "model.embeddings_and_evoformer.template.enabled": False,
+            "model.heads.masked_msa.weight": 0.0,
+            "model.heads.experimentally_resolved.weight": 0.0,
+            "model.heads.predicted_aligned_error.weight": 0.0,
+            "model.heads.predicted_lddt.weight": 0.0,
+            "training.learning_rate": 1e-3,
+            "training.warmup_steps": 0,
+        },
+    )
     from jaxfold.model.init import init_params
 
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
@@ -470,20 +542,41 @@ def test_alphafold_train_step_reduces_loss_and_skips_nan():
 # ---------------------------------------------------------------------------
 # train.py end to end: the real model, real losses, real chains
 # ---------------------------------------------------------------------------
-TINY_REAL_SETS = {"training.batch_size": 2, "data.train.crop_size": 40, "training.warmup_steps": 0,
-                  "training.num_workers": 1, "training.checkpoint_every": 10,
-                  "model.embeddings_and_evoformer.evoformer_num_block": 1,
-                  "model.embeddings_and_evoformer.template.enabled": "false", "data.common.use_templates": "false",
-                  "data.train.max_extra_msa": 16, "data.train.max_msa_clusters": 8}
+TINY_REAL_SETS = {
+    "training.batch_size": 2,
+    "data.train.crop_size": 40,
+    "training.warmup_steps": 0,
+    "training.num_workers": 1,
+    "training.checkpoint_every": 10,
+    "model.embeddings_and_evoformer.evoformer_num_block": 1,
+    "model.embeddings_and_evoformer.template.enabled": "false",
+    "data.common.use_templates": "false",
+    "data.train.max_extra_msa": 16,
+    "data.train.max_msa_clusters": 8,
+}
 
 
 def _train_py_cmd(shared_dir, workdir: Path, out: Path, extra_args=()) -> list[str]:
     data = shared_dir / "data"
     chains = workdir / "chains.txt"
     chains.write_text("1psm_A\n2q2k_A\n")
-    cmd = [sys.executable, str(REPO / "train.py"), "--config", "tiny", "--data-dir", str(data / "structures" / "mmcif"),
-           "--alignment-dir", str(data / "msas"), "--output-dir", str(out), "--chain-list", str(chains),
-           "--num-steps", "20", *extra_args]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        "tiny",
+        "--data-dir",
+        str(data / "structures" / "mmcif"),
+        "--alignment-dir",
+        str(data / "msas"),
+        "--output-dir",
+        str(out),
+        "--chain-list",
+        str(chains),
+        "--num-steps",
+        "20",
+        *extra_args,
+    ]
     for k, v in TINY_REAL_SETS.items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
@@ -497,8 +590,14 @@ def _train_py_env() -> dict:
 
 def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
     """train.py --config tiny (cut down by TINY_REAL_SETS) on 1psm_A and 2q2k_A, 20 steps, one CPU device."""
-    return subprocess.run(_train_py_cmd(shared_dir, workdir, out, extra_args), capture_output=True, text=True,
-                          env=_train_py_env(), timeout=1500, cwd=workdir)
+    return subprocess.run(
+        _train_py_cmd(shared_dir, workdir, out, extra_args),
+        capture_output=True,
+        text=True,
+        env=_train_py_env(),
+        timeout=1500,
+        cwd=workdir,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -527,8 +626,16 @@ def test_train_py_tiny_on_real_chains_loss_falls(tiny_real_run):
     log = [r for r in records if "loss" in r]
     assert [r["step"] for r in log] == list(range(1, 21))
     assert not any(r["skipped"] for r in log)
-    for term in ("fape", "sidechain_fape", "chi_loss", "distogram", "masked_msa", "predicted_lddt",
-                 "experimentally_resolved", "violation_loss"):
+    for term in (
+        "fape",
+        "sidechain_fape",
+        "chi_loss",
+        "distogram",
+        "masked_msa",
+        "predicted_lddt",
+        "experimentally_resolved",
+        "violation_loss",
+    ):
         assert all(np.isfinite(r[term]) for r in log), term
     first = lambda k: np.mean([r[k] for r in log[:3]])  # noqa: E731
     last = lambda k: np.mean([r[k] for r in log[-5:]])  # noqa: E731
@@ -578,13 +685,30 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
     from jaxfold.model.init import init_params
     from jaxfold.train.step import loss_fn_from_config
 
-    cfg = model_config("tiny", num_recycle=0, evoformer_num_block=1, deterministic=True, **{
-        "model.embeddings_and_evoformer.template.enabled": False, "data.common.use_templates": False,
-        "data.train.crop_size": 32, "training.warmup_steps": 0})
+    cfg = model_config(
+        "tiny",
+        num_recycle=0,
+        evoformer_num_block=1,
+        deterministic=True,
+        **{
+            "model.embeddings_and_evoformer.template.enabled": False,
+            "data.common.use_templates": False,
+            "data.train.crop_size": 32,
+            "training.warmup_steps": 0,
+        },
+    )
     lst = tmp_path / "chains.txt"
     lst.write_text("1k1a_A\n")
-    ds = TrainingDataset(shared_dir / "data" / "structures" / "mmcif", shared_dir / "data" / "msas", cfg,
-                         chain_list=lst, crop_size=32, max_msa_clusters=8, max_extra_msa=16, num_recycle=0)
+    ds = TrainingDataset(
+        shared_dir / "data" / "structures" / "mmcif",
+        shared_dir / "data" / "msas",
+        cfg,
+        chain_list=lst,
+        crop_size=32,
+        max_msa_clusters=8,
+        max_extra_msa=16,
+        num_recycle=0,
+    )
     batch = stack_examples([device_batch(ds.sample(0, seed=0))])
     params = host(jax.jit(init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0)))  # steps donate their state
     fresh = lambda: TrainState.create(jax.tree_util.tree_map(jnp.asarray, params), make_optimizer(cfg), rng=0)  # noqa: E731
@@ -635,8 +759,14 @@ def test_train_py_killed_mid_run_resumes_from_last_complete_checkpoint(tiny_real
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(_train_py_cmd(shared_dir, tmp_path, out), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_train_py_env(), cwd=tmp_path)
+    proc = subprocess.Popen(
+        _train_py_cmd(shared_dir, tmp_path, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_train_py_env(),
+        cwd=tmp_path,
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 1500
     try:

@@ -19,17 +19,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
 from jaxfold.config import model_config
 from jaxfold.model.triangle_multiplication import (
-    OutputWeights, TriangleMultiplication, triangle_update, triangle_update_xla)
+    OutputWeights,
+    TriangleMultiplication,
+    triangle_update,
+    triangle_update_xla,
+)
 from jaxfold.parallel.mesh import dap_for_mesh, make_mesh
 from pallas_kernels import _compat
 from pallas_kernels import triangle_multiplication as ptm
-from reference_utils import ATOL_TRUNK, assert_close_on, module_reference
 
-pytestmark = [pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
-              pytest.mark.usefixtures("ieee_fp32_dots")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated"),
+    pytest.mark.usefixtures("ieee_fp32_dots"),
+]
 
 CONFIG = model_config("model_1_ptm")
 EVO = CONFIG.model.embeddings_and_evoformer.evoformer
@@ -53,9 +59,14 @@ def random_case(seed, ni, nj, nk, c, cz, outgoing, dtype=jnp.float32, mask_rate=
     left = jax.random.normal(ks[0], left_shape) * jnp.expand_dims(keep_k, (1 - k_axis, 2))
     right = jax.random.normal(ks[1], right_shape) * jnp.expand_dims(keep_k, (1 - k_axis, 2))
     gate_input = jax.random.normal(ks[2], (ni, nj, cz))
-    w = OutputWeights(1 + 0.1 * jax.random.normal(ks[3], (c,)), 0.1 * jax.random.normal(ks[4], (c,)),
-                      jax.random.normal(ks[5], (c, cz)) / np.sqrt(c), 0.1 * jax.random.normal(ks[6], (cz,)),
-                      jax.random.normal(ks[7], (cz, cz)) / np.sqrt(cz), 1 + 0.1 * jax.random.normal(ks[8], (cz,)))
+    w = OutputWeights(
+        1 + 0.1 * jax.random.normal(ks[3], (c,)),
+        0.1 * jax.random.normal(ks[4], (c,)),
+        jax.random.normal(ks[5], (c, cz)) / np.sqrt(c),
+        0.1 * jax.random.normal(ks[6], (cz,)),
+        jax.random.normal(ks[7], (cz, cz)) / np.sqrt(cz),
+        1 + 0.1 * jax.random.normal(ks[8], (cz,)),
+    )
     rnd = lambda x: x.astype(dtype).astype(jnp.float32)  # noqa: E731  (bf16-representable values)
     return rnd(left), rnd(right), rnd(gate_input), w
 
@@ -85,11 +96,14 @@ def loss_and_grads(fn, args, cot_seed=7):
 
 
 @pytest.mark.parametrize("outgoing", [True, False])
-@pytest.mark.parametrize("ni,nj,nk,c,cz,tiles", [
-    (23, 23, 23, 16, 32, None),                                # ragged everywhere, default tiles (clamped)
-    # I != J (a DAP slice), several tiles, ragged row groups, c / c_z not powers of two:
-    (40, 24, 33, 24, 20, ptm.Tiles(bm=16, bn=16, bk=16, bj=16, epilogue_rows=3)),
-])
+@pytest.mark.parametrize(
+    "ni,nj,nk,c,cz,tiles",
+    [
+        (23, 23, 23, 16, 32, None),  # ragged everywhere, default tiles (clamped)
+        # I != J (a DAP slice), several tiles, ragged row groups, c / c_z not powers of two:
+        (40, 24, 33, 24, 20, ptm.Tiles(bm=16, bn=16, bk=16, bj=16, epilogue_rows=3)),
+    ],
+)
 def test_kernel_matches_xla_path_fp32_values_and_gradients(outgoing, ni, nj, nk, c, cz, tiles):
     args = random_case(1, ni, nj, nk, c, cz, outgoing)
     out, grads = loss_and_grads(kernel_fn(outgoing, tiles=tiles), args)
@@ -122,8 +136,9 @@ def test_kernel_bf16_values_and_gradients(outgoing):
     assert out.dtype == jnp.bfloat16
     err, xla_err = rel_err(out, ref), rel_err(xla_out, ref)
     assert err < BF16_TOL and err <= 2 * xla_err + 1e-3, (err, xla_err)
-    for g_k, g_x, g_r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(xla_grads),
-                             jax.tree_util.tree_leaves(ref_grads)):
+    for g_k, g_x, g_r in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(xla_grads), jax.tree_util.tree_leaves(ref_grads)
+    ):
         err, xla_err = rel_err(g_k, g_r), rel_err(g_x, g_r)
         assert err < BF16_GRAD_TOL and err <= 2 * xla_err + 1e-3, (err, xla_err)
 
@@ -166,13 +181,16 @@ def run_module(name, io, params, **gc_overrides):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("overrides", [dict(kernels="xla", chunk_size=5), dict(kernels="pallas", chunk_size=0),
-                                       dict(kernels="pallas", chunk_size=8)])
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(kernels="xla", chunk_size=5), dict(kernels="pallas", chunk_size=0), dict(kernels="pallas", chunk_size=8)],
+)
 def test_module_matches_deepmind(shared_dir, name, overrides):
     io, params = module_reference(shared_dir, name)
     update = run_module(name, io, params, **overrides)
-    assert_close_on(update, io["output/update"], io["input/pair_mask"][..., None] > 0, ATOL_TRUNK,
-                    what=f"{name} {overrides}")
+    assert_close_on(
+        update, io["output/update"], io["input/pair_mask"][..., None] > 0, ATOL_TRUNK, what=f"{name} {overrides}"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -184,9 +202,11 @@ def test_chunked_equals_unchunked(shared_dir, name, chunk_size):
     sliced = run_module(name, io, params, kernels="xla", chunk_size=chunk_size)
     np.testing.assert_allclose(sliced, whole, rtol=1e-6, atol=1e-6)
     if chunk_size == 5:
+
         def loss(p, cs):
             module = TriangleMultiplication(EVO[name], global_config(kernels="xla", chunk_size=cs))
             return jnp.sum(jnp.sin(module.apply({"params": p}, io["input/pair"], io["input/pair_mask"])))
+
         g0 = jax.grad(loss)(params[name], 0)
         g5 = jax.grad(loss)(params[name], 5)
         for a, b in zip(jax.tree_util.tree_leaves(g5), jax.tree_util.tree_leaves(g0)):
@@ -207,8 +227,12 @@ def test_chunked_product_temporaries_are_one_chunk(shared_dir):
     # Every product/LayerNorm/projection temporary is [N, N, 128]-sized unchunked; a 4-row slice holds at most
     # 4 * 23 * 128 elements, well under the N * N * 64 threshold. The only full-size value in the loop is the
     # output itself, which each slice is written into (`dynamic_update_slice`, in place).
-    big = [(e.primitive.name, tuple(v.aval.shape)) for e in body.eqns for v in e.outvars
-           if hasattr(v.aval, "shape") and np.prod(v.aval.shape) >= n * n * 64]
+    big = [
+        (e.primitive.name, tuple(v.aval.shape))
+        for e in body.eqns
+        for v in e.outvars
+        if hasattr(v.aval, "shape") and np.prod(v.aval.shape) >= n * n * 64
+    ]
     assert big and all(name == "dynamic_update_slice" for name, _ in big), big
 
 
@@ -233,10 +257,10 @@ def test_dap_sharded_equals_unsharded(shared_dir, name, kernels, chunk_size):
         out = module.apply({"params": p}, dap.scatter(act, axis), dap.scatter(m, axis))
         return dap.gather_replicated(out, axis)
 
-    sharded = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P()))(
-        params[name], pair, mask)
+    sharded = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P()))(params[name], pair, mask)
     whole = TriangleMultiplication(EVO[name], global_config(kernels="xla", chunk_size=0)).apply(
-        {"params": params[name]}, pair, mask)
+        {"params": params[name]}, pair, mask
+    )
     valid = mask[..., None] > 0
     assert_close_on(sharded, whole, valid, 1e-5, what=f"DAP {name} {kernels}")
 
@@ -272,7 +296,11 @@ def test_evoformer_block_matches_deepmind_with_pallas_kernels(shared_dir):
 
     io, params = module_reference(shared_dir, "evoformer_iteration")
     block = EvoformerIteration(EVO, global_config(kernels="pallas"))
-    (msa, pair), _ = block.apply({"params": params["evoformer_iteration"]}, (io["input/msa"], io["input/pair"]),
-                                 io["input/msa_mask"], io["input/pair_mask"])
+    (msa, pair), _ = block.apply(
+        {"params": params["evoformer_iteration"]},
+        (io["input/msa"], io["input/pair"]),
+        io["input/msa_mask"],
+        io["input/pair_mask"],
+    )
     assert_close_on(msa, io["output/msa"], io["input/msa_mask"][..., None] > 0, ATOL_TRUNK, what="block msa")
     assert_close_on(pair, io["output/pair"], io["input/pair_mask"][..., None] > 0, ATOL_TRUNK, what="block pair")

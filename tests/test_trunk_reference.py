@@ -4,15 +4,14 @@ against the activations DeepMind's model captured at each module boundary (share
 import jax
 import numpy as np
 import pytest
+from reference_utils import ATOL_FULL_ACTIVATIONS, assert_close_on
 
 from jaxfold.config import model_config
 from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
 from jaxfold.weights import flat_to_tree, read_npz
-from reference_utils import ATOL_FULL_ACTIVATIONS, assert_close_on
 
 # The reference model: model_1_ptm shrunk in depth only (shared/reference/manifest.json).
-SHRINK = dict(evoformer_num_block=2, extra_msa_stack_num_block=1, structure_module_num_layer=2,
-              num_recycle=1)
+SHRINK = dict(evoformer_num_block=2, extra_msa_stack_num_block=1, structure_module_num_layer=2, num_recycle=1)
 
 
 def run_trunk(shared_dir, **overrides):

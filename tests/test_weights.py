@@ -5,8 +5,14 @@ import pytest
 
 from jaxfold.config import model_config
 from jaxfold.weights import (
-    ParamsError, flat_to_tree, load_alphafold_params, model_param_shapes, read_npz, save_alphafold_params,
-    tree_to_flat)
+    ParamsError,
+    flat_to_tree,
+    load_alphafold_params,
+    model_param_shapes,
+    read_npz,
+    save_alphafold_params,
+    tree_to_flat,
+)
 
 SHRINK = dict(evoformer_num_block=2, extra_msa_stack_num_block=1, structure_module_num_layer=2, num_recycle=1)
 
@@ -34,7 +40,8 @@ def test_load_then_save_round_trips_every_array(tmp_path, reference_params_path,
     """Both directions: file -> tree -> file is the identity on keys, shapes and values."""
     params = load_alphafold_params(reference_params_path, model_config("model_1_ptm", **SHRINK))
     assert params["alphafold_iteration"]["evoformer"]["evoformer_iteration"]["msa_row_attention_with_pair_bias"][
-        "attention"]["query_w"].shape == (2, 256, 8, 32)
+        "attention"
+    ]["query_w"].shape == (2, 256, 8, 32)
     out = tmp_path / "again.npz"
     save_alphafold_params(params, out)
     again = read_npz(out)
@@ -47,8 +54,21 @@ def test_flat_tree_mapping_is_bijective(official_flat):
     assert set(tree_to_flat(flat_to_tree(official_flat))) == set(official_flat)
 
 
-@pytest.mark.parametrize("preset", ["model_1", "model_2", "model_3", "model_4", "model_5",
-                                    "model_1_ptm", "model_2_ptm", "model_3_ptm", "model_4_ptm", "model_5_ptm"])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "model_1",
+        "model_2",
+        "model_3",
+        "model_4",
+        "model_5",
+        "model_1_ptm",
+        "model_2_ptm",
+        "model_3_ptm",
+        "model_4_ptm",
+        "model_5_ptm",
+    ],
+)
 def test_presets_have_the_official_key_layout(preset, official_flat):
     """All ten monomer presets: template keys only with templates, PAE head only for _ptm; full depth."""
     cfg = model_config(preset)

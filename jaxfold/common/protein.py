@@ -47,7 +47,8 @@ import os
 import re
 import string
 import warnings
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,9 +63,7 @@ _UNK = residue_constants.unk_restype_index
 
 # Residue names of nucleotides: ATOM records that must not become UNK protein
 # residues when the file carries no entity information.
-_NUCLEOTIDES = frozenset(
-    ["A", "C", "G", "U", "T", "I", "N", "DA", "DC", "DG", "DT", "DU", "DI", "DN"]
-)
+_NUCLEOTIDES = frozenset(["A", "C", "G", "U", "T", "I", "N", "DA", "DC", "DG", "DT", "DU", "DI", "DN"])
 _HYDROGEN_ELEMENTS = frozenset(["H", "D", "T"])
 
 
@@ -97,9 +96,9 @@ class Protein:
     aatype: np.ndarray
     residue_index: np.ndarray
     chain_index: np.ndarray
-    chain_ids: Tuple[str, ...]
+    chain_ids: tuple[str, ...]
     b_factors: np.ndarray
-    insertion_codes: Optional[np.ndarray] = None
+    insertion_codes: np.ndarray | None = None
 
     def __post_init__(self):
         def setf(name, value):
@@ -132,21 +131,15 @@ class Protein:
         for name, shape in expected.items():
             got = getattr(self, name).shape
             if got != shape:
-                raise ValueError(
-                    f"Protein.{name} must have shape {shape} for N_res={n} "
-                    f"(from aatype), got {got}"
-                )
+                raise ValueError(f"Protein.{name} must have shape {shape} for N_res={n} (from aatype), got {got}")
         if self.insertion_codes is not None:
             codes = np.asarray(self.insertion_codes, dtype=str)
             if codes.shape != (n,):
-                raise ValueError(
-                    f"Protein.insertion_codes must have shape {(n,)}, got {codes.shape}"
-                )
+                raise ValueError(f"Protein.insertion_codes must have shape {(n,)}, got {codes.shape}")
             setf("insertion_codes", codes)
         if n and (self.aatype.min() < 0 or self.aatype.max() > _UNK):
             raise ValueError(
-                f"Protein.aatype values must lie in [0, {_UNK}], got range "
-                f"[{self.aatype.min()}, {self.aatype.max()}]"
+                f"Protein.aatype values must lie in [0, {_UNK}], got range [{self.aatype.min()}, {self.aatype.max()}]"
             )
         if len(set(self.chain_ids)) != len(self.chain_ids):
             raise ValueError(f"Protein.chain_ids must be unique, got {self.chain_ids}")
@@ -164,10 +157,7 @@ class Protein:
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every coordinate.
-        return (
-            f"Protein(num_res={self.num_res}, chain_ids={self.chain_ids}, "
-            f"atoms={int((self.atom_mask > 0.5).sum())})"
-        )
+        return f"Protein(num_res={self.num_res}, chain_ids={self.chain_ids}, atoms={int((self.atom_mask > 0.5).sum())})"
 
 
 # --------------------------------------------------------------------------
@@ -202,18 +192,14 @@ def _resolve_residue(res):
         return res
     best, best_occ = None, -np.inf
     for child in res.child_dict.values():
-        occs = [
-            _resolve_atom(a).get_occupancy() or 0.0
-            for a in child
-            if not _is_hydrogen(_resolve_atom(a))
-        ]
+        occs = [_resolve_atom(a).get_occupancy() or 0.0 for a in child if not _is_hydrogen(_resolve_atom(a))]
         occ = float(np.mean(occs)) if occs else -np.inf
         if best is None or occ > best_occ:
             best, best_occ = child, occ
     return best
 
 
-def _parse_modres(pdb_text: str) -> Set[Tuple[str, int, str]]:
+def _parse_modres(pdb_text: str) -> set[tuple[str, int, str]]:
     """(chain, resSeq, iCode) of MODRES records whose parent is an amino acid."""
     keys = set()
     for line in pdb_text.splitlines():
@@ -230,7 +216,7 @@ def _parse_modres(pdb_text: str) -> Set[Tuple[str, int, str]]:
     return keys
 
 
-def _cif_peptide_residue_keys(mmcif_dict) -> Tuple[Optional[Set], Optional[Set]]:
+def _cif_peptide_residue_keys(mmcif_dict) -> tuple[set | None, set | None]:
     """Classifies mmCIF residues by entity, keyed by author ids.
 
     Returns ``(peptide, non_peptide)`` sets of
@@ -268,7 +254,7 @@ def _check_text(text: str, source: str) -> None:
 def _protein_from_structure(
     structure,
     *,
-    chain_id: Optional[str],
+    chain_id: str | None,
     model: int,
     source: str,
     is_protein_residue,
@@ -285,8 +271,8 @@ def _protein_from_structure(
     bio_model = models[model]
 
     positions, masks, aatypes, resnums, chain_idx, bfacs, icodes = [], [], [], [], [], [], []
-    chain_ids: List[str] = []
-    all_chains: List[str] = []
+    chain_ids: list[str] = []
+    all_chains: list[str] = []
     for chain in bio_model:
         cid = str(chain.id).strip()
         all_chains.append(cid)
@@ -354,7 +340,7 @@ def _protein_from_structure(
 
 
 def from_pdb_string(
-    pdb_str: str, chain_id: Optional[str] = None, model: int = 0, *, source: str = "<pdb string>"
+    pdb_str: str, chain_id: str | None = None, model: int = 0, *, source: str = "<pdb string>"
 ) -> Protein:
     """Parses PDB-format text into a :class:`Protein`.
 
@@ -392,13 +378,16 @@ def from_pdb_string(
         return hetflag != "W" and (cid, resseq, icode) in modres
 
     return _protein_from_structure(
-        structure, chain_id=chain_id, model=model, source=source,
+        structure,
+        chain_id=chain_id,
+        model=model,
+        source=source,
         is_protein_residue=is_protein_residue,
     )
 
 
 def from_mmcif_string(
-    mmcif_str: str, chain_id: Optional[str] = None, model: int = 0, *, source: str = "<mmCIF string>"
+    mmcif_str: str, chain_id: str | None = None, model: int = 0, *, source: str = "<mmCIF string>"
 ) -> Protein:
     """Parses mmCIF text into a :class:`Protein`.
 
@@ -449,7 +438,10 @@ def from_mmcif_string(
         return resname == "MSE"
 
     return _protein_from_structure(
-        structure, chain_id=chain_id, model=model, source=source,
+        structure,
+        chain_id=chain_id,
+        model=model,
+        source=source,
         is_protein_residue=is_protein_residue,
     )
 
@@ -458,7 +450,7 @@ _PDB_SUFFIXES = (".pdb", ".ent")
 _CIF_SUFFIXES = (".cif", ".mmcif")
 
 
-def from_file(path, chain_id: Optional[str] = None, model: int = 0) -> Protein:
+def from_file(path, chain_id: str | None = None, model: int = 0) -> Protein:
     """Reads a PDB (``.pdb``/``.ent``) or mmCIF (``.cif``/``.mmcif``) file.
 
     A trailing ``.gz`` is decompressed.  Format is chosen from the suffix.
@@ -503,7 +495,7 @@ def from_prediction(
     plddt=None,
     chain_index=None,
     *,
-    chain_ids: Optional[Sequence[str]] = None,
+    chain_ids: Sequence[str] | None = None,
 ) -> Protein:
     """Builds a :class:`Protein` from model outputs.
 
@@ -595,7 +587,7 @@ def _pdb_atom_name(name: str, element: str) -> str:
     return f" {name:<3}"
 
 
-def _prot_insertion_codes(prot: Protein) -> List[str]:
+def _prot_insertion_codes(prot: Protein) -> list[str]:
     if prot.insertion_codes is None:
         return [""] * prot.num_res
     return [str(c) for c in prot.insertion_codes]
@@ -616,8 +608,7 @@ def to_pdb(prot: Protein) -> str:
     for cid in prot.chain_ids:
         if len(cid) != 1:
             raise ValueError(
-                f"PDB chain ids must be single characters, got {cid!r}; "
-                "rename the chains or write mmCIF (to_mmcif)"
+                f"PDB chain ids must be single characters, got {cid!r}; rename the chains or write mmCIF (to_mmcif)"
             )
     if prot.num_res and (prot.residue_index.min() < -999 or prot.residue_index.max() > 9999):
         raise ValueError("PDB residue numbers must lie in [-999, 9999]; write mmCIF instead")
@@ -677,10 +668,7 @@ def _cif_value(value: Any) -> str:
     if s == "":
         return "?"
     needs_quotes = (
-        any(c.isspace() for c in s)
-        or s[0] in "_#$'\";[]"
-        or s in (".", "?")
-        or _CIF_RESERVED.match(s) is not None
+        any(c.isspace() for c in s) or s[0] in "_#$'\";[]" or s in (".", "?") or _CIF_RESERVED.match(s) is not None
     )
     if not needs_quotes:
         return s
@@ -691,7 +679,7 @@ def _cif_value(value: Any) -> str:
     raise ValueError(f"cannot quote mmCIF value {s!r}")
 
 
-def _cif_loop(category: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:
+def _cif_loop(category: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     out = ["loop_"] + [f"_{category}.{c}" for c in columns]
     for row in rows:
         out.append(" ".join(_cif_value(v) if not isinstance(v, _Raw) else v.text for v in row))
@@ -737,9 +725,7 @@ def to_mmcif(prot: Protein, name: str = "jaxfold") -> str:
     label_asym = {c: _default_chain_id(k) for k, c in enumerate(chains_in_order)}
 
     lines = [f"data_{block}", "#", f"_entry.id {_cif_value(block)}", "#"]
-    lines += _cif_loop(
-        "entity", ["id", "type"], [(_Raw(str(entity_of[c])), "polymer") for c in chains_in_order]
-    )
+    lines += _cif_loop("entity", ["id", "type"], [(_Raw(str(entity_of[c])), "polymer") for c in chains_in_order])
     lines += _cif_loop(
         "entity_poly",
         ["entity_id", "type", "pdbx_strand_id"],
@@ -752,9 +738,7 @@ def to_mmcif(prot: Protein, name: str = "jaxfold") -> str:
         c = int(prot.chain_index[i])
         counters[c] += 1
         label_seq[i] = counters[c]
-        seq_rows.append(
-            (_Raw(str(entity_of[c])), _Raw(str(counters[c])), _res_name(prot.aatype[i]), "n")
-        )
+        seq_rows.append((_Raw(str(entity_of[c])), _Raw(str(counters[c])), _res_name(prot.aatype[i]), "n"))
     lines += _cif_loop("entity_poly_seq", ["entity_id", "num", "mon_id", "hetero"], seq_rows)
     lines += _cif_loop(
         "struct_asym",
@@ -763,10 +747,24 @@ def to_mmcif(prot: Protein, name: str = "jaxfold") -> str:
     )
 
     columns = [
-        "group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id",
-        "label_comp_id", "label_asym_id", "label_entity_id", "label_seq_id",
-        "pdbx_PDB_ins_code", "Cartn_x", "Cartn_y", "Cartn_z", "occupancy",
-        "B_iso_or_equiv", "auth_seq_id", "auth_asym_id", "pdbx_PDB_model_num",
+        "group_PDB",
+        "id",
+        "type_symbol",
+        "label_atom_id",
+        "label_alt_id",
+        "label_comp_id",
+        "label_asym_id",
+        "label_entity_id",
+        "label_seq_id",
+        "pdbx_PDB_ins_code",
+        "Cartn_x",
+        "Cartn_y",
+        "Cartn_z",
+        "occupancy",
+        "B_iso_or_equiv",
+        "auth_seq_id",
+        "auth_asym_id",
+        "pdbx_PDB_model_num",
     ]
     atom_rows = []
     serial = 1
@@ -777,14 +775,28 @@ def to_mmcif(prot: Protein, name: str = "jaxfold") -> str:
             if not present[i, slot]:
                 continue
             x, y, z = prot.atom_positions[i, slot]
-            atom_rows.append((
-                "ATOM", _Raw(str(serial)), _element(atom_name), atom_name, _Raw("."),
-                res_name, label_asym[c], _Raw(str(entity_of[c])), _Raw(str(label_seq[i])),
-                icodes[i] if icodes[i] else _Raw("?"),
-                _Raw(f"{x:.3f}"), _Raw(f"{y:.3f}"), _Raw(f"{z:.3f}"), _Raw("1.00"),
-                _Raw(f"{prot.b_factors[i, slot]:.2f}"), _Raw(str(int(prot.residue_index[i]))),
-                prot.chain_ids[c], _Raw("1"),
-            ))
+            atom_rows.append(
+                (
+                    "ATOM",
+                    _Raw(str(serial)),
+                    _element(atom_name),
+                    atom_name,
+                    _Raw("."),
+                    res_name,
+                    label_asym[c],
+                    _Raw(str(entity_of[c])),
+                    _Raw(str(label_seq[i])),
+                    icodes[i] if icodes[i] else _Raw("?"),
+                    _Raw(f"{x:.3f}"),
+                    _Raw(f"{y:.3f}"),
+                    _Raw(f"{z:.3f}"),
+                    _Raw("1.00"),
+                    _Raw(f"{prot.b_factors[i, slot]:.2f}"),
+                    _Raw(str(int(prot.residue_index[i]))),
+                    prot.chain_ids[c],
+                    _Raw("1"),
+                )
+            )
             serial += 1
     lines += _cif_loop("atom_site", columns, atom_rows)
     lines.append("")

@@ -22,14 +22,13 @@ of the work past 128 residues) and a 50-400 residue FASTA needs at most 12 progr
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from jaxfold.data.feature_processing import FEATURE_SCHEMA, NUM_RES
 
-__all__ = ["BUCKET_RULE", "OUTPUT_RESIDUE_AXES", "bucket_length", "group_by_bucket", "pad_features",
-           "unpad_outputs"]
+__all__ = ["BUCKET_RULE", "OUTPUT_RESIDUE_AXES", "bucket_length", "group_by_bucket", "pad_features", "unpad_outputs"]
 
 # (up to this length, round up to a multiple of this): the documented bucket rule.
 BUCKET_RULE: tuple[tuple[float, int], ...] = ((512, 32), (1024, 64), (math.inf, 128))
@@ -54,9 +53,9 @@ OUTPUT_RESIDUE_AXES: dict[str, tuple[int, ...]] = {
     "structure_module/final_atom14_positions": (0,),
     "structure_module/final_atom_mask": (0,),
     "structure_module/final_atom_positions": (0,),
-    "structure_module/traj": (1,),                  # [num_layer, N, 7]
-    "structure_module/sidechains/": (1,),           # [num_layer, N, ...]
-    "features/": (0,),                              # first recycling slice, as inference.predict adds
+    "structure_module/traj": (1,),  # [num_layer, N, 7]
+    "structure_module/sidechains/": (1,),  # [num_layer, N, ...]
+    "features/": (0,),  # first recycling slice, as inference.predict adds
     "confidence/plddt": (0,),
     "confidence/aligned_confidence_probs": (0, 1),
     "confidence/predicted_aligned_error": (0, 1),
@@ -101,8 +100,10 @@ def _num_res(features: Mapping[str, np.ndarray]) -> int:
         raise ValueError("processed features need 'aatype' [num_slices, N_res] to know the chain length")
     aatype = np.asarray(features["aatype"])
     if aatype.ndim != 2:
-        raise ValueError(f"processed features have a leading recycling axis: aatype must be "
-                         f"[num_slices, N_res], got shape {aatype.shape}")
+        raise ValueError(
+            f"processed features have a leading recycling axis: aatype must be "
+            f"[num_slices, N_res], got shape {aatype.shape}"
+        )
     return int(aatype.shape[1])
 
 
@@ -125,14 +126,18 @@ def pad_features(features: Mapping[str, np.ndarray], length: int) -> dict[str, n
             out[key] = value
             continue
         if key not in FEATURE_SCHEMA:
-            raise ValueError(f"pad_features: unknown feature {key!r} (shape {value.shape}); its residue axes "
-                             "are not in feature_processing.FEATURE_SCHEMA")
+            raise ValueError(
+                f"pad_features: unknown feature {key!r} (shape {value.shape}); its residue axes "
+                "are not in feature_processing.FEATURE_SCHEMA"
+            )
         axes = [i + 1 for i, dim in enumerate(FEATURE_SCHEMA[key]) if dim == NUM_RES]
         pad = [(0, 0)] * value.ndim
         for axis in axes:
             if value.shape[axis] != num_res:
-                raise ValueError(f"pad_features: {key} has {value.shape[axis]} residues on axis {axis} "
-                                 f"(shape {value.shape}), aatype has {num_res}")
+                raise ValueError(
+                    f"pad_features: {key} has {value.shape[axis]} residues on axis {axis} "
+                    f"(shape {value.shape}), aatype has {num_res}"
+                )
             pad[axis] = (0, length - num_res)
         out[key] = np.pad(value, pad) if axes and length > num_res else value
     return out
@@ -144,8 +149,9 @@ def _residue_axes(key: str) -> tuple[int, ...]:
     for prefix, axes in OUTPUT_RESIDUE_AXES.items():
         if prefix.endswith("/") and key.startswith(prefix):
             return axes
-    raise ValueError(f"unpad_outputs: unknown output {key!r}; declare its residue axes in "
-                     "jaxfold.data.buckets.OUTPUT_RESIDUE_AXES")
+    raise ValueError(
+        f"unpad_outputs: unknown output {key!r}; declare its residue axes in jaxfold.data.buckets.OUTPUT_RESIDUE_AXES"
+    )
 
 
 def unpad_outputs(outputs: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
@@ -172,8 +178,9 @@ def unpad_outputs(outputs: Mapping[str, np.ndarray], length: int) -> dict[str, n
                 raise ValueError(f"unpad_outputs: {key} has shape {value.shape}, expected a residue axis {axis}")
             padded = value.shape[axis] if padded is None else padded
             if value.shape[axis] != padded:
-                raise ValueError(f"unpad_outputs: {key} has {value.shape[axis]} residues on axis {axis}, "
-                                 f"other outputs {padded}")
+                raise ValueError(
+                    f"unpad_outputs: {key} has {value.shape[axis]} residues on axis {axis}, other outputs {padded}"
+                )
             index[axis] = slice(0, length)
         out[key] = value[tuple(index)] if axes else value
     if padded is not None and length > padded:
@@ -181,8 +188,10 @@ def unpad_outputs(outputs: Mapping[str, np.ndarray], length: int) -> dict[str, n
     if "predicted_lddt/logits" in out:
         heads = {"predicted_lddt": {"logits": out["predicted_lddt/logits"]}}
         if "predicted_aligned_error/logits" in out:
-            heads["predicted_aligned_error"] = {"logits": out["predicted_aligned_error/logits"],
-                                                "breaks": out["predicted_aligned_error/breaks"]}
+            heads["predicted_aligned_error"] = {
+                "logits": out["predicted_aligned_error/logits"],
+                "breaks": out["predicted_aligned_error/breaks"],
+            }
         for key, value in get_confidence_metrics(heads).items():
             out[f"confidence/{key}"] = np.asarray(value)
     return out

@@ -29,17 +29,17 @@ from pathlib import Path
 from jaxfold.common.protein import PDB_CHAIN_IDS, PDB_MAX_CHAINS
 from jaxfold.data.parsers import QUERY_ALPHABET, ParseError
 
-__all__ = ['CHAIN_SEPARATOR', 'ComplexRecord', 'chain_ids', 'parse_complex_fasta',
-           'read_complex_fasta']
+__all__ = ["CHAIN_SEPARATOR", "ComplexRecord", "chain_ids", "parse_complex_fasta", "read_complex_fasta"]
 
-CHAIN_SEPARATOR = ':'
+CHAIN_SEPARATOR = ":"
 
 
 def chain_ids(num_chains: int) -> list[str]:
     """PDB chain IDs of ``num_chains`` chains: ``['A', 'B', ...]`` (at most 62)."""
     if not 1 <= num_chains <= PDB_MAX_CHAINS:
-        raise ValueError(f'{num_chains} chains: a complex has 1 to {PDB_MAX_CHAINS} chains '
-                         '(the PDB chain IDs A-Z, a-z, 0-9)')
+        raise ValueError(
+            f"{num_chains} chains: a complex has 1 to {PDB_MAX_CHAINS} chains (the PDB chain IDs A-Z, a-z, 0-9)"
+        )
     return list(PDB_CHAIN_IDS[:num_chains])
 
 
@@ -52,6 +52,7 @@ class ComplexRecord:
       description: the whole header without ``>``.
       sequences: one upper-case sequence per chain, in FASTA order.
     """
+
     name: str
     description: str
     sequences: tuple[str, ...]
@@ -71,62 +72,73 @@ class ComplexRecord:
         return len(set(self.sequences))
 
 
-def _finish(name: str, description: str, header_line: int, text: str, source: str
-            ) -> ComplexRecord:
+def _finish(name: str, description: str, header_line: int, text: str, source: str) -> ComplexRecord:
     if not text:
-        raise ParseError('record has no sequence', source=source, line=header_line,
-                         record=name)
+        raise ParseError("record has no sequence", source=source, line=header_line, record=name)
     chains = text.split(CHAIN_SEPARATOR)
     if len(chains) > PDB_MAX_CHAINS:
-        raise ParseError(f'{len(chains)} chains; at most {PDB_MAX_CHAINS} are possible (one '
-                         'PDB chain ID each: A-Z, a-z, 0-9)', source=source, line=header_line,
-                         record=name)
+        raise ParseError(
+            f"{len(chains)} chains; at most {PDB_MAX_CHAINS} are possible (one PDB chain ID each: A-Z, a-z, 0-9)",
+            source=source,
+            line=header_line,
+            record=name,
+        )
     sequences = []
     for index, chain in enumerate(chains):
-        label = f'chain {index + 1} ({PDB_CHAIN_IDS[index]})'
-        if chain.endswith('*'):
+        label = f"chain {index + 1} ({PDB_CHAIN_IDS[index]})"
+        if chain.endswith("*"):
             chain = chain[:-1]
         if not chain:
-            raise ParseError(f'{label} is empty (":" at the start or end of the sequence, or '
-                             'two ":" in a row)', source=source, line=header_line, record=name)
+            raise ParseError(
+                f'{label} is empty (":" at the start or end of the sequence, or two ":" in a row)',
+                source=source,
+                line=header_line,
+                record=name,
+            )
         bad = sorted(set(chain) - QUERY_ALPHABET)
         if bad:
-            raise ParseError(f'{label}: illegal residue letter(s) {"".join(bad)!r}; allowed '
-                             'are the 20 standard amino acids, X and B/Z/U/O, chains '
-                             f'separated by {CHAIN_SEPARATOR!r}', source=source,
-                             line=header_line, record=name)
+            raise ParseError(
+                f"{label}: illegal residue letter(s) {''.join(bad)!r}; allowed "
+                "are the 20 standard amino acids, X and B/Z/U/O, chains "
+                f"separated by {CHAIN_SEPARATOR!r}",
+                source=source,
+                line=header_line,
+                record=name,
+            )
         sequences.append(chain)
     return ComplexRecord(name=name, description=description, sequences=tuple(sequences))
 
 
-def parse_complex_fasta(text: str, source: str = '<string>') -> list[ComplexRecord]:
+def parse_complex_fasta(text: str, source: str = "<string>") -> list[ComplexRecord]:
     """Parses FASTA text whose records may be complexes (chains joined with ``:``)."""
-    if text.startswith('\ufeff'):
+    if text.startswith("\ufeff"):
         text = text[1:]
     records: list[ComplexRecord] = []
     header: tuple[str, str, int] | None = None
     pieces: list[str] = []
     for line_no, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if line.startswith('>'):
+        if line.startswith(">"):
             if header is not None:
-                records.append(_finish(*header, ''.join(pieces), source))
+                records.append(_finish(*header, "".join(pieces), source))
             description = line[1:].strip()
             if not description:
-                raise ParseError("empty header: '>' must be followed by a name",
-                                 source=source, line=line_no)
+                raise ParseError("empty header: '>' must be followed by a name", source=source, line=line_no)
             header, pieces = (description.split()[0], description, line_no), []
         elif not line:
             continue
         elif header is None:
-            raise ParseError("sequence data before the first header line (a FASTA record "
-                             "must start with '>name')", source=source, line=line_no)
+            raise ParseError(
+                "sequence data before the first header line (a FASTA record must start with '>name')",
+                source=source,
+                line=line_no,
+            )
         else:
-            pieces.append(''.join(line.split()).upper())
+            pieces.append("".join(line.split()).upper())
     if header is not None:
-        records.append(_finish(*header, ''.join(pieces), source))
+        records.append(_finish(*header, "".join(pieces), source))
     if not records:
-        raise ParseError('no FASTA record found', source=source)
+        raise ParseError("no FASTA record found", source=source)
     return records
 
 
@@ -136,5 +148,5 @@ def read_complex_fasta(path: str | os.PathLike) -> list[ComplexRecord]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise FileNotFoundError(f'FASTA file not found: {path}') from None
+        raise FileNotFoundError(f"FASTA file not found: {path}") from None
     return parse_complex_fasta(text, source=str(path))

@@ -31,18 +31,17 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import numpy as np
 
+from jaxfold.common.files import PathLike
 from jaxfold.data import feature_processing as fp
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "DatasetError",
@@ -52,6 +51,7 @@ __all__ = [
     "TrainSettings",
     "crop_and_pad",
 ]
+
 
 class DatasetError(ValueError):
     """Unusable dataset set-up or sample; the message names the entry / files."""
@@ -82,9 +82,14 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # Crop / pad helpers.
 # ---------------------------------------------------------------------------------------
-def crop_and_pad(feats: Mapping[str, np.ndarray], start: int, length: int, size: int,
-                 schema: Mapping[str, tuple] = fp.FEATURE_SCHEMA,
-                 lead: int = 0) -> Dict[str, np.ndarray]:
+def crop_and_pad(
+    feats: Mapping[str, np.ndarray],
+    start: int,
+    length: int,
+    size: int,
+    schema: Mapping[str, tuple] = fp.FEATURE_SCHEMA,
+    lead: int = 0,
+) -> dict[str, np.ndarray]:
     """Crops every NUM_RES axis of ``feats`` to ``[start, start + length)`` and zero-pads it
     to ``size``. ``lead`` leading axes (e.g. the slice axis) precede the schema axes."""
     out = {}
@@ -107,7 +112,7 @@ def crop_and_pad(feats: Mapping[str, np.ndarray], start: int, length: int, size:
     return out
 
 
-def _read_lines(path: PathLike) -> List[str]:
+def _read_lines(path: PathLike) -> list[str]:
     lines = []
     for line in Path(path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -144,14 +149,18 @@ def training_feature_config(config: Mapping[str, Any], settings: TrainSettings) 
 
     config = config if isinstance(config, Config) else Config(_plain(config))
     model_recycle = {"model.num_recycle": settings.num_recycle} if "model" in config else {}
-    return config.replace(**model_recycle, **{
-        "data.common.num_recycle": settings.num_recycle,
-        "data.common.max_extra_msa": settings.max_extra_msa,
-        "data.eval.max_msa_clusters": settings.max_msa_clusters,
-        "data.eval.max_templates": settings.max_templates,
-        "data.eval.subsample_templates": settings.subsample_templates,
-        "data.eval.masked_msa_replace_fraction": settings.masked_msa_replace_fraction,
-        "data.eval.num_ensemble": 1})
+    return config.replace(
+        **model_recycle,
+        **{
+            "data.common.num_recycle": settings.num_recycle,
+            "data.common.max_extra_msa": settings.max_extra_msa,
+            "data.eval.max_msa_clusters": settings.max_msa_clusters,
+            "data.eval.max_templates": settings.max_templates,
+            "data.eval.subsample_templates": settings.subsample_templates,
+            "data.eval.masked_msa_replace_fraction": settings.masked_msa_replace_fraction,
+            "data.eval.num_ensemble": 1,
+        },
+    )
 
 
 class TrainingDataset:
@@ -184,20 +193,30 @@ class TrainingDataset:
       seed: default seed of :meth:`sample`.
     """
 
-    def __init__(self, mmcif_dir: PathLike, alignment_dir: PathLike, config: Mapping[str, Any],
-                 chain_list: Optional[PathLike] = None, cluster_file: Optional[PathLike] = None,
-                 template_mmcif_dir: Optional[PathLike] = None,
-                 max_template_date: Union[None, str, datetime.date] = None,
-                 crop_size: Optional[int] = None, *,
-                 max_msa_clusters: Optional[int] = None, max_extra_msa: Optional[int] = None,
-                 max_templates: Optional[int] = None, num_recycle: Optional[int] = None,
-                 min_resolution: Optional[float] = None,
-                 max_resolution: Union[None, float, str] = "config",
-                 min_length: Optional[int] = None, max_length: Optional[int] = None,
-                 max_single_residue_fraction: Union[None, float, str] = "config",
-                 chain_data_cache: Optional[PathLike] = None,
-                 ground_truth: Optional[bool] = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        mmcif_dir: PathLike,
+        alignment_dir: PathLike,
+        config: Mapping[str, Any],
+        chain_list: PathLike | None = None,
+        cluster_file: PathLike | None = None,
+        template_mmcif_dir: PathLike | None = None,
+        max_template_date: None | str | datetime.date = None,
+        crop_size: int | None = None,
+        *,
+        max_msa_clusters: int | None = None,
+        max_extra_msa: int | None = None,
+        max_templates: int | None = None,
+        num_recycle: int | None = None,
+        min_resolution: float | None = None,
+        max_resolution: None | float | str = "config",
+        min_length: int | None = None,
+        max_length: int | None = None,
+        max_single_residue_fraction: None | float | str = "config",
+        chain_data_cache: PathLike | None = None,
+        ground_truth: bool | None = None,
+        seed: int = 0,
+    ):
         self.mmcif_dir = Path(mmcif_dir)
         self.alignment_dir = Path(alignment_dir)
         self.template_mmcif_dir = Path(template_mmcif_dir) if template_mmcif_dir else None
@@ -209,11 +228,17 @@ class TrainingDataset:
                 raise DatasetError(f"{what} not found: {p}")
 
         if not isinstance(config, Mapping) or "data" not in config or "train" not in config["data"]:
-            raise TypeError("config must be a jaxfold config with 'data.common' and 'data.train' "
-                            "sections (jaxfold.config.model_config(...))")
+            raise TypeError(
+                "config must be a jaxfold config with 'data.common' and 'data.train' "
+                "sections (jaxfold.config.model_config(...))"
+            )
         common, train = dict(config["data"]["common"]), dict(config["data"]["train"])
-        overrides = {"crop_size": crop_size, "max_msa_clusters": max_msa_clusters,
-                     "max_extra_msa": max_extra_msa, "max_templates": max_templates}
+        overrides = {
+            "crop_size": crop_size,
+            "max_msa_clusters": max_msa_clusters,
+            "max_extra_msa": max_extra_msa,
+            "max_templates": max_templates,
+        }
         train.update({k: v for k, v in overrides.items() if v is not None})
         if num_recycle is not None:
             common["num_recycle"] = int(num_recycle)
@@ -222,32 +247,37 @@ class TrainingDataset:
         if max_single_residue_fraction == "config":
             max_single_residue_fraction = float(train["max_single_residue_fraction"])
         self.settings = TrainSettings(
-            crop_size=int(train["crop_size"]), max_msa_clusters=int(train["max_msa_clusters"]),
-            max_extra_msa=int(train["max_extra_msa"]), max_templates=int(train["max_templates"]),
+            crop_size=int(train["crop_size"]),
+            max_msa_clusters=int(train["max_msa_clusters"]),
+            max_extra_msa=int(train["max_extra_msa"]),
+            max_templates=int(train["max_templates"]),
             subsample_templates=bool(train["subsample_templates"]),
             masked_msa_replace_fraction=float(train["masked_msa_replace_fraction"]),
             num_recycle=int(common["num_recycle"]),
             uniform_recycling=bool(train["uniform_recycling"]),
             use_templates=bool(common["use_templates"]),
             max_template_hits=int(train["max_template_hits"]),
-            use_clamped_fape_probability=float(train["use_clamped_fape_probability"]))
+            use_clamped_fape_probability=float(train["use_clamped_fape_probability"]),
+        )
         s = self.settings
         if s.crop_size < 1 or s.max_msa_clusters < 1 or s.num_recycle < 0:
             raise DatasetError(f"invalid training settings {s}")
         if common["reduce_msa_clusters_by_max_templates"] and s.max_msa_clusters - s.max_templates < 1:
-            raise DatasetError(f"data.train.max_msa_clusters ({s.max_msa_clusters}) leaves no MSA row after "
-                               f"reduce_msa_clusters_by_max_templates (max_templates={s.max_templates}); "
-                               "need at least 1 (the query)")
+            raise DatasetError(
+                f"data.train.max_msa_clusters ({s.max_msa_clusters}) leaves no MSA row after "
+                f"reduce_msa_clusters_by_max_templates (max_templates={s.max_templates}); "
+                "need at least 1 (the query)"
+            )
         if not 0.0 <= s.use_clamped_fape_probability <= 1.0:
-            raise DatasetError("data.train.use_clamped_fape_probability must be in [0, 1]; got "
-                               f"{s.use_clamped_fape_probability}")
+            raise DatasetError(
+                f"data.train.use_clamped_fape_probability must be in [0, 1]; got {s.use_clamped_fape_probability}"
+            )
         self._fp_config = training_feature_config(config, s)
         # One MSA sample per recycling iteration (AlphaFold's training pipeline has no ensembling).
         self._num_slices = s.num_recycle + 1 if common["resample_msa_in_recycling"] else 1
 
         # --- enumerate entries -------------------------------------------------------
-        cifs = {p.name.split(".")[0].lower(): p for p in self.mmcif_dir.iterdir()
-                if p.name.endswith(".cif")}
+        cifs = {p.name.split(".")[0].lower(): p for p in self.mmcif_dir.iterdir() if p.name.endswith(".cif")}
         aln = {}
         for p in self.alignment_dir.iterdir():
             if p.is_dir() and "_" in p.name:
@@ -256,7 +286,7 @@ class TrainingDataset:
             wanted = [_norm_id(x.split()[0]) for x in _read_lines(chain_list)]
         else:
             wanted = sorted(aln)
-        self.skipped: Dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
         entries = []
         for cid in dict.fromkeys(wanted):
             pdb = cid.split("_")[0]
@@ -275,21 +305,26 @@ class TrainingDataset:
                 f"no usable training chain: need both {self.mmcif_dir}/<pdb_id>.cif and "
                 f"{self.alignment_dir}/<pdb_id>_<chain>/ for each chain"
                 + (f" (chain list {chain_list})" if chain_list else "")
-                + (f"; missing:\n{listing}" if listing else
-                   f"; found {len(cifs)} mmCIF files and {len(aln)} alignment folders"))
+                + (
+                    f"; missing:\n{listing}"
+                    if listing
+                    else f"; found {len(cifs)} mmCIF files and {len(aln)} alignment folders"
+                )
+            )
         self._cif_paths = {cid: str(cifs[cid.split("_")[0]]) for cid in entries}
         self._aln_paths = {cid: str(aln[cid]) for cid in entries}
 
         # --- metadata + filters ---------------------------------------------------------
         cache = json.loads(Path(chain_data_cache).read_text()) if chain_data_cache else {}
         cache = {_norm_id(k): v for k, v in cache.items()}
-        self.metadata: Dict[str, Dict[str, Any]] = {}
+        self.metadata: dict[str, dict[str, Any]] = {}
         kept = []
         for cid in entries:
             meta = self._metadata(cid, cache.get(cid))
             self.metadata[cid] = meta
-            why = self._filter_reason(meta, min_resolution, max_resolution, min_length,
-                                      max_length, max_single_residue_fraction)
+            why = self._filter_reason(
+                meta, min_resolution, max_resolution, min_length, max_length, max_single_residue_fraction
+            )
             if why:
                 self.skipped[cid] = why
             else:
@@ -297,10 +332,10 @@ class TrainingDataset:
         if not kept:
             listing = "\n".join(f"  {k}: {v}" for k, v in self.skipped.items())
             raise DatasetError(f"every training chain was filtered out:\n{listing}")
-        self.entries: List[str] = kept
+        self.entries: list[str] = kept
 
         # --- clusters ---------------------------------------------------------------------
-        self.clusters: Optional[List[List[str]]] = None
+        self.clusters: list[list[str]] | None = None
         if cluster_file is not None:
             keep = set(kept)
             clusters = []
@@ -310,25 +345,34 @@ class TrainingDataset:
                 if members:
                     clusters.append(sorted(set(members)))
             if not clusters:
-                raise DatasetError(f"cluster file {cluster_file}: no cluster holds a usable "
-                                   f"chain (usable: {', '.join(kept[:20])})")
+                raise DatasetError(
+                    f"cluster file {cluster_file}: no cluster holds a usable chain (usable: {', '.join(kept[:20])})"
+                )
             self.clusters = clusters
 
     # ------------------------------------------------------------------------------------
-    def _metadata(self, cid: str, cached: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    def _metadata(self, cid: str, cached: Mapping[str, Any] | None) -> dict[str, Any]:
         if cached and "seq" in cached and "resolution" in cached:
-            return {"resolution": float(cached["resolution"]), "seq": cached["seq"],
-                    "release_date": cached.get("release_date")}
+            return {
+                "resolution": float(cached["resolution"]),
+                "seq": cached["seq"],
+                "release_date": cached.get("release_date"),
+            }
         obj = self._mmcif(cid)
         chain = cid.split("_", 1)[1]
         if chain not in obj.chain_to_seqres:
-            raise DatasetError(f"{cid}: chain {chain!r} is not a protein chain of "
-                               f"{self._cif_paths[cid]} (chains: {', '.join(obj.chain_to_seqres)})")
-        return {"resolution": float(obj.resolution), "seq": obj.chain_to_seqres[chain],
-                "release_date": obj.release_date}
+            raise DatasetError(
+                f"{cid}: chain {chain!r} is not a protein chain of "
+                f"{self._cif_paths[cid]} (chains: {', '.join(obj.chain_to_seqres)})"
+            )
+        return {
+            "resolution": float(obj.resolution),
+            "seq": obj.chain_to_seqres[chain],
+            "release_date": obj.release_date,
+        }
 
     @staticmethod
-    def _filter_reason(meta, min_res, max_res, min_len, max_len, max_frac) -> Optional[str]:
+    def _filter_reason(meta, min_res, max_res, min_len, max_len, max_frac) -> str | None:
         res, n = meta["resolution"], len(meta["seq"])
         if max_res is not None and res > max_res:
             return f"resolution {res} Å > {max_res} Å"
@@ -353,16 +397,18 @@ class TrainingDataset:
         return len(self.clusters) if self.clusters is not None else len(self.entries)
 
     def __repr__(self) -> str:
-        return (f"TrainingDataset({len(self.entries)} chains"
-                + (f", {len(self.clusters)} clusters" if self.clusters else "")
-                + f", crop {self.settings.crop_size})")
+        return (
+            f"TrainingDataset({len(self.entries)} chains"
+            + (f", {len(self.clusters)} clusters" if self.clusters else "")
+            + f", crop {self.settings.crop_size})"
+        )
 
     @property
     def num_slices(self) -> int:
         return self._num_slices
 
     # ------------------------------------------------------------------------------------
-    def chain_for(self, index: int, seed: Optional[int] = None) -> str:
+    def chain_for(self, index: int, seed: int | None = None) -> str:
         """The chain id sample ``index`` uses: with clusters, a uniform cluster then a
         uniform member; else the ``index % len``-th chain of a per-epoch permutation."""
         seed = self.seed if seed is None else int(seed)
@@ -378,7 +424,7 @@ class TrainingDataset:
         perm = np.random.default_rng([seed, epoch, 2]).permutation(n)
         return self.entries[int(perm[pos])]
 
-    def raw_features(self, cid: str) -> Dict[str, Any]:
+    def raw_features(self, cid: str) -> dict[str, Any]:
         """AlphaFold raw features (sequence, MSA, templates) + raw ground truth of ``cid``."""
         from jaxfold.data import msa_features, msa_search, parsers  # noqa: PLC0415
 
@@ -387,12 +433,11 @@ class TrainingDataset:
         seq = obj.chain_to_seqres[chain]
         n = len(seq)
         record = parsers.parse_fasta(f">{cid}\n{seq}\n", source=cid)[0]
-        raw: Dict[str, Any] = dict(msa_features.make_sequence_features(seq, cid, n))
+        raw: dict[str, Any] = dict(msa_features.make_sequence_features(seq, cid, n))
         msas = msa_search.load_precomputed_msas(record, self._aln_paths[cid])
         raw.update(msa_features.make_msa_features(msas))
         if raw["msa"].shape[1] != n:
-            raise DatasetError(f"{cid}: alignments have {raw['msa'].shape[1]} columns, "
-                               f"SEQRES has {n} residues")
+            raise DatasetError(f"{cid}: alignments have {raw['msa'].shape[1]} columns, SEQRES has {n} residues")
         if self.settings.use_templates:
             raw.update(self._templates(cid, record, obj))
         positions, mask = obj.get_atom_positions(chain)
@@ -402,7 +447,7 @@ class TrainingDataset:
         raw["release_date"] = obj.release_date
         return raw
 
-    def _templates(self, cid, record, obj) -> Dict[str, np.ndarray]:
+    def _templates(self, cid, record, obj) -> dict[str, np.ndarray]:
         from jaxfold.data import pipeline, templates  # noqa: PLC0415
 
         n = len(record.sequence)
@@ -412,14 +457,16 @@ class TrainingDataset:
             return dict(templates.empty_template_features(n))
         hits = pipeline.read_template_hits(hits_path, record.sequence)
         date = self.max_template_date or obj.release_date or datetime.date.today()
-        featurizer = templates.TemplateFeaturizer(tdir, date, max_hits=self.settings.max_template_hits,
-                                                  kalign_binary="")
-        result = featurizer.get_templates(record.sequence, hits, query_pdb_code=cid.split("_")[0],
-                                          query_release_date=obj.release_date)
+        featurizer = templates.TemplateFeaturizer(
+            tdir, date, max_hits=self.settings.max_template_hits, kalign_binary=""
+        )
+        result = featurizer.get_templates(
+            record.sequence, hits, query_pdb_code=cid.split("_")[0], query_release_date=obj.release_date
+        )
         return dict(result.features if hasattr(result, "features") else result)
 
     # ------------------------------------------------------------------------------------
-    def sample(self, index: int, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+    def sample(self, index: int, seed: int | None = None) -> dict[str, np.ndarray]:
         """Training sample ``index``: a pure function of ``(index, seed)``.
 
         Returns ``{name: array}``: the processed features as
@@ -438,10 +485,9 @@ class TrainingDataset:
         except DatasetError:
             raise
         except Exception as e:  # name the chain
-            raise DatasetError(f"sample {index} (chain {cid}, seed {seed}): "
-                               f"{type(e).__name__}: {e}") from e
+            raise DatasetError(f"sample {index} (chain {cid}, seed {seed}): {type(e).__name__}: {e}") from e
 
-    def _sample(self, cid: str, index: int, seed: int) -> Dict[str, np.ndarray]:
+    def _sample(self, cid: str, index: int, seed: int) -> dict[str, np.ndarray]:
         s = self.settings
         raw = self.raw_features(cid)
         n = int(raw["seq_length"][0])
@@ -466,8 +512,7 @@ class TrainingDataset:
                 slices.append(slices[-1])
                 continue
             rng = np.random.default_rng(slice_ss[i])
-            sl = fp.ensembled_features(feats, self._fp_config,
-                                       fp.sample_msa(feats, self._fp_config, rng))
+            sl = fp.ensembled_features(feats, self._fp_config, fp.sample_msa(feats, self._fp_config, rng))
             sl = crop_and_pad(sl, crop_start, crop_len, s.crop_size)
             sl["seq_length"] = np.asarray(crop_len, np.int32)
             slices.append(sl)
@@ -476,15 +521,17 @@ class TrainingDataset:
         out["use_clamped_fape"] = use_clamped_fape(seed, index, s.use_clamped_fape_probability)
 
         # Ground truth, cropped consistently.
-        gt = {"all_atom_positions": raw["all_atom_positions"],
-              "all_atom_mask": raw["all_atom_mask"]}
+        gt = {"all_atom_positions": raw["all_atom_positions"], "all_atom_mask": raw["all_atom_mask"]}
         gt = crop_and_pad(gt, crop_start, crop_len, s.crop_size)
         out.update(gt)
         out["resolution"] = np.asarray(raw["resolution"], np.float32)
-        extra = self._ground_truth(feats["aatype"][crop_start:crop_start + crop_len],
-                                   raw["all_atom_positions"][crop_start:crop_start + crop_len],
-                                   raw["all_atom_mask"][crop_start:crop_start + crop_len],
-                                   float(raw["resolution"]), crop_len)
+        extra = self._ground_truth(
+            feats["aatype"][crop_start : crop_start + crop_len],
+            raw["all_atom_positions"][crop_start : crop_start + crop_len],
+            raw["all_atom_mask"][crop_start : crop_start + crop_len],
+            float(raw["resolution"]),
+            crop_len,
+        )
         for k, v in extra.items():
             out.setdefault(k, v)
         out["crop_start"] = np.asarray(crop_start, np.int32)
@@ -493,7 +540,7 @@ class TrainingDataset:
         out["sample_index"] = np.asarray(index, np.int64)
         return out
 
-    def _ground_truth(self, aatype, positions, mask, resolution, crop_len) -> Dict[str, np.ndarray]:
+    def _ground_truth(self, aatype, positions, mask, resolution, crop_len) -> dict[str, np.ndarray]:
         if self.ground_truth is False:
             return {}
         try:
@@ -521,5 +568,5 @@ class TrainingDataset:
             out[k] = v
         return out
 
-    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.sample(index, self.seed)

@@ -140,7 +140,8 @@ def _settings(config: Mapping[str, Any]) -> _DataSettings:
         raise TypeError(
             "config must be a jaxfold Config with a 'data' section "
             "(jaxfold.config.model_config(...)); got "
-            f"{type(config).__name__}")
+            f"{type(config).__name__}"
+        )
     common, ev = config["data"]["common"], config["data"]["eval"]
     num_recycle = int(common["num_recycle"])
     model_cfg = config.get("model")
@@ -150,7 +151,8 @@ def _settings(config: Mapping[str, Any]) -> _DataSettings:
                 "inconsistent config: data.common.num_recycle="
                 f"{num_recycle} but model.num_recycle={model_cfg['num_recycle']}; "
                 "the batch needs one MSA sample per recycling iteration "
-                "(set both, e.g. model_config(..., num_recycle=n))")
+                "(set both, e.g. model_config(..., num_recycle=n))"
+            )
     max_templates = int(ev["max_templates"])
     clusters = int(ev["max_msa_clusters"])
     if common["reduce_msa_clusters_by_max_templates"]:
@@ -159,12 +161,12 @@ def _settings(config: Mapping[str, Any]) -> _DataSettings:
         raise ValueError(
             f"max_msa_clusters ({ev['max_msa_clusters']}) leaves {clusters} MSA "
             "rows after reduce_msa_clusters_by_max_templates "
-            f"(max_templates={max_templates}); need at least 1 (the query)")
+            f"(max_templates={max_templates}); need at least 1 (the query)"
+        )
     masked = common.get("masked_msa")
     masked_probs = None
     if masked is not None:
-        masked_probs = (float(masked["uniform_prob"]), float(masked["profile_prob"]),
-                        float(masked["same_prob"]))
+        masked_probs = (float(masked["uniform_prob"]), float(masked["profile_prob"]), float(masked["same_prob"]))
         if sum(masked_probs) > 1.0 + 1e-9 or min(masked_probs) < 0:
             raise ValueError(f"invalid data.common.masked_msa probabilities {masked_probs}")
     num_ensemble = int(ev["num_ensemble"])
@@ -202,9 +204,7 @@ def _squeeze_last(x: np.ndarray, key: str, rank: int) -> np.ndarray:
 
 def _check_shape(x: np.ndarray, key: str, expected: tuple[int, ...], what: str) -> None:
     if tuple(x.shape) != tuple(expected):
-        raise ValueError(
-            f"raw feature {key!r} has shape {tuple(x.shape)}, expected "
-            f"{tuple(expected)} ({what})")
+        raise ValueError(f"raw feature {key!r} has shape {tuple(x.shape)}, expected {tuple(expected)} ({what})")
 
 
 def _check_int_range(x: np.ndarray, key: str, lo: int, hi: int) -> np.ndarray:
@@ -213,14 +213,13 @@ def _check_int_range(x: np.ndarray, key: str, lo: int, hi: int) -> np.ndarray:
             raise ValueError(f"raw feature {key!r} must hold integers")
     x = x.astype(np.int64)
     if x.size and (x.min() < lo or x.max() > hi):
-        raise ValueError(
-            f"raw feature {key!r} values must lie in [{lo}, {hi}]; got "
-            f"[{x.min()}, {x.max()}]")
+        raise ValueError(f"raw feature {key!r} values must lie in [{lo}, {hi}]; got [{x.min()}, {x.max()}]")
     return x
 
 
-def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
-                          seed: int | np.random.SeedSequence = 0) -> dict[str, np.ndarray]:
+def nonensembled_features(
+    raw: Mapping[str, Any], config: Mapping[str, Any], seed: int | np.random.SeedSequence = 0
+) -> dict[str, np.ndarray]:
     """AlphaFold's non-ensembled transforms, applied once per protein.
 
     Returns unpadded intermediate features: ``aatype`` (int32 [N]), ``msa``
@@ -239,14 +238,26 @@ def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
     if "deletion_matrix_int" not in raw and "deletion_matrix" not in raw:
         missing.append("deletion_matrix_int")
     if s.use_templates:
-        missing += [k for k in ("template_aatype", "template_all_atom_positions",
-                                "template_all_atom_masks", "template_sum_probs",
-                                "template_domain_names") if k not in raw]
+        missing += [
+            k
+            for k in (
+                "template_aatype",
+                "template_all_atom_positions",
+                "template_all_atom_masks",
+                "template_sum_probs",
+                "template_domain_names",
+            )
+            if k not in raw
+        ]
     if missing:
         raise KeyError(
             f"raw features lack {missing} (have {sorted(raw)})"
-            + ("; config has data.common.use_templates=True" if s.use_templates
-               and any(m.startswith("template_") for m in missing) else ""))
+            + (
+                "; config has data.common.use_templates=True"
+                if s.use_templates and any(m.startswith("template_") for m in missing)
+                else ""
+            )
+        )
 
     # --- sequence features -------------------------------------------------
     seq_length_raw = _as_array(raw, "seq_length").reshape(-1)
@@ -257,14 +268,12 @@ def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
         raise ValueError(f"seq_length must be >= 1; got {num_res}")
 
     aatype_1hot = _as_array(raw, "aatype")
-    _check_shape(aatype_1hot, "aatype", (num_res, 21),
-                 f"one-hot over 21 residue types for seq_length={num_res}")
+    _check_shape(aatype_1hot, "aatype", (num_res, 21), f"one-hot over 21 residue types for seq_length={num_res}")
     aatype = np.argmax(aatype_1hot, axis=-1).astype(np.int32)
 
     residue_index = _squeeze_last(_as_array(raw, "residue_index"), "residue_index", 1)
     _check_shape(residue_index, "residue_index", (num_res,), "seq_length")
-    bsr = _squeeze_last(_as_array(raw, "between_segment_residues"),
-                        "between_segment_residues", 1)
+    bsr = _squeeze_last(_as_array(raw, "between_segment_residues"), "between_segment_residues", 1)
     _check_shape(bsr, "between_segment_residues", (num_res,), "seq_length")
 
     # --- MSA -------------------------------------------------------------------
@@ -273,14 +282,12 @@ def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
         raise ValueError("raw 'msa' has no rows; its first row must be the query")
     if msa.shape[1] != num_res:
         raise ValueError(
-            f"MSA width {msa.shape[1]} != sequence length {num_res} "
-            f"(msa shape {msa.shape}, seq_length {num_res})")
+            f"MSA width {msa.shape[1]} != sequence length {num_res} (msa shape {msa.shape}, seq_length {num_res})"
+        )
     if "num_alignments" in raw:
         num_alignments = int(_as_array(raw, "num_alignments").reshape(-1)[0])
         if num_alignments != msa.shape[0]:
-            raise ValueError(
-                f"num_alignments ({num_alignments}) != number of MSA rows "
-                f"({msa.shape[0]})")
+            raise ValueError(f"num_alignments ({num_alignments}) != number of MSA rows ({msa.shape[0]})")
     msa = _check_int_range(msa, "msa", 0, 21)  # HHblits ids
     if "deletion_matrix_int" in raw:
         del_key = "deletion_matrix_int"
@@ -324,40 +331,39 @@ def nonensembled_features(raw: Mapping[str, Any], config: Mapping[str, Any],
         names = _as_array(raw, "template_domain_names").reshape(-1)
         nt = names.shape[0]
         t_aatype = _as_array(raw, "template_aatype")
-        _check_shape(t_aatype, "template_aatype", (nt, num_res, 22),
-                     "[num_templates, seq_length, 22] one-hot (HHblits order); "
-                     "num_templates = len(template_domain_names)")
+        _check_shape(
+            t_aatype,
+            "template_aatype",
+            (nt, num_res, 22),
+            "[num_templates, seq_length, 22] one-hot (HHblits order); num_templates = len(template_domain_names)",
+        )
         t_pos = _as_array(raw, "template_all_atom_positions")
-        _check_shape(t_pos, "template_all_atom_positions", (nt, num_res, 37, 3),
-                     "[num_templates, seq_length, 37, 3]")
-        t_mask = _squeeze_last(_as_array(raw, "template_all_atom_masks"),
-                               "template_all_atom_masks", 3)
-        _check_shape(t_mask, "template_all_atom_masks", (nt, num_res, 37),
-                     "[num_templates, seq_length, 37]")
+        _check_shape(t_pos, "template_all_atom_positions", (nt, num_res, 37, 3), "[num_templates, seq_length, 37, 3]")
+        t_mask = _squeeze_last(_as_array(raw, "template_all_atom_masks"), "template_all_atom_masks", 3)
+        _check_shape(t_mask, "template_all_atom_masks", (nt, num_res, 37), "[num_templates, seq_length, 37]")
         t_probs = _as_array(raw, "template_sum_probs")
         if t_probs.ndim == 1:
             t_probs = t_probs[:, None]
         _check_shape(t_probs, "template_sum_probs", (nt, 1), "[num_templates, 1]")
         # fix_templates_aatype: one-hot (HHblits order) -> our indices.
-        t_aa = _HHBLITS_TO_OURS[np.argmax(t_aatype, axis=-1)] if nt else \
-            np.zeros([0, num_res], np.int32)
+        t_aa = _HHBLITS_TO_OURS[np.argmax(t_aatype, axis=-1)] if nt else np.zeros([0, num_res], np.int32)
         t_aa = t_aa.astype(np.int32)
         t_pos = t_pos.astype(_F32)
         t_mask = t_mask.astype(_F32)
         # make_pseudo_beta('template_'): CA for glycine, CB otherwise.
         is_gly = t_aa == rc.restype_order["G"]
         ca, cb = rc.atom_order["CA"], rc.atom_order["CB"]
-        out.update({
-            "template_aatype": t_aa,
-            "template_all_atom_positions": t_pos,
-            "template_all_atom_masks": t_mask,
-            "template_sum_probs": t_probs.astype(_F32),
-            "template_mask": np.ones([nt], _F32),
-            "template_pseudo_beta": np.where(is_gly[..., None], t_pos[..., ca, :],
-                                             t_pos[..., cb, :]).astype(_F32),
-            "template_pseudo_beta_mask": np.where(is_gly, t_mask[..., ca],
-                                                  t_mask[..., cb]).astype(_F32),
-        })
+        out.update(
+            {
+                "template_aatype": t_aa,
+                "template_all_atom_positions": t_pos,
+                "template_all_atom_masks": t_mask,
+                "template_sum_probs": t_probs.astype(_F32),
+                "template_mask": np.ones([nt], _F32),
+                "template_pseudo_beta": np.where(is_gly[..., None], t_pos[..., ca, :], t_pos[..., cb, :]).astype(_F32),
+                "template_pseudo_beta_mask": np.where(is_gly, t_mask[..., ca], t_mask[..., cb]).astype(_F32),
+            }
+        )
 
     out.update(_atom14_masks(aatype))
     return out
@@ -371,10 +377,12 @@ def _atom14_masks(aatype: np.ndarray) -> dict[str, np.ndarray]:
     from jaxfold.common import residue_constants as rc  # noqa: PLC0415
 
     aatype = np.clip(np.asarray(aatype, np.int64), 0, 20)
-    return {"atom14_atom_exists": np.asarray(rc.restype_atom14_mask, _F32)[aatype],
-            "atom37_atom_exists": np.asarray(rc.restype_atom37_mask, _F32)[aatype],
-            "residx_atom14_to_atom37": np.asarray(rc.restype_atom14_to_atom37, np.int32)[aatype],
-            "residx_atom37_to_atom14": np.asarray(rc.restype_atom37_to_atom14, np.int32)[aatype]}
+    return {
+        "atom14_atom_exists": np.asarray(rc.restype_atom14_mask, _F32)[aatype],
+        "atom37_atom_exists": np.asarray(rc.restype_atom37_mask, _F32)[aatype],
+        "residx_atom14_to_atom37": np.asarray(rc.restype_atom14_to_atom37, np.int32)[aatype],
+        "residx_atom37_to_atom14": np.asarray(rc.restype_atom37_to_atom14, np.int32)[aatype],
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -401,8 +409,7 @@ class MsaSample:
     bert_values: np.ndarray | None = None
 
 
-def sample_msa(feats: Mapping[str, np.ndarray], config: Mapping[str, Any],
-               rng: np.random.Generator) -> MsaSample:
+def sample_msa(feats: Mapping[str, np.ndarray], config: Mapping[str, Any], rng: np.random.Generator) -> MsaSample:
     """Draw one slice's `sample_msa` / `make_masked_msa` / `crop_extra_msa` choices.
 
     Same distribution as AlphaFold: the query first, then a uniformly random
@@ -433,8 +440,7 @@ def sample_msa(feats: Mapping[str, np.ndarray], config: Mapping[str, Any],
         u = rng.random([num_sel, num_res, 1])
         cdf = np.cumsum(probs, axis=-1)
         bert_values = np.minimum((u > cdf).sum(-1), 22).astype(np.int32)
-    return MsaSample(cluster_rows=cluster_rows, extra_rows=extra_rows,
-                     bert_mask=bert_mask, bert_values=bert_values)
+    return MsaSample(cluster_rows=cluster_rows, extra_rows=extra_rows, bert_mask=bert_mask, bert_values=bert_values)
 
 
 # ---------------------------------------------------------------------------
@@ -443,11 +449,19 @@ def sample_msa(feats: Mapping[str, np.ndarray], config: Mapping[str, Any],
 # Coefficients of Eigen's float atan polynomial (`patan_reduced_float`,
 # Eigen/src/Core/arch/Default/GenericPacketMathFunctions.h), which TensorFlow's
 # CPU kernel for tf.atan uses: atan(x) ~= x + x^3 * Q(x^2) on [0, 1].
-_ATAN_Q = tuple(_F32(c) for c in (
-    -0.3333314359188079833984375, 0.19993579387664794921875,
-    -0.14209578931331634521484375, 0.1066047251224517822265625,
-    -7.5408883392810821533203125e-2, 4.3082617223262786865234375e-2,
-    -1.62907354533672332763671875e-2, 2.90188402868807315826416015625e-3))
+_ATAN_Q = tuple(
+    _F32(c)
+    for c in (
+        -0.3333314359188079833984375,
+        0.19993579387664794921875,
+        -0.14209578931331634521484375,
+        0.1066047251224517822265625,
+        -7.5408883392810821533203125e-2,
+        4.3082617223262786865234375e-2,
+        -1.62907354533672332763671875e-2,
+        2.90188402868807315826416015625e-3,
+    )
+)
 
 
 def _atan_f32(x: np.ndarray) -> np.ndarray:
@@ -489,9 +503,9 @@ def _deletion_transform(x: np.ndarray) -> np.ndarray:
     return (_atan_f32(x * _ONE_THIRD) * _TWO_OVER_PI).astype(_F32)
 
 
-def _nearest_neighbor_clusters(msa: np.ndarray, msa_mask: np.ndarray,
-                               extra_msa: np.ndarray, extra_mask: np.ndarray,
-                               chunk: int = 1024) -> np.ndarray:
+def _nearest_neighbor_clusters(
+    msa: np.ndarray, msa_mask: np.ndarray, extra_msa: np.ndarray, extra_mask: np.ndarray, chunk: int = 1024
+) -> np.ndarray:
     """Index of the closest cluster centre (weighted Hamming agreement) per extra row.
 
     Agreement counts positions where both rows hold the same residue, gap and
@@ -504,14 +518,14 @@ def _nearest_neighbor_clusters(msa: np.ndarray, msa_mask: np.ndarray,
         return np.zeros([0], np.int32)
     weights = np.ones([23], _F32)
     weights[21:] = 0.0
-    sample = (np.eye(23, dtype=_F32)[msa] * weights * msa_mask[..., None])
+    sample = np.eye(23, dtype=_F32)[msa] * weights * msa_mask[..., None]
     sample = sample.reshape(num_c, num_res * 23)
     out = np.empty([num_e], np.int32)
     for start in range(0, num_e, chunk):
-        e = extra_msa[start:start + chunk]
-        e1h = np.eye(23, dtype=_F32)[e] * extra_mask[start:start + chunk, :, None]
+        e = extra_msa[start : start + chunk]
+        e1h = np.eye(23, dtype=_F32)[e] * extra_mask[start : start + chunk, :, None]
         agreement = e1h.reshape(e.shape[0], -1) @ sample.T
-        out[start:start + chunk] = np.argmax(agreement, axis=1)
+        out[start : start + chunk] = np.argmax(agreement, axis=1)
     return out
 
 
@@ -528,8 +542,7 @@ def _segment_sum(values: np.ndarray, segment: np.ndarray, num_segments: int) -> 
 def _pad_axis(x: np.ndarray, axis: int, size: int, key: str) -> np.ndarray:
     cur = x.shape[axis]
     if cur > size:
-        raise ValueError(f"feature {key!r} has {cur} entries along axis {axis}, "
-                         f"more than the fixed size {size}")
+        raise ValueError(f"feature {key!r} has {cur} entries along axis {axis}, more than the fixed size {size}")
     if cur == size:
         return x
     pad = [(0, 0)] * x.ndim
@@ -537,8 +550,9 @@ def _pad_axis(x: np.ndarray, axis: int, size: int, key: str) -> np.ndarray:
     return np.pad(x, pad)
 
 
-def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any],
-                       sample: MsaSample, num_res: int | None = None) -> dict[str, np.ndarray]:
+def ensembled_features(
+    feats: Mapping[str, np.ndarray], config: Mapping[str, Any], sample: MsaSample, num_res: int | None = None
+) -> dict[str, np.ndarray]:
     """One slice of the processed batch from non-ensembled `feats` and `sample`.
 
     Deterministic: AlphaFold's sample_msa, make_masked_msa, nearest-neighbour
@@ -550,8 +564,10 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
     n = int(feats["seq_length"])
     pad_res = n if num_res is None else int(num_res)
     if pad_res < n:
-        raise ValueError(f"num_res={pad_res} is smaller than the sequence length {n}; "
-                         "residue cropping is not part of the inference pipeline")
+        raise ValueError(
+            f"num_res={pad_res} is smaller than the sequence length {n}; "
+            "residue cropping is not part of the inference pipeline"
+        )
     msa_all = np.asarray(feats["msa"])
     num_seq = msa_all.shape[0]
     cl = np.asarray(sample.cluster_rows, np.int64)
@@ -577,13 +593,13 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
     # make_masked_msa
     if s.masked_msa is not None:
         if sample.bert_mask is None or sample.bert_values is None:
-            raise ValueError("config has data.common.masked_msa but the MsaSample "
-                             "carries no BERT choices")
+            raise ValueError("config has data.common.masked_msa but the MsaSample carries no BERT choices")
         bm = np.asarray(sample.bert_mask, bool)
         bv = np.asarray(sample.bert_values)
         if bm.shape != msa.shape or bv.shape != msa.shape:
-            raise ValueError(f"MsaSample.bert_mask/bert_values shapes {bm.shape}/{bv.shape} "
-                             f"!= sampled MSA shape {msa.shape}")
+            raise ValueError(
+                f"MsaSample.bert_mask/bert_values shapes {bm.shape}/{bv.shape} != sampled MSA shape {msa.shape}"
+            )
         if bv.size and (bv.min() < 0 or bv.max() > 22):
             raise ValueError("MsaSample.bert_values must lie in [0, 22]")
         out["bert_mask"] = bm.astype(_F32)
@@ -592,9 +608,7 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
 
     # nearest_neighbor_clusters + summarize_clusters
     msa_1hot = np.eye(23, dtype=_F32)[msa]
-    msa_feat = [msa_1hot,
-                np.clip(deletion, 0.0, 1.0)[..., None].astype(_F32),
-                _deletion_transform(deletion)[..., None]]
+    msa_feat = [msa_1hot, np.clip(deletion, 0.0, 1.0)[..., None].astype(_F32), _deletion_transform(deletion)[..., None]]
     if s.msa_cluster_features:
         assign = _nearest_neighbor_clusters(msa, msa_mask, extra_msa, extra_mask)
         nc = msa.shape[0]
@@ -604,10 +618,10 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
         # against DeepMind's features: 1/22.0000019, not 1/22).
         mask_counts = _F32(1e-6) + (msa_mask + _segment_sum(extra_mask, assign, nc).astype(_F32))
         extra_1hot_sum = np.bincount(
-            ((assign.astype(np.int64)[:, None] * n + np.arange(n)[None, :]) * 23
-             + extra_msa).ravel(),
+            ((assign.astype(np.int64)[:, None] * n + np.arange(n)[None, :]) * 23 + extra_msa).ravel(),
             weights=np.broadcast_to(extra_mask, extra_msa.shape).ravel().astype(np.float64),
-            minlength=nc * n * 23).reshape(nc, n, 23)
+            minlength=nc * n * 23,
+        ).reshape(nc, n, 23)
         msa_sum = extra_1hot_sum.astype(_F32) + msa_1hot
         cluster_profile = (msa_sum / mask_counts[..., None]).astype(_F32)
         del_sum = _segment_sum(extra_mask * extra_del, assign, nc).astype(_F32) + deletion
@@ -619,19 +633,20 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
         keep = slice(0, min(s.max_extra_msa, ex.size))
         extra_msa, extra_del = extra_msa[keep], extra_del[keep]
         extra_mask, extra_row_mask = extra_mask[keep], extra_row_mask[keep]
-        out.update({
-            "extra_msa": extra_msa.astype(np.int32),
-            "extra_msa_mask": extra_mask.astype(_F32),
-            "extra_msa_row_mask": extra_row_mask.astype(_F32),
-            "extra_has_deletion": np.clip(extra_del, 0.0, 1.0).astype(_F32),
-            "extra_deletion_value": _deletion_transform(extra_del),
-        })
+        out.update(
+            {
+                "extra_msa": extra_msa.astype(np.int32),
+                "extra_msa_mask": extra_mask.astype(_F32),
+                "extra_msa_row_mask": extra_row_mask.astype(_F32),
+                "extra_has_deletion": np.clip(extra_del, 0.0, 1.0).astype(_F32),
+                "extra_deletion_value": _deletion_transform(extra_del),
+            }
+        )
 
     # make_msa_feat
     aatype = np.asarray(feats["aatype"])
     has_break = np.clip(np.asarray(feats["between_segment_residues"], _F32), 0.0, 1.0)
-    out["target_feat"] = np.concatenate(
-        [has_break[:, None], np.eye(21, dtype=_F32)[aatype]], axis=-1)
+    out["target_feat"] = np.concatenate([has_break[:, None], np.eye(21, dtype=_F32)[aatype]], axis=-1)
     out["msa_feat"] = np.concatenate(msa_feat, axis=-1).astype(_F32)
     out["msa_mask"] = msa_mask.astype(_F32)
     out["msa_row_mask"] = msa_row_mask.astype(_F32)
@@ -654,12 +669,16 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
         size = min(nt - start, s.max_templates)
         for k in list(out):
             if k.startswith("template_"):
-                out[k] = out[k][perm][start:start + size]
+                out[k] = out[k][perm][start : start + size]
     out["seq_length"] = np.asarray(min(n, pad_res), np.int32)
 
     # make_fixed_size
-    sizes = {NUM_RES: pad_res, NUM_MSA_SEQ: s.msa_clusters,
-             NUM_EXTRA_SEQ: s.max_extra_msa, NUM_TEMPLATES: s.max_templates}
+    sizes = {
+        NUM_RES: pad_res,
+        NUM_MSA_SEQ: s.msa_clusters,
+        NUM_EXTRA_SEQ: s.max_extra_msa,
+        NUM_TEMPLATES: s.max_templates,
+    }
     for k in list(out):
         schema = FEATURE_SCHEMA[k]
         v = out[k]
@@ -675,8 +694,9 @@ def ensembled_features(feats: Mapping[str, np.ndarray], config: Mapping[str, Any
 # ---------------------------------------------------------------------------
 # Public entry point
 # ---------------------------------------------------------------------------
-def process_features(raw: Mapping[str, Any], config: Mapping[str, Any], seed: int,
-                     *, num_res: int | None = None) -> dict[str, np.ndarray]:
+def process_features(
+    raw: Mapping[str, Any], config: Mapping[str, Any], seed: int, *, num_res: int | None = None
+) -> dict[str, np.ndarray]:
     """Raw pipeline features -> the model's processed batch (AlphaFold eval mode).
 
     Args:
@@ -706,11 +726,10 @@ def process_features(raw: Mapping[str, Any], config: Mapping[str, Any], seed: in
     slices = []
     for child in child_slices:
         rng = np.random.default_rng(child)
-        slices.append(ensembled_features(feats, config, sample_msa(feats, config, rng),
-                                         num_res=num_res))
+        slices.append(ensembled_features(feats, config, sample_msa(feats, config, rng), num_res=num_res))
     return {k: np.stack([sl[k] for sl in slices]) for k in slices[0]}
 
 
 def is_processed(features) -> bool:
     """Processed model features (``msa_feat``, leading recycling axis) vs raw pipeline ones."""
-    return 'msa_feat' in features and 'target_feat' in features
+    return "msa_feat" in features and "target_feat" in features

@@ -32,7 +32,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,7 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
         except (OSError, AttributeError):
             pass
+
     # The signal fires when the parent *thread* that spawned us exits, and is Linux-only: also watch
     # the pid (re-parenting changes getppid()).
     def watch() -> None:
@@ -90,20 +92,21 @@ def _describe(dataset: Any, position: int, seed: int) -> str:
         return ""
 
 
-def _make_sample(dataset: Any, position: int, seed: int) -> Dict[str, np.ndarray]:
+def _make_sample(dataset: Any, position: int, seed: int) -> dict[str, np.ndarray]:
     try:
         return dataset.sample(position, seed)
     except Exception as e:  # noqa: BLE001 -- re-raised, picklable, naming the sample
         raise LoaderError(
             f"sample at position {position} (seed {seed}{_describe(dataset, position, seed)}) "
-            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+        ) from None
 
 
 def _work(position: int, seed: int):
     return position, _make_sample(_WORKER_DATASET, position, seed)
 
 
-def stack_samples(samples: Sequence[Mapping[str, Any]]) -> Dict[str, np.ndarray]:
+def stack_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """``[{k: array}]`` -> ``{k: array[batch, ...]}``; every sample needs the same keys and shapes."""
     keys = list(samples[0])
     out = {}
@@ -130,8 +133,7 @@ class ProcessShard:
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"process {process_index} of {process_count}: out of range")
         if global_batch_size % process_count:
-            raise ValueError(f"global batch {global_batch_size} is not divisible by the {process_count} "
-                             "processes")
+            raise ValueError(f"global batch {global_batch_size} is not divisible by the {process_count} processes")
         self.dataset = dataset
         self.global_batch_size = int(global_batch_size)
         self.process_index = int(process_index)
@@ -142,7 +144,7 @@ class ProcessShard:
         step, row = divmod(int(position), self.local_batch_size)
         return step * self.global_batch_size + self.process_index * self.local_batch_size + row
 
-    def sample(self, position: int, seed: int) -> Dict[str, np.ndarray]:
+    def sample(self, position: int, seed: int) -> dict[str, np.ndarray]:
         return self.dataset.sample(self.global_position(position), seed)
 
     def chain_for(self, position: int, seed: int | None = None) -> str:
@@ -176,11 +178,20 @@ class Loader:
     (int64 [batch_size]). Use as a context manager (or call :meth:`close`).
     """
 
-    def __init__(self, dataset: Any, batch_size: int, num_workers: int = 0, seed: int = 0,
-                 queue_size: Optional[int] = None, start_step: int = 0, *,
-                 num_steps: Optional[int] = None,
-                 worker_env: Optional[Mapping[str, str]] = None,
-                 _pending: Sequence[int] = (), _next_position: Optional[int] = None):
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        queue_size: int | None = None,
+        start_step: int = 0,
+        *,
+        num_steps: int | None = None,
+        worker_env: Mapping[str, str] | None = None,
+        _pending: Sequence[int] = (),
+        _next_position: int | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if num_workers < 0:
@@ -194,40 +205,58 @@ class Loader:
         self.queue_size = max(int(queue_size), self.batch_size)
         self.step = int(start_step)
         self._end_step = None if num_steps is None else self.step + int(num_steps)
-        self._next_position = (self.step * self.batch_size if _next_position is None
-                               else int(_next_position))
+        self._next_position = self.step * self.batch_size if _next_position is None else int(_next_position)
         self._reissue: collections.deque = collections.deque(sorted(int(p) for p in _pending))
         self._pending: set = set(self._reissue)  # issued (or to re-issue), not yet yielded
-        self._end_position = (None if self._end_step is None
-                              else self._end_step * self.batch_size)
+        self._end_position = None if self._end_step is None else self._end_step * self.batch_size
         self._worker_env = dict({"JAX_PLATFORMS": "cpu"} if worker_env is None else worker_env)
-        self._executor: Optional[concurrent.futures.ProcessPoolExecutor] = None
-        self._futures: Dict[concurrent.futures.Future, int] = {}
-        self._ready: List[tuple] = []
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._futures: dict[concurrent.futures.Future, int] = {}
+        self._ready: list[tuple] = []
         self._closed = False
 
     # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Resumable state after the batches yielded so far (plain ints and lists)."""
-        return {"version": 1, "seed": self.seed, "batch_size": self.batch_size,
-                "step": self.step, "next_position": self._next_position,
-                "pending": sorted(self._pending)}
+        return {
+            "version": 1,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "step": self.step,
+            "next_position": self._next_position,
+            "pending": sorted(self._pending),
+        }
 
     @classmethod
-    def from_state(cls, dataset: Any, state: Mapping[str, Any], num_workers: int = 0,
-                   queue_size: Optional[int] = None, *, num_steps: Optional[int] = None,
-                   **kwargs: Any) -> "Loader":
+    def from_state(
+        cls,
+        dataset: Any,
+        state: Mapping[str, Any],
+        num_workers: int = 0,
+        queue_size: int | None = None,
+        *,
+        num_steps: int | None = None,
+        **kwargs: Any,
+    ) -> Loader:
         """A loader continuing ``state``: pending positions are re-issued first, then
         ``next_position`` onwards. ``num_steps`` counts from the resumed step."""
         if int(state.get("version", 1)) != 1:
             raise ValueError(f"unknown loader state version {state.get('version')}")
-        return cls(dataset, int(state["batch_size"]), num_workers, int(state["seed"]),
-                   queue_size, int(state["step"]), num_steps=num_steps,
-                   _pending=list(state["pending"]), _next_position=int(state["next_position"]),
-                   **kwargs)
+        return cls(
+            dataset,
+            int(state["batch_size"]),
+            num_workers,
+            int(state["seed"]),
+            queue_size,
+            int(state["step"]),
+            num_steps=num_steps,
+            _pending=list(state["pending"]),
+            _next_position=int(state["next_position"]),
+            **kwargs,
+        )
 
     # -- issuing --------------------------------------------------------------------------
-    def _take_position(self) -> Optional[int]:
+    def _take_position(self) -> int | None:
         if self._reissue:
             return self._reissue.popleft()
         if self._end_position is not None and self._next_position >= self._end_position:
@@ -241,8 +270,11 @@ class Loader:
         if self._executor is None:
             ctx = multiprocessing.get_context("spawn")
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.num_workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(self.dataset, self._worker_env, os.getpid()))
+                max_workers=self.num_workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(self.dataset, self._worker_env, os.getpid()),
+            )
         return self._executor
 
     def _fill(self) -> None:
@@ -255,8 +287,7 @@ class Loader:
 
     def _collect(self) -> None:
         """Waits for at least one in-flight sample; moves finished ones to ``_ready``."""
-        done, _ = concurrent.futures.wait(list(self._futures),
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        done, _ = concurrent.futures.wait(list(self._futures), return_when=concurrent.futures.FIRST_COMPLETED)
         # Keep completion order stable-ish: by position among those finishing together.
         for fut in sorted(done, key=lambda f: self._futures[f]):
             p = self._futures.pop(fut)
@@ -267,11 +298,10 @@ class Loader:
                 raise LoaderError(str(e)) from None
             except Exception as e:  # noqa: BLE001 (worker died, unpicklable result, ...)
                 self.close()
-                raise LoaderError(f"sample at position {p} (seed {self.seed}) failed: "
-                                  f"{type(e).__name__}: {e}") from e
+                raise LoaderError(f"sample at position {p} (seed {self.seed}) failed: {type(e).__name__}: {e}") from e
             self._ready.append((p, sample))
 
-    def _batch(self, items: List[tuple]) -> Dict[str, np.ndarray]:
+    def _batch(self, items: list[tuple]) -> dict[str, np.ndarray]:
         batch = stack_samples([s for _, s in items])
         batch["sample_position"] = np.asarray([p for p, _ in items], np.int64)
         for p, _ in items:
@@ -279,7 +309,7 @@ class Loader:
         self.step += 1
         return batch
 
-    def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self._closed:
             raise RuntimeError("Loader is closed")
         while self._end_step is None or self.step < self._end_step:
@@ -299,7 +329,7 @@ class Loader:
                 while len(self._ready) < self.batch_size and self._futures:
                     self._collect()
                     self._fill()
-                items, self._ready = self._ready[:self.batch_size], self._ready[self.batch_size:]
+                items, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
             if len(items) < self.batch_size:  # positions exhausted (cannot happen with num_steps)
                 return
             yield self._batch(items)
@@ -333,7 +363,7 @@ class Loader:
         self._futures.clear()
         self._ready.clear()
 
-    def __enter__(self) -> "Loader":
+    def __enter__(self) -> Loader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,21 +30,21 @@ way on the same numpy; ``pandas`` itself is not needed.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 
 import numpy as np
 
 FeatureDict = MutableMapping[str, np.ndarray]
 
 __all__ = [
-    'MAX_ROWS_PER_SPECIES',
-    'MSA_FEATURES',
-    'MSA_GAP_IDX',
-    'MSA_PAD_VALUES',
-    'create_paired_features',
-    'deduplicate_unpaired_sequences',
-    'pair_sequences',
-    'reorder_paired_rows',
+    "MAX_ROWS_PER_SPECIES",
+    "MSA_FEATURES",
+    "MSA_GAP_IDX",
+    "MSA_PAD_VALUES",
+    "create_paired_features",
+    "deduplicate_unpaired_sequences",
+    "pair_sequences",
+    "reorder_paired_rows",
 ]
 
 # Gap index, the same in the HHblits alphabet (where the MSA still is) and in ours.
@@ -54,32 +54,31 @@ MAX_ROWS_PER_SPECIES = 600
 
 # Per-row MSA features and their padding values (DeepMind's MSA_PAD_VALUES).
 MSA_PAD_VALUES = {
-    'msa_all_seq': MSA_GAP_IDX,
-    'msa_mask_all_seq': 1,
-    'deletion_matrix_all_seq': 0,
-    'deletion_matrix_int_all_seq': 0,
-    'msa': MSA_GAP_IDX,
-    'msa_mask': 1,
-    'deletion_matrix': 0,
-    'deletion_matrix_int': 0,
+    "msa_all_seq": MSA_GAP_IDX,
+    "msa_mask_all_seq": 1,
+    "deletion_matrix_all_seq": 0,
+    "deletion_matrix_int_all_seq": 0,
+    "msa": MSA_GAP_IDX,
+    "msa_mask": 1,
+    "deletion_matrix": 0,
+    "deletion_matrix_int": 0,
 }
-MSA_FEATURES = ('msa', 'msa_mask', 'deletion_matrix', 'deletion_matrix_int')
+MSA_FEATURES = ("msa", "msa_mask", "deletion_matrix", "deletion_matrix_int")
 
 
 def _text(value) -> str:
     """A species identifier as ``str`` (the pipeline keeps bytes, saved ``.npz`` unicode)."""
-    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _pad_row(feature: np.ndarray, name: str) -> np.ndarray:
     """``feature`` with one padding row appended (the row that a chain without a given
     species contributes to a pairing; indexed as ``-1``)."""
-    if name in ('msa_all_seq', 'msa_mask_all_seq', 'deletion_matrix_all_seq',
-                'deletion_matrix_int_all_seq'):
+    if name in ("msa_all_seq", "msa_mask_all_seq", "deletion_matrix_all_seq", "deletion_matrix_int_all_seq"):
         padding = np.full((1, feature.shape[1]), MSA_PAD_VALUES[name], dtype=feature.dtype)
         return np.concatenate([feature, padding], axis=0)
-    if name == 'msa_species_identifiers_all_seq':
-        padding = np.array([b'' if feature.dtype == object else ''], dtype=feature.dtype)
+    if name == "msa_species_identifiers_all_seq":
+        padding = np.array([b"" if feature.dtype == object else ""], dtype=feature.dtype)
         return np.concatenate([feature, padding], axis=0)
     return feature
 
@@ -91,20 +90,23 @@ def _descending_order(values: np.ndarray) -> np.ndarray:
     and reverses the result; doing the same keeps DeepMind's tie order.
     """
     index = np.arange(len(values))[::-1]
-    return index[np.argsort(values[::-1], kind='quicksort')][::-1]
+    return index[np.argsort(values[::-1], kind="quicksort")][::-1]
 
 
 def _species_rows(chain: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Species -> this chain's ``msa_all_seq`` rows of it, ranked by identity to the query
     (most similar first). ``''`` (query, non-UniProt rows) is included."""
-    if 'msa_all_seq' not in chain or 'msa_species_identifiers_all_seq' not in chain:
-        raise ValueError('MSA pairing needs msa_all_seq and msa_species_identifiers_all_seq '
-                         '(the UniProt alignment of every chain, uniprot_hits.sto)')
-    msa = np.asarray(chain['msa_all_seq'])
-    species = [_text(s) for s in chain['msa_species_identifiers_all_seq']]
+    if "msa_all_seq" not in chain or "msa_species_identifiers_all_seq" not in chain:
+        raise ValueError(
+            "MSA pairing needs msa_all_seq and msa_species_identifiers_all_seq "
+            "(the UniProt alignment of every chain, uniprot_hits.sto)"
+        )
+    msa = np.asarray(chain["msa_all_seq"])
+    species = [_text(s) for s in chain["msa_species_identifiers_all_seq"]]
     if msa.ndim != 2 or msa.shape[0] != len(species) or msa.shape[0] == 0:
-        raise ValueError(f'msa_all_seq {msa.shape} and msa_species_identifiers_all_seq '
-                         f'({len(species)} rows) disagree or are empty')
+        raise ValueError(
+            f"msa_all_seq {msa.shape} and msa_species_identifiers_all_seq ({len(species)} rows) disagree or are empty"
+        )
     query = msa[0]
     similarity = np.sum(query[None] == msa, axis=-1) / float(len(query))
     groups: dict[str, list[int]] = {}
@@ -127,7 +129,7 @@ def pair_sequences(chains: Sequence[Mapping[str, np.ndarray]]) -> dict[int, np.n
     """
     num_chains = len(chains)
     per_chain = [_species_rows(chain) for chain in chains]
-    common_species = sorted(set().union(*per_chain) - {''})
+    common_species = sorted(set().union(*per_chain) - {""})
     paired: dict[int, list[np.ndarray]] = {n: [] for n in range(num_chains)}
     paired[num_chains] = [np.zeros(num_chains, dtype=int)]
     for species in common_species:
@@ -138,8 +140,7 @@ def pair_sequences(chains: Sequence[Mapping[str, np.ndarray]]) -> dict[int, np.n
         take = min(counts)
         columns = [r[:take] if r is not None else np.full(take, -1) for r in present]
         paired[len(counts)].extend(np.stack(columns, axis=1))
-    return {n: np.array(rows, dtype=int).reshape(-1, num_chains)
-            for n, rows in paired.items()}
+    return {n: np.array(rows, dtype=int).reshape(-1, num_chains) for n, rows in paired.items()}
 
 
 def reorder_paired_rows(paired: Mapping[int, np.ndarray]) -> np.ndarray:
@@ -175,11 +176,11 @@ def create_paired_features(chains: Iterable[FeatureDict]) -> list[FeatureDict]:
     paired_rows = reorder_paired_rows(pair_sequences(chains))
     updated = []
     for chain_index, chain in enumerate(chains):
-        new_chain = {k: v for k, v in chain.items() if '_all_seq' not in k}
+        new_chain = {k: v for k, v in chain.items() if "_all_seq" not in k}
         for name, value in chain.items():
-            if name.endswith('_all_seq'):
+            if name.endswith("_all_seq"):
                 new_chain[name] = _pad_row(np.asarray(value), name)[paired_rows[:, chain_index]]
-        new_chain['num_alignments_all_seq'] = np.asarray(len(paired_rows))
+        new_chain["num_alignments_all_seq"] = np.asarray(len(paired_rows))
         updated.append(new_chain)
     return updated
 
@@ -195,11 +196,10 @@ def deduplicate_unpaired_sequences(chains: Sequence[FeatureDict]) -> list[Featur
     for chain in chains:
         # Rows compared as bytes of one dtype: equal to DeepMind's tuple comparison, but
         # without a Python object per residue (unpaired MSAs can have 10^5 rows).
-        paired = {row.tobytes() for row in _as_int32_rows(chain['msa_all_seq'])}
-        keep = [i for i, row in enumerate(_as_int32_rows(chain['msa']))
-                if row.tobytes() not in paired]
+        paired = {row.tobytes() for row in _as_int32_rows(chain["msa_all_seq"])}
+        keep = [i for i, row in enumerate(_as_int32_rows(chain["msa"])) if row.tobytes() not in paired]
         for name in MSA_FEATURES:
             if name in chain:
                 chain[name] = chain[name][keep]
-        chain['num_alignments'] = np.array(chain['msa'].shape[0], dtype=np.int32)
+        chain["num_alignments"] = np.array(chain["msa"].shape[0], dtype=np.int32)
     return list(chains)

@@ -28,30 +28,31 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 
+from jaxfold.common.files import PathLike
 from jaxfold.data import parsers
 from jaxfold.data.msa_features import make_msa_features, make_sequence_features
 from jaxfold.data.parsers import FastaRecord
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-FeatureDict = Dict[str, np.ndarray]
+FeatureDict = dict[str, np.ndarray]
 
 __all__ = [
-    'MAX_TEMPLATE_HITS',
-    'PipelineError',
-    'PreprocessResult',
-    'TEMPLATE_HIT_FILES',
-    'build_raw_features',
-    'find_template_hits',
-    'preprocess_many',
-    'read_template_hits',
-    'template_features',
+    "MAX_TEMPLATE_HITS",
+    "PipelineError",
+    "PreprocessResult",
+    "TEMPLATE_HIT_FILES",
+    "build_raw_features",
+    "find_template_hits",
+    "preprocess_many",
+    "read_template_hits",
+    "template_features",
 ]
 
 # AlphaFold's run_alphafold.py: MAX_TEMPLATE_HITS = 20 (the featurizer's limit; the model
@@ -61,8 +62,7 @@ MAX_TEMPLATE_HITS = 20
 # Template-hit files looked for in a sequence's alignment folder, in this order
 # (AlphaFold writes pdb_hits.hhr / pdb_hits.sto; OpenFold's test data hmm_output.sto;
 # RoseTTAFold and HHsearch runs other *.hhr names).
-TEMPLATE_HIT_FILES = ('pdb_hits.hhr', 'pdb_hits.sto', 'hmm_output.sto', 'pdb70_hits.hhr',
-                      'hhsearch_output.hhr')
+TEMPLATE_HIT_FILES = ("pdb_hits.hhr", "pdb_hits.sto", "hmm_output.sto", "pdb70_hits.hhr", "hhsearch_output.hhr")
 
 
 class PipelineError(ValueError):
@@ -80,7 +80,7 @@ def _empty_template_features(num_res: int) -> FeatureDict:
     return dict(templates.empty_template_features(num_res))
 
 
-def find_template_hits(record: FastaRecord, where: PathLike) -> Optional[Path]:
+def find_template_hits(record: FastaRecord, where: PathLike) -> Path | None:
     """The template-hit file of ``record`` in ``where``.
 
     ``where`` may be the file itself, a folder holding the record's hit file, or a folder
@@ -91,7 +91,7 @@ def find_template_hits(record: FastaRecord, where: PathLike) -> Optional[Path]:
     if where.is_file():
         return where
     if not where.is_dir():
-        raise PipelineError(f'{record.name}: template hits not found: {where}')
+        raise PipelineError(f"{record.name}: template hits not found: {where}")
     folders = [where / record.name, where / record.safe_name, where]
     for folder in folders:
         if not folder.is_dir():
@@ -99,34 +99,36 @@ def find_template_hits(record: FastaRecord, where: PathLike) -> Optional[Path]:
         for name in TEMPLATE_HIT_FILES:
             if (folder / name).is_file():
                 return folder / name
-        for pattern in (f'{record.name}.hhr', f'{record.safe_name}.hhr',
-                        f'{record.safe_name}.sto'):
+        for pattern in (f"{record.name}.hhr", f"{record.safe_name}.hhr", f"{record.safe_name}.sto"):
             if (folder / pattern).is_file():
                 return folder / pattern
     return None
 
 
-def read_template_hits(path: PathLike, query_sequence: str) -> List[parsers.TemplateHit]:
+def read_template_hits(path: PathLike, query_sequence: str) -> list[parsers.TemplateHit]:
     """Parses an HHsearch ``.hhr`` or hmmsearch Stockholm ``.sto`` hit list."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise PipelineError(f'cannot read template hits {path}: {e.strerror or e}') from None
-    if path.suffix == '.hhr':
+        raise PipelineError(f"cannot read template hits {path}: {e.strerror or e}") from None
+    if path.suffix == ".hhr":
         return parsers.parse_hhr(text, source=str(path))
-    if path.suffix == '.sto':
+    if path.suffix == ".sto":
         return parsers.parse_hmmsearch_sto(text, query_sequence, source=str(path))
-    raise PipelineError(f'{path}: unknown template-hit format (expected .hhr from HHsearch '
-                        'or .sto from hmmsearch)')
+    raise PipelineError(f"{path}: unknown template-hit format (expected .hhr from HHsearch or .sto from hmmsearch)")
 
 
-def template_features(record: FastaRecord, *, hits_path: Optional[PathLike] = None,
-                      mmcif_dir: Optional[PathLike] = None,
-                      max_template_date: Union[None, str, datetime.date] = None,
-                      msa_dir: Optional[PathLike] = None,
-                      max_hits: int = MAX_TEMPLATE_HITS,
-                      info: Optional[Dict[str, Any]] = None) -> FeatureDict:
+def template_features(
+    record: FastaRecord,
+    *,
+    hits_path: PathLike | None = None,
+    mmcif_dir: PathLike | None = None,
+    max_template_date: None | str | datetime.date = None,
+    msa_dir: PathLike | None = None,
+    max_hits: int = MAX_TEMPLATE_HITS,
+    info: dict[str, Any] | None = None,
+) -> FeatureDict:
     """Template features of ``record`` (AlphaFold's ``templates_result.features``).
 
     Without ``mmcif_dir`` there are no templates (``T = 0``). With it, hits are read from
@@ -139,25 +141,29 @@ def template_features(record: FastaRecord, *, hits_path: Optional[PathLike] = No
     num_res = len(record.sequence)
     if mmcif_dir is None:
         if hits_path is not None:
-            raise PipelineError(f'{record.name}: template hits were given but no mmCIF folder '
-                                '(--template-mmcif-dir) to read the template structures from')
-        info['templates'] = []
+            raise PipelineError(
+                f"{record.name}: template hits were given but no mmCIF folder "
+                "(--template-mmcif-dir) to read the template structures from"
+            )
+        info["templates"] = []
         return _empty_template_features(num_res)
     mmcif_dir = Path(mmcif_dir)
     if not mmcif_dir.is_dir():
-        raise PipelineError(f'template mmCIF folder not found: {mmcif_dir}')
+        raise PipelineError(f"template mmCIF folder not found: {mmcif_dir}")
     path = None
     if hits_path is not None:
         path = find_template_hits(record, hits_path)
         if path is None:
-            raise PipelineError(f'{record.name}: no template-hit file in {hits_path} (looked for '
-                                f'{", ".join(TEMPLATE_HIT_FILES)} and <name>.hhr)')
+            raise PipelineError(
+                f"{record.name}: no template-hit file in {hits_path} (looked for "
+                f"{', '.join(TEMPLATE_HIT_FILES)} and <name>.hhr)"
+            )
     elif msa_dir is not None and Path(msa_dir).is_dir():
         path = find_template_hits(record, msa_dir)
-    info['template_hits_file'] = str(path) if path else None
+    info["template_hits_file"] = str(path) if path else None
     if path is None:
-        logger.info('%s: no template hits found; predicting without templates.', record.name)
-        info['templates'] = []
+        logger.info("%s: no template hits found; predicting without templates.", record.name)
+        info["templates"] = []
         return _empty_template_features(num_res)
 
     hits = read_template_hits(path, record.sequence)
@@ -168,16 +174,17 @@ def template_features(record: FastaRecord, *, hits_path: Optional[PathLike] = No
     try:
         featurizer = templates.TemplateFeaturizer(mmcif_dir, max_template_date, max_hits=max_hits)
     except ValueError as e:
-        raise PipelineError(f'templates: {e}') from None
+        raise PipelineError(f"templates: {e}") from None
     result = featurizer.get_templates(record.sequence, hits)
-    features = dict(result.features if hasattr(result, 'features') else result)
-    info['templates'] = [n.decode() if isinstance(n, bytes) else str(n)
-                         for n in features.get('template_domain_names', [])]
-    info['template_errors'] = list(getattr(result, 'errors', []))
-    info['template_warnings'] = list(getattr(result, 'warnings', []))
+    features = dict(result.features if hasattr(result, "features") else result)
+    info["templates"] = [
+        n.decode() if isinstance(n, bytes) else str(n) for n in features.get("template_domain_names", [])
+    ]
+    info["template_errors"] = list(getattr(result, "errors", []))
+    info["template_warnings"] = list(getattr(result, "warnings", []))
     # Every unused hit grouped under its reason (the featurizer logs one summary line per search, not one
     # line per missing or unreadable mmCIF); inference writes it into ranking.json.
-    info['templates_skipped'] = dict(getattr(result, 'skipped_by_reason', {}) or {})
+    info["templates_skipped"] = dict(getattr(result, "skipped_by_reason", {}) or {})
     return features
 
 
@@ -186,22 +193,24 @@ def template_features(record: FastaRecord, *, hits_path: Optional[PathLike] = No
 # ---------------------------------------------------------------------------------------
 
 
-def _as_record(record: Union[FastaRecord, str]) -> FastaRecord:
+def _as_record(record: FastaRecord | str) -> FastaRecord:
     if isinstance(record, FastaRecord):
         sequence = record.sequence.upper()
         bad = sorted(set(sequence) - parsers.QUERY_ALPHABET)
         if bad:
-            raise PipelineError(f'{record.name}: illegal residue letter(s) {"".join(bad)!r}; '
-                                'allowed are the 20 standard amino acids, X and B/Z/U/O')
+            raise PipelineError(
+                f"{record.name}: illegal residue letter(s) {''.join(bad)!r}; "
+                "allowed are the 20 standard amino acids, X and B/Z/U/O"
+            )
         if not sequence:
-            raise PipelineError(f'{record.name}: empty sequence')
+            raise PipelineError(f"{record.name}: empty sequence")
         return record
     if isinstance(record, str):
-        return parsers.parse_fasta(f'>query\n{record}\n', source='<sequence>')[0]
-    raise TypeError(f'expected a FastaRecord or a sequence string, got {type(record).__name__}')
+        return parsers.parse_fasta(f">query\n{record}\n", source="<sequence>")[0]
+    raise TypeError(f"expected a FastaRecord or a sequence string, got {type(record).__name__}")
 
 
-def _split_databases(databases: Optional[Mapping[str, Any]]):
+def _split_databases(databases: Mapping[str, Any] | None):
     """``{name: path(s)}`` -> (jackhmmer FASTA databases, HH-suite database prefixes)."""
     fasta, hhsuite = {}, []
     for name, spec in (databases or {}).items():
@@ -211,28 +220,32 @@ def _split_databases(databases: Optional[Mapping[str, Any]]):
             p = Path(p)
             if p.is_file():
                 files.append(p)
-            elif any(Path(f'{p}{suffix}').is_file()
-                     for suffix in ('_a3m.ffdata', '_hhm.ffdata', '_cs219.ffdata')):
+            elif any(Path(f"{p}{suffix}").is_file() for suffix in ("_a3m.ffdata", "_hhm.ffdata", "_cs219.ffdata")):
                 hhsuite.append(p)
             else:
-                raise PipelineError(f'database {name!r}: {p} not found (expected a FASTA file, '
-                                    'or an HH-suite database prefix with <prefix>_a3m.ffdata)')
+                raise PipelineError(
+                    f"database {name!r}: {p} not found (expected a FASTA file, "
+                    "or an HH-suite database prefix with <prefix>_a3m.ffdata)"
+                )
         if files:
             fasta[name] = files if len(files) > 1 else files[0]
     return fasta, hhsuite
 
 
-def build_raw_features(record: Union[FastaRecord, str],
-                       msa_mode: str = 'single_sequence',
-                       msa_dir: Optional[PathLike] = None,
-                       databases: Optional[Mapping[str, Any]] = None,
-                       template_hits_path: Optional[PathLike] = None,
-                       template_mmcif_dir: Optional[PathLike] = None,
-                       max_template_date: Union[None, str, datetime.date] = None,
-                       output_dir: Optional[PathLike] = None, *,
-                       cpus: int = 1,
-                       timings: Optional[Dict[str, float]] = None,
-                       info: Optional[Dict[str, Any]] = None) -> FeatureDict:
+def build_raw_features(
+    record: FastaRecord | str,
+    msa_mode: str = "single_sequence",
+    msa_dir: PathLike | None = None,
+    databases: Mapping[str, Any] | None = None,
+    template_hits_path: PathLike | None = None,
+    template_mmcif_dir: PathLike | None = None,
+    max_template_date: None | str | datetime.date = None,
+    output_dir: PathLike | None = None,
+    *,
+    cpus: int = 1,
+    timings: dict[str, float] | None = None,
+    info: dict[str, Any] | None = None,
+) -> FeatureDict:
     """Raw features of one chain, as AlphaFold's ``DataPipeline.process`` returns them.
 
     Args:
@@ -262,50 +275,62 @@ def build_raw_features(record: Union[FastaRecord, str],
     timings = {} if timings is None else timings
     info = {} if info is None else info
     if msa_mode not in msa_search.MODES:
-        raise PipelineError(f'unknown MSA mode {msa_mode!r}; expected one of '
-                            f'{", ".join(msa_search.MODES)}')
+        raise PipelineError(f"unknown MSA mode {msa_mode!r}; expected one of {', '.join(msa_search.MODES)}")
     start = time.perf_counter()
-    if msa_mode == 'precomputed':
+    if msa_mode == "precomputed":
         if msa_dir is None:
             raise PipelineError('MSA mode "precomputed" needs an alignment folder (--msa-dir)')
         if not Path(msa_dir).is_dir():
-            raise PipelineError(f'MSA folder not found: {msa_dir}')
-        msas = msa_search.get_msas(record, 'precomputed', msa_dir=msa_dir)
-    elif msa_mode == 'search':
+            raise PipelineError(f"MSA folder not found: {msa_dir}")
+        msas = msa_search.get_msas(record, "precomputed", msa_dir=msa_dir)
+    elif msa_mode == "search":
         fasta_dbs, hhsuite_dbs = _split_databases(databases)
         if not fasta_dbs and not hhsuite_dbs:
-            raise PipelineError('MSA mode "search" needs at least one database '
-                                '(--database uniref90=PATH.fasta)')
-        msas = msa_search.get_msas(record, 'search', databases=fasta_dbs,
-                                   hhblits_databases=hhsuite_dbs or None,
-                                   output_dir=output_dir, cpus=cpus)
+            raise PipelineError('MSA mode "search" needs at least one database (--database uniref90=PATH.fasta)')
+        msas = msa_search.get_msas(
+            record,
+            "search",
+            databases=fasta_dbs,
+            hhblits_databases=hhsuite_dbs or None,
+            output_dir=output_dir,
+            cpus=cpus,
+        )
     else:
-        msas = msa_search.get_msas(record, 'single_sequence')
-    sequence_features = make_sequence_features(record.sequence, record.description,
-                                               len(record.sequence))
+        msas = msa_search.get_msas(record, "single_sequence")
+    sequence_features = make_sequence_features(record.sequence, record.description, len(record.sequence))
     msa_features = make_msa_features(msas)
-    if msa_features['msa'].shape[1] != len(record.sequence):
-        raise PipelineError(f'{record.name}: the alignments have {msa_features["msa"].shape[1]} '
-                            f'columns but the sequence {len(record.sequence)} residues')
-    timings['msa'] = time.perf_counter() - start
-    info['msa_depth'] = {name: len(msa) for name, msa in msas.items()}
-    info['num_alignments'] = int(msa_features['msa'].shape[0])
+    if msa_features["msa"].shape[1] != len(record.sequence):
+        raise PipelineError(
+            f"{record.name}: the alignments have {msa_features['msa'].shape[1]} "
+            f"columns but the sequence {len(record.sequence)} residues"
+        )
+    timings["msa"] = time.perf_counter() - start
+    info["msa_depth"] = {name: len(msa) for name, msa in msas.items()}
+    info["num_alignments"] = int(msa_features["msa"].shape[0])
 
     start = time.perf_counter()
     seq_msa_dir = None
-    if msa_mode == 'precomputed':
+    if msa_mode == "precomputed":
         seq_msa_dir = msa_dir
-    elif msa_mode == 'search' and output_dir is not None:
+    elif msa_mode == "search" and output_dir is not None:
         seq_msa_dir = output_dir
-    template = template_features(record, hits_path=template_hits_path,
-                                 mmcif_dir=template_mmcif_dir,
-                                 max_template_date=max_template_date,
-                                 msa_dir=seq_msa_dir, info=info)
-    timings['templates'] = time.perf_counter() - start
-    logger.info('%s: %d residues, %d MSA rows (%s), %d templates', record.name,
-                len(record.sequence), info['num_alignments'],
-                ', '.join(f'{k} {v}' for k, v in info['msa_depth'].items()),
-                len(info.get('templates', [])))
+    template = template_features(
+        record,
+        hits_path=template_hits_path,
+        mmcif_dir=template_mmcif_dir,
+        max_template_date=max_template_date,
+        msa_dir=seq_msa_dir,
+        info=info,
+    )
+    timings["templates"] = time.perf_counter() - start
+    logger.info(
+        "%s: %d residues, %d MSA rows (%s), %d templates",
+        record.name,
+        len(record.sequence),
+        info["num_alignments"],
+        ", ".join(f"{k} {v}" for k, v in info["msa_depth"].items()),
+        len(info.get("templates", [])),
+    )
     return {**sequence_features, **msa_features, **template}
 
 
@@ -321,12 +346,13 @@ class PreprocessResult:
     ``features`` is None and ``error`` holds a one-line message when it failed.
     ``timings`` holds ``msa`` / ``templates`` / ``preprocess`` seconds (wall time in the worker).
     """
+
     index: int
     record: FastaRecord
-    features: Optional[FeatureDict] = None
-    error: Optional[str] = None
-    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
-    info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    features: FeatureDict | None = None
+    error: str | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -336,14 +362,14 @@ class PreprocessResult:
 def _error_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in text:
-        text = f'{text}: {e.filename}'
+        text = f"{text}: {e.filename}"
     return text
 
 
 def _preprocess_one(index: int, record: FastaRecord, kwargs: Mapping[str, Any]) -> PreprocessResult:
     """Worker body: never raises for bad input, returns the error instead."""
-    timings: Dict[str, float] = {}
-    info: Dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    info: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         features = build_raw_features(record, timings=timings, info=info, **kwargs)
@@ -351,19 +377,20 @@ def _preprocess_one(index: int, record: FastaRecord, kwargs: Mapping[str, Any]) 
     except (ValueError, OSError, RuntimeError, KeyError) as e:
         features, error = None, _error_line(e)
         if not error.startswith(record.name):
-            error = f'{record.name}: {error}'
-    timings['preprocess'] = time.perf_counter() - start
-    return PreprocessResult(index=index, record=record, features=features, error=error,
-                            timings=timings, info=info)
+            error = f"{record.name}: {error}"
+    timings["preprocess"] = time.perf_counter() - start
+    return PreprocessResult(index=index, record=record, features=features, error=error, timings=timings, info=info)
 
 
 def _ray_results(items, kwargs, workers) -> Iterator[PreprocessResult]:
     try:
         import ray  # noqa: PLC0415
     except ImportError:
-        raise PipelineError("use_ray=True (--ray) needs the 'ray' package, which is not "
-                            'installed: pip install "ray[default]", or drop --ray to use the '
-                            'built-in process pool') from None
+        raise PipelineError(
+            "use_ray=True (--ray) needs the 'ray' package, which is not "
+            'installed: pip install "ray[default]", or drop --ray to use the '
+            "built-in process pool"
+        ) from None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
@@ -379,8 +406,14 @@ def _ray_results(items, kwargs, workers) -> Iterator[PreprocessResult]:
             ray.shutdown()
 
 
-def preprocess_many(records: Iterable[FastaRecord], *, workers: int = 1, use_ray: bool = False,
-                    mp_context: Optional[str] = 'spawn', **kwargs) -> Iterator[PreprocessResult]:
+def preprocess_many(
+    records: Iterable[FastaRecord],
+    *,
+    workers: int = 1,
+    use_ray: bool = False,
+    mp_context: str | None = "spawn",
+    **kwargs,
+) -> Iterator[PreprocessResult]:
     """Runs :func:`build_raw_features` for every record; yields results as they complete.
 
     Args:
@@ -410,19 +443,19 @@ def preprocess_many(records: Iterable[FastaRecord], *, workers: int = 1, use_ray
             yield _preprocess_one(index, record, kwargs)
         return
     context = multiprocessing.get_context(mp_context) if mp_context else None
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(items)),
-                                                mp_context=context) as pool:
-        futures = {pool.submit(_preprocess_one, index, record, kwargs): (index, record)
-                   for index, record in items}
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=context) as pool:
+        futures = {pool.submit(_preprocess_one, index, record, kwargs): (index, record) for index, record in items}
         try:
             for future in concurrent.futures.as_completed(futures):
                 index, record = futures[future]
                 try:
                     yield future.result()
                 except Exception as e:  # a worker crashed (e.g. killed): report, go on
-                    yield PreprocessResult(index=index, record=record,
-                                           error=f'{record.name}: preprocessing worker failed: '
-                                                 f'{_error_line(e)}')
+                    yield PreprocessResult(
+                        index=index,
+                        record=record,
+                        error=f"{record.name}: preprocessing worker failed: {_error_line(e)}",
+                    )
         finally:
             for future in futures:
                 future.cancel()

@@ -54,7 +54,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,37 +63,37 @@ from jaxfold.common import residue_constants
 from jaxfold.data import mmcif
 
 __all__ = [
-    'TEMPLATE_FEATURES',
-    'TemplateSearchResult',
-    'SKIP_REASONS',
-    'summarize_skipped',
-    'TemplateFeaturizer',
-    'TemplateError',
-    'empty_template_features',
-    'get_pdb_id_and_chain',
-    'build_query_to_hit_index_mapping',
-    'assess_hit',
-    'find_template_in_mmcif',
-    'realign_template_to_chain',
-    'extract_template_features',
-    'global_align',
-    'kalign_align',
-    'parse_release_dates',
-    'parse_obsolete_pdbs',
+    "TEMPLATE_FEATURES",
+    "TemplateSearchResult",
+    "SKIP_REASONS",
+    "summarize_skipped",
+    "TemplateFeaturizer",
+    "TemplateError",
+    "empty_template_features",
+    "get_pdb_id_and_chain",
+    "build_query_to_hit_index_mapping",
+    "assess_hit",
+    "find_template_in_mmcif",
+    "realign_template_to_chain",
+    "extract_template_features",
+    "global_align",
+    "kalign_align",
+    "parse_release_dates",
+    "parse_obsolete_pdbs",
 ]
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_FEATURES = {
-    'template_aatype': np.float32,
-    'template_all_atom_masks': np.float32,
-    'template_all_atom_positions': np.float32,
-    'template_domain_names': object,
-    'template_sequence': object,
-    'template_sum_probs': np.float32,
+    "template_aatype": np.float32,
+    "template_all_atom_masks": np.float32,
+    "template_all_atom_positions": np.float32,
+    "template_domain_names": object,
+    "template_sequence": object,
+    "template_sum_probs": np.float32,
 }
 
-_DateLike = Union[str, datetime.date, datetime.datetime]
+_DateLike = str | datetime.date | datetime.datetime
 
 # 20 amino acids + X + gap.
 _NUM_HHBLITS_CLASSES = max(residue_constants.HHBLITS_AA_TO_ID.values()) + 1
@@ -105,14 +106,14 @@ _NUM_HHBLITS_CLASSES = max(residue_constants.HHBLITS_AA_TO_ID.values()) + 1
 # The short reasons of `TemplateSearchResult.skipped_by_reason`; the first four are problems with the
 # template mirror or the hits (logged as a warning), the others AlphaFold's filters (logged as info).
 SKIP_REASONS = (
-    'mmCIF file not found',
-    'mmCIF unreadable (corrupt or truncated)',
-    'mmCIF without release date',
-    'bad hit name',
-    'no usable atoms in the aligned residues',
-    'sequence not found in the mmCIF (realignment failed)',
-    'released after the template cut-off',
-    'prefilter (query\'s own entry, near-duplicate, short or poorly aligned hit)',
+    "mmCIF file not found",
+    "mmCIF unreadable (corrupt or truncated)",
+    "mmCIF without release date",
+    "bad hit name",
+    "no usable atoms in the aligned residues",
+    "sequence not found in the mmCIF (realignment failed)",
+    "released after the template cut-off",
+    "prefilter (query's own entry, near-duplicate, short or poorly aligned hit)",
 )
 _PROBLEM_REASONS = frozenset(SKIP_REASONS[:4])
 
@@ -122,12 +123,12 @@ def summarize_skipped(skipped_by_reason: Mapping[str, Sequence[str]], limit: int
     (1abc_A, ...); ..."`` (empty string when nothing was skipped)."""
     total = sum(len(v) for v in skipped_by_reason.values())
     if not total:
-        return ''
+        return ""
     parts = []
     for reason, hits in skipped_by_reason.items():
-        shown = ', '.join(hits[:limit]) + (', ...' if len(hits) > limit else '')
-        parts.append(f'{reason}: {len(hits)} ({shown})')
-    return f'{total} template hit(s) not used: ' + '; '.join(parts)
+        shown = ", ".join(hits[:limit]) + (", ..." if len(hits) > limit else "")
+        parts.append(f"{reason}: {len(hits)} ({shown})")
+    return f"{total} template hit(s) not used: " + "; ".join(parts)
 
 
 class TemplateError(Exception):
@@ -182,30 +183,31 @@ class LengthError(PrefilterError):
 # Small helpers.
 # --------------------------------------------------------------------------------------------
 
+
 def _to_datetime(value: _DateLike, what: str) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
         return value
     if isinstance(value, datetime.date):
         return datetime.datetime(value.year, value.month, value.day)
     try:
-        return datetime.datetime.strptime(str(value).strip(), '%Y-%m-%d')
+        return datetime.datetime.strptime(str(value).strip(), "%Y-%m-%d")
     except ValueError as e:
-        raise ValueError(f'{what} must be a date in format YYYY-MM-DD, got {value!r}.') from e
+        raise ValueError(f"{what} must be a date in format YYYY-MM-DD, got {value!r}.") from e
 
 
-_PDB_ID_CHAIN_RE = re.compile(r'[a-zA-Z\d]{4}_[a-zA-Z0-9.]+')
+_PDB_ID_CHAIN_RE = re.compile(r"[a-zA-Z\d]{4}_[a-zA-Z0-9.]+")
 
 
-def get_pdb_id_and_chain(hit_name: str) -> Tuple[str, str]:
+def get_pdb_id_and_chain(hit_name: str) -> tuple[str, str]:
     """``'1ABC_A ...'`` -> ``('1abc', 'A')``: lower-case PDB id, chain id as written."""
     match = _PDB_ID_CHAIN_RE.match(hit_name)
     if not match:
-        raise ValueError(f'Hit name does not start with PDBID_chain: {hit_name!r}')
-    pdb_id, chain_id = match.group(0).split('_')
+        raise ValueError(f"Hit name does not start with PDBID_chain: {hit_name!r}")
+    pdb_id, chain_id = match.group(0).split("_")
     return pdb_id.lower(), chain_id
 
 
-def parse_release_dates(path: str) -> Dict[str, datetime.datetime]:
+def parse_release_dates(path: str) -> dict[str, datetime.datetime]:
     """Reads ``pdb_id: YYYY-MM-DD`` lines (AlphaFold's ``.txt`` release-date table)."""
     dates = {}
     with open(path) as f:
@@ -213,17 +215,15 @@ def parse_release_dates(path: str) -> Dict[str, datetime.datetime]:
             if not line.strip():
                 continue
             try:
-                pdb_id, date = line.split(':')
+                pdb_id, date = line.split(":")
                 date = date.strip()
-                dates[pdb_id.strip()] = datetime.datetime(
-                    year=int(date[:4]), month=int(date[5:7]), day=int(date[8:10]))
+                dates[pdb_id.strip()] = datetime.datetime(year=int(date[:4]), month=int(date[5:7]), day=int(date[8:10]))
             except ValueError as e:
-                raise ValueError(f'{path}:{line_no}: expected "pdb_id: YYYY-MM-DD", '
-                                 f'got {line.rstrip()!r}') from e
+                raise ValueError(f'{path}:{line_no}: expected "pdb_id: YYYY-MM-DD", got {line.rstrip()!r}') from e
     return dates
 
 
-def parse_obsolete_pdbs(path: str) -> Dict[str, str]:
+def parse_obsolete_pdbs(path: str) -> dict[str, str]:
     """Reads the PDB ``obsolete.dat`` (``OBSLTE  31-JUL-94 116L     216L``): old id -> new id.
 
     Entries without a replacement are left out.
@@ -232,22 +232,20 @@ def parse_obsolete_pdbs(path: str) -> Dict[str, str]:
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if line.startswith('OBSLTE') and len(line) > 30:
+            if line.startswith("OBSLTE") and len(line) > 30:
                 result[line[20:24].lower()] = line[29:33].lower()
     return result
 
 
-def empty_template_features(num_res: int) -> Dict[str, np.ndarray]:
+def empty_template_features(num_res: int) -> dict[str, np.ndarray]:
     """Template features with zero templates (``T = 0``) and the right trailing shapes."""
     return {
-        'template_aatype': np.zeros((0, num_res, _NUM_HHBLITS_CLASSES), np.float32),
-        'template_all_atom_masks': np.zeros(
-            (0, num_res, residue_constants.atom_type_num), np.float32),
-        'template_all_atom_positions': np.zeros(
-            (0, num_res, residue_constants.atom_type_num, 3), np.float32),
-        'template_domain_names': np.zeros((0,), dtype=object),
-        'template_sequence': np.zeros((0,), dtype=object),
-        'template_sum_probs': np.zeros((0, 1), np.float32),
+        "template_aatype": np.zeros((0, num_res, _NUM_HHBLITS_CLASSES), np.float32),
+        "template_all_atom_masks": np.zeros((0, num_res, residue_constants.atom_type_num), np.float32),
+        "template_all_atom_positions": np.zeros((0, num_res, residue_constants.atom_type_num, 3), np.float32),
+        "template_domain_names": np.zeros((0,), dtype=object),
+        "template_sequence": np.zeros((0,), dtype=object),
+        "template_sum_probs": np.zeros((0, 1), np.float32),
     }
 
 
@@ -255,12 +253,13 @@ def empty_template_features(num_res: int) -> Dict[str, np.ndarray]:
 # Pairwise alignment for template realignment.
 # --------------------------------------------------------------------------------------------
 
-_BLOSUM_ALPHABET = 'ARNDCQEGHILKMFPSTWYVBZX'
+_BLOSUM_ALPHABET = "ARNDCQEGHILKMFPSTWYVBZX"
 
 
 def _blosum62() -> np.ndarray:
     from Bio.Align import substitution_matrices  # pylint: disable=import-outside-toplevel
-    matrix = substitution_matrices.load('BLOSUM62')
+
+    matrix = substitution_matrices.load("BLOSUM62")
     n = len(_BLOSUM_ALPHABET)
     table = np.zeros((n, n), np.float64)
     for i, a in enumerate(_BLOSUM_ALPHABET):
@@ -273,13 +272,12 @@ _BLOSUM62 = None
 
 
 def _encode(seq: str) -> np.ndarray:
-    x = _BLOSUM_ALPHABET.index('X')
+    x = _BLOSUM_ALPHABET.index("X")
     lookup = {c: i for i, c in enumerate(_BLOSUM_ALPHABET)}
     return np.array([lookup.get(c, x) for c in seq.upper()], dtype=np.int64)
 
 
-def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0,
-                 gap_extend: float = 1.0) -> Tuple[str, str]:
+def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0, gap_extend: float = 1.0) -> tuple[str, str]:
     """Global alignment (affine-gap Needleman-Wunsch / Gotoh) with free end gaps.
 
     Scores: BLOSUM62 (letters outside it count as ``X``); an internal gap of length L costs
@@ -293,12 +291,12 @@ def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0,
     """
     global _BLOSUM62  # pylint: disable=global-statement
     if gap_open < gap_extend:
-        raise ValueError('gap_open must be >= gap_extend.')
+        raise ValueError("gap_open must be >= gap_extend.")
     if _BLOSUM62 is None:
         _BLOSUM62 = _blosum62()
     n, m = len(seq_a), len(seq_b)
     if n == 0 or m == 0:
-        return seq_a + '-' * m, '-' * n + seq_b
+        return seq_a + "-" * m, "-" * n + seq_b
     scores = _BLOSUM62[_encode(seq_a)[:, None], _encode(seq_b)[None, :]]  # [n, m]
 
     neg = -1e18
@@ -311,9 +309,9 @@ def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0,
 
     h_prev = np.zeros(m + 1)  # row 0: leading gaps in seq_a are free.
     e_prev = np.full(m + 1, neg)
-    h_state = np.zeros((n + 1, m + 1), np.int8)   # 0 diag, 1 gap in b (E), 2 gap in a (F)
-    g_state = np.zeros((n + 1, m + 1), np.int8)   # best of diag / E, for after an F jump
-    e_extend = np.zeros((n + 1, m + 1), bool)     # E extended (vs opened from H above)
+    h_state = np.zeros((n + 1, m + 1), np.int8)  # 0 diag, 1 gap in b (E), 2 gap in a (F)
+    g_state = np.zeros((n + 1, m + 1), np.int8)  # best of diag / E, for after an F jump
+    e_extend = np.zeros((n + 1, m + 1), bool)  # E extended (vs opened from H above)
     f_origin = np.zeros((n + 1, m + 1), np.int32)  # F: column where the gap run starts
     h_state[0, 1:] = 2
 
@@ -344,75 +342,77 @@ def global_align(seq_a: str, seq_b: str, gap_open: float = 11.0,
         f_origin[i] = f_arg
         h_prev, e_prev = h_row, e_row
 
-    out_a: List[str] = []
-    out_b: List[str] = []
+    out_a: list[str] = []
+    out_b: list[str] = []
     i, j = n, m
-    state = 'H'
+    state = "H"
     while i > 0 or j > 0:
         if i == 0:
-            out_a.append('-')
+            out_a.append("-")
             out_b.append(seq_b[j - 1])
             j -= 1
             continue
         if j == 0:
             out_a.append(seq_a[i - 1])
-            out_b.append('-')
+            out_b.append("-")
             i -= 1
             continue
-        if state == 'H':
+        if state == "H":
             s = h_state[i, j]
-        elif state == 'G':
+        elif state == "G":
             s = g_state[i, j]
         else:  # 'E'
             s = 1
         if s == 0:
             out_a.append(seq_a[i - 1])
             out_b.append(seq_b[j - 1])
-            i, j, state = i - 1, j - 1, 'H'
+            i, j, state = i - 1, j - 1, "H"
         elif s == 1:
             out_a.append(seq_a[i - 1])
-            out_b.append('-')
-            state = 'E' if e_extend[i, j] else 'H'
+            out_b.append("-")
+            state = "E" if e_extend[i, j] else "H"
             i -= 1
         else:
             k = int(f_origin[i, j])
             for jj in range(j, k, -1):
-                out_a.append('-')
+                out_a.append("-")
                 out_b.append(seq_b[jj - 1])
-            j, state = k, 'G'
-    return ''.join(reversed(out_a)), ''.join(reversed(out_b))
+            j, state = k, "G"
+    return "".join(reversed(out_a)), "".join(reversed(out_b))
 
 
-def kalign_align(seq_a: str, seq_b: str, binary_path: str) -> Tuple[str, str]:
+def kalign_align(seq_a: str, seq_b: str, binary_path: str) -> tuple[str, str]:
     """Aligns two sequences with the ``kalign`` binary, as AlphaFold's wrapper calls it."""
     for s in (seq_a, seq_b):
         if len(s) < 6:
-            raise ValueError('Kalign requires all sequences to be at least 6 residues long. '
-                             f'Got {s} ({len(s)} residues).')
-    with tempfile.TemporaryDirectory(prefix='jaxfold_kalign_') as tmp:
-        in_path = os.path.join(tmp, 'input.fasta')
-        out_path = os.path.join(tmp, 'output.a3m')
-        with open(in_path, 'w') as f:
-            f.write(f'>sequence 1\n{seq_a}\n>sequence 2\n{seq_b}\n')
-        cmd = [binary_path, '-i', in_path, '-o', out_path, '-format', 'fasta']
+            raise ValueError(
+                f"Kalign requires all sequences to be at least 6 residues long. Got {s} ({len(s)} residues)."
+            )
+    with tempfile.TemporaryDirectory(prefix="jaxfold_kalign_") as tmp:
+        in_path = os.path.join(tmp, "input.fasta")
+        out_path = os.path.join(tmp, "output.a3m")
+        with open(in_path, "w") as f:
+            f.write(f">sequence 1\n{seq_a}\n>sequence 2\n{seq_b}\n")
+        cmd = [binary_path, "-i", in_path, "-o", out_path, "-format", "fasta"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
-            raise RuntimeError(f'Kalign failed (exit {proc.returncode}):\n'
-                               f'stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}')
+            raise RuntimeError(
+                f"Kalign failed (exit {proc.returncode}):\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         with open(out_path) as f:
             text = f.read()
-    seqs: List[str] = []
+    seqs: list[str] = []
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
-        if line.startswith('>'):
-            seqs.append('')
+        if line.startswith(">"):
+            seqs.append("")
         elif seqs:
             # A3M semantics (as AlphaFold parses kalign's output): drop insertions.
-            seqs[-1] += ''.join(c for c in line if not c.islower() and c != '.')
+            seqs[-1] += "".join(c for c in line if not c.islower() and c != ".")
     if len(seqs) != 2 or len(seqs[0]) != len(seqs[1]):
-        raise RuntimeError(f'Unexpected kalign output:\n{text}')
+        raise RuntimeError(f"Unexpected kalign output:\n{text}")
     return seqs[0], seqs[1]
 
 
@@ -420,9 +420,14 @@ def kalign_align(seq_a: str, seq_b: str, binary_path: str) -> Tuple[str, str]:
 # The per-hit steps.
 # --------------------------------------------------------------------------------------------
 
-def build_query_to_hit_index_mapping(hit_query_sequence: str, hit_sequence: str,
-                                     indices_hit: Sequence[int], indices_query: Sequence[int],
-                                     original_query_sequence: str) -> Dict[int, int]:
+
+def build_query_to_hit_index_mapping(
+    hit_query_sequence: str,
+    hit_sequence: str,
+    indices_hit: Sequence[int],
+    indices_query: Sequence[int],
+    original_query_sequence: str,
+) -> dict[int, int]:
     """Query index -> index in the *ungapped* hit sequence, from a hit's aligned columns.
 
     As AlphaFold: both index lists are re-based to their smallest non-gap value, the query
@@ -431,8 +436,8 @@ def build_query_to_hit_index_mapping(hit_query_sequence: str, hit_sequence: str,
     """
     if not hit_query_sequence:
         return {}
-    query_part = hit_query_sequence.replace('-', '')
-    hit_ungapped = hit_sequence.replace('-', '')
+    query_part = hit_query_sequence.replace("-", "")
+    hit_ungapped = hit_sequence.replace("-", "")
     query_offset = original_query_sequence.find(query_part)
 
     hit_idx = [x for x in indices_hit if x > -1]
@@ -451,36 +456,40 @@ def build_query_to_hit_index_mapping(hit_query_sequence: str, hit_sequence: str,
     return mapping
 
 
-def assess_hit(hit: Any, hit_pdb_code: str, query_sequence: str,
-               query_pdb_code: Optional[str],
-               release_dates: Mapping[str, datetime.datetime],
-               release_date_cutoff: datetime.datetime,
-               max_subsequence_ratio: float = 0.95,
-               min_align_ratio: float = 0.1) -> bool:
+def assess_hit(
+    hit: Any,
+    hit_pdb_code: str,
+    query_sequence: str,
+    query_pdb_code: str | None,
+    release_dates: Mapping[str, datetime.datetime],
+    release_date_cutoff: datetime.datetime,
+    max_subsequence_ratio: float = 0.95,
+    min_align_ratio: float = 0.1,
+) -> bool:
     """AlphaFold's prefilter; returns True or raises a :class:`PrefilterError`."""
     align_ratio = hit.aligned_cols / len(query_sequence)
-    template_sequence = hit.hit_sequence.replace('-', '')
+    template_sequence = hit.hit_sequence.replace("-", "")
     length_ratio = float(len(template_sequence)) / len(query_sequence)
     duplicate = template_sequence in query_sequence and length_ratio > max_subsequence_ratio
 
     if hit_pdb_code in release_dates and release_dates[hit_pdb_code] > release_date_cutoff:
-        raise DateError(f'Date ({release_dates[hit_pdb_code]}) > max template date '
-                        f'({release_date_cutoff}).')
+        raise DateError(f"Date ({release_dates[hit_pdb_code]}) > max template date ({release_date_cutoff}).")
     if query_pdb_code is not None and query_pdb_code.lower() == hit_pdb_code.lower():
-        raise PdbIdError('PDB code identical to Query PDB code.')
+        raise PdbIdError("PDB code identical to Query PDB code.")
     if align_ratio <= min_align_ratio:
-        raise AlignRatioError('Proportion of residues aligned to query too small. '
-                              f'Align ratio: {align_ratio}.')
+        raise AlignRatioError(f"Proportion of residues aligned to query too small. Align ratio: {align_ratio}.")
     if duplicate:
-        raise DuplicateError('Template is an exact subsequence of query with large coverage. '
-                             f'Length ratio: {length_ratio}.')
+        raise DuplicateError(
+            f"Template is an exact subsequence of query with large coverage. Length ratio: {length_ratio}."
+        )
     if len(template_sequence) < 10:
-        raise LengthError(f'Template too short. Length: {len(template_sequence)}.')
+        raise LengthError(f"Template too short. Length: {len(template_sequence)}.")
     return True
 
 
-def find_template_in_mmcif(template_chain_id: str, template_sequence: str,
-                           mmcif_object: mmcif.MmcifObject) -> Tuple[str, str, int]:
+def find_template_in_mmcif(
+    template_chain_id: str, template_sequence: str, mmcif_object: mmcif.MmcifObject
+) -> tuple[str, str, int]:
     """Finds the hit sequence in the mmCIF SEQRES: (chain sequence, chain id, offset).
 
     Tries, in order: exact substring of the named chain; exact substring of any chain (in
@@ -493,21 +502,25 @@ def find_template_in_mmcif(template_chain_id: str, template_sequence: str,
     for chain_id, chain_sequence in mmcif_object.chain_to_seqres.items():
         if chain_sequence and template_sequence in chain_sequence:
             return chain_sequence, chain_id, chain_sequence.find(template_sequence)
-    pattern = re.compile(''.join(
-        '.' if aa == 'X' else f'(?:{re.escape(aa)}|X)' for aa in template_sequence))
+    pattern = re.compile("".join("." if aa == "X" else f"(?:{re.escape(aa)}|X)" for aa in template_sequence))
     for chain_id, chain_sequence in mmcif_object.chain_to_seqres.items():
         match = pattern.search(chain_sequence)
         if match:
             return chain_sequence, chain_id, match.start()
     raise SequenceNotInTemplateError(
-        f'Could not find the template sequence in {mmcif_object.file_id}_{template_chain_id}. '
-        f'Template sequence: {template_sequence}, chain_to_seqres: '
-        f'{dict(mmcif_object.chain_to_seqres)}')
+        f"Could not find the template sequence in {mmcif_object.file_id}_{template_chain_id}. "
+        f"Template sequence: {template_sequence}, chain_to_seqres: "
+        f"{dict(mmcif_object.chain_to_seqres)}"
+    )
 
 
-def realign_template_to_chain(old_template_sequence: str, template_chain_id: str,
-                              mmcif_object: mmcif.MmcifObject, old_mapping: Mapping[int, int],
-                              kalign_binary: Optional[str] = None) -> Tuple[str, Dict[int, int]]:
+def realign_template_to_chain(
+    old_template_sequence: str,
+    template_chain_id: str,
+    mmcif_object: mmcif.MmcifObject,
+    old_mapping: Mapping[int, int],
+    kalign_binary: str | None = None,
+) -> tuple[str, dict[int, int]]:
     """Realigns a hit sequence to the actual SEQRES of its chain and remaps the query.
 
     Returns ``(chain SEQRES, query index -> SEQRES index)``; query residues whose hit residue
@@ -515,67 +528,75 @@ def realign_template_to_chain(old_template_sequence: str, template_chain_id: str
     :class:`QueryToTemplateAlignError` when the chain is not found, the alignment fails, or
     identity (identical aligned pairs / length of the shorter sequence) is below 90 %.
     """
-    new_sequence = mmcif_object.chain_to_seqres.get(template_chain_id, '')
+    new_sequence = mmcif_object.chain_to_seqres.get(template_chain_id, "")
     if not new_sequence:
         if len(mmcif_object.chain_to_seqres) == 1:
             new_sequence = next(iter(mmcif_object.chain_to_seqres.values()))
         else:
             raise QueryToTemplateAlignError(
-                f'Could not find chain {template_chain_id} in {mmcif_object.file_id}. If there '
-                'are no mmCIF parsing errors, it is possible it was not a protein chain.')
+                f"Could not find chain {template_chain_id} in {mmcif_object.file_id}. If there "
+                "are no mmCIF parsing errors, it is possible it was not a protein chain."
+            )
     try:
         if kalign_binary:
-            old_aligned, new_aligned = kalign_align(old_template_sequence, new_sequence,
-                                                    kalign_binary)
+            old_aligned, new_aligned = kalign_align(old_template_sequence, new_sequence, kalign_binary)
         else:
             old_aligned, new_aligned = global_align(old_template_sequence, new_sequence)
     except Exception as e:  # pylint: disable=broad-except
         raise QueryToTemplateAlignError(
-            f'Could not align old template {old_template_sequence} to template {new_sequence} '
-            f'({mmcif_object.file_id}_{template_chain_id}). Error: {e}') from e
+            f"Could not align old template {old_template_sequence} to template {new_sequence} "
+            f"({mmcif_object.file_id}_{template_chain_id}). Error: {e}"
+        ) from e
 
-    old_to_new: Dict[int, int] = {}
+    old_to_new: dict[int, int] = {}
     old_index = new_index = -1
     num_same = 0
     for old_aa, new_aa in zip(old_aligned, new_aligned):
-        if old_aa != '-':
+        if old_aa != "-":
             old_index += 1
-        if new_aa != '-':
+        if new_aa != "-":
             new_index += 1
-        if old_aa != '-' and new_aa != '-':
+        if old_aa != "-" and new_aa != "-":
             old_to_new[old_index] = new_index
             if old_aa == new_aa:
                 num_same += 1
     if float(num_same) / min(len(old_template_sequence), len(new_sequence)) < 0.9:
         raise QueryToTemplateAlignError(
-            f'Insufficient similarity of the sequence in the database: {old_template_sequence} '
-            f'to the actual sequence in the mmCIF file {mmcif_object.file_id}_'
-            f'{template_chain_id}: {new_sequence}. We require at least 90 % similarity wrt to '
-            'the shorter of the sequences.')
+            f"Insufficient similarity of the sequence in the database: {old_template_sequence} "
+            f"to the actual sequence in the mmCIF file {mmcif_object.file_id}_"
+            f"{template_chain_id}: {new_sequence}. We require at least 90 % similarity wrt to "
+            "the shorter of the sequences."
+        )
     new_mapping = {q: old_to_new.get(t, -1) for q, t in old_mapping.items()}
-    return new_sequence.replace('-', ''), new_mapping
+    return new_sequence.replace("-", ""), new_mapping
 
 
-def extract_template_features(mmcif_object: Optional[mmcif.MmcifObject], pdb_id: str,
-                              mapping: Mapping[int, int], template_sequence: str,
-                              query_sequence: str, template_chain_id: str,
-                              kalign_binary: Optional[str] = None
-                              ) -> Tuple[Dict[str, Any], Optional[str]]:
+def extract_template_features(
+    mmcif_object: mmcif.MmcifObject | None,
+    pdb_id: str,
+    mapping: Mapping[int, int],
+    template_sequence: str,
+    query_sequence: str,
+    template_chain_id: str,
+    kalign_binary: str | None = None,
+) -> tuple[dict[str, Any], str | None]:
     """Features of one template aligned to the query, and a realignment warning (or None)."""
     if mmcif_object is None or not mmcif_object.chain_to_seqres:
-        raise NoChainsError(f'No chains in PDB: {pdb_id}_{template_chain_id}')
+        raise NoChainsError(f"No chains in PDB: {pdb_id}_{template_chain_id}")
 
     warning = None
     try:
-        seqres, chain_id, mapping_offset = find_template_in_mmcif(
-            template_chain_id, template_sequence, mmcif_object)
+        seqres, chain_id, mapping_offset = find_template_in_mmcif(template_chain_id, template_sequence, mmcif_object)
     except SequenceNotInTemplateError:
         chain_id = template_chain_id
-        warning = (f'The exact sequence {template_sequence} was not found in '
-                   f'{pdb_id}_{chain_id}. Realigning the template to the actual sequence.')
+        warning = (
+            f"The exact sequence {template_sequence} was not found in "
+            f"{pdb_id}_{chain_id}. Realigning the template to the actual sequence."
+        )
         logger.warning(warning)
-        seqres, mapping = realign_template_to_chain(template_sequence, template_chain_id,
-                                                    mmcif_object, mapping, kalign_binary)
+        seqres, mapping = realign_template_to_chain(
+            template_sequence, template_chain_id, mmcif_object, mapping, kalign_binary
+        )
         template_sequence = seqres
         mapping_offset = 0
 
@@ -584,13 +605,12 @@ def extract_template_features(mmcif_object: Optional[mmcif.MmcifObject], pdb_id:
         # AlphaFold rejects a chain whose consecutive observed CA atoms are > 150 A apart.
         _check_ca_distances(positions, masks, max_ca_ca_distance=150.0)
     except (KeyError, ValueError) as e:
-        raise NoAtomDataInTemplateError(
-            f'Could not get atom data ({pdb_id}_{chain_id}): {e}') from e
+        raise NoAtomDataInTemplateError(f"Could not get atom data ({pdb_id}_{chain_id}): {e}") from e
 
     num_res = len(query_sequence)
     out_positions = np.zeros((num_res, residue_constants.atom_type_num, 3), np.float32)
     out_masks = np.zeros((num_res, residue_constants.atom_type_num), np.float32)
-    out_sequence = ['-'] * num_res
+    out_sequence = ["-"] * num_res
     for query_index, template_index in mapping.items():
         # template_index may be -1 after a realignment: Python indexing then takes the last
         # residue, as AlphaFold does.
@@ -601,25 +621,24 @@ def extract_template_features(mmcif_object: Optional[mmcif.MmcifObject], pdb_id:
 
     if np.sum(out_masks) < 5:  # Alanine, the smallest residue, has 5 heavy atoms.
         values = list(mapping.values())
-        span = (f'{min(values) + mapping_offset}-{max(values) + mapping_offset}'
-                if values else 'empty')
+        span = f"{min(values) + mapping_offset}-{max(values) + mapping_offset}" if values else "empty"
         raise TemplateAtomMaskAllZerosError(
-            f'Template all atom mask was all zeros: {pdb_id}_{chain_id}. Residue range: {span}')
+            f"Template all atom mask was all zeros: {pdb_id}_{chain_id}. Residue range: {span}"
+        )
 
-    sequence = ''.join(out_sequence)
+    sequence = "".join(out_sequence)
     aatype = residue_constants.sequence_to_onehot(sequence, residue_constants.HHBLITS_AA_TO_ID)
     return {
-        'template_all_atom_positions': out_positions,
-        'template_all_atom_masks': out_masks,
-        'template_sequence': sequence.encode(),
-        'template_aatype': aatype.astype(np.float32),
-        'template_domain_names': f'{pdb_id.lower()}_{chain_id}'.encode(),
+        "template_all_atom_positions": out_positions,
+        "template_all_atom_masks": out_masks,
+        "template_sequence": sequence.encode(),
+        "template_aatype": aatype.astype(np.float32),
+        "template_domain_names": f"{pdb_id.lower()}_{chain_id}".encode(),
     }, warning
 
 
-def _check_ca_distances(positions: np.ndarray, masks: np.ndarray,
-                        max_ca_ca_distance: float) -> None:
-    ca = residue_constants.atom_order['CA']
+def _check_ca_distances(positions: np.ndarray, masks: np.ndarray, max_ca_ca_distance: float) -> None:
+    ca = residue_constants.atom_order["CA"]
     prev = None
     prev_present = False
     for i in range(positions.shape[0]):
@@ -628,8 +647,9 @@ def _check_ca_distances(positions: np.ndarray, masks: np.ndarray,
             if prev_present:
                 distance = float(np.linalg.norm(positions[i, ca] - prev))
                 if distance > max_ca_ca_distance:
-                    raise ValueError(f'The distance between residues {i} and {i + 1} is '
-                                     f'{distance:f} > limit {max_ca_ca_distance:f}.')
+                    raise ValueError(
+                        f"The distance between residues {i} and {i + 1} is {distance:f} > limit {max_ca_ca_distance:f}."
+                    )
             prev = positions[i, ca]
         prev_present = present
 
@@ -637,6 +657,7 @@ def _check_ca_distances(positions: np.ndarray, masks: np.ndarray,
 # --------------------------------------------------------------------------------------------
 # The featurizer.
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class TemplateSearchResult:
@@ -647,6 +668,7 @@ class TemplateSearchResult:
     every hit that gave no template (``pdbid_chain``), grouped under one of :data:`SKIP_REASONS`
     (JSON-able; :func:`summarize_skipped` renders it as one line).
     """
+
     features: Mapping[str, np.ndarray]
     errors: Sequence[str]
     warnings: Sequence[str]
@@ -656,12 +678,12 @@ class TemplateSearchResult:
 
 @dataclasses.dataclass(frozen=True)
 class _HitResult:
-    features: Optional[Dict[str, Any]]
-    error: Optional[str] = None
-    warning: Optional[str] = None
-    skipped: Optional[str] = None
-    reason: Optional[str] = None  # one of SKIP_REASONS when no features
-    label: str = '?'
+    features: dict[str, Any] | None
+    error: str | None = None
+    warning: str | None = None
+    skipped: str | None = None
+    reason: str | None = None  # one of SKIP_REASONS when no features
+    label: str = "?"
 
 
 class TemplateFeaturizer:
@@ -681,50 +703,60 @@ class TemplateFeaturizer:
         rejections, post-parse date rejections and missing-data problems as errors.
     """
 
-    def __init__(self, mmcif_dir: Union[str, os.PathLike], max_template_date: _DateLike,
-                 max_hits: int = 20, release_dates_path: Optional[str] = None,
-                 obsolete_pdbs_path: Optional[str] = None,
-                 kalign_binary: Optional[str] = None, strict_error_check: bool = False):
+    def __init__(
+        self,
+        mmcif_dir: str | os.PathLike,
+        max_template_date: _DateLike,
+        max_hits: int = 20,
+        release_dates_path: str | None = None,
+        obsolete_pdbs_path: str | None = None,
+        kalign_binary: str | None = None,
+        strict_error_check: bool = False,
+    ):
         self._mmcif_dir = os.fspath(mmcif_dir)
-        if not os.path.isdir(self._mmcif_dir) or not any(
-                name.endswith('.cif') for name in os.listdir(self._mmcif_dir)):
-            raise ValueError(f'Could not find CIFs in {self._mmcif_dir}')
-        self._max_template_date = _to_datetime(max_template_date, 'max_template_date')
+        if not os.path.isdir(self._mmcif_dir) or not any(name.endswith(".cif") for name in os.listdir(self._mmcif_dir)):
+            raise ValueError(f"Could not find CIFs in {self._mmcif_dir}")
+        self._max_template_date = _to_datetime(max_template_date, "max_template_date")
         if max_hits < 0:
-            raise ValueError(f'max_hits must be >= 0, got {max_hits}.')
+            raise ValueError(f"max_hits must be >= 0, got {max_hits}.")
         self._max_hits = max_hits
         if kalign_binary is None:
-            kalign_binary = shutil.which('kalign')
+            kalign_binary = shutil.which("kalign")
         self._kalign_binary = kalign_binary or None
         self._strict_error_check = strict_error_check
         self._release_dates = parse_release_dates(release_dates_path) if release_dates_path else {}
         self._obsolete_pdbs = parse_obsolete_pdbs(obsolete_pdbs_path) if obsolete_pdbs_path else {}
 
     @property
-    def kalign_binary(self) -> Optional[str]:
+    def kalign_binary(self) -> str | None:
         """The kalign executable used for realignment, or None for :func:`global_align`."""
         return self._kalign_binary
 
-    def get_templates(self, query_sequence: str, hits: Sequence[Any], *,
-                      query_pdb_code: Optional[str] = None,
-                      query_release_date: Optional[_DateLike] = None) -> TemplateSearchResult:
+    def get_templates(
+        self,
+        query_sequence: str,
+        hits: Sequence[Any],
+        *,
+        query_pdb_code: str | None = None,
+        query_release_date: _DateLike | None = None,
+    ) -> TemplateSearchResult:
         """Template features for ``query_sequence`` from ``hits``.
 
         ``query_pdb_code`` drops hits from the query's own entry; ``query_release_date``
         moves the cut-off to 60 days before it when that is earlier than max_template_date.
         """
         if not query_sequence:
-            raise ValueError('query_sequence is empty.')
+            raise ValueError("query_sequence is empty.")
         cutoff = self._max_template_date
         if query_release_date is not None:
-            query_date = _to_datetime(query_release_date, 'query_release_date')
+            query_date = _to_datetime(query_release_date, "query_release_date")
             cutoff = min(cutoff, query_date - datetime.timedelta(days=60))
 
-        collected: Dict[str, List[Any]] = {name: [] for name in TEMPLATE_FEATURES}
-        errors: List[str] = []
-        warnings_: List[str] = []
-        skipped: List[str] = []
-        by_reason: Dict[str, List[str]] = {}
+        collected: dict[str, list[Any]] = {name: [] for name in TEMPLATE_FEATURES}
+        errors: list[str] = []
+        warnings_: list[str] = []
+        skipped: list[str] = []
+        by_reason: dict[str, list[str]] = {}
         num_hits = 0
         if hits and all(h.sum_probs is not None for h in hits):
             ordered = sorted(hits, key=lambda h: h.sum_probs, reverse=True)  # stable
@@ -761,43 +793,50 @@ class TemplateFeaturizer:
         summary = summarize_skipped(by_reason)
         if summary:
             level = logging.WARNING if _PROBLEM_REASONS & set(by_reason) else logging.INFO
-            logger.log(level, '%s', summary)
-        return TemplateSearchResult(features=features, errors=errors, warnings=warnings_,
-                                    skipped=skipped, skipped_by_reason=by_reason)
+            logger.log(level, "%s", summary)
+        return TemplateSearchResult(
+            features=features, errors=errors, warnings=warnings_, skipped=skipped, skipped_by_reason=by_reason
+        )
 
-    def _process_hit(self, query_sequence: str, query_pdb_code: Optional[str], hit: Any,
-                     cutoff: datetime.datetime) -> _HitResult:
+    def _process_hit(
+        self, query_sequence: str, query_pdb_code: str | None, hit: Any, cutoff: datetime.datetime
+    ) -> _HitResult:
         strict = self._strict_error_check
         try:
             pdb_code, chain_id = get_pdb_id_and_chain(hit.name)
         except ValueError as e:  # AlphaFold raises here; we report and go on.
-            return _HitResult(None, error=f'hit {getattr(hit, "index", "?")}: {e}',
-                              reason='bad hit name', label=str(getattr(hit, 'name', '?')).split()[0])
+            return _HitResult(
+                None,
+                error=f"hit {getattr(hit, 'index', '?')}: {e}",
+                reason="bad hit name",
+                label=str(getattr(hit, "name", "?")).split()[0],
+            )
         if pdb_code not in self._release_dates and pdb_code in self._obsolete_pdbs:
             pdb_code = self._obsolete_pdbs[pdb_code]
-        label = f'{pdb_code}_{chain_id}'
+        label = f"{pdb_code}_{chain_id}"
         fail = lambda reason, **kw: _HitResult(None, reason=reason, label=label, **kw)  # noqa: E731
         sum_probs = 0.0 if hit.sum_probs is None else float(hit.sum_probs)
-        context = f'{label} (sum_probs: {sum_probs:.2f}, rank: {hit.index})'
+        context = f"{label} (sum_probs: {sum_probs:.2f}, rank: {hit.index})"
 
         try:
             assess_hit(hit, pdb_code, query_sequence, query_pdb_code, self._release_dates, cutoff)
         except PrefilterError as e:
-            msg = f'hit {label} did not pass prefilter: {e}'
+            msg = f"hit {label} did not pass prefilter: {e}"
             logger.info(msg)
             reason = SKIP_REASONS[6] if isinstance(e, DateError) else SKIP_REASONS[7]
             if strict and isinstance(e, (DateError, PdbIdError, DuplicateError)):
                 return fail(reason, error=msg, skipped=msg)
             return fail(reason, skipped=msg)
 
-        mapping = build_query_to_hit_index_mapping(hit.query, hit.hit_sequence, hit.indices_hit,
-                                                   hit.indices_query, query_sequence)
-        template_sequence = hit.hit_sequence.replace('-', '')
+        mapping = build_query_to_hit_index_mapping(
+            hit.query, hit.hit_sequence, hit.indices_hit, hit.indices_query, query_sequence
+        )
+        template_sequence = hit.hit_sequence.replace("-", "")
 
-        cif_path = os.path.join(self._mmcif_dir, pdb_code + '.cif')
+        cif_path = os.path.join(self._mmcif_dir, pdb_code + ".cif")
         if not os.path.exists(cif_path):
             # AlphaFold crashes here (open() fails); we report the hit and go on.
-            return fail(SKIP_REASONS[0], error=f'{context}: mmCIF file not found: {cif_path}')
+            return fail(SKIP_REASONS[0], error=f"{context}: mmCIF file not found: {cif_path}")
         parse_error = None
         try:
             mmcif_object = mmcif.parse_mmcif_file(cif_path, file_id=pdb_code)
@@ -806,29 +845,37 @@ class TemplateFeaturizer:
 
         if mmcif_object is not None:
             if mmcif_object.release_date is None:
-                return fail(SKIP_REASONS[2], error=f'{context}: mmCIF {cif_path} has no release date '
-                            '(_pdbx_audit_revision_history); cannot apply the date cut-off.')
-            hit_date = datetime.datetime.strptime(mmcif_object.release_date, '%Y-%m-%d')
+                return fail(
+                    SKIP_REASONS[2],
+                    error=f"{context}: mmCIF {cif_path} has no release date "
+                    "(_pdbx_audit_revision_history); cannot apply the date cut-off.",
+                )
+            hit_date = datetime.datetime.strptime(mmcif_object.release_date, "%Y-%m-%d")
             if hit_date > cutoff:
-                msg = f'Template {pdb_code} date ({hit_date}) > max template date ({cutoff}).'
+                msg = f"Template {pdb_code} date ({hit_date}) > max template date ({cutoff})."
                 logger.info(msg)
                 return fail(SKIP_REASONS[6], error=msg if strict else None, skipped=msg)
 
         try:
             features, realign_warning = extract_template_features(
-                mmcif_object=mmcif_object, pdb_id=pdb_code, mapping=mapping,
-                template_sequence=template_sequence, query_sequence=query_sequence,
-                template_chain_id=chain_id, kalign_binary=self._kalign_binary)
-            features['template_sum_probs'] = np.array([sum_probs], np.float32)
+                mmcif_object=mmcif_object,
+                pdb_id=pdb_code,
+                mapping=mapping,
+                template_sequence=template_sequence,
+                query_sequence=query_sequence,
+                template_chain_id=chain_id,
+                kalign_binary=self._kalign_binary,
+            )
+            features["template_sum_probs"] = np.array([sum_probs], np.float32)
             return _HitResult(features, warning=realign_warning)
         except (NoChainsError, NoAtomDataInTemplateError, TemplateAtomMaskAllZerosError) as e:
-            msg = (f'{context}: feature extracting errors: {e}, mmCIF parsing errors: '
-                   f'{parse_error}')
+            msg = f"{context}: feature extracting errors: {e}, mmCIF parsing errors: {parse_error}"
             reason = SKIP_REASONS[1] if parse_error else SKIP_REASONS[4]
             if strict:
                 return fail(reason, error=msg)
             return fail(reason, warning=msg)
         except TemplateError as e:
-            return fail(SKIP_REASONS[1] if parse_error else SKIP_REASONS[5],
-                        error=(f'{context}: feature extracting errors: {e}, mmCIF '
-                               f'parsing errors: {parse_error}'))
+            return fail(
+                SKIP_REASONS[1] if parse_error else SKIP_REASONS[5],
+                error=(f"{context}: feature extracting errors: {e}, mmCIF parsing errors: {parse_error}"),
+            )

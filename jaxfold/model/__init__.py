@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -22,9 +22,17 @@ from jaxfold.model.predict import flat_outputs, flatten_outputs, predict
 __all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs"]
 
 
-def run_alphafold(config, params: Mapping, features: Mapping, mesh=None, *, rng: jax.Array | None = None,
-                  kernels: str | None = None, chunk_size: int | str | None = None,
-                  outputs: str = "full") -> dict[str, np.ndarray]:
+def run_alphafold(
+    config,
+    params: Mapping,
+    features: Mapping,
+    mesh=None,
+    *,
+    rng: jax.Array | None = None,
+    kernels: str | None = None,
+    chunk_size: int | str | None = None,
+    outputs: str = "full",
+) -> dict[str, np.ndarray]:
     """Predict a structure with the whole model (`jaxfold.model.predict.predict`).
 
     config: a `jaxfold.config.Config` (e.g. `model_config('model_1_ptm')`).
@@ -45,5 +53,6 @@ def run_alphafold(config, params: Mapping, features: Mapping, mesh=None, *, rng:
     DeepMind's outputs. Adds `confidence/iptm`, the multimer `confidence/ranking_confidence` (0.8 ipTM +
     0.2 pTM) and `num_recycles` (recycling passes run; early stop on `recycle_early_stop_tolerance`).
     """
-    return predict(config, params, features, mesh=mesh, rng=rng, kernels=kernels, chunk_size=chunk_size,
-                   outputs=outputs)
+    return predict(
+        config, params, features, mesh=mesh, rng=rng, kernels=kernels, chunk_size=chunk_size, outputs=outputs
+    )

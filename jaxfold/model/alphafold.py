@@ -14,9 +14,9 @@ iterations at run time (training samples it), capped by `config.num_recycle`.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.common import residue_constants
 from jaxfold.model.embeddings_and_evoformer import EmbeddingsAndEvoformer
@@ -30,8 +30,11 @@ def apply_heads(config, representations: dict, batch: dict, is_training: bool) -
     `alphafold_iteration/<head>_head/...`); heads with zero weight are not built, so `_ptm` parameters
     carry the PAE head and the others do not. Call from inside a compact method."""
     gc = config.global_config
-    return {head_name: cls(config.heads[head_name], gc, name=scope)(representations, batch, is_training)
-            for head_name, (cls, scope) in HEADS.items() if config.heads[head_name].weight}
+    return {
+        head_name: cls(config.heads[head_name], gc, name=scope)(representations, batch, is_training)
+        for head_name, (cls, scope) in HEADS.items()
+        if config.heads[head_name].weight
+    }
 
 
 class AlphaFoldIteration(nn.Module):
@@ -53,10 +56,12 @@ class AlphaFoldIteration(nn.Module):
     def __call__(self, batch: dict) -> dict:
         c = self.config
         gc = c.global_config
-        representations = EmbeddingsAndEvoformer(c.embeddings_and_evoformer, gc, self.is_training, self.dap,
-                                                 name="evoformer")(batch)
-        structure = StructureModule(c.heads.structure_module, gc, self.is_training,
-                                    name="structure_module")(representations, batch)
+        representations = EmbeddingsAndEvoformer(
+            c.embeddings_and_evoformer, gc, self.is_training, self.dap, name="evoformer"
+        )(batch)
+        structure = StructureModule(c.heads.structure_module, gc, self.is_training, name="structure_module")(
+            representations, batch
+        )
         representations = dict(representations, structure_module=structure.pop("act"))
         ret = {"representations": representations, "structure_module": structure}
         if self.compute_heads:
@@ -83,16 +88,20 @@ def initial_recycling_inputs(config, num_res: int) -> dict:
     `prev_msa_first_row [N_res, c_m]` float32 and `prev_pair [N_res, N_res, c_z]` in the activation dtype
     (the dtype the trunk returns its pair in, so every pass sees the same input types)."""
     emb = config.embeddings_and_evoformer
-    return {"prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
-            "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
-            "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.dtype(config.global_config.dtype))}
+    return {
+        "prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
+        "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
+        "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.dtype(config.global_config.dtype)),
+    }
 
 
 def recycling_outputs(ret: dict) -> dict:
     """What the next recycling iteration sees; no gradient flows through recycling."""
-    prev = {"prev_pos": ret["structure_module"]["final_atom_positions"],
-            "prev_msa_first_row": ret["representations"]["msa_first_row"],
-            "prev_pair": ret["representations"]["pair"]}
+    prev = {
+        "prev_pos": ret["structure_module"]["final_atom_positions"],
+        "prev_msa_first_row": ret["representations"]["msa_first_row"],
+        "prev_pair": ret["representations"]["pair"],
+    }
     return jax.tree_util.tree_map(jax.lax.stop_gradient, prev)
 
 
@@ -129,6 +138,11 @@ class AlphaFold(nn.Module):
             if self.is_initializing():
                 _, prev = body(iteration, (0, prev))
             else:
-                _, prev = nn.while_loop(lambda module, carry: carry[0] < num_iter, body, iteration,
-                                        (jnp.asarray(0), prev), split_rngs={"dropout": True})
+                _, prev = nn.while_loop(
+                    lambda module, carry: carry[0] < num_iter,
+                    body,
+                    iteration,
+                    (jnp.asarray(0), prev),
+                    split_rngs={"dropout": True},
+                )
         return iteration(dict(iteration_batch(num_iter), **prev))

@@ -21,18 +21,19 @@ Inside a pass the embedding gets `split(pass_key)[1]` (AlphaFold's one-member en
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.common import residue_constants
 from jaxfold.model import embedders
 from jaxfold.model.evoformer import evoformer_stack
-from jaxfold.model.stacks import apply_stack
 from jaxfold.model.heads import HEADS
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.model.primitives import Linear
-from jaxfold.model.relative_encoding import SCOPE as RELATIVE_ENCODING_SCOPE, RelativeEncoding
+from jaxfold.model.relative_encoding import SCOPE as RELATIVE_ENCODING_SCOPE
+from jaxfold.model.relative_encoding import RelativeEncoding
+from jaxfold.model.stacks import apply_stack
 from jaxfold.model.structure_module_multimer import StructureModuleMultimer
 from jaxfold.model.template_multimer import TemplateEmbedding, template_embedding_1d
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
@@ -85,8 +86,17 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
                 batch, sampling = process_msa(key, batch, c)
             for name in ("sample_key", "mask_key", "index_order", "logits"):
                 sow(f"sample_msa/{name}", sampling[name])
-            for name in ("msa", "true_msa", "bert_mask", "cluster_profile", "cluster_deletion_mean",
-                         "msa_feat", "extra_msa_feat", "extra_msa_mask", "msa_profile"):
+            for name in (
+                "msa",
+                "true_msa",
+                "bert_mask",
+                "cluster_profile",
+                "cluster_deletion_mean",
+                "msa_feat",
+                "extra_msa_feat",
+                "extra_msa_mask",
+                "msa_profile",
+            ):
                 sow(f"batch/{name}", batch[name])
         aatype = batch["aatype"]
         target_feat = jax.nn.one_hot(aatype, 21)
@@ -96,7 +106,8 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
         msa, pair = embedders.recycling_embedding(batch, c, msa, pair, gc.kernels)
         if c.max_relative_idx:
             relative = RelativeEncoding(c, gc.dtype, name=RELATIVE_ENCODING_SCOPE)(
-                batch["residue_index"], batch["asym_id"], batch["entity_id"], batch["sym_id"])
+                batch["residue_index"], batch["asym_id"], batch["entity_id"], batch["sym_id"]
+            )
             sow("relative_encoding/output", relative)
             pair = pair + relative
         msa, pair = msa.astype(dtype), pair.astype(dtype)
@@ -104,7 +115,8 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
         if c.template.enabled:
             multichain_mask = batch["asym_id"][:, None] == batch["asym_id"][None, :]
             template_act = TemplateEmbedding(c.template, gc, self.is_training, self.dap, name="template_embedding")(
-                pair, batch, mask_2d, multichain_mask)
+                pair, batch, mask_2d, multichain_mask
+            )
             sow("template_embedding/output", template_act)
             pair = pair + template_act
 
@@ -112,10 +124,18 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         sow("extra_msa_stack/input", (extra_msa, pair))
         if c.extra_msa_stack_num_block:
-            extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,
-                                          is_training=self.is_training, name="extra_msa_stack", dap=self.dap)
-            extra_msa, pair = apply_stack(extra_stack, self.dap, extra_msa, pair,
-                                          batch["extra_msa_mask"].astype(dtype), mask_2d, *vary_refs)
+            extra_stack = evoformer_stack(
+                c.evoformer,
+                gc,
+                c.extra_msa_stack_num_block,
+                is_extra_msa=True,
+                is_training=self.is_training,
+                name="extra_msa_stack",
+                dap=self.dap,
+            )
+            extra_msa, pair = apply_stack(
+                extra_stack, self.dap, extra_msa, pair, batch["extra_msa_mask"].astype(dtype), mask_2d, *vary_refs
+            )
         sow("extra_msa_stack/output", pair)
 
         num_msa_sequences = msa.shape[0]
@@ -126,8 +146,15 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
             msa = jnp.concatenate([msa, template_rows.astype(dtype)], axis=0)
             msa_mask = jnp.concatenate([msa_mask, template_mask.astype(dtype)], axis=0)
         sow("evoformer_stack/input", (msa, pair, msa_mask))
-        stack = evoformer_stack(c.evoformer, gc, c.evoformer_num_block, is_extra_msa=False,
-                                is_training=self.is_training, name="evoformer_iteration", dap=self.dap)
+        stack = evoformer_stack(
+            c.evoformer,
+            gc,
+            c.evoformer_num_block,
+            is_extra_msa=False,
+            is_training=self.is_training,
+            name="evoformer_iteration",
+            dap=self.dap,
+        )
         msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask, mask_2d, *vary_refs)
         sow("evoformer_stack/output", msa)
 
@@ -153,14 +180,18 @@ class AlphaFoldIterationMultimer(nn.Module):
         c = self.config
         gc = c.global_config
         if c.get("num_ensemble_eval", 1) != 1 or (self.is_training and c.get("num_ensemble_train", 1) != 1):
-            raise ValueError("AlphaFold-Multimer ensembling (num_ensemble_eval/num_ensemble_train > 1) is not "
-                             "supported; every shipped multimer config uses 1")
+            raise ValueError(
+                "AlphaFold-Multimer ensembling (num_ensemble_eval/num_ensemble_train > 1) is not "
+                "supported; every shipped multimer config uses 1"
+            )
         with deepmind_keys():
             embedding_key = None if key is None else jax.random.split(key)[1]  # the one-member ensemble scan
-        representations = EmbeddingsAndEvoformerMultimer(c.embeddings_and_evoformer, gc, self.is_training,
-                                                         self.dap, name="evoformer")(batch, embedding_key, capture)
-        structure = StructureModuleMultimer(c.heads.structure_module, gc, self.is_training,
-                                            name="structure_module")(representations, batch)
+        representations = EmbeddingsAndEvoformerMultimer(
+            c.embeddings_and_evoformer, gc, self.is_training, self.dap, name="evoformer"
+        )(batch, embedding_key, capture)
+        structure = StructureModuleMultimer(c.heads.structure_module, gc, self.is_training, name="structure_module")(
+            representations, batch
+        )
         representations = dict(representations, structure_module=structure.pop("act"))
         ret = {"representations": representations, "structure_module": structure}
         for head_name, (cls, scope) in HEADS.items():
@@ -171,9 +202,11 @@ class AlphaFoldIterationMultimer(nn.Module):
 
 def recycling_outputs(ret: dict) -> dict:
     """What the next pass sees; no gradient flows through recycling."""
-    prev = {"prev_pos": ret["structure_module"]["final_atom_positions"],
-            "prev_msa_first_row": ret["representations"]["msa_first_row"],
-            "prev_pair": ret["representations"]["pair"]}
+    prev = {
+        "prev_pos": ret["structure_module"]["final_atom_positions"],
+        "prev_msa_first_row": ret["representations"]["msa_first_row"],
+        "prev_pair": ret["representations"]["pair"],
+    }
     return jax.tree_util.tree_map(jax.lax.stop_gradient, prev)
 
 
@@ -203,8 +236,7 @@ def prepare_batch(features: dict) -> dict:
     int64 template aatypes int32, as JAX casts them on entry). Strings and unknown dtypes are dropped."""
     batch = {}
     for name, value in features.items():
-        value = jnp.asarray(value) if getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" \
-            else None
+        value = jnp.asarray(value) if getattr(value, "dtype", None) is not None and value.dtype.kind in "biuf" else None
         if value is not None:
             batch[name] = value
     for name in ("aatype", "residue_index", "template_aatype", "msa"):
@@ -237,9 +269,11 @@ class AlphaFoldMultimer(nn.Module):
         iteration = AlphaFoldIterationMultimer(c, self.is_training, self.dap, name="alphafold_iteration")
         features = {k: v for k, v in batch.items() if k != "num_iter_recycling"}
         num_res = features["aatype"].shape[0]
-        prev = {"prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
-                "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
-                "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.float32)}
+        prev = {
+            "prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
+            "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
+            "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.float32),
+        }
         num_recycles = jnp.asarray(0)
         if c.num_recycle:
             num_iter = c.num_recycle
@@ -255,16 +289,21 @@ class AlphaFoldMultimer(nn.Module):
             def cond(module, carry):
                 del module
                 i, prev, next_in, _ = carry
-                return continue_recycling(i, prev["prev_pos"], next_in["prev_pos"], features["seq_mask"],
-                                          num_iter, c.recycle_early_stop_tolerance)
+                return continue_recycling(
+                    i,
+                    prev["prev_pos"],
+                    next_in["prev_pos"],
+                    features["seq_mask"],
+                    num_iter,
+                    c.recycle_early_stop_tolerance,
+                )
 
             prev = vary_like(prev, features)
             carry = (jnp.asarray(0), prev, prev, key)
             if self.is_initializing():
                 num_recycles, _, prev, key = body(iteration, carry)
             else:
-                num_recycles, _, prev, key = nn.while_loop(cond, body, iteration, carry,
-                                                           split_rngs={"dropout": True})
+                num_recycles, _, prev, key = nn.while_loop(cond, body, iteration, carry, split_rngs={"dropout": True})
         ret = iteration(dict(features, **prev), key, capture)
         ret["num_recycles"] = num_recycles
         return ret

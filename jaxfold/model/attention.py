@@ -11,9 +11,9 @@ pair (`pair_bias`, `pair_bias_in_chunks`) and `attention_for`, the attention of 
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from jaxfold.model.chunking import chunked
@@ -28,8 +28,14 @@ def mask_to_bias(mask: jax.Array) -> jax.Array:
     return 1e9 * (mask - 1.0)
 
 
-def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
-                   nonbatched_bias: jax.Array | None = None, kernels: str = "xla") -> jax.Array:
+def attention_core(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    nonbatched_bias: jax.Array | None = None,
+    kernels: str = "xla",
+) -> jax.Array:
     """softmax(q k^T + bias + nonbatched_bias) v, per head.
 
     The one attention entry point of the model, so a fused kernel can be switched in by `kernels`
@@ -49,8 +55,9 @@ def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array,
     return jnp.einsum("bhqk,bkhc->bqhc", weights, v)
 
 
-def gating_and_output_params(module: nn.Module, c_q: int, num_head: int, value_dim: int, output_dim: int,
-                             gating: bool, zero_init: bool):
+def gating_and_output_params(
+    module: nn.Module, c_q: int, num_head: int, value_dim: int, output_dim: int, gating: bool, zero_init: bool
+):
     """The gate (`gating_w [c_q, H, c_v]` zeros, `gating_b [H, c_v]` ones: gates start open at sigmoid(1))
     and output projection (`output_w [H, c_v, c_out]`, zero-initialised under `zero_init`) of both
     attention variants. Gating params are None when `gating` is off."""
@@ -92,7 +99,8 @@ class Attention(nn.Module):
         key_w = self.param("key_w", glorot_uniform, (c_m, h, key_dim))
         value_w = self.param("value_w", glorot_uniform, (c_m, h, value_dim))
         gating_w, gating_b, output_w, output_b = gating_and_output_params(
-            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init)
+            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init
+        )
         dtype = q_data.dtype
 
         def rows(q_data, m_data, bias):
@@ -139,7 +147,8 @@ class GlobalAttention(nn.Module):
         key_w = self.param("key_w", nn.initializers.glorot_uniform(), (c_m, key_dim))
         value_w = self.param("value_w", nn.initializers.glorot_uniform(), (c_m, value_dim))
         gating_w, gating_b, output_w, output_b = gating_and_output_params(
-            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init)
+            self, c_q, h, value_dim, self.output_dim, self.gating, self.zero_init
+        )
         dtype = q_data.dtype
 
         def rows(q_data, m_data, q_mask):
@@ -172,8 +181,9 @@ def pair_bias(module: nn.Module, pair_act: jax.Array, num_head: int, kernels: st
     return jnp.einsum("qkc,ch->hqk", pair_act, weights.astype(pair_act.dtype))
 
 
-def pair_bias_in_chunks(pair_act: jax.Array, norm_params: dict, feat_2d_weights: jax.Array, chunk_size: int,
-                        kernels: str) -> jax.Array:
+def pair_bias_in_chunks(
+    pair_act: jax.Array, norm_params: dict, feat_2d_weights: jax.Array, chunk_size: int, kernels: str
+) -> jax.Array:
     """`pair_bias` of the layer-normed pair from the parameters, `chunk_size` pair rows at a time, so no
     normalised copy of the whole pair exists: pair_act `[N, N, c_z]` -> `[H, N, N]` (in-place inference)."""
 
@@ -186,7 +196,13 @@ def pair_bias_in_chunks(pair_act: jax.Array, norm_params: dict, feat_2d_weights:
 
 def attention_for(config, global_config, output_dim: int) -> Attention:
     return Attention(
-        num_head=config.num_head, output_dim=output_dim, gating=config.gating,
-        key_dim=config.get("key_dim"), value_dim=config.get("value_dim"),
-        zero_init=global_config.zero_init, chunk_size=global_config.chunk_size,
-        kernels=global_config.kernels, name="attention")
+        num_head=config.num_head,
+        output_dim=output_dim,
+        gating=config.gating,
+        key_dim=config.get("key_dim"),
+        value_dim=config.get("value_dim"),
+        zero_init=global_config.zero_init,
+        chunk_size=global_config.chunk_size,
+        kernels=global_config.kernels,
+        name="attention",
+    )

@@ -9,7 +9,7 @@ padded, reshaped or concatenated: for a pair-sized output that would be a second
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,9 @@ from jax import lax
 from jaxfold.parallel.dap import vary_like
 
 
-def chunked(fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int | None] | None = None,
-            out_axis: int = 0) -> Callable:
+def chunked(
+    fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int | None] | None = None, out_axis: int = 0
+) -> Callable:
     """Wrap `fn` so it runs in slices of `chunk_size` along the batch axis of each argument.
 
     batch_axes: per positional argument, the axis that is sliced, or None for arguments passed whole
@@ -41,17 +42,21 @@ def chunked(fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int
             return fn(*args)
 
         def call(start, length):
-            return fn(*(a if ax is None else lax.dynamic_slice_in_dim(a, start, length, ax)
-                        for a, ax in zip(args, axes)))
+            return fn(
+                *(a if ax is None else lax.dynamic_slice_in_dim(a, start, length, ax) for a, ax in zip(args, axes))
+            )
 
         def write(out, start, length):
             return jax.tree_util.tree_map(
                 lambda buffer, piece: lax.dynamic_update_slice_in_dim(buffer, piece, start, out_axis),
-                out, call(start, length))
+                out,
+                call(start, length),
+            )
 
         shapes = jax.eval_shape(lambda: call(0, chunk_size))
         out = jax.tree_util.tree_map(
-            lambda s: jnp.zeros(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1:], s.dtype), shapes)
+            lambda s: jnp.zeros(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1 :], s.dtype), shapes
+        )
         out = vary_like(out, *args)  # under shard_map the loop carry varies like what is written into it
         num_full = size // chunk_size
         out = lax.fori_loop(0, num_full, lambda i, o: write(o, i * chunk_size, chunk_size), out)

@@ -7,7 +7,8 @@ PAE keeps the logits' float32). Inputs may be numpy or JAX arrays.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _calculate_bin_centers(breaks: np.ndarray) -> np.ndarray:
     return np.concatenate([bin_centers, [bin_centers[-1] + step]], axis=0)
 
 
-def compute_predicted_aligned_error(logits, breaks) -> Dict[str, np.ndarray]:
+def compute_predicted_aligned_error(logits, breaks) -> dict[str, np.ndarray]:
     """PAE from `predicted_aligned_error` logits `[N, N, num_bins]` and `breaks [num_bins - 1]`.
 
     Returns `aligned_confidence_probs [N, N, num_bins]`, `predicted_aligned_error [N, N]` (expected error in
@@ -55,8 +56,7 @@ def compute_predicted_aligned_error(logits, breaks) -> Dict[str, np.ndarray]:
     }
 
 
-def predicted_tm_score(logits, breaks, residue_weights=None, asym_id=None,
-                       interface: bool = False) -> np.ndarray:
+def predicted_tm_score(logits, breaks, residue_weights=None, asym_id=None, interface: bool = False) -> np.ndarray:
     """Predicted TM-score (pTM), or interface pTM with `interface=True` and `asym_id` (Suppl. Sec. 1.9.7).
 
     Args:
@@ -114,7 +114,7 @@ def ranking_confidence(plddt, ptm=None, iptm=None, multimer_mode: bool = False) 
     return np.mean(np.asarray(plddt))
 
 
-def get_confidence_metrics(prediction_result: Mapping[str, Any], multimer_mode: bool = False) -> Dict[str, Any]:
+def get_confidence_metrics(prediction_result: Mapping[str, Any], multimer_mode: bool = False) -> dict[str, Any]:
     """AlphaFold's `model.get_confidence_metrics`: the metrics added to a prediction result.
 
     `prediction_result` holds the heads' outputs: `predicted_lddt/logits` and, when present,
@@ -122,14 +122,14 @@ def get_confidence_metrics(prediction_result: Mapping[str, Any], multimer_mode: 
     (with the PAE head) `aligned_confidence_probs`, `predicted_aligned_error`, `max_predicted_aligned_error`,
     `ptm` (and `iptm` for multimer), and `ranking_confidence`.
     """
-    metrics: Dict[str, Any] = {"plddt": compute_plddt(prediction_result["predicted_lddt"]["logits"])}
+    metrics: dict[str, Any] = {"plddt": compute_plddt(prediction_result["predicted_lddt"]["logits"])}
     if "predicted_aligned_error" in prediction_result:
         pae = prediction_result["predicted_aligned_error"]
         metrics.update(compute_predicted_aligned_error(pae["logits"], pae["breaks"]))
         metrics["ptm"] = predicted_tm_score(pae["logits"], pae["breaks"], asym_id=None)
         if multimer_mode:
-            metrics["iptm"] = predicted_tm_score(pae["logits"], pae["breaks"], asym_id=pae["asym_id"],
-                                                 interface=True)
+            metrics["iptm"] = predicted_tm_score(pae["logits"], pae["breaks"], asym_id=pae["asym_id"], interface=True)
     metrics["ranking_confidence"] = ranking_confidence(
-        metrics["plddt"], metrics.get("ptm"), metrics.get("iptm"), multimer_mode)
+        metrics["plddt"], metrics.get("ptm"), metrics.get("iptm"), multimer_mode
+    )
     return metrics

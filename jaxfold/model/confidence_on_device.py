@@ -9,9 +9,9 @@ row's TM-score term (the pTM "per alignment" value), exactly the arithmetic of `
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.model.chunking import chunked
 from jaxfold.model.primitives import Linear, apply_linear, final_init
@@ -45,8 +45,9 @@ class AlignedErrorSummary(nn.Module):
     @nn.compact
     def __call__(self, pair: jax.Array, residue_weights: jax.Array, asym_id: jax.Array | None = None) -> dict:
         c = self.config
-        weights, bias = Linear(c.num_bins, initializer=final_init(self.global_config), num_input=pair.shape[-1],
-                               name="logits")()
+        weights, bias = Linear(
+            c.num_bins, initializer=final_init(self.global_config), num_input=pair.shape[-1], name="logits"
+        )()
         breaks = jnp.linspace(0.0, c.max_error_bin, c.num_bins - 1)
         centers = bin_centers_from_breaks(breaks)
         residue_weights = residue_weights.astype(jnp.float32)
@@ -69,8 +70,10 @@ class AlignedErrorSummary(nn.Module):
             return out
 
         out = chunked(rows, self.chunk_size)(pair, residue_weights, asym)
-        result = {"predicted_aligned_error": out.pop("predicted_aligned_error"),
-                  "max_predicted_aligned_error": centers[-1]}
+        result = {
+            "predicted_aligned_error": out.pop("predicted_aligned_error"),
+            "max_predicted_aligned_error": centers[-1],
+        }
         for name in ("ptm", "iptm") if interface else ("ptm",):
             per_alignment = out[f"{name}_per_alignment"]
             result[name] = per_alignment[jnp.argmax(per_alignment * residue_weights)]

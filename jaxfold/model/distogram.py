@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 
-def dgram_between(positions_i: jax.Array, positions_j: jax.Array, num_bins: int, min_bin: float,
-                  max_bin: float) -> jax.Array:
+def dgram_between(
+    positions_i: jax.Array, positions_j: jax.Array, num_bins: int, min_bin: float, max_bin: float
+) -> jax.Array:
     """positions_i `[I, 3]`, positions_j `[J, 3]` -> one-hot distogram `[I, J, num_bins]` (see below)."""
     lower = jnp.square(jnp.linspace(min_bin, max_bin, num_bins))
     upper = jnp.concatenate([lower[1:], jnp.array([1e8], dtype=jnp.float32)], axis=-1)

@@ -13,7 +13,7 @@ time straight into one array of the activation dtype, so for long chains (a `[10
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,8 @@ from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 
 
 def input_embedding(batch: dict, c) -> tuple[jax.Array, jax.Array]:
-    """target_feat `[N_res, 22]`, msa_feat `[N_seq, N_res, 49]` -> msa `[N_seq, N_res, c_m]`, pair `[N_res, N_res, c_z]`."""
+    """target_feat `[N_res, 22]`, msa_feat `[N_seq, N_res, 49]` -> msa `[N_seq, N_res, c_m]`,
+    pair `[N_res, N_res, c_z]`."""
     preprocess_1d = Linear(c.msa_channel, name="preprocess_1d")(batch["target_feat"])
     preprocess_msa = Linear(c.msa_channel, name="preprocess_msa")(batch["msa_feat"])
     msa = preprocess_1d[None] + preprocess_msa
@@ -67,8 +68,9 @@ def msa_embedding(batch: dict, c, kernels: str = "xla") -> jax.Array:
     return msa
 
 
-def pair_embedding(batch: dict, c, kernels: str = "xla", dtype=jnp.float32,
-                   chunk_size: int | str | None = 0) -> jax.Array:
+def pair_embedding(
+    batch: dict, c, kernels: str = "xla", dtype=jnp.float32, chunk_size: int | str | None = 0
+) -> jax.Array:
     """The initial pair `[N_res, N_res, c_z]` in `dtype`: `left_single[i] + right_single[j]`
     (+ `prev_pos_linear(dgram(prev_pos))` + `prev_pair_norm(prev_pair)` when recycling)
     (+ `pair_activiations(one_hot(relpos))` when `c.max_relative_feature`), summed in that order in float32
@@ -83,7 +85,7 @@ def pair_embedding(batch: dict, c, kernels: str = "xla", dtype=jnp.float32,
     """
     target_feat = batch["target_feat"]
     num_res = target_feat.shape[0]
-    left_single = Linear(c.pair_channel, name="left_single")(target_feat)    # [N_res, c_z]
+    left_single = Linear(c.pair_channel, name="left_single")(target_feat)  # [N_res, c_z]
     right_single = Linear(c.pair_channel, name="right_single")(target_feat)  # [N_res, c_z]
     residue_index = batch["residue_index"]
     if residue_index.shape != (num_res,):
@@ -96,8 +98,9 @@ def pair_embedding(batch: dict, c, kernels: str = "xla", dtype=jnp.float32,
     if c.recycle_features:
         prev_pair = batch["prev_pair"]
         if prev_pair.shape != (num_res, num_res, c.pair_channel):
-            raise ValueError(f"pair_embedding: prev_pair of shape {prev_pair.shape}, expected "
-                             f"{(num_res, num_res, c.pair_channel)}")
+            raise ValueError(
+                f"pair_embedding: prev_pair of shape {prev_pair.shape}, expected {(num_res, num_res, c.pair_channel)}"
+            )
         prev_pair_norm = LayerNorm(kernels, num_channels=c.pair_channel, name="prev_pair_norm")()
     max_rel = c.max_relative_feature
     if max_rel:
@@ -113,8 +116,9 @@ def pair_embedding(batch: dict, c, kernels: str = "xla", dtype=jnp.float32,
         if c.recycle_features:
             pair = pair + layer_norm(prev_pair_rows, *prev_pair_norm, kernels=kernels)
         if max_rel:
-            pair = pair + apply_linear(relative_position_one_hot(residue_index_rows, residue_index, max_rel),
-                                       relpos_w, relpos_b)
+            pair = pair + apply_linear(
+                relative_position_one_hot(residue_index_rows, residue_index, max_rel), relpos_w, relpos_b
+            )
         return pair.astype(dtype)
 
     if not (isinstance(chunk_size, int) and 0 < chunk_size < num_res):
@@ -146,8 +150,9 @@ def fill_rows(rows_at: Callable, buffer: jax.Array, chunk_size: int) -> jax.Arra
     size = buffer.shape[0]
 
     def one(buffer, start, length):
-        return lax.dynamic_update_slice_in_dim(buffer, rows_at(buffer, start, length).astype(buffer.dtype),
-                                               start, axis=0)
+        return lax.dynamic_update_slice_in_dim(
+            buffer, rows_at(buffer, start, length).astype(buffer.dtype), start, axis=0
+        )
 
     num_full = size // chunk_size
     buffer = lax.fori_loop(0, num_full, lambda i, b: one(b, i * chunk_size, chunk_size), buffer)
@@ -155,8 +160,9 @@ def fill_rows(rows_at: Callable, buffer: jax.Array, chunk_size: int) -> jax.Arra
     return one(buffer, num_full * chunk_size, tail) if tail else buffer
 
 
-def dgram_rows(row_positions: jax.Array, positions: jax.Array, num_bins: int, min_bin: float,
-               max_bin: float) -> jax.Array:
+def dgram_rows(
+    row_positions: jax.Array, positions: jax.Array, num_bins: int, min_bin: float, max_bin: float
+) -> jax.Array:
     """`dgram_from_positions` for some rows: row_positions `[R, 3]`, positions `[N, 3]` -> one-hot
     `[R, N, num_bins]` of the squared distances, the same arithmetic element by element."""
     lower = jnp.square(jnp.linspace(min_bin, max_bin, num_bins))
@@ -173,10 +179,14 @@ def relative_position_one_hot(row_residue_index: jax.Array, residue_index: jax.A
 
 def extra_msa_embedding(batch: dict, c) -> jax.Array:
     """extra_msa `[N_extra, N_res]` (ids), has_deletion, deletion_value -> `[N_extra, N_res, c_e]`."""
-    features = jnp.concatenate([
-        jax.nn.one_hot(batch["extra_msa"], 23),
-        batch["extra_has_deletion"][..., None],
-        batch["extra_deletion_value"][..., None]], axis=-1)
+    features = jnp.concatenate(
+        [
+            jax.nn.one_hot(batch["extra_msa"], 23),
+            batch["extra_has_deletion"][..., None],
+            batch["extra_deletion_value"][..., None],
+        ],
+        axis=-1,
+    )
     return Linear(c.extra_msa_channel, name="extra_msa_activations")(features)
 
 
@@ -190,13 +200,20 @@ def template_single_embedding(batch: dict, c, zero_init: bool) -> tuple[jax.Arra
     num_templ, num_res = batch["template_aatype"].shape
     aatype_one_hot = jax.nn.one_hot(batch["template_aatype"], 22)
     torsions = all_atom.atom37_to_torsion_angles(
-        aatype=batch["template_aatype"], all_atom_pos=batch["template_all_atom_positions"],
-        all_atom_mask=batch["template_all_atom_masks"], placeholder_for_undefined=not zero_init)
-    features = jnp.concatenate([
-        aatype_one_hot,
-        torsions["torsion_angles_sin_cos"].reshape(num_templ, num_res, 14),
-        torsions["alt_torsion_angles_sin_cos"].reshape(num_templ, num_res, 14),
-        torsions["torsion_angles_mask"]], axis=-1)
+        aatype=batch["template_aatype"],
+        all_atom_pos=batch["template_all_atom_positions"],
+        all_atom_mask=batch["template_all_atom_masks"],
+        placeholder_for_undefined=not zero_init,
+    )
+    features = jnp.concatenate(
+        [
+            aatype_one_hot,
+            torsions["torsion_angles_sin_cos"].reshape(num_templ, num_res, 14),
+            torsions["alt_torsion_angles_sin_cos"].reshape(num_templ, num_res, 14),
+            torsions["torsion_angles_mask"],
+        ],
+        axis=-1,
+    )
     act = Linear(c.msa_channel, initializer="relu", name="template_single_embedding")(features)
     act = Linear(c.msa_channel, initializer="relu", name="template_projection")(jax.nn.relu(act))
     return act, torsions["torsion_angles_mask"][:, :, 2]

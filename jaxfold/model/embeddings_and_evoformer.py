@@ -18,13 +18,13 @@ back, so everything outside the stacks sees whole, replicated tensors.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxfold.model import embedders
 from jaxfold.model.evoformer import evoformer_stack, updates_in_place
-from jaxfold.model.stacks import apply_stack
 from jaxfold.model.primitives import Linear
+from jaxfold.model.stacks import apply_stack
 from jaxfold.model.template import TemplateEmbedding
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs
 
@@ -61,10 +61,24 @@ class EmbeddingsAndEvoformer(nn.Module):
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
         if c.extra_msa_stack_num_block:
-            extra_stack = evoformer_stack(c.evoformer, gc, c.extra_msa_stack_num_block, is_extra_msa=True,
-                                          is_training=self.is_training, name="extra_msa_stack", dap=self.dap)
-            extra_msa, pair = apply_stack(extra_stack, self.dap, extra_msa, pair, batch["extra_msa_mask"].astype(dtype),
-                                          mask_2d.astype(dtype), *vary_refs)
+            extra_stack = evoformer_stack(
+                c.evoformer,
+                gc,
+                c.extra_msa_stack_num_block,
+                is_extra_msa=True,
+                is_training=self.is_training,
+                name="extra_msa_stack",
+                dap=self.dap,
+            )
+            extra_msa, pair = apply_stack(
+                extra_stack,
+                self.dap,
+                extra_msa,
+                pair,
+                batch["extra_msa_mask"].astype(dtype),
+                mask_2d.astype(dtype),
+                *vary_refs,
+            )
         self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
 
         msa_mask = batch["msa_mask"]
@@ -75,8 +89,15 @@ class EmbeddingsAndEvoformer(nn.Module):
             msa_mask = jnp.concatenate([msa_mask, template_row_mask.astype(msa_mask.dtype)], axis=0)
         msa = msa.astype(dtype)
         self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
-        stack = evoformer_stack(c.evoformer, gc, c.evoformer_num_block, is_extra_msa=False,
-                                is_training=self.is_training, name="evoformer_iteration", dap=self.dap)
+        stack = evoformer_stack(
+            c.evoformer,
+            gc,
+            c.evoformer_num_block,
+            is_extra_msa=False,
+            is_training=self.is_training,
+            name="evoformer_iteration",
+            dap=self.dap,
+        )
         msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype), *vary_refs)
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
 
@@ -86,4 +107,3 @@ class EmbeddingsAndEvoformer(nn.Module):
         msa_first_row = msa[0].astype(jnp.float32)
         single = Linear(c.seq_channel, name="single_activations")(msa_first_row)
         return {"single": single, "pair": pair, "msa": msa[:num_sequences], "msa_first_row": msa_first_row}
-

@@ -15,15 +15,14 @@ exactly like the official files (`evoformer_iteration/...` `[48, ...]`), and wra
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
 
-from jaxfold.model.inplace import add_in_place, pure
-from jaxfold.model.stacks import residual_update, scanned_stack
-from jaxfold.model.msa_attention import (
-    MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias)
 from jaxfold.model.attention import pair_bias_in_chunks
+from jaxfold.model.inplace import add_in_place, pure
+from jaxfold.model.msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from jaxfold.model.outer_product_mean import OuterProductMean, right_projection
+from jaxfold.model.stacks import residual_update, scanned_stack
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication, whole_right_operand
@@ -62,8 +61,9 @@ class EvoformerIteration(nn.Module):
         def add(module, act, split_axis, *args):
             return residual_update(module, self, act, module(*args), train, dap, split_axis)
 
-        opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], dap=dap,
-                               name="outer_product_mean")
+        opm = OuterProductMean(
+            c.outer_product_mean, gc, num_output_channel=pair.shape[-1], dap=dap, name="outer_product_mean"
+        )
         opm_first = bool(c.outer_product_mean.get("first", False))
         if opm_first:
             # AlphaFold-Multimer order: the MSA informs the pair before the MSA updates (2 extra MSA
@@ -72,8 +72,9 @@ class EvoformerIteration(nn.Module):
             pair = add(opm, pair, rows, msa, msa_mask_cols, msa_mask)
             msa = dap.col_to_row(msa)
 
-        row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, dap,
-                                          name="msa_row_attention_with_pair_bias")
+        row = MSARowAttentionWithPairBias(
+            c.msa_row_attention_with_pair_bias, gc, dap, name="msa_row_attention_with_pair_bias"
+        )
         msa = add(row, msa, rows, msa, msa_mask_rows, pair)
         msa = dap.row_to_col(msa)
         if self.is_extra_msa:
@@ -88,16 +89,19 @@ class EvoformerIteration(nn.Module):
         # Independent of the pair updates below, so XLA can overlap this all-to-all with them.
         msa = dap.col_to_row(msa)
 
-        outgoing = TriangleMultiplication(c.triangle_multiplication_outgoing, gc, dap,
-                                          name="triangle_multiplication_outgoing")
+        outgoing = TriangleMultiplication(
+            c.triangle_multiplication_outgoing, gc, dap, name="triangle_multiplication_outgoing"
+        )
         pair = add(outgoing, pair, rows, pair, pair_mask_rows)
         pair = dap.row_to_col(pair)
-        incoming = TriangleMultiplication(c.triangle_multiplication_incoming, gc, dap,
-                                          name="triangle_multiplication_incoming")
+        incoming = TriangleMultiplication(
+            c.triangle_multiplication_incoming, gc, dap, name="triangle_multiplication_incoming"
+        )
         pair = add(incoming, pair, cols, pair, pair_mask_cols)
         pair = dap.col_to_row(pair)
-        starting = TriangleAttention(c.triangle_attention_starting_node, gc, dap,
-                                     name="triangle_attention_starting_node")
+        starting = TriangleAttention(
+            c.triangle_attention_starting_node, gc, dap, name="triangle_attention_starting_node"
+        )
         pair = add(starting, pair, rows, pair, pair_mask_rows)
         pair = dap.row_to_col(pair)
         ending = TriangleAttention(c.triangle_attention_ending_node, gc, dap, name="triangle_attention_ending_node")
@@ -112,8 +116,7 @@ def updates_in_place(module: nn.Module, global_config, is_training: bool, dap: D
     """Inference with a chunk size on one device updates the MSA and pair in place (`jaxfold.model.inplace`);
     training (dropout, gradients), DAP and initialisation (parameters not yet there) take the plain path."""
     chunk = global_config.chunk_size
-    return (isinstance(chunk, int) and chunk > 0 and not is_training and not dap.enabled
-            and not module.is_initializing())
+    return isinstance(chunk, int) and chunk > 0 and not is_training and not dap.enabled and not module.is_initializing()
 
 
 def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
@@ -129,8 +132,13 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
 
     def outer_product_mean(pair, msa):
         right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
-        return add_in_place(lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right), pair, rows, chunk,
-                            [(msa, cols), (msa_mask, cols)])
+        return add_in_place(
+            lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right),
+            pair,
+            rows,
+            chunk,
+            [(msa, cols), (msa_mask, cols)],
+        )
 
     opm_first = bool(c.outer_product_mean.get("first", False))  # AlphaFold-Multimer's order
     if opm_first:
@@ -138,8 +146,9 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
     row = MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, name="msa_row_attention_with_pair_bias")
     params = row.variables["params"]
     bias = pair_bias_in_chunks(pair, params["feat_2d_norm"], params["feat_2d_weights"], chunk, kernels)
-    msa = add_in_place(lambda m, mask: pure(row)(m, mask, None, nonbatched_bias=bias), msa, rows, chunk,
-                       [(msa_mask, rows)])
+    msa = add_in_place(
+        lambda m, mask: pure(row)(m, mask, None, nonbatched_bias=bias), msa, rows, chunk, [(msa_mask, rows)]
+    )
     if block.is_extra_msa:
         column = MSAColumnGlobalAttention(c.msa_column_attention, gc, name="msa_column_global_attention")
     else:
@@ -154,12 +163,20 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
 
 
 # The pair stack's updates in AlphaFold's order: (sub-module name, the axis its slices run along).
-PAIR_UPDATES_EVOFORMER = (("triangle_multiplication_outgoing", 0), ("triangle_multiplication_incoming", 1),
-                          ("triangle_attention_starting_node", 0), ("triangle_attention_ending_node", 1),
-                          ("pair_transition", 0))
-PAIR_UPDATES_TEMPLATE = (("triangle_attention_starting_node", 0), ("triangle_attention_ending_node", 1),
-                         ("triangle_multiplication_outgoing", 0), ("triangle_multiplication_incoming", 1),
-                         ("pair_transition", 0))
+PAIR_UPDATES_EVOFORMER = (
+    ("triangle_multiplication_outgoing", 0),
+    ("triangle_multiplication_incoming", 1),
+    ("triangle_attention_starting_node", 0),
+    ("triangle_attention_ending_node", 1),
+    ("pair_transition", 0),
+)
+PAIR_UPDATES_TEMPLATE = (
+    ("triangle_attention_starting_node", 0),
+    ("triangle_attention_ending_node", 1),
+    ("triangle_multiplication_outgoing", 0),
+    ("triangle_multiplication_incoming", 1),
+    ("pair_transition", 0),
+)
 
 
 def in_place_pair_updates(config, global_config, pair, pair_mask, updates):
@@ -173,25 +190,33 @@ def in_place_pair_updates(config, global_config, pair, pair_mask, updates):
             bias = pair_bias_in_chunks(pair, params["query_norm"], params["feat_2d_weights"], chunk, kernels)
             if split == 1:  # the ending node attends along columns: its bias is the transposed one
                 bias = jnp.swapaxes(bias, 1, 2)
-            pair = add_in_place(lambda p, mask, f=pure(module), b=bias: f(p, mask, nonbatched_bias=b), pair, split,
-                                chunk, [(pair_mask, split)])
+            pair = add_in_place(
+                lambda p, mask, f=pure(module), b=bias: f(p, mask, nonbatched_bias=b),
+                pair,
+                split,
+                chunk,
+                [(pair_mask, split)],
+            )
         elif name.startswith("triangle_multiplication"):
             module = TriangleMultiplication(config[name], global_config, name=name)
             right = whole_right_operand(module.variables["params"], pair, pair_mask, kernels, chunk)
-            pair = add_in_place(lambda p, mask, f=pure(module), r=right: f(p, mask, right=r), pair, split, chunk,
-                                [(pair_mask, split)])
+            pair = add_in_place(
+                lambda p, mask, f=pure(module), r=right: f(p, mask, right=r), pair, split, chunk, [(pair_mask, split)]
+            )
         else:
             module = Transition(config[name], global_config, name=name)
             pair = add_in_place(pure(module), pair, split, chunk, [(pair_mask, split)])
     return pair
 
 
-def evoformer_stack(config, global_config, num_block: int, is_extra_msa: bool, is_training: bool,
-                    name: str, dap: Dap = NO_DAP):
+def evoformer_stack(
+    config, global_config, num_block: int, is_extra_msa: bool, is_training: bool, name: str, dap: Dap = NO_DAP
+):
     """The scanned Evoformer (or extra-MSA) stack as a Flax module named `name`.
 
     Usage: `(msa, pair), _ = evoformer_stack(...)((msa, pair), msa_mask, pair_mask)`.
     """
-    stack = scanned_stack(EvoformerIteration, num_block, bool(global_config.use_remat),
-                          getattr(global_config, "remat_policy", "nothing"))
+    stack = scanned_stack(
+        EvoformerIteration, num_block, bool(global_config.use_remat), getattr(global_config, "remat_policy", "nothing")
+    )
     return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)

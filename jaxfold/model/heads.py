@@ -5,24 +5,27 @@ parameter names and initialisers, and is called like AlphaFold's: `head(represen
 representations dict of the trunk (`single`, `pair`, `msa`, plus `structure_module`, the structure
 module's final `act`, for the pLDDT head). Losses live elsewhere.
 
-| class                         | Haiku name                     | input                        | output                       |
-| ----------------------------- | ------------------------------ | ---------------------------- | ---------------------------- |
-| `DistogramHead`               | `distogram_head`               | `pair [N, N, c_z]`           | `logits [N, N, 64]`, `bin_edges [63]` |
-| `MaskedMsaHead`               | `masked_msa_head`              | `msa [S, N, c_m]`            | `logits [S, N, 23]`          |
-| `PredictedLDDTHead`           | `predicted_lddt_head`          | `structure_module [N, c_s]`  | `logits [N, 50]`             |
-| `ExperimentallyResolvedHead`  | `experimentally_resolved_head` | `single [N, c_s]`            | `logits [N, 37]`             |
-| `PredictedAlignedErrorHead`   | `predicted_aligned_error_head` | `pair [N, N, c_z]`           | `logits [N, N, 64]`, `breaks [63]` (+ `asym_id [N]` for multimer) |
+| class | Haiku name | input | output |
+| --- | --- | --- | --- |
+| `DistogramHead` | `distogram_head` | `pair [N, N, c_z]` | `logits [N, N, 64]`, `bin_edges [63]` |
+| `MaskedMsaHead` | `masked_msa_head` | `msa [S, N, c_m]` | `logits [S, N, 23]` |
+| `PredictedLDDTHead` | `predicted_lddt_head` | `structure_module [N, c_s]` | `logits [N, 50]` |
+| `ExperimentallyResolvedHead` | `experimentally_resolved_head` | `single [N, c_s]` | `logits [N, 37]` |
+| `PredictedAlignedErrorHead` | `predicted_aligned_error_head` | `pair [N, N, c_z]` | `logits [N, N, 64]`, `breaks` |
+
+(The PAE head also returns `asym_id [N]` for multimer.)
 
 Inputs are cast to float32 (heads run in float32 whatever `global_config.dtype` is).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.common import residue_constants
 from jaxfold.model.primitives import LayerNorm, Linear, final_init
@@ -41,8 +44,9 @@ class DistogramHead(nn.Module):
     @nn.compact
     def __call__(self, representations: Mapping[str, jax.Array], batch=None, is_training: bool = False) -> dict:
         del batch, is_training
-        half_logits = Linear(self.config.num_bins, initializer=final_init(self.global_config),
-                             name="half_logits")(_f32(representations["pair"]))
+        half_logits = Linear(self.config.num_bins, initializer=final_init(self.global_config), name="half_logits")(
+            _f32(representations["pair"])
+        )
         logits = half_logits + jnp.swapaxes(half_logits, -2, -3)
         breaks = jnp.linspace(self.config.first_break, self.config.last_break, self.config.num_bins - 1)
         return {"logits": logits, "bin_edges": breaks}
@@ -61,8 +65,9 @@ class MaskedMsaHead(nn.Module):
             num_output = len(residue_constants.restypes_with_x_and_gap)
         else:
             num_output = self.config.num_output
-        logits = Linear(num_output, initializer=final_init(self.global_config),
-                        name="logits")(_f32(representations["msa"]))
+        logits = Linear(num_output, initializer=final_init(self.global_config), name="logits")(
+            _f32(representations["msa"])
+        )
         return {"logits": logits}
 
 
@@ -92,8 +97,9 @@ class ExperimentallyResolvedHead(nn.Module):
     @nn.compact
     def __call__(self, representations: Mapping[str, jax.Array], batch=None, is_training: bool = False) -> dict:
         del batch, is_training
-        logits = Linear(residue_constants.atom_type_num, initializer=final_init(self.global_config),
-                        name="logits")(_f32(representations["single"]))
+        logits = Linear(residue_constants.atom_type_num, initializer=final_init(self.global_config), name="logits")(
+            _f32(representations["single"])
+        )
         return {"logits": logits}
 
 
@@ -106,8 +112,9 @@ class PredictedAlignedErrorHead(nn.Module):
     @nn.compact
     def __call__(self, representations: Mapping[str, jax.Array], batch=None, is_training: bool = False) -> dict:
         del is_training
-        logits = Linear(self.config.num_bins, initializer=final_init(self.global_config),
-                        name="logits")(_f32(representations["pair"]))
+        logits = Linear(self.config.num_bins, initializer=final_init(self.global_config), name="logits")(
+            _f32(representations["pair"])
+        )
         breaks = jnp.linspace(0.0, self.config.max_error_bin, self.config.num_bins - 1)
         if self.global_config.multimer_mode:
             # Chain ids travel with the head's outputs for the interface pTM (ipTM), as in AlphaFold-Multimer.

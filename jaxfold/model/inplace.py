@@ -16,7 +16,7 @@ module cannot be called inside a plain `lax` loop. Inference only (no dropout, n
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,8 +33,9 @@ def pure(module: nn.Module, **fixed) -> Callable:
     return lambda *args, **kwargs: unbound.apply(variables, *args, **fixed, **kwargs)
 
 
-def add_in_place(block_update: Callable, act: jax.Array, axis: int, chunk_size: int,
-                 sliced: Sequence[tuple[jax.Array, int]] = ()) -> jax.Array:
+def add_in_place(
+    block_update: Callable, act: jax.Array, axis: int, chunk_size: int, sliced: Sequence[tuple[jax.Array, int]] = ()
+) -> jax.Array:
     """`act + update` with `update[s] = block_update(act[s], *(a[s] for a in sliced))` for slices `s` of
     `chunk_size` along `axis`, written into `act` one slice at a time.
 

@@ -29,7 +29,7 @@ import os
 import jax
 import numpy as np
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
 # buffers live across fusions, and the estimate is approximate.
 DEFAULT_HEADROOM = 0.80
@@ -57,18 +57,23 @@ class ModelShapes:
     def from_features(cls, features, config) -> ModelShapes:
         """From processed features with a leading recycling axis (`msa_feat [R, N_seq, N, 49]`, ...)."""
         emb = config.model.embeddings_and_evoformer
-        num_templ = int(np.shape(features["template_aatype"])[1]) if (
-            emb.template.enabled and "template_aatype" in features) else 0
+        num_templ = (
+            int(np.shape(features["template_aatype"])[1])
+            if (emb.template.enabled and "template_aatype" in features)
+            else 0
+        )
         num_msa = int(np.shape(features["msa_feat"])[1])
         if emb.template.enabled and emb.template.embed_torsion_angles:
             num_msa += num_templ
-        return cls(num_res=int(np.shape(features["aatype"])[-1]), num_msa=num_msa,
-                   num_extra_msa=int(np.shape(features["extra_msa"])[1]) if "extra_msa" in features else 0,
-                   num_templates=num_templ)
+        return cls(
+            num_res=int(np.shape(features["aatype"])[-1]),
+            num_msa=num_msa,
+            num_extra_msa=int(np.shape(features["extra_msa"])[1]) if "extra_msa" in features else 0,
+            num_templates=num_templ,
+        )
 
 
-def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: str = "xla",
-                        dap_size: int = 1) -> int:
+def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: str = "xla", dap_size: int = 1) -> int:
     """Estimated peak device memory of one prediction pass, in bytes (see the module doc for the model).
 
     chunk_size: rows in flight per chunked op (0 = unchunked). kernels: resolved "xla" or "pallas".
@@ -114,17 +119,22 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     bias = h_row * n * n * act
     operand = n * n * c_tri * act / d  # a triangle product's whole operand
     pair_ops = [
-        h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies * pair,      # triangle attention
+        h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies * pair,  # triangle attention
         (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies * pair,  # triangle mult.
-        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + copies * pair,     # outer product
-        rows_in_flight(n) * n * 4 * c_z * act + copies * pair,                  # pair transition
+        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + copies * pair,  # outer product
+        rows_in_flight(n) * n * 4 * c_z * act + copies * pair,  # pair transition
     ]
     # Each stage: what lives through it beside `base`, plus its largest op.
     stages = [
-        extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),     # extra-MSA stack
-        max(pair_ops + [bias + attention(s, n, h_row, c_m) + copies * msa,                 # Evoformer stack
-                        attention(n, s, h_col, c_m) + (copies + 1) * msa,
-                        rows_in_flight(s) * n * 4 * c_m * act + copies * msa]),
+        extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),  # extra-MSA stack
+        max(
+            pair_ops
+            + [
+                bias + attention(s, n, h_row, c_m) + copies * msa,  # Evoformer stack
+                attention(n, s, h_col, c_m) + (copies + 1) * msa,
+                rows_in_flight(s) * n * 4 * c_m * act + copies * msa,
+            ]
+        ),
         # Structure module: IPA's pair bias, logits and point distances per head [H, N, N(, P)] in float32
         # and the pair it reads in float32 (normalised); with a chunk size one slice of query rows of it.
         rows_in_flight(n) * n * (2 * c_z + 96) * f32,
@@ -135,8 +145,11 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
         ending = emb.template.template_pair_stack.triangle_attention_ending_node
         c_t = emb.template.get("num_channels") or ending.get("value_dim") or c_z // 2  # multimer: num_channels
         template_pair = n * n * c_t * act / d
-        stages.append(2 * template_pair + shapes.num_templates * n * n * 4 * f32 if in_place
-                      else (shapes.num_templates + 3) * template_pair + n * n * 88 * act)
+        stages.append(
+            2 * template_pair + shapes.num_templates * n * n * 4 * f32
+            if in_place
+            else (shapes.num_templates + 3) * template_pair + n * n * 88 * act
+        )
     return int(base + max(stages))
 
 
@@ -163,8 +176,15 @@ def device_memory_budget(device=None) -> int:
         return 16 * GIB
 
 
-def choose_chunk_size(shapes: ModelShapes, config, kernels: str, budget_bytes: int, dap_size: int = 1,
-                      headroom: float = DEFAULT_HEADROOM, unchunked_fraction: float = UNCHUNKED_FRACTION) -> int:
+def choose_chunk_size(
+    shapes: ModelShapes,
+    config,
+    kernels: str,
+    budget_bytes: int,
+    dap_size: int = 1,
+    headroom: float = DEFAULT_HEADROOM,
+    unchunked_fraction: float = UNCHUNKED_FRACTION,
+) -> int:
     """The `chunk_size="auto"` rule: 0 (no chunking) when the unchunked pass needs at most
     `unchunked_fraction` of the free memory (short chains: nothing to gain), else the largest candidate
     chunk whose estimate fits in `headroom * budget_bytes`. Large slices cost little time (each is still a
@@ -192,5 +212,5 @@ def choose_chunk_size(shapes: ModelShapes, config, kernels: str, budget_bytes: i
     raise ChainTooLongError(
         f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
         f"{shapes.num_templates} templates, {gc.dtype}) need about {need / GIB:.1f} GiB even one row at a "
-        f"time, but {budget_bytes / GIB:.1f} GiB of device memory is free. What would fit: "
-        + "; ".join(hints) + ".")
+        f"time, but {budget_bytes / GIB:.1f} GiB of device memory is free. What would fit: " + "; ".join(hints) + "."
+    )

@@ -7,8 +7,8 @@ modules do. `config` is the sub-module's section of the model config; `global_co
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxfold.model.attention import GlobalAttention, attention_for, mask_to_bias, pair_bias
 from jaxfold.model.primitives import LayerNorm
@@ -61,9 +61,15 @@ class MSAColumnAttention(nn.Module):
         msa_act = LayerNorm(gc.kernels, name="query_norm")(msa_act)
         if self.use_global:
             attn = GlobalAttention(
-                num_head=self.config.num_head, output_dim=msa_act.shape[-1], gating=self.config.gating,
-                key_dim=self.config.get("key_dim"), value_dim=self.config.get("value_dim"),
-                zero_init=gc.zero_init, chunk_size=gc.chunk_size, name="attention")
+                num_head=self.config.num_head,
+                output_dim=msa_act.shape[-1],
+                gating=self.config.gating,
+                key_dim=self.config.get("key_dim"),
+                value_dim=self.config.get("value_dim"),
+                zero_init=gc.zero_init,
+                chunk_size=gc.chunk_size,
+                name="attention",
+            )
             out = attn(msa_act, msa_act, msa_mask[..., None].astype(msa_act.dtype))
         else:
             bias = mask_to_bias(msa_mask)[:, None, None, :].astype(jnp.float32)

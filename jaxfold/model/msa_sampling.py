@@ -33,8 +33,10 @@ def deepmind_keys():
         return jax.threefry_partitionable(False)
     if not jax.config.jax_threefry_partitionable:  # older JAX: already the original layout
         return contextlib.nullcontext()
-    raise RuntimeError("this JAX offers no way to select the original threefry key layout, which "
-                       "AlphaFold-Multimer's in-model MSA sampling needs to reproduce DeepMind's draws")
+    raise RuntimeError(
+        "this JAX offers no way to select the original threefry key layout, which "
+        "AlphaFold-Multimer's in-model MSA sampling needs to reproduce DeepMind's draws"
+    )
 
 
 def _grid_keys(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -96,8 +98,11 @@ def make_masked_msa(batch: dict, key: jax.Array, config, epsilon: float = 1e-6) 
     `true_msa` the original, `bert_mask` the corrupted positions. `config`: `embeddings_and_evoformer.masked_msa`."""
     batch = dict(batch)
     random_aa = jnp.array([0.05] * 20 + [0.0, 0.0], dtype=jnp.float32)
-    categorical_probs = (config.uniform_prob * random_aa + config.profile_prob * batch["msa_profile"]
-                         + config.same_prob * jax.nn.one_hot(batch["msa"], 22))
+    categorical_probs = (
+        config.uniform_prob * random_aa
+        + config.profile_prob * batch["msa_profile"]
+        + config.same_prob * jax.nn.one_hot(batch["msa"], 22)
+    )
     mask_prob = 1.0 - config.profile_prob - config.same_prob - config.uniform_prob
     if mask_prob < 0.0:
         raise ValueError(f"masked_msa probabilities sum to more than 1 (mask probability {mask_prob})")
@@ -142,16 +147,29 @@ def create_msa_feat(batch: dict) -> jax.Array:
     """`msa_feat [N_clust, N_res, 49]`: one-hot (23), has deletion, deletion value, cluster profile (23),
     cluster deletion mean."""
     deletions = batch["deletion_matrix"]
-    return jnp.concatenate([jax.nn.one_hot(batch["msa"].astype(jnp.int32), 23),
-                            jnp.clip(deletions, 0.0, 1.0)[..., None], _deletion_value(deletions),
-                            batch["cluster_profile"], _deletion_value(batch["cluster_deletion_mean"])], axis=-1)
+    return jnp.concatenate(
+        [
+            jax.nn.one_hot(batch["msa"].astype(jnp.int32), 23),
+            jnp.clip(deletions, 0.0, 1.0)[..., None],
+            _deletion_value(deletions),
+            batch["cluster_profile"],
+            _deletion_value(batch["cluster_deletion_mean"]),
+        ],
+        axis=-1,
+    )
 
 
 def create_extra_msa_feature(batch: dict, num_extra_msa: int) -> tuple[jax.Array, jax.Array]:
     """The first `num_extra_msa` extra rows: features `[N_extra, N_res, 25]` and mask `[N_extra, N_res]`."""
     deletions = batch["extra_deletion_matrix"][:num_extra_msa]
-    features = jnp.concatenate([jax.nn.one_hot(batch["extra_msa"][:num_extra_msa], 23),
-                                jnp.clip(deletions, 0.0, 1.0)[..., None], _deletion_value(deletions)], axis=-1)
+    features = jnp.concatenate(
+        [
+            jax.nn.one_hot(batch["extra_msa"][:num_extra_msa], 23),
+            jnp.clip(deletions, 0.0, 1.0)[..., None],
+            _deletion_value(deletions),
+        ],
+        axis=-1,
+    )
     return features, batch["extra_msa_mask"][:num_extra_msa]
 
 
@@ -169,5 +187,10 @@ def process_msa(key: jax.Array, batch: dict, config) -> tuple[dict, dict]:
     batch["cluster_profile"], batch["cluster_deletion_mean"] = nearest_neighbor_clusters(batch)
     batch["msa_feat"] = create_msa_feat(batch)
     batch["extra_msa_feat"], batch["extra_msa_mask"] = create_extra_msa_feature(batch, config.num_extra_msa)
-    return batch, {"sample_key": sample_key, "mask_key": mask_key, "index_order": order["index_order"],
-                   "logits": order["logits"], "sampled_msa_mask": sampled_msa_mask}
+    return batch, {
+        "sample_key": sample_key,
+        "mask_key": mask_key,
+        "index_order": order["index_order"],
+        "logits": order["logits"],
+        "sampled_msa_mask": sampled_msa_mask,
+    }

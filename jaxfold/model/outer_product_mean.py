@@ -10,9 +10,9 @@ the pair's row slice. `full_mask` (the whole `[N_seq, N_res]` mask, replicated) 
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.model.chunking import chunked
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
@@ -54,7 +54,6 @@ class OuterProductMean(nn.Module):
 def right_projection(params: dict, act: jax.Array, mask: jax.Array, kernels: str) -> jax.Array:
     """The masked right projection `[N_seq, N_res, c]` of `OuterProductMean` from its parameters (the
     operand every slice of pair rows needs whole, computed once before the in-place loop)."""
-    normed = layer_norm(act, params["layer_norm_input"]["scale"], params["layer_norm_input"]["offset"],
-                        kernels=kernels)
+    normed = layer_norm(act, params["layer_norm_input"]["scale"], params["layer_norm_input"]["offset"], kernels=kernels)
     weights = params["right_projection"]
     return mask[..., None].astype(act.dtype) * apply_linear(normed, weights["weights"], weights["bias"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.model import memory
 from jaxfold.model.alphafold import AlphaFoldHeads, AlphaFoldIteration, initial_recycling_inputs, recycling_outputs
 from jaxfold.model.alphafold_multimer import AlphaFoldMultimer, haiku_rng_key, prepare_batch
@@ -39,7 +40,6 @@ from jaxfold.model.confidence import get_confidence_metrics, ranking_confidence
 from jaxfold.model.confidence_on_device import AlignedErrorSummary
 from jaxfold.model.heads import PredictedLDDTHead
 from jaxfold.model.kernels import resolve_kernels
-from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.parallel.mesh import dap_for_mesh
 
 OUTPUT_MODES = ("full", "lean")
@@ -61,8 +61,15 @@ def _numeric(features: Mapping) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"}
 
 
-def resolve_settings(config, features: Mapping, *, mesh=None, kernels: str | None = None,
-                     chunk_size: int | str | None = None, budget_bytes: int | None = None):
+def resolve_settings(
+    config,
+    features: Mapping,
+    *,
+    mesh=None,
+    kernels: str | None = None,
+    chunk_size: int | str | None = None,
+    budget_bytes: int | None = None,
+):
     """`(config with concrete kernels and chunk_size, RunSettings)` for these features.
 
     kernels / chunk_size: None keeps the config's value; "auto" is resolved here (see module doc).
@@ -80,9 +87,14 @@ def resolve_settings(config, features: Mapping, *, mesh=None, kernels: str | Non
     if chunk == "auto":
         chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
     resolved = config.replace(**{"model.global_config.kernels": kernels, "model.global_config.chunk_size": chunk})
-    settings = RunSettings(kernels=kernels, chunk_size=chunk, dtype=gc.dtype, dap_size=dap_size,
-                           estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
-                           budget_bytes=budget)
+    settings = RunSettings(
+        kernels=kernels,
+        chunk_size=chunk,
+        dtype=gc.dtype,
+        dap_size=dap_size,
+        estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
+        budget_bytes=budget,
+    )
     return resolved, settings
 
 
@@ -96,14 +108,15 @@ class LeanHeads(nn.Module):
     def __call__(self, representations: dict, batch: dict) -> dict:
         c = self.config
         gc = c.global_config
-        out = {"predicted_lddt": PredictedLDDTHead(c.heads.predicted_lddt, gc, name="predicted_lddt_head")(
-            representations)}
+        out = {
+            "predicted_lddt": PredictedLDDTHead(c.heads.predicted_lddt, gc, name="predicted_lddt_head")(representations)
+        }
         if c.heads.predicted_aligned_error.weight:
             chunk = gc.chunk_size if isinstance(gc.chunk_size, int) and gc.chunk_size > 0 else 0
             asym_id = batch.get("asym_id") if gc.multimer_mode else None
             out["aligned_error_summary"] = AlignedErrorSummary(
-                c.heads.predicted_aligned_error, gc, chunk_size=chunk, name="predicted_aligned_error_head")(
-                representations["pair"], batch["seq_mask"], asym_id)
+                c.heads.predicted_aligned_error, gc, chunk_size=chunk, name="predicted_aligned_error_head"
+            )(representations["pair"], batch["seq_mask"], asym_id)
         return out
 
 
@@ -132,8 +145,7 @@ def _signature(tree) -> tuple:
 
 
 def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
-    key = (config.model, mesh, outputs, _signature(params), _signature(batch),
-           _signature(prev))
+    key = (config.model, mesh, outputs, _signature(params), _signature(batch), _signature(prev))
     if key in _PROGRAMS:
         return dataclasses.replace(_PROGRAMS[key], compile_seconds=0.0)
     dap = dap_for_mesh(mesh)
@@ -152,8 +164,7 @@ def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
     start = time.perf_counter()
     # The recycled inputs are donated: the next pass may write its pair into the previous pair's buffer.
     iteration_fn = jax.jit(iteration, donate_argnums=(2,)).lower(params, batch, prev).compile()
-    representations_shape = jax.eval_shape(lambda p, b, r: iteration(p, b, r)["representations"],
-                                           params, batch, prev)
+    representations_shape = jax.eval_shape(lambda p, b, r: iteration(p, b, r)["representations"], params, batch, prev)
     heads_fn = jax.jit(heads).lower(params, representations_shape, batch).compile()
     programs = _Programs(iteration_fn, heads_fn, time.perf_counter() - start)
     if len(_PROGRAMS) >= _PROGRAMS_MAX:
@@ -170,12 +181,21 @@ def number_of_passes(config, features: Mapping) -> int:
     return num_iter + 1
 
 
-def predict(config, params: Mapping, features: Mapping, *, mesh=None, rng: jax.Array | None = None,
-            kernels: str | None = None,
-            chunk_size: int | str | None = None, outputs: str = "full",
-            on_compiled: Callable[[float], None] | None = None,
-            on_pass: Callable[[int, int, float], None] | None = None,
-            timings: dict | None = None, budget_bytes: int | None = None) -> dict[str, np.ndarray]:
+def predict(
+    config,
+    params: Mapping,
+    features: Mapping,
+    *,
+    mesh=None,
+    rng: jax.Array | None = None,
+    kernels: str | None = None,
+    chunk_size: int | str | None = None,
+    outputs: str = "full",
+    on_compiled: Callable[[float], None] | None = None,
+    on_pass: Callable[[int, int, float], None] | None = None,
+    timings: dict | None = None,
+    budget_bytes: int | None = None,
+) -> dict[str, np.ndarray]:
     """Predict a structure from processed features.
 
     config: `jaxfold.config.model_config(...)`. params: the tree of `load_alphafold_params` (with or
@@ -196,21 +216,35 @@ def predict(config, params: Mapping, features: Mapping, *, mesh=None, rng: jax.A
         raise ValueError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}")
     timings = {} if timings is None else timings
     if config.model.global_config.multimer_mode:
-        return _predict_multimer(config, params, features, mesh=mesh, rng=rng, kernels=kernels,
-                                 chunk_size=chunk_size, timings=timings, budget_bytes=budget_bytes)
+        return _predict_multimer(
+            config,
+            params,
+            features,
+            mesh=mesh,
+            rng=rng,
+            kernels=kernels,
+            chunk_size=chunk_size,
+            timings=timings,
+            budget_bytes=budget_bytes,
+        )
     if rng is not None:
-        raise ValueError("rng is only used by multimer models (the monomer model samples no MSA inside); "
-                         "monomer features carry their sampled MSA per recycling iteration")
+        raise ValueError(
+            "rng is only used by multimer models (the monomer model samples no MSA inside); "
+            "monomer features carry their sampled MSA per recycling iteration"
+        )
     batch_all = _numeric(features)
     num_passes = number_of_passes(config, batch_all)
     batch_all.pop("num_iter_recycling", None)
     model = config.model
     num_slices, num_res = batch_all["aatype"].shape[:2]
     if model.resample_msa_in_recycling and num_slices < num_passes:
-        raise ValueError(f"features hold {num_slices} recycling slice(s) but the config runs {num_passes} "
-                         "passes: process them with the same config (num_recycle)")
-    config, settings = resolve_settings(config, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size,
-                                        budget_bytes=budget_bytes)
+        raise ValueError(
+            f"features hold {num_slices} recycling slice(s) but the config runs {num_passes} "
+            "passes: process them with the same config (num_recycle)"
+        )
+    config, settings = resolve_settings(
+        config, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size, budget_bytes=budget_bytes
+    )
     timings["settings"] = settings
     model = config.model
     params = params["alphafold_iteration"] if "alphafold_iteration" in params else params
@@ -238,9 +272,13 @@ def predict(config, params: Mapping, features: Mapping, *, mesh=None, rng: jax.A
             on_pass(i, num_passes, timings[f"pass_{i}"])
     heads = programs.heads(params, ret["representations"], batch)
     if outputs == "lean":
-        ret = {"structure_module": {k: v for k, v in ret["structure_module"].items()
-                                    if k in ("final_atom_positions", "final_atom_mask", "final_atom14_positions",
-                                             "final_atom14_mask")}}
+        ret = {
+            "structure_module": {
+                k: v
+                for k, v in ret["structure_module"].items()
+                if k in ("final_atom_positions", "final_atom_mask", "final_atom14_positions", "final_atom14_mask")
+            }
+        }
     ret = jax.device_get(dict(ret, **heads))
     timings["predict"] = time.perf_counter() - start_all
     return flat_outputs(ret, multimer_mode=bool(model.global_config.multimer_mode))
@@ -269,18 +307,23 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     chunk = gc.chunk_size if chunk_size is None else chunk_size
     dap_size = dap_for_mesh(mesh).size if mesh is not None else 1
     budget = memory.device_memory_budget() if budget_bytes is None else int(budget_bytes)
-    shapes = memory.ModelShapes(num_res=int(np.shape(batch["aatype"])[-1]),
-                                num_msa=int(config.model.embeddings_and_evoformer.num_msa),
-                                num_extra_msa=int(config.model.embeddings_and_evoformer.num_extra_msa),
-                                num_templates=int(np.shape(batch["template_aatype"])[0]) if "template_aatype" in batch
-                                else 0)
+    shapes = memory.ModelShapes(
+        num_res=int(np.shape(batch["aatype"])[-1]),
+        num_msa=int(config.model.embeddings_and_evoformer.num_msa),
+        num_extra_msa=int(config.model.embeddings_and_evoformer.num_extra_msa),
+        num_templates=int(np.shape(batch["template_aatype"])[0]) if "template_aatype" in batch else 0,
+    )
     if chunk == "auto":
         chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
     config = config.replace(**{"model.global_config.kernels": kernels, "model.global_config.chunk_size": chunk})
-    timings["settings"] = RunSettings(kernels=kernels, chunk_size=chunk, dtype=gc.dtype, dap_size=dap_size,
-                                      estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels,
-                                                                                      dap_size),
-                                      budget_bytes=budget)
+    timings["settings"] = RunSettings(
+        kernels=kernels,
+        chunk_size=chunk,
+        dtype=gc.dtype,
+        dap_size=dap_size,
+        estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
+        budget_bytes=budget,
+    )
     rng = jax.random.PRNGKey(0) if rng is None else rng
     program = _multimer_program(config, mesh)
     start = time.perf_counter()
@@ -307,8 +350,9 @@ def flat_outputs(outputs: Mapping, multimer_mode: bool = False) -> dict[str, np.
     metrics = get_confidence_metrics(heads, multimer_mode=multimer_mode and summary is None)
     if summary is not None:
         metrics.update({k: np.asarray(v) for k, v in summary.items()})
-        metrics["ranking_confidence"] = ranking_confidence(metrics["plddt"], metrics.get("ptm"),
-                                                           metrics.get("iptm"), multimer_mode)
+        metrics["ranking_confidence"] = ranking_confidence(
+            metrics["plddt"], metrics.get("ptm"), metrics.get("iptm"), multimer_mode
+        )
     for key, value in metrics.items():
         flat[f"confidence/{key}"] = np.asarray(value)
     return flat

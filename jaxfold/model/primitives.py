@@ -9,11 +9,11 @@ LayerNorm statistics are always computed in float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from jaxfold.model.kernels import use_pallas
@@ -70,7 +70,7 @@ class Linear(nn.Module):
     def __call__(self, x: jax.Array | None = None):
         out_shape = (self.num_output,) if isinstance(self.num_output, int) else tuple(self.num_output)
         if x is not None:
-            in_shape = tuple(x.shape[x.ndim - self.num_input_dims:])
+            in_shape = tuple(x.shape[x.ndim - self.num_input_dims :])
         elif self.num_input is None:
             raise ValueError(f"Linear {self.name!r}: num_input is required when called without an input")
         else:
@@ -94,8 +94,9 @@ def apply_linear(x: jax.Array, weights: jax.Array, bias: jax.Array | None, num_i
     return out
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = LAYER_NORM_EPS,
-               kernels: str = "xla") -> jax.Array:
+def layer_norm(
+    x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float = LAYER_NORM_EPS, kernels: str = "xla"
+) -> jax.Array:
     """LayerNorm over the last axis: `(x - mean) * rsqrt(var + eps) * scale + offset`.
 
     The one LayerNorm entry point of the model, so a fused kernel can be switched in by `kernels`

@@ -12,17 +12,18 @@ Haiku scope: DeepMind's `EmbeddingsAndEvoformer._relative_encoding` method, whic
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.model.primitives import Linear
 
 SCOPE = "~_relative_encoding"
 
 
-def relative_features(residue_index: jax.Array, asym_id: jax.Array, entity_id: jax.Array,
-                      sym_id: jax.Array, config) -> jax.Array:
+def relative_features(
+    residue_index: jax.Array, asym_id: jax.Array, entity_id: jax.Array, sym_id: jax.Array, config
+) -> jax.Array:
     """The one-hot relative features `[N_res, N_res, C]` (float32) of `[N_res]` ids, as AlphaFold builds them."""
     c = config
     max_idx = c.max_relative_idx

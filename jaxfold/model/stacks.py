@@ -8,17 +8,24 @@ the same.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.parallel.dap import NO_DAP, Dap, local_dropout_mask, vary_like
 
 
-def residual_update(module: nn.Module, parent: nn.Module, act, update, is_training: bool,
-                    dap: Dap = NO_DAP, split_axis: int | None = None):
+def residual_update(
+    module: nn.Module,
+    parent: nn.Module,
+    act,
+    update,
+    is_training: bool,
+    dap: Dap = NO_DAP,
+    split_axis: int | None = None,
+):
     """`act + dropout(update)` with the sub-module's dropout rate and shared-dropout orientation.
 
     Under DAP, `split_axis` is the axis of `update` that is sliced over devices; the dropout mask is drawn
@@ -57,8 +64,13 @@ def scanned_stack(block_cls, num_block: int, use_remat: bool, remat_policy: str 
         if remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
         block_cls = nn.remat(block_cls, prevent_cse=False, policy=REMAT_POLICIES[remat_policy]())
-    return nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   in_axes=nn.broadcast, length=num_block)
+    return nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast,
+        length=num_block,
+    )
 
 
 def split_stack_call(run: Callable, dap: Dap, arrays: tuple, masks: tuple, *vary_refs) -> tuple:
@@ -85,5 +97,6 @@ def apply_stack(stack: nn.Module, dap: Dap, msa, pair, msa_mask, pair_mask, *var
     get exactly zero attention weight, masked residues contribute nothing to the triangle and outer products).
     `vary_refs` (e.g. a dropout key) are values the loop body mixes in; see `vary_like`.
     """
-    return split_stack_call(lambda arrays, masks: stack(arrays, *masks)[0], dap, (msa, pair),
-                            (msa_mask, pair_mask), *vary_refs)
+    return split_stack_call(
+        lambda arrays, masks: stack(arrays, *masks)[0], dap, (msa, pair), (msa_mask, pair_mask), *vary_refs
+    )

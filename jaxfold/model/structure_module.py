@@ -27,11 +27,12 @@ DeepMind's to float rounding.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from jaxfold.common import all_atom
@@ -47,6 +48,7 @@ IPA_MASK_VALUE = 1e5
 # ---------------------------------------------------------------------------------------------------------
 # Affine tensor <-> (quaternion, Rigid) helpers.
 # ---------------------------------------------------------------------------------------------------------
+
 
 def identity_affine(num_residues: int, dtype=jnp.float32) -> jax.Array:
     """`[N, 7]` affine tensor of identity frames: quaternion (1, 0, 0, 0), zero translation."""
@@ -74,7 +76,7 @@ def _expand_last(rigid: Rigid) -> Rigid:
 
 def _l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:
     """AlphaFold's folding.l2_normalize: `x / sqrt(max(sum x^2, eps))`."""
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x ** 2, axis=axis, keepdims=True), epsilon))
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x**2, axis=axis, keepdims=True), epsilon))
 
 
 def _maybe_dropout(module: nn.Module, x: jax.Array, rate: float, is_training: bool) -> jax.Array:
@@ -87,6 +89,7 @@ def _maybe_dropout(module: nn.Module, x: jax.Array, rate: float, is_training: bo
 # ---------------------------------------------------------------------------------------------------------
 # Invariant point attention.
 # ---------------------------------------------------------------------------------------------------------
+
 
 class InvariantPointAttention(nn.Module):
     """Invariant point attention (Suppl. Alg. 22). Haiku name `invariant_point_attention`.
@@ -110,8 +113,14 @@ class InvariantPointAttention(nn.Module):
     dist_epsilon: float = 1e-8
 
     @nn.compact
-    def __call__(self, inputs_1d: jax.Array, inputs_2d: jax.Array, mask: jax.Array, rigid: Rigid,
-                 pair_norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    def __call__(
+        self,
+        inputs_1d: jax.Array,
+        inputs_2d: jax.Array,
+        mask: jax.Array,
+        rigid: Rigid,
+        pair_norm: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array:
         c, gc = self.config, self.global_config
         num_res = inputs_1d.shape[0]
         num_head = c.num_head
@@ -150,10 +159,13 @@ class InvariantPointAttention(nn.Module):
         point_weights = np.sqrt(1.0 / (num_logit_terms * point_variance))
         attention_2d_weights = np.sqrt(1.0 / num_logit_terms)
 
-        trainable_point_weights = jax.nn.softplus(self.param(
-            "trainable_point_weights",
-            nn.initializers.constant(np.log(np.exp(1.0) - 1.0)),  # softplus^-1(1)
-            (num_head,)))
+        trainable_point_weights = jax.nn.softplus(
+            self.param(
+                "trainable_point_weights",
+                nn.initializers.constant(np.log(np.exp(1.0) - 1.0)),  # softplus^-1(1)
+                (num_head,),
+            )
+        )
         point_weights = point_weights * trainable_point_weights[:, None]  # [H, 1]
         attention_2d_w, attention_2d_b = Linear(num_head, num_input=inputs_2d.shape[-1], name="attention_2d")()
 
@@ -171,9 +183,11 @@ class InvariantPointAttention(nn.Module):
             `[R, N, c_z]` -> scalar `[R, H*S_v]`, global points x/y/z `[R, H*P_v]`, pair `[R, H*c_z]`."""
             rows = q_scalar_rows.shape[0]
             q_pt = heads_first(Vec3(q_x, q_y, q_z))
-            dist2 = (jnp.square(q_pt.x[:, :, None, :] - k_point.x[:, None, :, :])
-                     + jnp.square(q_pt.y[:, :, None, :] - k_point.y[:, None, :, :])
-                     + jnp.square(q_pt.z[:, :, None, :] - k_point.z[:, None, :, :]))  # [H, R, N, P]
+            dist2 = (
+                jnp.square(q_pt.x[:, :, None, :] - k_point.x[:, None, :, :])
+                + jnp.square(q_pt.y[:, :, None, :] - k_point.y[:, None, :, :])
+                + jnp.square(q_pt.z[:, :, None, :] - k_point.z[:, None, :, :])
+            )  # [H, R, N, P]
             attn_qk_point = -0.5 * jnp.sum(point_weights[:, None, None, :] * dist2, axis=-1)
 
             q = jnp.swapaxes(scalar_weights * q_scalar_rows, -2, -3)
@@ -195,14 +209,21 @@ class InvariantPointAttention(nn.Module):
             result_scalar = jnp.matmul(attn, v)  # [H, R, S_v]
             # Points: explicit multiply + reduce, as AlphaFold (keeps it fp32 on matrix units).
             result_point_global = v_point.map(
-                lambda vx: jnp.sum(attn[:, :, :, None] * vx[:, None, :, :], axis=-2))  # [H, R, P_v]
+                lambda vx: jnp.sum(attn[:, :, :, None] * vx[:, None, :, :], axis=-2)
+            )  # [H, R, P_v]
 
             result_scalar = jnp.swapaxes(result_scalar, -2, -3).reshape(rows, num_head * num_scalar_v)
             result_point_global = result_point_global.map(
-                lambda a: jnp.swapaxes(a, -2, -3).reshape(rows, num_head * num_point_v))
+                lambda a: jnp.swapaxes(a, -2, -3).reshape(rows, num_head * num_point_v)
+            )
             result_attention_over_2d = jnp.einsum("hij,ijc->ihc", attn, pair_rows).reshape(rows, -1)
-            return (result_scalar, result_point_global.x, result_point_global.y, result_point_global.z,
-                    result_attention_over_2d)
+            return (
+                result_scalar,
+                result_point_global.x,
+                result_point_global.y,
+                result_point_global.z,
+                result_attention_over_2d,
+            )
 
         chunk_size = gc.chunk_size
         if isinstance(chunk_size, int) and 0 < chunk_size < num_res:
@@ -212,26 +233,39 @@ class InvariantPointAttention(nn.Module):
                 return attend(q_scalar_rows, q_x, q_y, q_z, mask_rows, jnp.take(inputs_2d, row_ids, axis=0))
 
             results = chunked(attend_rows, chunk_size)(
-                q_scalar, q_point.x, q_point.y, q_point.z, mask, jnp.arange(num_res))
+                q_scalar, q_point.x, q_point.y, q_point.z, mask, jnp.arange(num_res)
+            )
         else:
             results = attend(q_scalar, q_point.x, q_point.y, q_point.z, mask, inputs_2d)
         result_scalar, point_x, point_y, point_z, result_attention_over_2d = results
 
         result_point_local = frames.apply_inverse(Vec3(point_x, point_y, point_z))
-        point_norm = jnp.sqrt(self.dist_epsilon + jnp.square(result_point_local.x)
-                              + jnp.square(result_point_local.y) + jnp.square(result_point_local.z))
+        point_norm = jnp.sqrt(
+            self.dist_epsilon
+            + jnp.square(result_point_local.x)
+            + jnp.square(result_point_local.y)
+            + jnp.square(result_point_local.z)
+        )
 
         # AlphaFold's order: scalar, point x, y, z, point norm, pair.
         final_act = jnp.concatenate(
-            [result_scalar, result_point_local.x, result_point_local.y, result_point_local.z, point_norm,
-             result_attention_over_2d], axis=-1)
-        return Linear(c.num_channel, initializer=final_init(self.global_config),
-                      name="output_projection")(final_act)
+            [
+                result_scalar,
+                result_point_local.x,
+                result_point_local.y,
+                result_point_local.z,
+                point_norm,
+                result_attention_over_2d,
+            ],
+            axis=-1,
+        )
+        return Linear(c.num_channel, initializer=final_init(self.global_config), name="output_projection")(final_act)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Side chains.
 # ---------------------------------------------------------------------------------------------------------
+
 
 class MultiRigidSidechain(nn.Module):
     """Torsion angles -> rigid-group frames -> atom14 positions (Suppl. Algs. 20 l. 11, 24).
@@ -249,15 +283,18 @@ class MultiRigidSidechain(nn.Module):
         c = self.config
         # One `input_projection` per input (Haiku names input_projection, input_projection_1); summed,
         # which equals a Linear of the concatenation.
-        act = sum(Linear(c.num_channel, name="input_projection" + (f"_{i}" if i else ""))(jax.nn.relu(x))
-                  for i, x in enumerate(representations_list))
+        act = sum(
+            Linear(c.num_channel, name="input_projection" + (f"_{i}" if i else ""))(jax.nn.relu(x))
+            for i, x in enumerate(representations_list)
+        )
 
         for i in range(c.num_residual_block):
             suffix = f"_{i}" if i else ""
             old_act = act
             act = Linear(c.num_channel, initializer="relu", name="resblock1" + suffix)(jax.nn.relu(act))
-            act = Linear(c.num_channel, initializer=final_init(self.global_config),
-                         name="resblock2" + suffix)(jax.nn.relu(act))
+            act = Linear(c.num_channel, initializer=final_init(self.global_config), name="resblock2" + suffix)(
+                jax.nn.relu(act)
+            )
             act = act + old_act
 
         num_res = act.shape[0]
@@ -278,6 +315,7 @@ class MultiRigidSidechain(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # One structure-module iteration.
 # ---------------------------------------------------------------------------------------------------------
+
 
 class FoldIteration(nn.Module):
     """One iteration of the structure module (Suppl. Alg. 20 lines 6-21). Haiku name `fold_iteration`.
@@ -301,9 +339,15 @@ class FoldIteration(nn.Module):
     update_affine: bool = True
 
     @nn.compact
-    def __call__(self, activations: Mapping[str, jax.Array], sequence_mask: jax.Array,
-                 initial_act: jax.Array, static_feat_2d: jax.Array, aatype: jax.Array,
-                 pair_norm: tuple[jax.Array, jax.Array] | None = None):
+    def __call__(
+        self,
+        activations: Mapping[str, jax.Array],
+        sequence_mask: jax.Array,
+        initial_act: jax.Array,
+        static_feat_2d: jax.Array,
+        aatype: jax.Array,
+        pair_norm: tuple[jax.Array, jax.Array] | None = None,
+    ):
         c, gc = self.config, self.global_config
         affine = activations["affine"]
         quaternion = affine[..., :4]
@@ -311,7 +355,8 @@ class FoldIteration(nn.Module):
 
         act = activations["act"]
         attn = InvariantPointAttention(c, gc, name="invariant_point_attention")(
-            act, static_feat_2d, sequence_mask, rigid, pair_norm)
+            act, static_feat_2d, sequence_mask, rigid, pair_norm
+        )
         act = act + attn
         act = _maybe_dropout(self, act, c.dropout, self.is_training)
         act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
@@ -320,8 +365,11 @@ class FoldIteration(nn.Module):
         input_act = act
         for i in range(c.num_layer_in_transition):
             last = i == c.num_layer_in_transition - 1
-            act = Linear(c.num_channel, initializer=final_init(gc) if last else "relu",
-                         name="transition" + (f"_{i}" if i else ""))(act)
+            act = Linear(
+                c.num_channel,
+                initializer=final_init(gc) if last else "relu",
+                name="transition" + (f"_{i}" if i else ""),
+            )(act)
             if not last:
                 act = jax.nn.relu(act)
         act = act + input_act
@@ -333,10 +381,12 @@ class FoldIteration(nn.Module):
             # Suppl. Alg. 23 "Backbone update": quaternion (1, b, c, d) and a translation, in the local frame.
             affine_update = Linear(6, initializer=final_init(gc), name="affine_update")(act)
             quaternion, translation, rotation = quat_affine_pre_compose(
-                quaternion, translation, rotation, affine_update)
+                quaternion, translation, rotation, affine_update
+            )
 
         sc = MultiRigidSidechain(c.sidechain, gc, name="rigid_sidechain")(
-            Rigid(rotation, translation * c.position_scale), [act, initial_act], aatype)
+            Rigid(rotation, translation * c.position_scale), [act, initial_act], aatype
+        )
 
         outputs = {"affine": quaternion_translation_to_affine(quaternion, translation), "sc": sc}
         new_activations = {
@@ -349,6 +399,7 @@ class FoldIteration(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # The structure module.
 # ---------------------------------------------------------------------------------------------------------
+
 
 class StructureModule(nn.Module):
     """The structure module head (Suppl. Alg. 20). Haiku name `structure_module`.
@@ -414,7 +465,8 @@ class StructureModule(nn.Module):
 
         atom14_positions = sidechains["atom_pos"][-1].to_array()  # [N, 14, 3]
         atom37_positions = all_atom.atom14_to_atom37(
-            atom14_positions, batch["residx_atom37_to_atom14"], batch["atom37_atom_exists"])
+            atom14_positions, batch["residx_atom37_to_atom14"], batch["atom37_atom_exists"]
+        )
         atom37_positions = atom37_positions * jnp.asarray(batch["atom37_atom_exists"], jnp.float32)[:, :, None]
         return {
             "act": activations["act"],

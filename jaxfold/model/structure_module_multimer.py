@@ -20,11 +20,12 @@ Everything runs in float32.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from jaxfold.common import all_atom
@@ -36,11 +37,19 @@ from jaxfold.parallel.dap import dropout_rng_refs, vary_like
 
 def rot_from_quaternion(w, x, y, z, epsilon: float = 1e-6) -> Rot3:
     """`geometry.Rot3Array.from_quaternion(..., normalize=True)`: normalise with rsqrt(max(eps, |q|^2))."""
-    inv_norm = jax.lax.rsqrt(jnp.maximum(epsilon, w ** 2 + x ** 2 + y ** 2 + z ** 2))
+    inv_norm = jax.lax.rsqrt(jnp.maximum(epsilon, w**2 + x**2 + y**2 + z**2))
     w, x, y, z = w * inv_norm, x * inv_norm, y * inv_norm, z * inv_norm
-    return Rot3(1 - 2 * (jnp.square(y) + jnp.square(z)), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                2 * (x * y + w * z), 1 - 2 * (jnp.square(x) + jnp.square(z)), 2 * (y * z - w * x),
-                2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (jnp.square(x) + jnp.square(y)))
+    return Rot3(
+        1 - 2 * (jnp.square(y) + jnp.square(z)),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (jnp.square(x) + jnp.square(z)),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (jnp.square(x) + jnp.square(y)),
+    )
 
 
 def rigid_to_array(rigid: Rigid) -> jax.Array:
@@ -75,8 +84,9 @@ class InvariantPointAttentionMultimer(nn.Module):
         num_head = c.num_head
         point_variance = max(c.num_point_qk, 1) * 9.0 / 2
         point_weights = np.sqrt(1.0 / point_variance)
-        raw_point_weights = self.param("trainable_point_weights",
-                                       nn.initializers.constant(np.log(np.exp(1.0) - 1.0)), (num_head,))
+        raw_point_weights = self.param(
+            "trainable_point_weights", nn.initializers.constant(np.log(np.exp(1.0) - 1.0)), (num_head,)
+        )
         # jnp.logaddexp(x, 0), AlphaFold's softplus.
         point_weights = point_weights * jnp.logaddexp(raw_point_weights, jnp.zeros_like(raw_point_weights))
 
@@ -107,10 +117,9 @@ class InvariantPointAttentionMultimer(nn.Module):
         result_scalar = result_scalar.reshape(num_res, -1)
         result_point = result_point.map(lambda a: a.reshape(num_res, -1))
         local = rigid.map(lambda a: a[:, None]).apply_inverse(result_point)
-        point_norms = jnp.sqrt(jnp.maximum(local.dot(local), self.dist_epsilon ** 2))
+        point_norms = jnp.sqrt(jnp.maximum(local.dot(local), self.dist_epsilon**2))
         attention_over_2d = jnp.einsum("ijh,ijc->ihc", attn, inputs_2d).reshape(num_res, -1)
-        final_act = jnp.concatenate([result_scalar, local.x, local.y, local.z, point_norms, attention_over_2d],
-                                    axis=-1)
+        final_act = jnp.concatenate([result_scalar, local.x, local.y, local.z, point_norms, attention_over_2d], axis=-1)
         return Linear(c.num_channel, initializer=final_init(self.global_config), name="output_projection")(final_act)
 
 
@@ -141,14 +150,18 @@ class FoldIterationMultimer(nn.Module):
         rigid = activations["rigid"]
         act = activations["act"]
         act = act + InvariantPointAttentionMultimer(c, gc, name="invariant_point_attention")(
-            act, static_feat_2d, sequence_mask, rigid)
+            act, static_feat_2d, sequence_mask, rigid
+        )
         act = _maybe_dropout(self, act, c.dropout, self.is_training)
         act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
         input_act = act
         for i in range(c.num_layer_in_transition):
             last = i == c.num_layer_in_transition - 1
-            act = Linear(c.num_channel, initializer=final_init(gc) if last else "relu",
-                         name="transition" + (f"_{i}" if i else ""))(act)
+            act = Linear(
+                c.num_channel,
+                initializer=final_init(gc) if last else "relu",
+                name="transition" + (f"_{i}" if i else ""),
+            )(act)
             if not last:
                 act = jax.nn.relu(act)
         act = act + input_act
@@ -156,7 +169,8 @@ class FoldIterationMultimer(nn.Module):
         act = LayerNorm(gc.kernels, name="transition_layer_norm")(act)
         rigid = rigid @ QuatRigid(gc, name="quat_rigid")(act)
         sc = MultiRigidSidechain(c.sidechain, gc, name="rigid_sidechain")(
-            rigid.scale_translation(c.position_scale), [act, initial_act], aatype)
+            rigid.scale_translation(c.position_scale), [act, initial_act], aatype
+        )
         outputs = {"rigid": rigid, "sc": sc}
         return {"act": act, "rigid": rigid.stop_rot_gradient()}, outputs
 
@@ -191,24 +205,38 @@ class StructureModuleMultimer(nn.Module):
 
         activations = {"act": act, "rigid": Rigid.identity(seq_mask.shape)}
         activations = vary_like(activations, act, act_2d, seq_mask, *dropout_rng_refs(self, self.is_training, gc))
-        fold_stack = nn.scan(FoldIterationMultimer, variable_broadcast="params",
-                             split_rngs={"params": False, "dropout": True}, in_axes=nn.broadcast,
-                             length=c.num_layer)(c, gc, is_training=self.is_training, name="fold_iteration")
+        fold_stack = nn.scan(
+            FoldIterationMultimer,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=nn.broadcast,
+            length=c.num_layer,
+        )(c, gc, is_training=self.is_training, name="fold_iteration")
         activations, output = fold_stack(activations, seq_mask[:, None], initial_act, act_2d, aatype)
 
         traj = rigid_to_array(output["rigid"].scale_translation(c.position_scale))
         sc = output["sc"]
-        sidechains = {"angles_sin_cos": sc["angles_sin_cos"],
-                      "unnormalized_angles_sin_cos": sc["unnormalized_angles_sin_cos"],
-                      "atom_pos": sc["atom_pos"].to_array(), "frames": rigid_to_array(sc["frames"])}
+        sidechains = {
+            "angles_sin_cos": sc["angles_sin_cos"],
+            "unnormalized_angles_sin_cos": sc["unnormalized_angles_sin_cos"],
+            "atom_pos": sc["atom_pos"].to_array(),
+            "frames": rigid_to_array(sc["frames"]),
+        }
         masks = all_atom.make_atom14_masks(aatype)
         atom14_mask = masks["atom14_atom_exists"] * seq_mask[:, None]
         atom37_mask = masks["atom37_atom_exists"] * seq_mask[:, None]
         atom14_positions = sidechains["atom_pos"][-1]
-        atom37_positions = all_atom.atom14_to_atom37(atom14_positions, masks["residx_atom37_to_atom14"],
-                                                     masks["atom37_atom_exists"])
+        atom37_positions = all_atom.atom14_to_atom37(
+            atom14_positions, masks["residx_atom37_to_atom14"], masks["atom37_atom_exists"]
+        )
         atom37_positions = atom37_positions * atom37_mask[:, :, None]
-        return {"act": activations["act"], "traj": traj, "sidechains": sidechains,
-                "final_atom14_positions": atom14_positions, "final_atom14_mask": atom14_mask,
-                "final_atom_positions": atom37_positions, "final_atom_mask": atom37_mask,
-                "final_rigids": traj[-1]}
+        return {
+            "act": activations["act"],
+            "traj": traj,
+            "sidechains": sidechains,
+            "final_atom14_positions": atom14_positions,
+            "final_atom14_mask": atom14_mask,
+            "final_atom_positions": atom37_positions,
+            "final_atom_mask": atom37_mask,
+            "final_rigids": traj[-1],
+        }

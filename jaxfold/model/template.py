@@ -9,9 +9,9 @@ another with `nn.scan`, so only one template's pair stack is live at a time.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.common import residue_constants as rc
 from jaxfold.common.geometry import Rigid, Vec3
@@ -19,15 +19,18 @@ from jaxfold.model.attention import Attention, mask_to_bias
 from jaxfold.model.chunking import chunked, pair_rows_chunk
 from jaxfold.model.distogram import dgram_between
 from jaxfold.model.evoformer import (
-    PAIR_UPDATES_EVOFORMER, PAIR_UPDATES_TEMPLATE, in_place_pair_updates, updates_in_place)
-from jaxfold.model.stacks import residual_update, scanned_stack, split_stack_call
+    PAIR_UPDATES_EVOFORMER,
+    PAIR_UPDATES_TEMPLATE,
+    in_place_pair_updates,
+    updates_in_place,
+)
 from jaxfold.model.inplace import add_in_place, pure
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear
+from jaxfold.model.stacks import residual_update, scanned_stack, split_stack_call
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
-
 
 # Channels of `template_pair_features`: distogram 39, pseudo-beta mask 1, aatype 22 + 22, unit vector 3,
 # backbone mask 1.
@@ -35,11 +38,13 @@ NUM_TEMPLATE_PAIR_FEATURES = 88
 
 
 # Sub-module order of one template pair block: (name, class, split axis under DAP).
-ATTENTION_FIRST = (("triangle_attention_starting_node", TriangleAttention, 0),
-                   ("triangle_attention_ending_node", TriangleAttention, 1),
-                   ("triangle_multiplication_outgoing", TriangleMultiplication, 0),
-                   ("triangle_multiplication_incoming", TriangleMultiplication, 1),
-                   ("pair_transition", Transition, 1))
+ATTENTION_FIRST = (
+    ("triangle_attention_starting_node", TriangleAttention, 0),
+    ("triangle_attention_ending_node", TriangleAttention, 1),
+    ("triangle_multiplication_outgoing", TriangleMultiplication, 0),
+    ("triangle_multiplication_incoming", TriangleMultiplication, 1),
+    ("pair_transition", Transition, 1),
+)
 # AlphaFold-Multimer's `TemplateEmbeddingIteration`: multiplications first, as in the Evoformer.
 MULTIPLICATION_FIRST = ATTENTION_FIRST[2:4] + ATTENTION_FIRST[0:2] + ATTENTION_FIRST[4:]
 
@@ -91,14 +96,17 @@ class TemplatePairStack(nn.Module):
         slices of the pair padded to a multiple of the DAP size and the result is gathered back."""
         if not self.config.num_block:
             return pair
-        stack = template_pair_stack(self.config, self.global_config, self.is_training, self.dap,
-                                    name="__layer_stack_no_state")
-        return apply_template_pair_stack(stack, self.dap, pair, pair_mask,
-                                         *dropout_rng_refs(self, self.is_training, self.global_config))
+        stack = template_pair_stack(
+            self.config, self.global_config, self.is_training, self.dap, name="__layer_stack_no_state"
+        )
+        return apply_template_pair_stack(
+            stack, self.dap, pair, pair_mask, *dropout_rng_refs(self, self.is_training, self.global_config)
+        )
 
 
-def template_pair_stack(config, global_config, is_training: bool, dap: Dap, name: str,
-                        multiplication_first: bool = False) -> nn.Module:
+def template_pair_stack(
+    config, global_config, is_training: bool, dap: Dap, name: str, multiplication_first: bool = False
+) -> nn.Module:
     """`config.num_block` scanned template pair blocks named `name` (parameters stacked on a leading axis)."""
     stack = scanned_stack(TemplatePairBlock, config.num_block, bool(global_config.use_remat))
     return stack(config, global_config, is_training, dap, multiplication_first, name=name)
@@ -107,8 +115,9 @@ def template_pair_stack(config, global_config, is_training: bool, dap: Dap, name
 def apply_template_pair_stack(stack: nn.Module, dap: Dap, pair, pair_mask, *vary_refs):
     """Run a scanned template pair stack on whole, replicated `pair [N_res, N_res, c_t]` and mask (split over
     devices under DAP, `split_stack_call`)."""
-    (pair,) = split_stack_call(lambda arrays, masks: (stack(arrays[0], masks[0])[0],), dap, (pair,), (pair_mask,),
-                               *vary_refs)
+    (pair,) = split_stack_call(
+        lambda arrays, masks: (stack(arrays[0], masks[0])[0],), dap, (pair,), (pair_mask,), *vary_refs
+    )
     return pair
 
 
@@ -123,17 +132,20 @@ def template_backbone_unit_vectors(positions: jax.Array, backbone_mask_2d: jax.A
     n, ca, c = (positions[:, rc.atom_order[a]] for a in ("N", "CA", "C"))
     ca_v = Vec3(*jnp.moveaxis(ca, -1, 0))
     frames = Rigid.from_3_points(
-        point_on_neg_x_axis=Vec3(*jnp.moveaxis(2 * ca - c, -1, 0)), origin=ca_v,
-        point_on_xy_plane=Vec3(*jnp.moveaxis(n, -1, 0)))
+        point_on_neg_x_axis=Vec3(*jnp.moveaxis(2 * ca - c, -1, 0)),
+        origin=ca_v,
+        point_on_xy_plane=Vec3(*jnp.moveaxis(n, -1, 0)),
+    )
     rot = jax.tree_util.tree_map(lambda x: x[:, None], frames.rot)
     offsets = jax.tree_util.tree_map(lambda a, b: a[None, :] - b[:, None], ca_v, ca_v)
     vec = rot.apply(offsets)
-    inv_distance = jax.lax.rsqrt(1e-6 + vec.x ** 2 + vec.y ** 2 + vec.z ** 2) * backbone_mask_2d
+    inv_distance = jax.lax.rsqrt(1e-6 + vec.x**2 + vec.y**2 + vec.z**2) * backbone_mask_2d
     return [vec.x * inv_distance, vec.y * inv_distance, vec.z * inv_distance]
 
 
-def template_pair_features(template: dict, num_bins_config, use_unit_vector: bool, dtype,
-                           rows: dict | None = None) -> tuple:
+def template_pair_features(
+    template: dict, num_bins_config, use_unit_vector: bool, dtype, rows: dict | None = None
+) -> tuple:
     """Concatenated template pair features `[N_rows, N_res, 88]` and the backbone mask `[N_rows, N_res]`.
 
     Channels: distogram (39), pseudo-beta pair mask (1), aatype one-hot of j then of i (22 + 22),
@@ -143,19 +155,26 @@ def template_pair_features(template: dict, num_bins_config, use_unit_vector: boo
     """
     rows = template if rows is None else rows
     num_rows, num_res = rows["template_aatype"].shape[0], template["template_aatype"].shape[0]
-    pb_mask_2d = (rows["template_pseudo_beta_mask"][:, None] * template["template_pseudo_beta_mask"][None, :]
-                  ).astype(dtype)
-    dgram = dgram_between(rows["template_pseudo_beta"], template["template_pseudo_beta"],
-                          **num_bins_config).astype(dtype)
+    pb_mask_2d = (rows["template_pseudo_beta_mask"][:, None] * template["template_pseudo_beta_mask"][None, :]).astype(
+        dtype
+    )
+    dgram = dgram_between(rows["template_pseudo_beta"], template["template_pseudo_beta"], **num_bins_config).astype(
+        dtype
+    )
     aatype_i = jax.nn.one_hot(rows["template_aatype"], 22, dtype=dtype)
     aatype_j = jax.nn.one_hot(template["template_aatype"], 22, dtype=dtype)
 
     def backbone_mask(atom_mask):
-        return (atom_mask[..., rc.atom_order["N"]] * atom_mask[..., rc.atom_order["CA"]]
-                * atom_mask[..., rc.atom_order["C"]])
+        return (
+            atom_mask[..., rc.atom_order["N"]]
+            * atom_mask[..., rc.atom_order["CA"]]
+            * atom_mask[..., rc.atom_order["C"]]
+        )
 
-    backbone_2d = (backbone_mask(rows["template_all_atom_masks"])[:, None]
-                   * backbone_mask(template["template_all_atom_masks"])[None, :])
+    backbone_2d = (
+        backbone_mask(rows["template_all_atom_masks"])[:, None]
+        * backbone_mask(template["template_all_atom_masks"])[None, :]
+    )
     if use_unit_vector:
         if rows is not template:
             raise ValueError("template unit vectors are built for all rows at once")
@@ -165,10 +184,16 @@ def template_pair_features(template: dict, num_bins_config, use_unit_vector: boo
         unit = [jnp.zeros((num_rows, num_res, 1), dtype)] * 3
     backbone_2d = backbone_2d.astype(dtype)
     features = jnp.concatenate(
-        [dgram, pb_mask_2d[..., None],
-         jnp.broadcast_to(aatype_j[None, :, :], (num_rows, num_res, 22)),
-         jnp.broadcast_to(aatype_i[:, None, :], (num_rows, num_res, 22)),
-         *unit, backbone_2d[..., None]], axis=-1)
+        [
+            dgram,
+            pb_mask_2d[..., None],
+            jnp.broadcast_to(aatype_j[None, :, :], (num_rows, num_res, 22)),
+            jnp.broadcast_to(aatype_i[:, None, :], (num_rows, num_res, 22)),
+            *unit,
+            backbone_2d[..., None],
+        ],
+        axis=-1,
+    )
     # Zero the non-template regions so padded distogram bins carry no signal.
     return features * backbone_2d[..., None], backbone_2d
 
@@ -201,11 +226,13 @@ class SingleTemplateEmbedding(nn.Module):
         c = self.config
         dtype = mask_2d.dtype
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
-        weights, bias = Linear(num_channels, initializer="relu", num_input=NUM_TEMPLATE_PAIR_FEATURES,
-                               name="embedding2d")()
+        weights, bias = Linear(
+            num_channels, initializer="relu", num_input=NUM_TEMPLATE_PAIR_FEATURES, name="embedding2d"
+        )()
         act = embedded_template_pair(template, c, dtype, weights, bias, self.global_config.chunk_size)
-        act = TemplatePairStack(c.template_pair_stack, self.global_config, self.is_training, self.dap,
-                                name="template_pair_stack")(act, mask_2d)
+        act = TemplatePairStack(
+            c.template_pair_stack, self.global_config, self.is_training, self.dap, name="template_pair_stack"
+        )(act, mask_2d)
         return carry, LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
 
 
@@ -236,22 +263,33 @@ class TemplateEmbedding(nn.Module):
         # A scan, not a Python loop: templates run one after another (one pair stack live at a time), and
         # under DAP their collectives stay in one order on every device (independent template branches
         # could otherwise enter their all-to-alls in different orders and deadlock).
-        embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
-                            split_rngs={"params": False, "dropout": True},
-                            in_axes=(0, nn.broadcast), out_axes=0, length=num_templates)
+        embed_all = nn.scan(
+            SingleTemplateEmbedding,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=(0, nn.broadcast),
+            out_axes=0,
+            length=num_templates,
+        )
         carry = vary_like(jnp.zeros((), dtype), query_embedding, per_template, mask_2d)
         _, templates = embed_all(c, gc, self.is_training, self.dap, name="single_template_embedding")(
-            carry, per_template, mask_2d.astype(dtype))
+            carry, per_template, mask_2d.astype(dtype)
+        )
         num_channels = templates.shape[-1]
         flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)
-        flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates,
-                                                                        num_channels)
+        flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates, num_channels)
         bias = mask_to_bias(template_mask)[None, None, None, :].astype(jnp.float32)
-        attn = Attention(num_head=c.attention.num_head, output_dim=c_z, gating=c.attention.gating,
-                         key_dim=c.attention.key_dim, value_dim=c.attention.value_dim,
-                         zero_init=gc.zero_init, chunk_size=pair_rows_chunk(gc.chunk_size, num_res),
-                         kernels=gc.kernels,
-                         name="attention")
+        attn = Attention(
+            num_head=c.attention.num_head,
+            output_dim=c_z,
+            gating=c.attention.gating,
+            key_dim=c.attention.key_dim,
+            value_dim=c.attention.value_dim,
+            zero_init=gc.zero_init,
+            chunk_size=pair_rows_chunk(gc.chunk_size, num_res),
+            kernels=gc.kernels,
+            name="attention",
+        )
         embedding = attn(flat_query, flat_templates, bias).reshape(num_res, num_res, c_z)
         # No signal (and no gradient) when no template is present.
         return embedding * (jnp.sum(template_mask) > 0.0).astype(dtype)
@@ -276,9 +314,15 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
     num_templates = template_mask.shape[0]
     per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
     single = pure(SingleTemplateEmbedding(c, gc, False, NO_DAP, name="single_template_embedding"))
-    attention = Attention(num_head=c.attention.num_head, output_dim=c_z, gating=c.attention.gating,
-                          key_dim=c.attention.key_dim, value_dim=c.attention.value_dim, zero_init=gc.zero_init,
-                          name="attention")
+    attention = Attention(
+        num_head=c.attention.num_head,
+        output_dim=c_z,
+        gating=c.attention.gating,
+        key_dim=c.attention.key_dim,
+        value_dim=c.attention.value_dim,
+        zero_init=gc.zero_init,
+        name="attention",
+    )
     p = attention.variables["params"]
     num_head = p["query_w"].shape[1]
     key_dim = p["query_w"].shape[2]
@@ -298,8 +342,9 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
         rows = rows + mask_to_bias(template_mask[t])
         return jax.lax.dynamic_update_index_in_dim(logits, rows, t, 0)
 
-    logits = jax.lax.fori_loop(0, num_templates, pass_1,
-                               jnp.zeros((num_templates, num_res, num_res, num_head), jnp.float32))
+    logits = jax.lax.fori_loop(
+        0, num_templates, pass_1, jnp.zeros((num_templates, num_res, num_res, num_head), jnp.float32)
+    )
     weights = jax.nn.softmax(logits, axis=0)
     del logits
     any_template = (jnp.sum(template_mask) > 0.0).astype(dtype)

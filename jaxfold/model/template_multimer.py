@@ -19,9 +19,9 @@ shared/reference_multimer/README.md, Hazards).
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 
 from jaxfold.common import all_atom
@@ -37,7 +37,7 @@ VEC_EPSILON = 1e-6
 
 
 def _norm(v: Vec3, epsilon: float = VEC_EPSILON) -> jax.Array:
-    return jnp.sqrt(jnp.maximum(v.x * v.x + v.y * v.y + v.z * v.z, epsilon ** 2))
+    return jnp.sqrt(jnp.maximum(v.x * v.x + v.y * v.y + v.z * v.z, epsilon**2))
 
 
 def _normalized(v: Vec3, epsilon: float = VEC_EPSILON) -> Vec3:
@@ -61,7 +61,7 @@ def backbone_rigid(positions: jax.Array, mask: jax.Array) -> tuple[Rigid, jax.Ar
     e1 = _normalized(e1_raw - e0 * e1_raw.dot(e0))
     e2 = _cross(e0, e1)
     rot = Rot3(e0.x, e1.x, e2.x, e0.y, e1.y, e2.y, e0.z, e1.z, e2.z)
-    rigid_mask = (mask[:, rc.atom_order["N"]] * mask[:, rc.atom_order["CA"]] * mask[:, rc.atom_order["C"]])
+    rigid_mask = mask[:, rc.atom_order["N"]] * mask[:, rc.atom_order["CA"]] * mask[:, rc.atom_order["C"]]
     return Rigid(rot, ca), rigid_mask.astype(jnp.float32)
 
 
@@ -99,9 +99,11 @@ def template_embedding_1d(batch: dict, num_channel: int, dtype) -> tuple[jax.Arr
     """
     aatype = batch["template_aatype"]
     chi_angles, chi_mask = jax.vmap(compute_chi_angles)(
-        batch["template_all_atom_positions"], batch["template_all_atom_mask"], aatype)
-    features = jnp.concatenate([jax.nn.one_hot(aatype, 22), jnp.sin(chi_angles) * chi_mask,
-                                jnp.cos(chi_angles) * chi_mask, chi_mask], axis=-1).astype(dtype)
+        batch["template_all_atom_positions"], batch["template_all_atom_mask"], aatype
+    )
+    features = jnp.concatenate(
+        [jax.nn.one_hot(aatype, 22), jnp.sin(chi_angles) * chi_mask, jnp.cos(chi_angles) * chi_mask, chi_mask], axis=-1
+    ).astype(dtype)
     act = Linear(num_channel, initializer="relu", name="template_single_embedding")(features)
     act = Linear(num_channel, initializer="relu", name="template_projection")(jax.nn.relu(act))
     return act, chi_mask[:, :, 0].astype(dtype)
@@ -139,19 +141,32 @@ class SingleTemplateEmbedding(nn.Module):
 
         query = LayerNorm(gc.kernels, name="query_embedding_norm")(query_embedding)
         # (feature, number of input dims of its Linear); each gets its own `template_pair_embedding_<i>`.
-        features = [(dgram.astype(dtype), 1), (pseudo_beta_mask_2d.astype(dtype), 0),
-                    (aatype_one_hot[None, :, :], 1), (aatype_one_hot[:, None, :], 1),
-                    *[(u.astype(dtype), 0) for u in unit], (backbone_mask_2d.astype(dtype), 0), (query, 1)]
+        features = [
+            (dgram.astype(dtype), 1),
+            (pseudo_beta_mask_2d.astype(dtype), 0),
+            (aatype_one_hot[None, :, :], 1),
+            (aatype_one_hot[:, None, :], 1),
+            *[(u.astype(dtype), 0) for u in unit],
+            (backbone_mask_2d.astype(dtype), 0),
+            (query, 1),
+        ]
         act = 0
         for i, (x, num_input_dims) in enumerate(features):
             act = act + self._embed(x, num_input_dims, f"template_pair_embedding_{i}", dtype)
 
         num_res = query_embedding.shape[0]
         act = jnp.broadcast_to(act, (num_res, num_res, c.num_channels)).astype(dtype)
-        stack = template_pair_stack(c.template_pair_stack, gc, self.is_training, self.dap,
-                                    name="template_embedding_iteration", multiplication_first=True)
-        act = apply_template_pair_stack(stack, self.dap, act, padding_mask_2d,
-                                        *dropout_rng_refs(self, self.is_training, gc))
+        stack = template_pair_stack(
+            c.template_pair_stack,
+            gc,
+            self.is_training,
+            self.dap,
+            name="template_embedding_iteration",
+            multiplication_first=True,
+        )
+        act = apply_template_pair_stack(
+            stack, self.dap, act, padding_mask_2d, *dropout_rng_refs(self, self.is_training, gc)
+        )
         act = LayerNorm(gc.kernels, name="output_layer_norm")(act)
         return carry + act, None
 
@@ -182,18 +197,23 @@ class TemplateEmbedding(nn.Module):
         c, gc = self.config, self.global_config
         num_res, _, c_z = query_embedding.shape
         dtype = query_embedding.dtype
-        templates = {k: template_batch[k] for k in
-                     ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")}
+        templates = {
+            k: template_batch[k] for k in ("template_aatype", "template_all_atom_positions", "template_all_atom_mask")
+        }
         num_templates = templates["template_aatype"].shape[0]
         # A scan whose carry is the running sum, as AlphaFold's hk.scan: one template's pair stack is live at
         # a time, the sum is accumulated in template order, and DAP collectives keep one order on all devices.
-        embed_all = nn.scan(SingleTemplateEmbedding, variable_broadcast="params",
-                            split_rngs={"params": False, "dropout": True},
-                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=num_templates)
+        embed_all = nn.scan(
+            SingleTemplateEmbedding,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=num_templates,
+        )
         carry = jnp.zeros((num_res, num_res, c.num_channels), dtype)
         carry = vary_like(carry, query_embedding, templates, padding_mask_2d)
         summed, _ = embed_all(c, gc, self.is_training, self.dap, name="single_template_embedding")(
-            carry, templates, query_embedding, padding_mask_2d.astype(dtype),
-            multichain_mask_2d.astype(dtype))
+            carry, templates, query_embedding, padding_mask_2d.astype(dtype), multichain_mask_2d.astype(dtype)
+        )
         embedding = jax.nn.relu(summed / num_templates)
         return Linear(c_z, initializer="relu", name="output_linear")(embedding)

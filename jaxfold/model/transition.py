@@ -6,8 +6,8 @@ With `global_config.chunk_size` the 4x-wide hidden layer is materialised for tha
 
 from __future__ import annotations
 
-import jax
 import flax.linen as nn
+import jax
 
 from jaxfold.model.chunking import chunked
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, final_init
@@ -24,8 +24,7 @@ class Transition(nn.Module):
         hidden = int(channels * self.config.num_intermediate_factor)
         act = LayerNorm(self.global_config.kernels, name="input_layer_norm")(act)
         w1, b1 = Linear(hidden, initializer="relu", num_input=channels, name="transition1")()
-        w2, b2 = Linear(channels, initializer=final_init(self.global_config), num_input=hidden,
-                        name="transition2")()
+        w2, b2 = Linear(channels, initializer=final_init(self.global_config), num_input=hidden, name="transition2")()
 
         def mlp(x):
             return apply_linear(jax.nn.relu(apply_linear(x, w1, b1)), w2, b2)

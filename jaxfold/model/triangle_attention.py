@@ -8,11 +8,10 @@ the ending node); the projected bias `[H, N_res, N_res]` is all-gathered.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import flax.linen as nn
+import jax.numpy as jnp
 
-from jaxfold.model.attention import mask_to_bias
-from jaxfold.model.attention import attention_for, pair_bias
+from jaxfold.model.attention import attention_for, mask_to_bias, pair_bias
 from jaxfold.model.primitives import LayerNorm
 from jaxfold.parallel.dap import NO_DAP, Dap
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxfold.model.chunking import chunked
 from jaxfold.model.kernels import use_pallas
@@ -55,8 +55,10 @@ class LayerNormParams(nn.Module):
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array]:
-        return (self.param("scale", nn.initializers.ones, (self.num_channels,)),
-                self.param("offset", nn.initializers.zeros, (self.num_channels,)))
+        return (
+            self.param("scale", nn.initializers.ones, (self.num_channels,)),
+            self.param("offset", nn.initializers.zeros, (self.num_channels,)),
+        )
 
 
 def triangle_update_xla(left, right, gate_input, w: OutputWeights, equation: str):
@@ -67,8 +69,9 @@ def triangle_update_xla(left, right, gate_input, w: OutputWeights, equation: str
     return act * jax.nn.sigmoid(apply_linear(gate_input, w.gating_weights, w.gating_bias))
 
 
-def triangle_update(left, right, gate_input, w: OutputWeights, equation: str, kernels: str = "xla",
-                    chunk_size: int | None = None):
+def triangle_update(
+    left, right, gate_input, w: OutputWeights, equation: str, kernels: str = "xla", chunk_size: int | None = None
+):
     """Triangle product -> center LayerNorm -> output projection x gate, `[I, J, c_z]`.
 
     left/right: the masked, gated operands (`equation`'s layouts, e.g. outgoing `[I, K, c]`, `[J, K, c]`);
@@ -76,16 +79,17 @@ def triangle_update(left, right, gate_input, w: OutputWeights, equation: str, ke
     rows are a slice of `right`'s axis 1, taken by the chunking helper; the pair is never transposed).
     """
     if equation not in ROW_AXES:
-        raise ValueError(f"unknown triangle multiplication equation {equation!r}; expected one of "
-                         f"{sorted(ROW_AXES)}")
+        raise ValueError(f"unknown triangle multiplication equation {equation!r}; expected one of {sorted(ROW_AXES)}")
     if use_pallas(kernels):
         from pallas_kernels import triangle_multiplication as fused  # noqa: PLC0415  (optional GPU kernel)
 
         def core(l, r, g):
             return fused.triangle_multiplication(l, r, g, *w, outgoing=equation == "ikc,jkc->ijc")
     else:
+
         def core(l, r, g):
             return triangle_update_xla(l, r, g, w, equation)
+
     return chunked(core, chunk_size, batch_axes=ROW_AXES[equation])(left, right, gate_input)
 
 
@@ -120,8 +124,8 @@ class TriangleMultiplication(nn.Module):
         weights = OutputWeights(
             *LayerNormParams(c, name="center_norm" if fused else "center_layer_norm")(),
             *Linear(channels, initializer=final_init(gc), num_input=c, name="output_projection")(),
-            *Linear(channels, initializer=final_init(gc), bias_init=1.0, num_input=channels,
-                    name="gating_linear")())
+            *Linear(channels, initializer=final_init(gc), bias_init=1.0, num_input=channels, name="gating_linear")(),
+        )
         return triangle_update(left, right, gate_input, weights, self.config.equation, gc.kernels, chunk_size)
 
     def _operands(self, act, mask, need_right: bool = True):
@@ -134,8 +138,7 @@ class TriangleMultiplication(nn.Module):
         right = None
         if need_right:
             right = mask * Linear(c, name="right_projection")(act)
-            right = right * jax.nn.sigmoid(
-                Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
+            right = right * jax.nn.sigmoid(Linear(c, initializer=final_init(gc), bias_init=1.0, name="right_gate")(act))
         return act, left, right
 
     # ---- fused parameter layout (AlphaFold 2.3 `fuse_projection_weights`) ----------------------------------
@@ -146,8 +149,10 @@ class TriangleMultiplication(nn.Module):
         act = LayerNorm(gc.kernels, name="left_norm_input")(act)
         projection = mask * Linear(2 * c, name="projection")(act)
         projection = projection * jax.nn.sigmoid(
-            Linear(2 * c, initializer=final_init(gc), bias_init=1.0, name="gate")(act))
+            Linear(2 * c, initializer=final_init(gc), bias_init=1.0, name="gate")(act)
+        )
         return act, projection[..., :c], projection[..., c:] if need_right else None
+
     # ---- end of the fused parameter layout ------------------------------------------------------------------
 
 
@@ -166,8 +171,9 @@ def whole_right_operand(params: dict, act: jax.Array, mask: jax.Array, kernels: 
 
     def rows(act_rows, mask_rows):
         normed = layer_norm(act_rows, norm["scale"], norm["offset"], kernels=kernels)
-        right = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(normed, projection["weights"],
-                                                                            projection["bias"])
+        right = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(
+            normed, projection["weights"], projection["bias"]
+        )
         return right * jax.nn.sigmoid(apply_linear(normed, gate["weights"], gate["bias"]))
 
     return chunked(rows, chunk_size)(act, mask)

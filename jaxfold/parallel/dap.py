@@ -97,6 +97,7 @@ def vary_like(tree, *refs):
     typeof = getattr(jax, "typeof", None)
     if typeof is None or not hasattr(jax.lax, "pcast"):
         return tree
+
     def vma(x) -> set:
         aval = typeof(x)
         if hasattr(aval, "vma"):  # jax versions that expose the varying axes directly
@@ -123,8 +124,14 @@ def dropout_rng_refs(module, is_training: bool, global_config) -> tuple:
     return (module.make_rng("dropout"),) if is_training and not global_config.deterministic else ()
 
 
-def local_dropout_mask(dap: Dap, rng: jax.Array, keep_rate: float, local_shape: tuple[int, ...],
-                       split_axis: int | None, broadcast_dim: int | None) -> jax.Array:
+def local_dropout_mask(
+    dap: Dap,
+    rng: jax.Array,
+    keep_rate: float,
+    local_shape: tuple[int, ...],
+    split_axis: int | None,
+    broadcast_dim: int | None,
+) -> jax.Array:
     """Dropout keep-mask for a DAP-local tensor that equals the slice of the unsharded mask.
 
     Every device draws the mask for the *global* shape with the same key and keeps its own slice, so

@@ -49,8 +49,10 @@ def make_mesh(spec: str, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     total = sizes["dap"] * sizes["data"]
     if total != len(devices):
-        raise MeshError(f"mesh {spec!r} needs dap {sizes['dap']} x data {sizes['data']} = {total} devices, "
-                        f"but {len(devices)} are available")
+        raise MeshError(
+            f"mesh {spec!r} needs dap {sizes['dap']} x data {sizes['data']} = {total} devices, "
+            f"but {len(devices)} are available"
+        )
     # dap is the inner (fastest-varying) axis: its all-to-alls stay within neighbouring devices (one host).
     grid = np.asarray(devices, dtype=object).reshape(sizes["data"], sizes["dap"]).T
     return Mesh(grid, AXES)
@@ -65,12 +67,15 @@ def prediction_mesh(spec: str | None, devices=None) -> Mesh | None:
         return None
     sizes = parse_mesh_spec(spec)
     if sizes["data"] != 1:
-        raise MeshError(f"mesh {spec!r}: a prediction splits one chain over devices with DAP, so the data axis "
-                        f"must be 1 (e.g. '{sizes['dap'] * sizes['data']}x1')")
+        raise MeshError(
+            f"mesh {spec!r}: a prediction splits one chain over devices with DAP, so the data axis "
+            f"must be 1 (e.g. '{sizes['dap'] * sizes['data']}x1')"
+        )
     devices = list(jax.local_devices() if devices is None else devices)
     if sizes["dap"] > len(devices):
-        raise MeshError(f"mesh {spec!r} needs {sizes['dap']} devices, but {len(devices)} are available "
-                        f"({devices[0].platform})")
+        raise MeshError(
+            f"mesh {spec!r} needs {sizes['dap']} devices, but {len(devices)} are available ({devices[0].platform})"
+        )
     if sizes["dap"] == 1:
         return None
     return make_mesh(f"{sizes['dap']}x1", devices[: sizes["dap"]])

@@ -11,5 +11,15 @@ from jaxfold.relax.cleanup import RelaxInputError
 from jaxfold.relax.relax import STIFFNESS, TOLERANCE, RelaxError, RelaxResult, relax_structure
 from jaxfold.relax.violations import Violations, find_violations
 
-__all__ = ["INSTALL_HINT", "RelaxError", "RelaxInputError", "RelaxResult", "STIFFNESS", "TOLERANCE",
-           "Violations", "find_violations", "relax_structure", "require_openmm"]
+__all__ = [
+    "INSTALL_HINT",
+    "RelaxError",
+    "RelaxInputError",
+    "RelaxResult",
+    "STIFFNESS",
+    "TOLERANCE",
+    "Violations",
+    "find_violations",
+    "relax_structure",
+    "require_openmm",
+]

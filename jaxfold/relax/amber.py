@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -43,15 +43,18 @@ def openmm_platform(device: str):
         return openmm.Platform.getPlatformByName(DEVICES[device])
     except Exception:  # noqa: BLE001 - OpenMMException: platform not built or no driver
         available = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-        raise ValueError(f"relax device {device!r}: OpenMM has no {DEVICES[device]} platform here "
-                         f"(available: {', '.join(available)}); use --relax-device cpu") from None
+        raise ValueError(
+            f"relax device {device!r}: OpenMM has no {DEVICES[device]} platform here "
+            f"(available: {', '.join(available)}); use --relax-device cpu"
+        ) from None
 
 
 def _restraint_force(openmm, unit, topology, positions, stiffness: float, exclude: Iterable[int]):
     """Harmonic restraints on every heavy atom outside the residues (0-based positions) in ``exclude``."""
     force = openmm.CustomExternalForce("0.5 * k * ((x-x0)^2 + (y-y0)^2 + (z-z0)^2)")
-    k = (stiffness * unit.kilocalories_per_mole / unit.angstroms ** 2).value_in_unit(
-        unit.kilojoules_per_mole / unit.nanometers ** 2)
+    k = (stiffness * unit.kilocalories_per_mole / unit.angstroms**2).value_in_unit(
+        unit.kilojoules_per_mole / unit.nanometers**2
+    )
     force.addGlobalParameter("k", k)
     for p in ("x0", "y0", "z0"):
         force.addPerParticleParameter(p)
@@ -65,9 +68,18 @@ def _restraint_force(openmm, unit, topology, positions, stiffness: float, exclud
     return force, count
 
 
-def minimise(topology, positions, *, stiffness: float, tolerance: float, max_iterations: int,
-             deadline: float, exclude_residues: Iterable[int] = (), device: str = "cpu",
-             threads: int | None = None) -> Minimised:
+def minimise(
+    topology,
+    positions,
+    *,
+    stiffness: float,
+    tolerance: float,
+    max_iterations: int,
+    deadline: float,
+    exclude_residues: Iterable[int] = (),
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Minimised:
     """Minimises the Amber99SB energy plus heavy-atom restraints.
 
     Args:
@@ -118,8 +130,9 @@ def minimise(topology, positions, *, stiffness: float, tolerance: float, max_ite
 
     stop = _Stop()
     tol = (tolerance * kcal).value_in_unit(unit.kilojoules_per_mole)
-    simulation.minimizeEnergy(tolerance=tol * unit.kilojoules_per_mole / unit.nanometer,
-                              maxIterations=int(max_iterations), reporter=stop)
+    simulation.minimizeEnergy(
+        tolerance=tol * unit.kilojoules_per_mole / unit.nanometer, maxIterations=int(max_iterations), reporter=stop
+    )
     state = simulation.context.getState(getEnergy=True, getPositions=True)
     e1 = state.getPotentialEnergy().value_in_unit(kcal)
     pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstroms)

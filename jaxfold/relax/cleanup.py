@@ -53,13 +53,15 @@ def check_relaxable(prot: protein_lib.Protein) -> dict:
     if unknown.size:
         raise RelaxInputError(
             f"cannot relax: {unknown.size} non-standard residue(s) ({_first(prot, unknown)}) have no Amber "
-            "parameters; relaxation needs the 20 standard amino acids (MSE is read as MET)")
+            "parameters; relaxation needs the 20 standard amino acids (MSE is read as MET)"
+        )
     backbone = [rc.atom_order[a] for a in _BACKBONE]
     missing = np.flatnonzero(np.asarray(prot.atom_mask)[:, backbone].min(axis=1) < 0.5)
     if missing.size:
         raise RelaxInputError(
             f"cannot relax: {missing.size} residue(s) lack backbone atoms N, CA or C ({_first(prot, missing)}); "
-            "relaxation does not rebuild backbone")
+            "relaxation does not rebuild backbone"
+        )
     if not np.all(np.isfinite(prot.atom_positions[np.asarray(prot.atom_mask) > 0.5])):
         raise RelaxInputError("cannot relax: the structure has non-finite (NaN/inf) coordinates")
     # OpenMM bonds consecutive residues of a chain whatever their distance: a gap (unobserved residues)
@@ -69,11 +71,13 @@ def check_relaxable(prot: protein_lib.Protein) -> dict:
     same_chain = prot.chain_index[:-1] == prot.chain_index[1:]
     breaks = np.flatnonzero(same_chain & (np.linalg.norm(n_pos - c_pos, axis=-1) > _MAX_PEPTIDE_BOND))
     if breaks.size:
-        pairs = ", ".join(f"{residue_label(prot, int(i))}-{residue_label(prot, int(i) + 1).split(':')[1]}"
-                          for i in breaks[:5])
+        pairs = ", ".join(
+            f"{residue_label(prot, int(i))}-{residue_label(prot, int(i) + 1).split(':')[1]}" for i in breaks[:5]
+        )
         raise RelaxInputError(
             f"cannot relax: {breaks.size} chain break(s) (C-N > {_MAX_PEPTIDE_BOND} Å between {pairs}): "
-            "relaxation needs each chain continuous, as predictions are; split the chain at the gap")
+            "relaxation needs each chain continuous, as predictions are; split the chain at the gap"
+        )
     expected = rc.STANDARD_ATOM_MASK[np.asarray(prot.aatype)].astype(bool)
     expected[:, rc.atom_order["OXT"]] = False  # only at C-termini; PDBFixer adds it there
     missing_atoms = int(np.sum(expected & (np.asarray(prot.atom_mask) < 0.5)))

@@ -63,7 +63,7 @@ def _heavy_rmsd(a: protein_lib.Protein, b: protein_lib.Protein) -> float:
         raise RelaxError("relaxed structure does not match the input residue for residue (internal error)")
     mask = (a.atom_mask > 0.5) & (b.atom_mask > 0.5)
     diff = (a.atom_positions - b.atom_positions)[mask]
-    return float(np.sqrt(np.mean(np.sum(diff ** 2, axis=-1)))) if diff.size else 0.0
+    return float(np.sqrt(np.mean(np.sum(diff**2, axis=-1)))) if diff.size else 0.0
 
 
 def _residue_bfactors(prot: protein_lib.Protein) -> np.ndarray:
@@ -71,8 +71,7 @@ def _residue_bfactors(prot: protein_lib.Protein) -> np.ndarray:
     return prot.b_factors[:, rc.atom_order["CA"]]
 
 
-def _with_bfactors(pdb_string: str, prot: protein_lib.Protein, keep_hydrogens: bool,
-                   remarks: list[str]) -> str:
+def _with_bfactors(pdb_string: str, prot: protein_lib.Protein, keep_hydrogens: bool, remarks: list[str]) -> str:
     """Rewrites the B-factor column of OpenMM's PDB text with the input's values (and drops H if asked)."""
     key_of = {}
     per_res = _residue_bfactors(prot)
@@ -89,8 +88,7 @@ def _with_bfactors(pdb_string: str, prot: protein_lib.Protein, keep_hydrogens: b
                 raise RelaxError(f"relaxed PDB has a residue not in the input: {line[17:27]!r} (internal error)")
             name = line[12:16].strip()
             slot = rc.atom_order.get(name)
-            bf = (prot.b_factors[i, slot] if slot is not None and prot.atom_mask[i, slot] > 0.5
-                  else per_res[i])
+            bf = prot.b_factors[i, slot] if slot is not None and prot.atom_mask[i, slot] > 0.5 else per_res[i]
             line = f"{line[:60]}{bf:6.2f}{line[66:]}"
         elif line.startswith(("REMARK", "CRYST1")):
             continue  # OpenMM's own header; the input's REMARKs are kept instead
@@ -112,11 +110,19 @@ def _minimise_with_retries(prot, exclude, *, max_attempts, **kwargs) -> tuple[am
     raise RelaxError(f"minimisation failed after {max_attempts} attempt(s): {last}")
 
 
-def relax_structure(structure: str | protein_lib.Protein, *, device: str = "cpu",
-                    stiffness: float = STIFFNESS, tolerance: float = TOLERANCE,
-                    max_outer_iterations: int = MAX_OUTER_ITERATIONS, max_iterations: int = 2000,
-                    max_seconds: float = 600.0, max_attempts: int = 3, keep_hydrogens: bool = True,
-                    threads: int | None = None) -> RelaxResult:
+def relax_structure(
+    structure: str | protein_lib.Protein,
+    *,
+    device: str = "cpu",
+    stiffness: float = STIFFNESS,
+    tolerance: float = TOLERANCE,
+    max_outer_iterations: int = MAX_OUTER_ITERATIONS,
+    max_iterations: int = 2000,
+    max_seconds: float = 600.0,
+    max_attempts: int = 3,
+    keep_hydrogens: bool = True,
+    threads: int | None = None,
+) -> RelaxResult:
     """Amber-relaxes a protein structure (AlphaFold's final step).
 
     Args:
@@ -161,8 +167,16 @@ def relax_structure(structure: str | protein_lib.Protein, *, device: str = "cpu"
     after, minimised = before, None
     for round_ in range(1, max_outer_iterations + 1):
         minimised, tries = _minimise_with_retries(
-            current, sorted(exclude), max_attempts=max_attempts, stiffness=stiffness, tolerance=tolerance,
-            max_iterations=max_iterations, deadline=deadline, device=device, threads=threads)
+            current,
+            sorted(exclude),
+            max_attempts=max_attempts,
+            stiffness=stiffness,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            deadline=deadline,
+            device=device,
+            threads=threads,
+        )
         attempts += tries
         iterations += minimised.iterations
         energies.append((minimised.energy_initial, minimised.energy_final))
@@ -174,12 +188,21 @@ def relax_structure(structure: str | protein_lib.Protein, *, device: str = "cpu"
         exclude |= set(after.violating_residues)
 
     relaxed = dataclasses.replace(current, b_factors=_carry_bfactors(prot, current))
-    stats = {**before.as_dict("_before"), **after.as_dict("_after"),
-             "rmsd": _heavy_rmsd(prot, relaxed),
-             "energy_initial": energies[0][0], "energy_final": energies[-1][1],
-             "outer_iterations": len(energies), "minimiser_iterations": iterations, "attempts": attempts,
-             "unrestrained_residues": len(exclude), "added_heavy_atoms": added, "timed_out": timed_out,
-             "device": device, "time_s": time.monotonic() - start}
+    stats = {
+        **before.as_dict("_before"),
+        **after.as_dict("_after"),
+        "rmsd": _heavy_rmsd(prot, relaxed),
+        "energy_initial": energies[0][0],
+        "energy_final": energies[-1][1],
+        "outer_iterations": len(energies),
+        "minimiser_iterations": iterations,
+        "attempts": attempts,
+        "unrestrained_residues": len(exclude),
+        "added_heavy_atoms": added,
+        "timed_out": timed_out,
+        "device": device,
+        "time_s": time.monotonic() - start,
+    }
     pdb = _with_bfactors(minimised.pdb_string, prot, keep_hydrogens, remarks)
     return RelaxResult(pdb_string=pdb, protein=relaxed, stats=stats)
 

@@ -44,10 +44,12 @@ class Violations:
         return len(self.violating_residues)
 
     def as_dict(self, suffix: str = "") -> dict:
-        return {f"violating_residues{suffix}": self.num_violating_residues,
-                f"clashing_atoms{suffix}": self.clashing_atoms,
-                f"bond_violations{suffix}": self.bond_violations,
-                f"within_residue_violations{suffix}": self.within_residue_atoms}
+        return {
+            f"violating_residues{suffix}": self.num_violating_residues,
+            f"clashing_atoms{suffix}": self.clashing_atoms,
+            f"bond_violations{suffix}": self.bond_violations,
+            f"within_residue_violations{suffix}": self.within_residue_atoms,
+        }
 
 
 def find_violations(prot: protein_lib.Protein) -> Violations:
@@ -61,25 +63,36 @@ def find_violations(prot: protein_lib.Protein) -> Violations:
     aatype = np.asarray(prot.aatype, np.int32)
     masks = {k: np.asarray(v) for k, v in all_atom.make_atom14_masks(aatype).items()}
     # Only atoms that are both expected for the residue type and present in the file take part.
-    present14 = np.asarray(all_atom.atom37_to_atom14(
-        jnp.asarray(prot.atom_mask), masks["residx_atom14_to_atom37"], masks["atom14_atom_exists"]))
+    present14 = np.asarray(
+        all_atom.atom37_to_atom14(
+            jnp.asarray(prot.atom_mask), masks["residx_atom14_to_atom37"], masks["atom14_atom_exists"]
+        )
+    )
     exists14 = masks["atom14_atom_exists"] * (present14 > 0.5)
-    pos14 = all_atom.atom37_to_atom14(jnp.asarray(prot.atom_positions), masks["residx_atom14_to_atom37"],
-                                      masks["atom14_atom_exists"])
+    pos14 = all_atom.atom37_to_atom14(
+        jnp.asarray(prot.atom_positions), masks["residx_atom14_to_atom37"], masks["atom14_atom_exists"]
+    )
     # Chain c is shifted by c * (span + 2): consecutive residues of two chains then differ by >= 2, so the
     # peptide-bond checks (which need a difference of exactly 1) never join two chains.
     resnum = np.asarray(prot.residue_index, np.int64)
     span = int(resnum.max() - resnum.min()) if resnum.size else 0
     residue_index = resnum + (span + 2) * np.asarray(prot.chain_index, np.int64)
-    batch = {"aatype": jnp.asarray(aatype), "atom14_atom_exists": jnp.asarray(exists14, jnp.float32),
-             "residue_index": jnp.asarray(residue_index, jnp.int32),
-             "residx_atom14_to_atom37": jnp.asarray(masks["residx_atom14_to_atom37"])}
-    cfg = types.SimpleNamespace(violation_tolerance_factor=VIOLATION_TOLERANCE_FACTOR,
-                                clash_overlap_tolerance=CLASH_OVERLAP_TOLERANCE)
+    batch = {
+        "aatype": jnp.asarray(aatype),
+        "atom14_atom_exists": jnp.asarray(exists14, jnp.float32),
+        "residue_index": jnp.asarray(residue_index, jnp.int32),
+        "residx_atom14_to_atom37": jnp.asarray(masks["residx_atom14_to_atom37"]),
+    }
+    cfg = types.SimpleNamespace(
+        violation_tolerance_factor=VIOLATION_TOLERANCE_FACTOR, clash_overlap_tolerance=CLASH_OVERLAP_TOLERANCE
+    )
     out = losses.find_structural_violations(batch, pos14, cfg)
     between = out["between_residues"]
-    bond = (np.asarray(between["c_n_violation_mask"]) + np.asarray(between["ca_c_n_violation_mask"])
-            + np.asarray(between["c_n_ca_violation_mask"]))
+    bond = (
+        np.asarray(between["c_n_violation_mask"])
+        + np.asarray(between["ca_c_n_violation_mask"])
+        + np.asarray(between["c_n_ca_violation_mask"])
+    )
     per_residue = np.asarray(out["total_per_residue_violations_mask"]) > 0
     return Violations(
         violating_residues=tuple(int(i) for i in np.flatnonzero(per_residue)),

@@ -17,21 +17,43 @@ Public API:
 from __future__ import annotations
 
 __all__ = [
-    "TrainState", "ema_update", "alphafold_schedule", "make_optimizer",
-    "make_train_step", "shard_batch", "replicate", "stack_examples", "loss_fn_from_config",
-    "CheckpointManager", "CheckpointError", "load_init_params", "MetricsLog",
-    "Evaluator", "evaluate_lddt_ca", "run_training", "TrainingError",
+    "TrainState",
+    "ema_update",
+    "alphafold_schedule",
+    "make_optimizer",
+    "make_train_step",
+    "shard_batch",
+    "replicate",
+    "stack_examples",
+    "loss_fn_from_config",
+    "CheckpointManager",
+    "CheckpointError",
+    "load_init_params",
+    "MetricsLog",
+    "Evaluator",
+    "evaluate_lddt_ca",
+    "run_training",
+    "TrainingError",
 ]
 
 _MODULE_OF = {
-    "TrainState": "state", "ema_update": "state",
-    "alphafold_schedule": "optimizer", "make_optimizer": "optimizer",
-    "make_train_step": "step", "shard_batch": "step", "replicate": "step", "stack_examples": "step",
+    "TrainState": "state",
+    "ema_update": "state",
+    "alphafold_schedule": "optimizer",
+    "make_optimizer": "optimizer",
+    "make_train_step": "step",
+    "shard_batch": "step",
+    "replicate": "step",
+    "stack_examples": "step",
     "loss_fn_from_config": "step",
-    "CheckpointManager": "checkpoint", "CheckpointError": "checkpoint", "load_init_params": "checkpoint",
+    "CheckpointManager": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "load_init_params": "checkpoint",
     "MetricsLog": "metrics_log",
-    "Evaluator": "evaluation", "evaluate_lddt_ca": "evaluation",
-    "run_training": "loop", "TrainingError": "loop",
+    "Evaluator": "evaluation",
+    "evaluate_lddt_ca": "evaluation",
+    "run_training": "loop",
+    "TrainingError": "loop",
 }
 
 

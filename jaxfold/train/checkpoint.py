@@ -21,8 +21,9 @@ official `.npz` or an earlier run's checkpoint (its EMA parameters).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -38,6 +39,7 @@ class CheckpointError(RuntimeError):
 
 def _abstract(tree: Any) -> Any:
     """ShapeDtypeStructs (keeping each array's sharding) that tell Orbax what to restore into."""
+
     def leaf(x):
         if isinstance(x, jax.ShapeDtypeStruct):
             return x
@@ -50,13 +52,13 @@ def _abstract(tree: Any) -> Any:
 class CheckpointManager:
     """Keep-last-K asynchronous Orbax checkpoints of `TrainState` + loader state under `directory`."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 5, async_save: bool = True,
-                 create: bool = True):
+    def __init__(self, directory: str | os.PathLike, keep: int = 5, async_save: bool = True, create: bool = True):
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"checkpoint directory {str(self.directory)!r} does not exist")
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep if keep and keep > 0 else None,
-                                               enable_async_checkpointing=async_save, create=create)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep and keep > 0 else None, enable_async_checkpointing=async_save, create=create
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "loader"))
 
     # -- queries -------------------------------------------------------------
@@ -69,14 +71,16 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     # -- save / restore -----------------------------------------------------
-    def save(self, state: TrainState, loader_state: dict | None = None, *, step: int | None = None,
-             force: bool = True) -> bool:
+    def save(
+        self, state: TrainState, loader_state: dict | None = None, *, step: int | None = None, force: bool = True
+    ) -> bool:
         """Start saving `state` (and `loader_state`) as `step` (default `state.step`); returns whether a
         save was started. Arrays are copied off the device before it returns, so `state` may then be
         donated to the next step."""
         step = int(jax.device_get(state.step)) if step is None else int(step)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  loader=ocp.args.JsonSave(dict(loader_state or {})))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(dict(loader_state or {}))
+        )
         return bool(self._manager.save(step, args=args, force=force))
 
     def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
@@ -89,26 +93,33 @@ class CheckpointManager:
                 raise CheckpointError(f"no checkpoint in {str(self.directory)!r}")
             step = steps[-1]
         if step not in steps:
-            raise CheckpointError(f"checkpoint directory {str(self.directory)!r} has no step {step} "
-                                  f"(available: {steps or 'none'})")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template)),
-                                  loader=ocp.args.JsonRestore())
+            raise CheckpointError(
+                f"checkpoint directory {str(self.directory)!r} has no step {step} (available: {steps or 'none'})"
+            )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template)), loader=ocp.args.JsonRestore())
         try:
             restored = self._manager.restore(step, args=args)
             state, loader_state = restored["state"], restored["loader"]
             if not isinstance(state, TrainState):
-                state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
-                                                     jax.tree_util.tree_leaves(state))
+                state = jax.tree_util.tree_unflatten(
+                    jax.tree_util.tree_structure(template), jax.tree_util.tree_leaves(state)
+                )
         except Exception as e:  # noqa: BLE001  (Orbax/TensorStore raise many types)
-            raise CheckpointError(f"checkpoint step {step} in {str(self.directory)!r} is corrupt or does not "
-                                  f"match the model/optimizer: {type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"checkpoint step {step} in {str(self.directory)!r} is corrupt or does not "
+                f"match the model/optimizer: {type(e).__name__}: {e}"
+            ) from e
         if int(jax.device_get(state.step)) != step:
-            raise CheckpointError(f"checkpoint step {step} in {str(self.directory)!r} holds state.step "
-                                  f"{int(jax.device_get(state.step))}")
+            raise CheckpointError(
+                f"checkpoint step {step} in {str(self.directory)!r} holds state.step {int(jax.device_get(state.step))}"
+            )
         return state, dict(loader_state or {})
 
-    def restore_latest(self, template: TrainState, warn: Callable[[str], None] = print,
-                       ) -> tuple[TrainState, dict, int] | None:
+    def restore_latest(
+        self,
+        template: TrainState,
+        warn: Callable[[str], None] = print,
+    ) -> tuple[TrainState, dict, int] | None:
         """The newest step that restores, as `(state, loader_state, step)`; None without any step.
 
         Steps that fail to restore are reported with `warn` and moved aside (see the module docstring);
@@ -125,8 +136,7 @@ class CheckpointManager:
                 continue
             return state, loader_state, step
         if reasons:
-            raise CheckpointError(f"no checkpoint in {str(self.directory)!r} restores:\n  "
-                                  + "\n  ".join(reasons))
+            raise CheckpointError(f"no checkpoint in {str(self.directory)!r} restores:\n  " + "\n  ".join(reasons))
         return None
 
     def _move_aside(self, step: int) -> None:
@@ -151,7 +161,7 @@ class CheckpointManager:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -182,10 +192,12 @@ def load_init_params(path: str | os.PathLike, fresh: Any) -> tuple[Any, list[str
         ema = raw["ema_params"] if isinstance(raw, dict) else raw.ema_params
         flat = {k: np.asarray(v) for k, v in tree_to_flat(ema).items()}
     else:
-        flat = {k.split("/", 1)[1] if k.startswith(ROOT_SCOPE + "/") else k: v
-                for k, v in read_npz(path).items()}
-    bad = [f"{k}: file {flat[k].shape} vs model {fresh_flat[k].shape}" for k in flat
-           if k in fresh_flat and tuple(flat[k].shape) != tuple(fresh_flat[k].shape)]
+        flat = {k.split("/", 1)[1] if k.startswith(ROOT_SCOPE + "/") else k: v for k, v in read_npz(path).items()}
+    bad = [
+        f"{k}: file {flat[k].shape} vs model {fresh_flat[k].shape}"
+        for k in flat
+        if k in fresh_flat and tuple(flat[k].shape) != tuple(fresh_flat[k].shape)
+    ]
     if bad:
         raise ParamsError(f"--init-params {str(path)!r} does not fit the config: " + "; ".join(bad[:10]))
     merged = {k: (np.asarray(flat[k], np.float32) if k in flat else v) for k, v in fresh_flat.items()}

@@ -16,7 +16,8 @@ A submission while an evaluation is still running is dropped (training never wai
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,7 @@ def model_predict_fn(config, mesh=None) -> PredictFn:
     from jaxfold.train.step import split_example  # noqa: PLC0415
 
     def predict(params, features):
-        sliced, _ = split_example({k: np.asarray(v) for k, v in features.items()
-                                   if np.asarray(v).dtype.kind in "biuf"})
+        sliced, _ = split_example({k: np.asarray(v) for k, v in features.items() if np.asarray(v).dtype.kind in "biuf"})
         batch = {k: v for k, v in sliced.items() if k not in _MODEL_KEYS_EXCLUDED}
         return run_model(config, params, batch, mesh=mesh, outputs="lean")["structure_module/final_atom_positions"]
 
@@ -70,15 +70,25 @@ def evaluate_lddt_ca(predict_fn: PredictFn, params: Any, examples: Iterable[Mapp
         names.append(str(ex.get("name", i)))
     if not scores:
         return {"num_chains": 0}
-    return {"lddt_ca": float(np.mean(scores)), "lddt_ca_min": float(np.min(scores)),
-            "num_chains": len(scores), "per_chain": dict(zip(names, scores))}
+    return {
+        "lddt_ca": float(np.mean(scores)),
+        "lddt_ca_min": float(np.min(scores)),
+        "num_chains": len(scores),
+        "per_chain": dict(zip(names, scores)),
+    }
 
 
 class Evaluator:
     """Background lDDT-Cα evaluations of parameter snapshots (see the module docstring)."""
 
-    def __init__(self, config, examples: Iterable[Mapping[str, Any]] | Callable[[], Iterable], *,
-                 mesh=None, predict_fn: PredictFn | None = None):
+    def __init__(
+        self,
+        config,
+        examples: Iterable[Mapping[str, Any]] | Callable[[], Iterable],
+        *,
+        mesh=None,
+        predict_fn: PredictFn | None = None,
+    ):
         self._examples = examples
         self._predict = predict_fn if predict_fn is not None else model_predict_fn(config, mesh)
         self._lock = threading.Lock()
@@ -97,8 +107,9 @@ class Evaluator:
                 self._results.append((int(step), {"skipped_busy": 1}))
             return False
         snapshot = jax.tree_util.tree_map(jnp.copy, params)
-        self._thread = threading.Thread(target=self._run, args=(int(step), snapshot),
-                                        name=f"jaxfold-eval-{step}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(int(step), snapshot), name=f"jaxfold-eval-{step}", daemon=True
+        )
         self._thread.start()
         return True
 

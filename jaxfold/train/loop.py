@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,8 +36,7 @@ from jaxfold.train.checkpoint import CheckpointError, CheckpointManager, load_in
 from jaxfold.train.metrics_log import MetricsLog
 from jaxfold.train.optimizer import make_optimizer
 from jaxfold.train.state import TrainState
-from jaxfold.train.step import (device_batch, loss_fn_from_config, make_train_step, replicate,
-                                shard_batch)
+from jaxfold.train.step import device_batch, loss_fn_from_config, make_train_step, replicate, shard_batch
 
 __all__ = ["TrainingError", "run_training", "gather_process_states"]
 
@@ -56,9 +56,9 @@ def gather_process_states(local: dict) -> list[dict]:
     data = np.frombuffer(json.dumps(local).encode(), np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:data.size] = data
+    padded[: data.size] = data
     everything = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
-    return [json.loads(bytes(everything[i, :sizes[i]]).decode()) for i in range(len(sizes))]
+    return [json.loads(bytes(everything[i, : sizes[i]]).decode()) for i in range(len(sizes))]
 
 
 def _this_process_loader_state(saved: dict) -> dict:
@@ -66,25 +66,39 @@ def _this_process_loader_state(saved: dict) -> dict:
     count, index = jax.process_count(), jax.process_index()
     states = saved["processes"] if "processes" in saved else [saved]
     if len(states) != count:
-        raise TrainingError(f"the checkpoint was written by a run of {len(states)} process(es); this run "
-                            f"has {count}: resume with the same number of processes")
+        raise TrainingError(
+            f"the checkpoint was written by a run of {len(states)} process(es); this run "
+            f"has {count}: resume with the same number of processes"
+        )
     return states[index]
 
 
 def _open_dataset(cfg, data_dir, alignment_dir, chain_list, seed: int) -> TrainingDataset:
     try:
         # One MSA sample per recycling iteration of the model being trained.
-        return TrainingDataset(data_dir, alignment_dir, cfg, chain_list=chain_list, seed=seed,
-                               num_recycle=int(cfg.model.num_recycle))
+        return TrainingDataset(
+            data_dir, alignment_dir, cfg, chain_list=chain_list, seed=seed, num_recycle=int(cfg.model.num_recycle)
+        )
     except (OSError, ValueError) as e:  # DatasetError is a ValueError
         raise TrainingError(f"training data: {e}") from None
 
 
-def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str | os.PathLike,
-                 output_dir: str | os.PathLike, init_params: str | os.PathLike | None = None,
-                 chain_list: str | os.PathLike | None = None, eval_chain_list: str | os.PathLike | None = None,
-                 log: Callable[[str], None] = print, init_fn=None, apply_fn=None, loss_fn=None,
-                 progress: bool = True) -> int:
+def run_training(
+    cfg,
+    mesh,
+    *,
+    data_dir: str | os.PathLike,
+    alignment_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    init_params: str | os.PathLike | None = None,
+    chain_list: str | os.PathLike | None = None,
+    eval_chain_list: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    init_fn=None,
+    apply_fn=None,
+    loss_fn=None,
+    progress: bool = True,
+) -> int:
     """Train `cfg` (a training config: `model`, `data.train`, `training`) on `mesh` until
     `training.num_steps`; returns the final step.
 
@@ -96,15 +110,19 @@ def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str |
     procs, is_main = jax.process_count(), jax.process_index() == 0
     log = log if is_main else (lambda msg: None)
     if t.batch_size % data_size or t.batch_size % procs:
-        raise TrainingError(f"training.batch_size {t.batch_size} is not divisible by the mesh's data axis "
-                            f"{data_size}" + (f" and the {procs} processes" if procs > 1 else ""))
+        raise TrainingError(
+            f"training.batch_size {t.batch_size} is not divisible by the mesh's data axis "
+            f"{data_size}" + (f" and the {procs} processes" if procs > 1 else "")
+        )
     dataset = _open_dataset(cfg, data_dir, alignment_dir, chain_list, int(t.seed))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be usable
-    log(f"{len(dataset)} training chains; mesh "
+    log(
+        f"{len(dataset)} training chains; mesh "
         + (f"dap={mesh.shape['dap']} x data={mesh.shape['data']}" if mesh is not None else "none")
         + f" over {jax.device_count()} devices in {procs} process(es); global batch {t.batch_size}; "
-        f"{t.num_steps} steps")
+        f"{t.num_steps} steps"
+    )
 
     tic = time.perf_counter()
     if init_fn is None:
@@ -131,19 +149,20 @@ def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str |
     if restored is not None:
         state, saved_loader, latest = restored
         log(f"resumed from {ckpt.directory}/{latest}")
-        loader = Loader.from_state(shard, _this_process_loader_state(saved_loader),
-                                   num_steps=max(t.num_steps - latest, 0), **loader_kwargs)
+        loader = Loader.from_state(
+            shard, _this_process_loader_state(saved_loader), num_steps=max(t.num_steps - latest, 0), **loader_kwargs
+        )
     else:
         latest = 0
-        loader = Loader(shard, local_batch, seed=int(t.seed), start_step=0, num_steps=t.num_steps,
-                        **loader_kwargs)
+        loader = Loader(shard, local_batch, seed=int(t.seed), start_step=0, num_steps=t.num_steps, **loader_kwargs)
     dropped = metrics_log.truncate_after(latest)
     if dropped:
         log(f"metrics.jsonl: dropped {dropped} record(s) past step {latest} (logged after that checkpoint)")
     start = int(jax.device_get(state.step))
 
-    evaluator = _make_evaluator(cfg, data_dir, alignment_dir, eval_chain_list, mesh) \
-        if eval_chain_list and is_main else None
+    evaluator = (
+        _make_evaluator(cfg, data_dir, alignment_dir, eval_chain_list, mesh) if eval_chain_list and is_main else None
+    )
     if loss_fn is None:
         from jaxfold.losses import total_loss  # noqa: PLC0415
 
@@ -154,7 +173,7 @@ def run_training(cfg, mesh, *, data_dir: str | os.PathLike, alignment_dir: str |
     def record_eval(wait: bool = False) -> None:
         if evaluator is None:
             return
-        for step, m in (evaluator.wait() if wait else evaluator.poll()):
+        for step, m in evaluator.wait() if wait else evaluator.poll():
             metrics_log.record(step, {f"eval/{k}": v for k, v in m.items() if k != "per_chain"})
             if "lddt_ca" in m:
                 log(f"step {step}: EMA lDDT-Ca {m['lddt_ca']:.3f} on {m.get('num_chains', '?')} held-out chains")

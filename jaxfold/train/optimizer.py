@@ -44,6 +44,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     chain = []
     if float(t["clip_global_norm"]) > 0:
         chain.append(optax.clip_by_global_norm(float(t["clip_global_norm"])))
-    chain.append(optax.adam(alphafold_schedule(t), b1=float(t["adam_b1"]), b2=float(t["adam_b2"]),
-                            eps=float(t["adam_eps"])))
+    chain.append(
+        optax.adam(alphafold_schedule(t), b1=float(t["adam_b1"]), b2=float(t["adam_b2"]), eps=float(t["adam_eps"]))
+    )
     return optax.chain(*chain)

@@ -33,17 +33,23 @@ class TrainState:
     num_skipped: jax.Array
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array | int = 0) -> "TrainState":
+    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array | int = 0) -> TrainState:
         """A fresh state at step 0: `ema_params` start equal to `params`; `rng` a key or an int seed."""
         if isinstance(rng, int):
             rng = jax.random.PRNGKey(rng)
         params = jax.tree_util.tree_map(jnp.asarray, params)
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   ema_params=jax.tree_util.tree_map(jnp.array, params),  # a copy: donation-safe
-                   rng=jnp.asarray(rng, jnp.uint32), num_skipped=jnp.zeros((), jnp.int32))
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            ema_params=jax.tree_util.tree_map(jnp.array, params),  # a copy: donation-safe
+            rng=jnp.asarray(rng, jnp.uint32),
+            num_skipped=jnp.zeros((), jnp.int32),
+        )
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     """`ema <- decay * ema + (1 - decay) * params`, leaf by leaf (in the EMA's dtype)."""
     return jax.tree_util.tree_map(
-        lambda e, p: (decay * e + (1.0 - decay) * p.astype(e.dtype)).astype(e.dtype), ema, params)
+        lambda e, p: (decay * e + (1.0 - decay) * p.astype(e.dtype)).astype(e.dtype), ema, params
+    )

@@ -9,7 +9,8 @@
   split over `dap` (dynamic axial parallelism) when the mesh has `dap > 1`.
 - `loss_fn(outputs, example) -> (loss, {name: scalar})` per example. `example` is the example's features
   at the final recycling iteration (the slice the last pass saw) merged with its ground truth (keys
-  without the recycling axis, see `split_example`; only the sliced keys go to the model). Adapt `jaxfold.losses.total_loss(outputs, batch, config)` with `loss_fn_from_config`.
+  without the recycling axis, see `split_example`; only the sliced keys go to the model). Adapt
+  `jaxfold.losses.total_loss(outputs, batch, config)` with `loss_fn_from_config`.
 - The loss is the mean over the global batch; its gradient is therefore the mean of per-example
   gradients (an all-reduce over `data`, inserted by `shard_map`'s autodiff).
 - Non-finite loss or gradients: the update is skipped (params, opt_state, EMA unchanged), `step` and
@@ -24,7 +25,8 @@ Metrics: `loss`, each loss term (batch mean), `grad_norm` (before clipping), `le
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +40,18 @@ from jaxfold.parallel.mesh import dap_for_mesh
 from jaxfold.train.optimizer import alphafold_schedule, make_optimizer, training_section
 from jaxfold.train.state import TrainState, ema_update
 
-__all__ = ["make_train_step", "loss_fn_from_config", "stack_examples", "shard_batch", "replicate",
-           "split_example", "device_batch", "UNSLICED_KEYS", "ApplyFn", "LossFn"]
+__all__ = [
+    "make_train_step",
+    "loss_fn_from_config",
+    "stack_examples",
+    "shard_batch",
+    "replicate",
+    "split_example",
+    "device_batch",
+    "UNSLICED_KEYS",
+    "ApplyFn",
+    "LossFn",
+]
 
 # (params, example [R, ...], dropout key, dap) -> outputs
 ApplyFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, Dap], Any]
@@ -60,6 +72,7 @@ def alphafold_apply_fn(config) -> ApplyFn:
 
 def loss_fn_from_config(total_loss: Callable, config) -> LossFn:
     """Adapt `total_loss(outputs, batch, config) -> (scalar, terms)` to this module's `loss_fn`."""
+
     def loss_fn(outputs, example):
         return total_loss(outputs, example, config)
 
@@ -96,15 +109,28 @@ def shard_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
 # Keys of a training sample that never carry the recycling axis (ground truth and bookkeeping from
 # `jaxfold.data.dataset.TrainingDataset.sample`); other keys have it iff their leading size is the number
 # of recycling slices (`aatype.shape[0]`).
-UNSLICED_KEYS = frozenset({"all_atom_positions", "all_atom_mask", "resolution", "crop_start", "num_res",
-                           "chain_index", "sample_index", "sample_position"})
+UNSLICED_KEYS = frozenset(
+    {
+        "all_atom_positions",
+        "all_atom_mask",
+        "resolution",
+        "crop_start",
+        "num_res",
+        "chain_index",
+        "sample_index",
+        "sample_position",
+    }
+)
 
 
 def device_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
     """A dataset sample or loader batch without what stays on the host: the loader's bookkeeping
     (`sample_index`, `sample_position`) and non-numeric values (e.g. a release date)."""
-    return {k: v for k, v in batch.items()
-            if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"}
+    return {
+        k: v
+        for k, v in batch.items()
+        if k not in ("sample_index", "sample_position") and np.asarray(v).dtype.kind in "biuf"
+    }
 
 
 def split_example(example: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -130,8 +156,15 @@ def _tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_train_step(config, loss_fn: LossFn, mesh=None, *, apply_fn: ApplyFn | None = None,
-                    tx: optax.GradientTransformation | None = None, donate: bool = True):
+def make_train_step(
+    config,
+    loss_fn: LossFn,
+    mesh=None,
+    *,
+    apply_fn: ApplyFn | None = None,
+    tx: optax.GradientTransformation | None = None,
+    donate: bool = True,
+):
     """Build the compiled training step (see the module docstring).
 
     config: a training config (`jaxfold.config.model_config("initial_training", ...)`: `config.model`,
@@ -203,11 +236,19 @@ def make_train_step(config, loss_fn: LossFn, mesh=None, *, apply_fn: ApplyFn | N
             rng=rng,
             num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
         )
-        metrics = {"loss": loss, **terms, "grad_norm": grad_norm,
-                   "learning_rate": schedule(state.step - state.num_skipped),
-                   "skipped": (~finite).astype(jnp.int32), "num_skipped": new_state.num_skipped,
-                   "num_recycling": (batch["num_iter_recycling"][0, 0] if "num_iter_recycling" in batch
-                                     else jnp.asarray(max_recycle, jnp.int32))}
+        metrics = {
+            "loss": loss,
+            **terms,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step - state.num_skipped),
+            "skipped": (~finite).astype(jnp.int32),
+            "num_skipped": new_state.num_skipped,
+            "num_recycling": (
+                batch["num_iter_recycling"][0, 0]
+                if "num_iter_recycling" in batch
+                else jnp.asarray(max_recycle, jnp.int32)
+            ),
+        }
         return new_state, metrics
 
     return jax.jit(step, donate_argnums=(0,) if donate else ())
