@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ALPHAFOLD_KEYS_NOT_USED",
     "Config",
     "SHORT_OVERRIDES",
     "available_presets",
@@ -80,6 +81,14 @@ def _bfloat16_to_dtype(value: Any) -> str:
 ALIASES: dict[str, tuple[str, Any]] = {
     "model.global_config.bfloat16": ("model.global_config.dtype", _bfloat16_to_dtype),
 }
+
+# AlphaFold's own chunking keys, left out on purpose: jaxfold has one switch, `model.global_config.chunk_size`
+# (0, N or "auto", resolved by the prediction runner), used by every chunked op.
+ALPHAFOLD_KEYS_NOT_USED: tuple[str, ...] = (
+    "model.global_config.subbatch_size",
+    "model.embeddings_and_evoformer.template.subbatch_size",
+    "model.embeddings_and_evoformer.evoformer.outer_product_mean.chunk_size",
+)
 
 # Allowed values of jaxfold's string-valued switches.
 _CHOICES: dict[str, tuple[str, ...]] = {
