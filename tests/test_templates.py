@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from Bio.Align import substitution_matrices
 
 from jaxfold.common import residue_constants as rc
 from jaxfold.data import mmcif, templates
@@ -535,14 +536,16 @@ def test_kalign_binary_is_used_when_given(tmp_path, mmcif_dir):
 # The fallback aligner.
 # ---------------------------------------------------------------------------------------------
 
-_BLOSUM = templates._blosum62()  # pylint: disable=protected-access
+_BLOSUM = substitution_matrices.load("BLOSUM62")
+_BLOSUM_LETTERS = "ARNDCQEGHILKMFPSTWYVBZX"
 
 
 def _rescore(x: str, y: str, gap_open=11.0, gap_extend=1.0) -> float:
     """Score of an alignment: BLOSUM62, affine internal gaps, free end gaps."""
-    blosum = _BLOSUM
-    alphabet = templates._BLOSUM_ALPHABET  # pylint: disable=protected-access
-    idx = lambda c: alphabet.index(c) if c in alphabet else alphabet.index("X")
+
+    def letter(c):
+        return c if c in _BLOSUM_LETTERS else "X"
+
     score = 0.0
     cols = list(zip(x, y))
     for gapped_side in (0, 1):
@@ -560,7 +563,7 @@ def _rescore(x: str, y: str, gap_open=11.0, gap_extend=1.0) -> float:
                 k += 1
     for a, b in cols:
         if a != "-" and b != "-":
-            score += blosum[idx(a), idx(b)]
+            score += _BLOSUM[letter(a), letter(b)]
     return score
 
 
