@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat as C_
+from pallas_kernels.layer_norm import layer_norm_reference
 
 LAYER_NORM_EPS = 1e-5  # Haiku's default, the one AlphaFold uses for center_layer_norm
 EQUATIONS = {True: "ikc,jkc->ijc", False: "kjc,kic->ijc"}
@@ -63,15 +64,6 @@ EQUATIONS = {True: "ikc,jkc->ijc", False: "kjc,kic->ijc"}
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _layer_norm_ref(x, scale, offset, eps=LAYER_NORM_EPS):
-    dtype = x.dtype
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    variance = jnp.var(x32, axis=-1, keepdims=True)
-    inv = scale.astype(jnp.float32) * jax.lax.rsqrt(variance + eps)
-    return (inv * (x32 - mean) + offset.astype(jnp.float32)).astype(dtype)
-
-
 def _linear_ref(x, w, b):
     return jnp.tensordot(x, w.astype(x.dtype), axes=1) + b.astype(x.dtype)
 
@@ -80,7 +72,7 @@ def epilogue_reference(
     p, gate_input, center_scale, center_offset, output_weights, output_bias, gating_weights, gating_bias
 ):
     """p `[I, J, c]` (the triangle product) -> `[I, J, c_z]`: LayerNorm, output projection, sigmoid gate."""
-    act = _linear_ref(_layer_norm_ref(p, center_scale, center_offset), output_weights, output_bias)
+    act = _linear_ref(layer_norm_reference(p, center_scale, center_offset, LAYER_NORM_EPS), output_weights, output_bias)
     return act * jax.nn.sigmoid(_linear_ref(gate_input, gating_weights, gating_bias))
 
 
@@ -355,7 +347,7 @@ def _epilogue_call(p_cm, gate_input, weights, cfg: _EpiCfg):
 def _epilogue_jnp(p_cm, gate_input, weights, eps):
     scale, offset, wo, bo, wg, bg = weights
     p = jnp.moveaxis(p_cm, 0, -1)
-    y = _layer_norm_ref(p, scale, offset, eps)
+    y = layer_norm_reference(p, scale, offset, eps)
     return _linear_ref(y, wo, bo) * jax.nn.sigmoid(_linear_ref(gate_input, wg, bg))
 
 
