@@ -391,6 +391,12 @@ def relax_models(
             stats[model] = {"skipped": str(e)}
             log(f"{name} {model}: relaxation skipped: {e}")
             continue
+        except Exception as e:  # noqa: BLE001  (OpenMM on a strange structure: the unrelaxed files stand)
+            first_line = str(e).splitlines()[0][:200] if str(e) else ""
+            reason = f"{type(e).__name__}: {first_line}"
+            stats[model] = {"skipped": f"relaxation failed ({reason})"}
+            log(f"{name} {model}: relaxation failed, the unrelaxed structure is kept: {reason}")
+            continue
         files.append(atomic_write(seq_dir / f"{name}_relaxed_{model}.pdb", result.pdb_string))
         files.append(
             atomic_write(
