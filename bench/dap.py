@@ -1,6 +1,6 @@
 """Dynamic axial parallelism benchmark: Evoformer stack forward and full inference, 1 vs N GPUs.
 
-    python bench/dap.py --n-res 1024 2048 --dap 1 2 [--blocks 48] [--dtype bfloat16] [--quick]
+    python -m bench.dap --n-res 1024 2048 --dap 1 2 [--blocks 48] [--dtype bfloat16] [--quick]
 
 For each N_res and DAP size: wall time (median of repeats after a compile/warm-up run), speedup and
 parallel efficiency against DAP 1 measured in the same run, and peak device memory per GPU (the compiled
@@ -17,40 +17,22 @@ all-to-alls move 4 pair slices (N^2 c_z / d bytes each) per block.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jaxfold.config import model_config  # noqa: E402
-from jaxfold.model.predict import predict  # noqa: E402
-from jaxfold.model.evoformer import apply_stack, evoformer_stack  # noqa: E402
-from jaxfold.model.init import dummy_features, init_params  # noqa: E402
-from jaxfold.parallel.dap import NO_DAP  # noqa: E402
-from jaxfold.parallel.mesh import dap_for_mesh, make_mesh  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).resolve().parents[1]).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from bench._common import RESULTS, device_kind, median, peak_bytes, timed, write_results
+from jaxfold.config import model_config
+from jaxfold.model.evoformer import apply_stack, evoformer_stack
+from jaxfold.model.init import dummy_features, init_params
+from jaxfold.model.predict import predict
+from jaxfold.parallel.dap import NO_DAP
+from jaxfold.parallel.mesh import dap_for_mesh, make_mesh
 
 
 class EvoformerStackOnly(nn.Module):
@@ -63,28 +45,6 @@ class EvoformerStackOnly(nn.Module):
         stack = evoformer_stack(c.evoformer, self.config.model.global_config, c.evoformer_num_block, False, False,
                                 name="evoformer_iteration", dap=self.dap)
         return apply_stack(stack, self.dap, msa, pair, msa_mask, pair_mask)
-
-
-def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:
-    """(compile + first run seconds, list of steady-state seconds)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return first, times
-
-
-def peak_bytes(devices) -> int | None:
-    peaks = []
-    for d in devices:
-        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) if peaks else None
 
 
 def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
@@ -111,7 +71,7 @@ def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
     first, times = timed(fn, params, msa, pair, repeats=repeats)
     return {"what": "evoformer_stack_forward", "n_res": n_res, "n_seq": n_seq, "dap": dap_size,
             "blocks": emb.evoformer_num_block, "dtype": str(jnp.dtype(dtype)),
-            "compile_and_first_s": first, "median_s": statistics.median(times), "times_s": times,
+            "compile_and_first_s": first, "median_s": median(times), "times_s": times,
             "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None),
             "peak_bytes_per_device": peak_bytes(devices)}
 
@@ -133,7 +93,7 @@ def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
     first, times = timed(run, repeats=repeats)
     return {"what": "full_inference", "n_res": n_res, "n_seq": n_seq, "n_extra": n_extra, "dap": dap_size,
             "num_recycle": cfg.model.num_recycle, "dtype": cfg.model.global_config.dtype,
-            "compile_and_first_s": first, "median_s": statistics.median(times), "times_s": times,
+            "compile_and_first_s": first, "median_s": median(times), "times_s": times,
             "peak_bytes_per_device": peak_bytes(devices)}
 
 
@@ -150,7 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run (tiny preset, small N)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     preset = "tiny" if args.quick else "model_1_ptm"
@@ -158,7 +118,7 @@ def main(argv=None) -> int:
         args.n_res, args.n_seq, args.n_extra, args.repeats = [24], 8, 16, 1
     dap_sizes = [d for d in args.dap if d <= len(jax.devices())]
     skipped = sorted(set(args.dap) - set(dap_sizes))
-    device = jax.devices()[0].device_kind
+    device = device_kind()
     rows = []
     for n_res in args.n_res:
         chunk = args.chunk_size or (0 if n_res <= 512 else max(16, 2 ** 17 // n_res))
@@ -199,13 +159,8 @@ def main(argv=None) -> int:
               f"{r['parallel_efficiency']:>8.2f}{(peak or 0) / 2**30:>14.2f}")
     if skipped:
         print(f"(not run: dap {skipped} — only {len(jax.devices())} device(s) here)")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"dap-{device.replace(' ', '_')}-{stamp}.json"
-    path.write_text(json.dumps({"commit": commit(), "device": device, "num_devices": len(jax.devices()),
-                                "jax": jax.__version__, "preset": preset, "args": vars(args), "rows": rows,
-                                "not_run_dap_sizes": skipped}, indent=1))
+    path = write_results(args.out, "dap", {"device": device, "num_devices": len(jax.devices()), "preset": preset,
+                                           "args": vars(args), "rows": rows, "not_run_dap_sizes": skipped})
     print(f"wrote {path}")
     return 0
 

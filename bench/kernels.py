@@ -1,8 +1,8 @@
 """Benchmark the fused Pallas kernels (attention, LayerNorm) against plain XLA and cuDNN.
 
-    python bench/kernels.py               # on a GPU: full run (~5 min on an H200), table + JSON
-    python bench/kernels.py --quick       # tiny shapes, CPU-friendly (Pallas interpret mode) smoke run
-    python bench/kernels.py --only sweep  # Pallas attention tile/launch sweep only (~2 min on an H200)
+    python -m bench.kernels               # on a GPU: full run (~5 min on an H200), table + JSON
+    python -m bench.kernels --quick       # tiny shapes, CPU-friendly (Pallas interpret mode) smoke run
+    python -m bench.kernels --only sweep  # Pallas attention tile/launch sweep only (~2 min on an H200)
 
 For every case and dtype (float32, bf16) and mode (forward, forward+backward) it records, per
 implementation ('pallas' = pallas_kernels, 'xla' = jaxfold's attention_core / layer_norm math in jnp,
@@ -37,24 +37,17 @@ import json
 import math
 import os
 import platform
-import re
-import statistics
-import subprocess
-import sys
 import time
 import traceback
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from pallas_kernels import _compat  # noqa: E402
-from pallas_kernels import attention as pattn  # noqa: E402
-from pallas_kernels import layer_norm as pln  # noqa: E402
+from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, short_error, time_compiled,
+                           write_results)
+from pallas_kernels import _compat
+from pallas_kernels import attention as pattn
+from pallas_kernels import layer_norm as pln
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -127,96 +120,11 @@ def ln_cases(quick: bool):
 # ------------------------------------------------------------------------------------------------------
 
 
-class Budget:
-    def __init__(self, seconds: float):
-        self.t0 = time.perf_counter()
-        self.seconds = seconds
-
-    def elapsed(self):
-        return time.perf_counter() - self.t0
-
-    def left(self):
-        return self.seconds - self.elapsed()
-
-
-def _short_error(e: BaseException) -> str:
-    msg = f"{type(e).__name__}: {e}"
-    msg = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
-    if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower():
-        return "OOM: " + msg[:200]
-    return msg[:300]
-
-
-def _time_compiled(fn, args, quick: bool):
-    """Median seconds per call of an already compiled function."""
-    jax.block_until_ready(fn(*args))  # first call (also pays any autotuning)
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    t1 = max(time.perf_counter() - t0, 1e-6)
-    if quick:
-        inner, samples = 1, 2
-    else:
-        # Keep the GPU busy for ~0.25 s first: it idles (and clocks down) while the host compiles.
-        n_warm = int(min(2000, max(2, 0.25 / t1)))
-        out = None
-        for _ in range(n_warm):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        inner = int(min(50, max(1, math.ceil(2e-3 / t1))))
-        samples = int(min(10, max(5, 0.4 / (t1 * inner))))
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times), {"inner": inner, "samples": samples}
-
-
-def _compile(f, args):
-    compiled = jax.jit(f).lower(*args).compile()
-    temp = None
-    try:
-        ma = compiled.memory_analysis()
-        if ma is not None:
-            temp = int(ma.temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - some backends have no memory analysis
-        pass
-    return compiled, temp
-
-
 def _max_abs(a, b):
     if a is None or b is None:
         return None
     return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
 
-
-def _device_info():
-    d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": getattr(d, "device_kind", str(d)),
-            "num_devices": jax.device_count()}
-
-
-def _jaxlib_version():
-    try:
-        import jaxlib  # noqa: PLC0415
-
-        return getattr(jaxlib, "__version__", None)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _git_commit():
-    env = os.environ.get("JAXFOLD_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -258,7 +166,7 @@ def _model_fn(kind: str):
         XLA_SOURCE[kind] = "jaxfold.model.primitives.layer_norm(kernels='xla')"
         return lambda x, s, o, eps: layer_norm(x, s, o, eps, kernels="xla")
     except Exception as e:  # noqa: BLE001
-        XLA_SOURCE[kind] = f"pallas_kernels reference (jaxfold import failed: {_short_error(e)})"
+        XLA_SOURCE[kind] = f"pallas_kernels reference (jaxfold import failed: {short_error(e)})"
         print(f"warning: {XLA_SOURCE[kind]}")
         return pattn.attention_reference if kind == "attention" else pln.layer_norm_reference
 
@@ -304,13 +212,13 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
     try:
         _, ref_fb = _attention_fns(impls["xla"], case.pair)
         with jax.default_matmul_precision("highest"):
-            ref_c, _ = _compile(ref_fb, (base["q"], base["k"], base["v"], base["bias"], base["pb"], base["lens"],
-                                         base["do"]))
+            ref_c, _ = compile_with_temp(ref_fb, (base["q"], base["k"], base["v"], base["bias"], base["pb"],
+                                                  base["lens"], base["do"]))
             ref = jax.block_until_ready(ref_c(base["q"], base["k"], base["v"], base["bias"], base["pb"],
                                               base["lens"], base["do"]))
         del ref_c
     except Exception as e:  # noqa: BLE001
-        log(f"  reference failed: {_short_error(e)}")
+        log(f"  reference failed: {short_error(e)}")
     grad_names = ["dq", "dk", "dv"] + (["dpair"] if case.pair else [])
     for dname in dtypes:
         dt = DTYPES[dname]
@@ -329,9 +237,9 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
                 t_start = time.perf_counter()
                 try:
                     f, a = (fwd, args) if mode == "fwd" else (fwdbwd, args + (do,))
-                    compiled, temp = _compile(f, a)
+                    compiled, temp = compile_with_temp(f, a)
                     row["temp_bytes"] = temp
-                    sec, meta = _time_compiled(compiled, a, quick)
+                    sec, meta = time_compiled(compiled, a, quick)
                     row.update(time_ms=sec * 1e3, **meta)
                     flops = case.fwd_flops() * (1.0 if mode == "fwd" else 3.5)
                     row["tflops"] = flops / sec / 1e12
@@ -345,7 +253,7 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
                         del out, grads
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = ("unsupported: " if iname == "cudnn" else "") + _short_error(e)
+                    row["error"] = ("unsupported: " if iname == "cudnn" else "") + short_error(e)
                     if os.environ.get("JAXFOLD_BENCH_TRACEBACK"):
                         traceback.print_exc()
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
@@ -391,7 +299,7 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
     try:
         ref = jax.jit(fwdbwd_of(impls["xla"]))(x0, scale, offset, dy0)
     except Exception as e:  # noqa: BLE001
-        log(f"  reference failed: {_short_error(e)}")
+        log(f"  reference failed: {short_error(e)}")
     n_el = math.prod(case.shape)
     for dname in dtypes:
         dt = DTYPES[dname]
@@ -408,9 +316,9 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
                 t_start = time.perf_counter()
                 try:
                     f, a = (fn, (x, scale, offset)) if mode == "fwd" else (fwdbwd_of(fn), (x, scale, offset, dy))
-                    compiled, temp = _compile(f, a)
+                    compiled, temp = compile_with_temp(f, a)
                     row["temp_bytes"] = temp
-                    sec, meta = _time_compiled(compiled, a, quick)
+                    sec, meta = time_compiled(compiled, a, quick)
                     row.update(time_ms=sec * 1e3, **meta)
                     nbytes = n_el * item * (2 if mode == "fwd" else 5)
                     row["gbps"] = nbytes / sec / 1e9
@@ -421,7 +329,7 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
                                                                                grads, ref[1])}
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = _short_error(e)
+                    row["error"] = short_error(e)
                     if os.environ.get("JAXFOLD_BENCH_TRACEBACK"):
                         traceback.print_exc()
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
@@ -481,12 +389,12 @@ def sweep_attention(cases, budget: Budget, quick: bool, log):
                 row = dict(kind="sweep", case=case.name, shape=case.shape_str(), dtype="bf16", mode=mode, config=cfg)
                 try:
                     f, a = (fwd, args) if mode == "fwd" else (fwdbwd, args + (do,))
-                    compiled, _ = _compile(f, a)
-                    sec, _ = _time_compiled(compiled, a, quick)
+                    compiled, _ = compile_with_temp(f, a)
+                    sec, _ = time_compiled(compiled, a, quick)
                     row["time_ms"] = sec * 1e3
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = _short_error(e)
+                    row["error"] = short_error(e)
                 rows.append(row)
                 ms = row.get("time_ms", float("nan"))
                 log(f"  sweep {case.name:24s} {mode:7s} {json.dumps(cfg):85s} {ms:8.3f} ms  {row.get('error', '')}")
@@ -508,8 +416,8 @@ def bench_copy_ceiling(budget: Budget, quick: bool, log):
     """Measured device copy bandwidth (read + write of a large buffer): the ceiling LayerNorm GB/s is judged by."""
     n = (1 << 16) if quick else (1 << 28)  # 1 GiB of float32 on a GPU
     x = jnp.ones((n,), jnp.float32)
-    compiled, _ = _compile(lambda a: a * 1.0001, (x,))
-    seconds, meta = _time_compiled(compiled, (x,), quick)
+    compiled, _ = compile_with_temp(lambda a: a * 1.0001, (x,))
+    seconds, meta = time_compiled(compiled, (x,), quick)
     gbps = 2 * x.nbytes / seconds / 1e9
     log(f"copy ceiling: {gbps:.0f} GB/s")
     return {"kind": "copy_ceiling", "case": "copy_ceiling", "shape": f"{n}", "dtype": "fp32", "mode": "fwd", "impl": "xla",
@@ -553,12 +461,12 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
             row = {"kind": "evoformer_block", "case": "evoformer_block", "shape": f"N_seq={n_seq} N_res={n_res}",
                    "dtype": dtype, "mode": "fwd+bwd", "impl": kernels}
             try:
-                compiled, temp = _compile(fn, (params, msa, pair))
-                seconds, meta = _time_compiled(compiled, (params, msa, pair), quick)
+                compiled, temp = compile_with_temp(fn, (params, msa, pair))
+                seconds, meta = time_compiled(compiled, (params, msa, pair), quick)
                 row.update(time_ms=seconds * 1e3, temp_bytes=temp, **meta)
                 results[kernels] = compiled(params, msa, pair)
             except Exception as e:  # noqa: BLE001  (record, keep going)
-                row["error"] = _short_error(e)
+                row["error"] = short_error(e)
             rows.append(row)
             log(f"evoformer block {dtype} {kernels}: {row.get('time_ms', row.get('error'))}")
         if len(results) == 2:
@@ -630,7 +538,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     budget = Budget(args.budget_s if args.budget_s is not None else (900.0 if args.quick else 330.0))
-    device = _device_info()
+    device = device_info()
     dtypes = [d for d in args.dtypes.split(",") if d]
     impl_names = [i for i in args.impls.split(",") if i]
     if not _compat.on_gpu() and "cudnn" in impl_names and not args.quick:
@@ -671,10 +579,10 @@ def main(argv=None):
 
     print_table(rows, device)
     result = {
-        "commit": _git_commit(),
+        "commit": commit(),
         "device": device,
         "jax_version": jax.__version__,
-        "jaxlib_version": _jaxlib_version(),
+        "jaxlib_version": jaxlib_version(),
         "python": platform.python_version(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -684,16 +592,7 @@ def main(argv=None):
         "rows": rows,
         "sweep": sweep,
     }
-    if args.out:
-        out = Path(args.out)
-    else:
-        dev = re.sub(r"[^A-Za-z0-9._-]+", "-", device["device_kind"]).strip("-") or device["platform"]
-        stamp = _dt.datetime.now().strftime("%Y%m%d")
-        out = ROOT / "bench" / "results" / f"kernels-{dev}-{stamp}{'-quick' if args.quick else ''}.json"
-        if out.exists():
-            out = out.with_name(out.stem + _dt.datetime.now().strftime("-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
+    out = write_results(args.out, "kernels", result, suffix="-quick" if args.quick else "")
     print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
     return result
 

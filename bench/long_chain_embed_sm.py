@@ -1,8 +1,8 @@
 """Long chains: memory and time of the pair embedding and the structure module, whole-array vs chunked.
 
-    python bench/long_chain_embed_sm.py                 # GPU plan: N = 2048, 4096, 8192, 10240; chunk 0 vs 64
-    python bench/long_chain_embed_sm.py --n 4096 --chunk 32 128
-    python bench/long_chain_embed_sm.py --quick         # CPU smoke run: N = 96, chunk 0 vs 16 (seconds)
+    python -m bench.long_chain_embed_sm                 # GPU plan: N = 2048, 4096, 8192, 10240; chunk 0 vs 64
+    python -m bench.long_chain_embed_sm --n 4096 --chunk 32 128
+    python -m bench.long_chain_embed_sm --quick         # CPU smoke run: N = 96, chunk 0 vs 16 (seconds)
 
 Cases (model_1_ptm widths, activations bfloat16, each in its own process with
 `XLA_PYTHON_CLIENT_PREALLOCATE=false` so `peak_bytes_in_use` is that case's alone):
@@ -25,25 +25,12 @@ Writes bench/results/long-chain-embed-sm-<device>-<stamp>.json with the commit a
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=REPO).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from bench._common import (RESULTS, cell, device_kind, is_oom, last_json_line, median, peak_bytes, run_module,
+                           timed, write_results)
 
 
 def embed_case(num_res: int, chunk: int):
@@ -113,9 +100,7 @@ def sm_case(num_res: int, chunk: int):
 
 
 def run_case(kind: str, num_res: int, chunk: int, repeats: int) -> dict:
-    import jax
-
-    row = {"kind": kind, "n_res": num_res, "chunk": chunk, "device": jax.devices()[0].device_kind}
+    row = {"kind": kind, "n_res": num_res, "chunk": chunk, "device": device_kind()}
     try:
         fn, make_args = (embed_case if kind == "embed" else sm_case)(num_res, chunk)
         args = make_args()
@@ -126,37 +111,30 @@ def run_case(kind: str, num_res: int, chunk: int, repeats: int) -> dict:
             row["arg_gib"] = mem.argument_size_in_bytes / 2 ** 30
             row["out_gib"] = mem.output_size_in_bytes / 2 ** 30
             row["alias_gib"] = mem.alias_size_in_bytes / 2 ** 30
-        times = []
-        for i in range(repeats + 1):
-            args = make_args() if i else args
-            jax.block_until_ready(args)
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            if i:  # the first call is a warm-up
-                times.append(time.perf_counter() - start)
-        row["time_s"] = statistics.median(times)
+        # The first call is a warm-up; every call gets fresh (donated) arguments, made before the clock starts.
+        _, times = timed(compiled, *args, repeats=repeats, fresh_args=make_args)
+        row["time_s"] = median(times)
         row["status"] = "ok"
     except Exception as err:  # noqa: BLE001  (out of memory is a result here)
         text = f"{type(err).__name__}: {err}"
-        row["status"] = "oom" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else "error"
+        row["status"] = "oom" if is_oom(text) else "error"
         row["error"] = text[:400]
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+    peak = peak_bytes()
+    if peak is not None:
+        row["peak_gib"] = peak / 2 ** 30
     return row
 
 
 def spawn(kind: str, num_res: int, chunk: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--n", str(num_res), "--chunk", str(chunk),
-           "--repeats", str(args.repeats)]
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=str(REPO))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        proc = run_module("long_chain_embed_sm", ["--one", kind, "--n", str(num_res), "--chunk", str(chunk),
+                                                  "--repeats", str(args.repeats)],
+                          timeout=args.timeout, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
     except subprocess.TimeoutExpired:
         return {"kind": kind, "n_res": num_res, "chunk": chunk, "status": "timeout"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if lines:
-        return json.loads(lines[-1])
+    row = last_json_line(proc.stdout)
+    if row is not None:
+        return row
     return {"kind": kind, "n_res": num_res, "chunk": chunk, "status": "crashed", "error": proc.stderr[-600:]}
 
 
@@ -167,8 +145,8 @@ def print_table(rows, device: str) -> None:
     print(header)
     print("-" * len(header))
     base = {(r["kind"], r["n_res"]): r for r in rows if r["chunk"] == 0}
-    def f(r, key, fmt="{:.3f}"):
-        return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
+    def f(r, key):
+        return cell(r.get(key), ".3f")
 
     def ratio(r, key):
         b = base.get((r["kind"], r["n_res"]), {})
@@ -189,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: N=96, chunks 0 and 16, 1 repeat")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -202,10 +180,7 @@ def main(argv=None) -> int:
     if 0 not in chunks:
         chunks = [0] + chunks  # the baseline every ratio is taken against
 
-    import jax
-
-    device = jax.devices()[0].device_kind
-    del jax  # the cases run in their own processes
+    device = device_kind()  # the cases run in their own processes
     rows = []
     for kind in args.kinds:
         for num_res in ns:
@@ -214,11 +189,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print_table(rows, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"long-chain-embed-sm-{device.replace(' ', '_')}-{stamp}.json"
-    path.write_text(json.dumps({"commit": commit(), "device": device, "args": vars(args), "rows": rows}, indent=1))
+    path = write_results(args.out, "long-chain-embed-sm", {"device": device, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
     return 0
 

@@ -1,7 +1,7 @@
 """AlphaFold-Multimer inference on one accelerator: a ~1,000-residue complex, fp32 vs bf16.
 
-    python bench/multimer.py [--n-res 1000] [--dtypes float32 bfloat16] [--num-recycle 3] [--repeats 2]
-    python bench/multimer.py --quick        # CPU smoke run in a few minutes (tiny depth, 100 residues, 2 chains)
+    python -m bench.multimer [--n-res 1000] [--dtypes float32 bfloat16] [--num-recycle 3] [--repeats 2]
+    python -m bench.multimer --quick        # CPU smoke run in a few minutes (tiny depth, 100 residues, 2 chains)
 
 What runs: `jaxfold.model.predict.predict` (the one prediction path) on a multimer config, with the full
 `model_1_multimer_v3` network (48 Evoformer blocks, 4 extra-MSA blocks, 8 structure-module layers, 508 MSA
@@ -25,16 +25,12 @@ the backend reports it). Prints a table with the bf16/fp32 ratio and writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
-import subprocess
+import os
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench._common import REPO, last_json_line, median, peak_bytes, run_module, timed, write_results
 
 # Chains with a real query sequence and MSA in shared/data, in the order they are used.
 TARGETS = ("4i6p_A", "3zee_A", "4zey_A", "2crb_A", "3u8v_A", "1psm_A", "2q2k_A", "102m_A", "1k1a_A")
@@ -45,9 +41,7 @@ QUICK = {"evoformer_num_block": 1, "extra_msa_stack_num_block": 1, "template_pai
 
 
 def shared_data() -> Path:
-    import os  # noqa: PLC0415
-
-    return Path(os.environ.get("JAXFOLD_SHARED") or ROOT.parent / "shared") / "data"
+    return Path(os.environ.get("JAXFOLD_SHARED") or REPO.parent / "shared") / "data"
 
 
 def chain_msa(target: str, max_rows: int) -> tuple[str, list[str], list[list[int]]]:
@@ -139,27 +133,25 @@ def run_variant(args) -> dict:
     features, complex_ = build_features(args.n_res, emb.num_msa + emb.num_extra_msa)
     params = jax.jit(lambda: init_params(cfg))()
 
-    def call():
-        return predict(cfg, params, features, rng=jax.random.PRNGKey(0), kernels=args.kernels, chunk_size=0)
+    outs = []  # the first call's outputs, checked below
 
-    t0 = time.perf_counter()
-    out = call()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    def call():
+        out = predict(cfg, params, features, rng=jax.random.PRNGKey(0), kernels=args.kernels, chunk_size=0)
+        if not outs:
+            outs.append(out)
+        return out
+
+    first, times = timed(call, repeats=args.repeats)
+    out = outs[0]
     device = jax.devices()[0]
-    stats = device.memory_stats() or {}
-    steady = statistics.median(times) if times else float("nan")
+    steady = median(times)
     passes = int(out["num_recycles"]) + 1
     return {"dtype": args.dtype, "n_res": args.n_res, "num_chains": len(complex_["chains"]), "complex": complex_,
             "shapes": {"evoformer_blocks": emb.evoformer_num_block, "extra_msa_blocks": emb.extra_msa_stack_num_block,
                        "msa_clusters": emb.num_msa, "extra_msa": emb.num_extra_msa, "templates": 4,
                        "structure_layers": cfg.model.heads.structure_module.num_layer},
             "passes": passes, "first_call_s": first, "steady_s": steady, "per_pass_s": steady / passes,
-            "repeats_s": times, "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+            "repeats_s": times, "peak_bytes_in_use": peak_bytes([device]),
             "finite": bool(np.isfinite(out["structure_module/final_atom_positions"]).all()), "kernels": args.kernels,
             "device": device.device_kind, "platform": device.platform, "jax": jax.__version__}
 
@@ -181,16 +173,15 @@ def main() -> None:
         return
     rows = []
     for dtype in args.dtypes:
-        cmd = [sys.executable, __file__, "--dtype", dtype, "--n-res", str(args.n_res), "--num-recycle",
-               str(args.num_recycle), "--repeats", str(args.repeats), "--kernels", args.kernels] + (
-                   ["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        proc = run_module("multimer", ["--dtype", dtype, "--n-res", str(args.n_res), "--num-recycle",
+                                       str(args.num_recycle), "--repeats", str(args.repeats), "--kernels",
+                                       args.kernels] + (["--quick"] if args.quick else []))
+        row = last_json_line(proc.stdout, "RESULT ")
+        if proc.returncode or row is None:
             rows.append({"dtype": dtype, "error": (proc.stderr or proc.stdout)[-2000:]})
             print(f"{dtype}: FAILED\n{rows[-1]['error']}", file=sys.stderr)
             continue
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        rows.append(row)
     ok = [r for r in rows if "error" not in r]
     base = next((r for r in ok if r["dtype"] == "float32"), None)
     print(f"\nAlphaFold-Multimer inference, {args.n_res} residues"
@@ -203,14 +194,9 @@ def main() -> None:
         ratio = r["steady_s"] / base["steady_s"] if base else float("nan")
         print(f"{r['dtype']:<10}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
               f"{peak:>10.2f}{ratio:>9.2f}")
-    from bench.dap import commit  # noqa: PLC0415
-
-    device = ok[0]["device"].replace(" ", "_") if ok else "unknown"
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"multimer-{device}-{datetime.date.today():%Y%m%d}{'-quick' if args.quick else ''}.json"
-    (out_dir / name).write_text(json.dumps({"commit": commit(), "args": vars(args), "rows": rows}, indent=1))
-    print(f"wrote bench/results/{name}")
+    path = write_results(None, "multimer", {"device": ok[0]["device"] if ok else "unknown", "args": vars(args),
+                                            "rows": rows}, suffix="-quick" if args.quick else "")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

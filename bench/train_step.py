@@ -1,6 +1,6 @@
 """One AlphaFold2 training step, full size, on one accelerator: compile time, step time, peak memory.
 
-    python bench/train_step.py --data-dir MMCIF_DIR --alignment-dir ALN_DIR [--chain 1k1a_A]
+    python -m bench.train_step --data-dir MMCIF_DIR --alignment-dir ALN_DIR [--chain 1k1a_A]
                                [--config initial_training] [--kernels xla pallas] [--recycles 0 3]
 
 The example is a real chain prepared by `jaxfold.data.dataset.TrainingDataset` exactly as in training
@@ -35,23 +35,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench._common import device_kind, device_limit_bytes, last_json_line, peak_bytes, run_module, write_results
 
 # Expected forward TFLOP of the configs measured here (see the module docstring), for achieved TFLOP/s.
 FORWARD_TFLOP_ESTIMATE = {"initial_training": 11.8}
-
-
-def _commit() -> str:
-    from bench.dap import commit  # noqa: PLC0415
-
-    return commit()
 
 
 def run_variant(args) -> dict:
@@ -145,11 +137,11 @@ def run_variant(args) -> dict:
     if fwd and 0 in times:
         row["achieved_tflops_recycle0_est"] = 4 * fwd / times[0]
     row["loss_first_last"] = [losses[0], losses[-1]] if losses else None
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_gib"] = stats["peak_bytes_in_use"] / 2**30
-    if "bytes_limit" in stats:
-        row["device_limit_gib"] = stats["bytes_limit"] / 2**30
+    peak, limit = peak_bytes(), device_limit_bytes()
+    if peak is not None:
+        row["peak_gib"] = peak / 2**30
+    if limit is not None:
+        row["device_limit_gib"] = limit / 2**30
     return row
 
 
@@ -208,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--remat-policy", default=None, help=argparse.SUPPRESS)  # worker: one policy
     ap.add_argument("--headroom", type=float, default=0.8, help="fraction of device memory a default may use")
     ap.add_argument("--timeout", type=float, default=480, help="seconds per variant")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file or folder (default bench/results/)")
     ap.add_argument("--scratch", default="/tmp/jaxfold-bench")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -222,12 +214,10 @@ def main(argv=None) -> int:
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
-    import jax  # noqa: PLC0415
-
-    device = jax.devices()[0].device_kind
+    device = device_kind()
     rows = []
     for policy, kernels in [(p, k) for p in args.remat_policies for k in args.kernels]:
-        cmd = [sys.executable, __file__, "--worker", "--kernels", kernels, "--data-dir", args.data_dir,
+        cmd = ["--worker", "--kernels", kernels, "--data-dir", args.data_dir,
                "--alignment-dir", args.alignment_dir, "--chain", args.chain, "--config", args.config,
                "--steps", str(args.steps), "--scratch", args.scratch, "--recycles", *map(str, args.recycles)]
         if policy:
@@ -235,9 +225,8 @@ def main(argv=None) -> int:
         for s in args.set:
             cmd += ["--set", s]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-            row = json.loads(lines[-1][4:]) if lines else {
+            proc = run_module("train_step", cmd, timeout=args.timeout)
+            row = last_json_line(proc.stdout, "ROW ") or {
                 "kernels": kernels, "error": f"worker exited {proc.returncode}: {proc.stderr[-1500:]}"}
         except subprocess.TimeoutExpired:
             row = {"kernels": kernels, "error": f"timed out after {args.timeout:.0f} s"}
@@ -249,13 +238,9 @@ def main(argv=None) -> int:
     for kernels, b in best.items():
         print(f"fastest remat policy within {args.headroom:.0%} of device memory, {kernels}: {b['remat_policy']} "
               f"({b['step_s']:.3f} s, {b['peak_gib']:.1f} GiB)")
-    stamp = datetime.date.today().strftime("%Y%m%d")
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / \
-        f"train-step-{device.replace(' ', '_')}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"commit": _commit(), "device": device, "jax": jax.__version__,
-                               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                               "argv": sys.argv[1:], "rows": rows, "best_remat_policy": best}, indent=1))
+    out = write_results(args.out, "train-step", {
+        "device": device, "date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
+        "rows": rows, "best_remat_policy": best})
     print(f"wrote {out}")
     return 0
 

@@ -1,9 +1,9 @@
 """Benchmark the triangle multiplicative update: fused Pallas kernel vs XLA (and cuEquivariance if installed),
 plus the Evoformer block and the transitions, in one run.
 
-    python bench/triangle_multiplication.py            # GPU: full run (< 6 min on an H100), table + JSON
-    python bench/triangle_multiplication.py --quick    # tiny shapes, CPU (Pallas interpret mode), ~1-2 min
-    python bench/triangle_multiplication.py --budget-s 270 --out $OUT/tri.json   # the lead's H100 run
+    python -m bench.triangle_multiplication            # GPU: full run (< 6 min on an H100), table + JSON
+    python -m bench.triangle_multiplication --quick    # tiny shapes, CPU (Pallas interpret mode), ~1-2 min
+    python -m bench.triangle_multiplication --budget-s 270 --out $OUT/tri.json   # the lead's H100 run
 
 cuEquivariance rows appear when `cuequivariance_jax` imports: `pip install ".[cueq]"`, or offline
 `pip install --no-deps cuequivariance-0.13.0-*.whl cuequivariance_jax-0.13.0-*.whl
@@ -64,24 +64,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
-import re
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from bench.kernels import (  # noqa: E402
-    Budget, _compile, _device_info, _git_commit, _jaxlib_version, _short_error, _time_compiled,
-    bench_evoformer_block)
-from pallas_kernels import _compat  # noqa: E402
-from pallas_kernels import triangle_multiplication as ptm  # noqa: E402
+from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, peak_bytes, short_error,
+                           time_compiled, write_results)
+from bench.kernels import bench_evoformer_block
+from pallas_kernels import _compat
+from pallas_kernels import triangle_multiplication as ptm
 
 C = 128
 EQ = {"outgoing": "ikc,jkc->ijc", "incoming": "kjc,kic->ijc"}
@@ -89,13 +81,6 @@ EQ = {"outgoing": "ikc,jkc->ijc", "incoming": "kjc,kic->ijc"}
 
 def model_flops(n: int, c: int = C) -> float:
     return 2.0 * n ** 3 * c + 12.0 * n ** 2 * c * c
-
-
-def peak_bytes():
-    try:
-        return int(jax.devices()[0].memory_stats()["peak_bytes_in_use"])
-    except Exception:  # noqa: BLE001  (CPU: no memory stats)
-        return None
 
 
 def _module(direction: str, kernels: str):
@@ -123,7 +108,7 @@ def _cueq():
 
         return cuex
     except Exception as e:  # noqa: BLE001
-        return _short_error(e)
+        return short_error(e)
 
 
 def _cueq_fn(cuex, direction: str, params):
@@ -155,13 +140,13 @@ def _diffs(rows, outs, kind, n, direction):
 
 def _measure(fn, args, quick, row):
     try:
-        compiled, temp = _compile(fn, args)
-        seconds, meta = _time_compiled(compiled, args, quick)
+        compiled, temp = compile_with_temp(fn, args)
+        seconds, meta = time_compiled(compiled, args, quick)
         out = compiled(*args)
         row.update(time_ms=seconds * 1e3, temp_bytes=temp, peak_bytes=peak_bytes(), **meta)
         return jax.tree_util.tree_leaves(out)[0]
     except Exception as e:  # noqa: BLE001  (record, keep going)
-        row["error"] = _short_error(e)
+        row["error"] = short_error(e)
         return None
 
 
@@ -358,7 +343,7 @@ def main(argv=None):
     sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "256,1024,2048")).split(",")]
     skip = set(filter(None, args.skip.split(",")))
     budget = Budget(args.budget_s if args.budget_s is not None else (900.0 if args.quick else 300.0))
-    device = _device_info()
+    device = device_info()
 
     def log(msg):
         print(f"[{budget.elapsed():6.1f}s] {msg}", flush=True)
@@ -381,19 +366,12 @@ def main(argv=None):
         rows += bench_sweep(sizes[min(1, len(sizes) - 1)], budget, args.quick, log)
     add_ratios(rows)
     print_table(rows, device)
-    result = {"commit": _git_commit(), "device": device, "jax_version": jax.__version__,
-              "jaxlib_version": _jaxlib_version(), "python": platform.python_version(),
+    result = {"commit": commit(), "device": device, "jax_version": jax.__version__,
+              "jaxlib_version": jaxlib_version(), "python": platform.python_version(),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
               "pallas_interpret": _compat.resolve_interpret(None), "elapsed_s": round(budget.elapsed(), 1),
               "rows": rows}
-    if args.out:
-        out = Path(args.out)
-    else:
-        dev = re.sub(r"[^A-Za-z0-9._-]+", "-", device["device_kind"]).strip("-") or device["platform"]
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = ROOT / "bench" / "results" / f"triangle_multiplication-{dev}-{stamp}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
+    out = write_results(args.out, "triangle_multiplication", result, suffix="-quick" if args.quick else "")
     print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
     return result
 
