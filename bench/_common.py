@@ -226,12 +226,13 @@ def file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "unknown"
 
 
-def write_results(out: str | Path | None, prefix: str, payload: dict, suffix: str = "") -> Path:
+def write_results(out: str | Path | None, prefix: str, payload: dict, suffix: str = "", note: str = "") -> Path:
     """Write `payload` as JSON and return its path, adding commit, device, jax version and UTC time where
     the payload has not set them.
 
     `out`: None (bench/results/), a folder, or a path ending in .json (used as is). In a folder the name is
-    `<prefix>-<device>-<UTC stamp><suffix>.json`, so runs never overwrite each other.
+    `<prefix>-<device>-<UTC stamp><suffix>.json`, so runs never overwrite each other. Prints
+    'wrote PATH<note>'.
     """
     import jax  # noqa: PLC0415
 
@@ -248,7 +249,22 @@ def write_results(out: str | Path | None, prefix: str, payload: dict, suffix: st
         path = path / f"{prefix}-{file_safe(device)}-{stamp}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str))
+    print(f"wrote {path}{note}")
     return path
+
+
+def record(rows: list[dict], row: dict, hide: tuple[str, ...] = ()) -> None:
+    """Append `row` to `rows` and print it as one JSON line at once (a long run shows its progress, and a
+    killed run leaves its finished rows in the log); `hide`: keys left out of the line."""
+    rows.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k not in hide}), flush=True)
+
+
+def print_header(title: str, header: str) -> None:
+    """A table's title (after a blank line), its column headings and a rule under them."""
+    print(f"\n{title}")
+    print(header)
+    print("-" * len(header))
 
 
 def cell(value, spec: str = ".3f", width: int = 0) -> str:

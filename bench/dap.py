@@ -5,7 +5,7 @@
 For each N_res and DAP size: wall time (median of repeats after a compile/warm-up run), speedup and
 parallel efficiency against DAP 1 measured in the same run, and peak device memory per GPU (the compiled
 executable's memory analysis, and the allocator's peak where the backend reports it). Prints a table and
-writes `bench/results/dap-<device>-<date>.json` with the commit and device.
+writes `bench/results/dap-<device>-<UTC stamp>.json` with the commit and device.
 
 Prediction (full-size Evoformer block, N_seq 128, c_z 128, 4 heads x 32): the triangle updates cost
 2 x 2 N^3 c_z and the triangle attentions 2 x 2 x 2 N^3 (H c) FLOPs, ~13 TFLOP per block at N 2,048 and
@@ -17,7 +17,6 @@ all-to-alls move 4 pair slices (N^2 c_z / d bytes each) per block.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import flax.linen as nn
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from bench._common import RESULTS, device_kind, median, peak_bytes, timed, write_results
+from bench._common import RESULTS, device_kind, median, peak_bytes, print_header, record, timed, write_results
 from jaxfold.config import model_config
 from jaxfold.model.evoformer import apply_stack, evoformer_stack
 from jaxfold.model.init import dummy_features, init_params
@@ -138,14 +137,11 @@ def main(argv=None) -> int:
                 except Exception as err:  # noqa: BLE001  (one failing case must not lose the others)
                     row = {"what": case, "n_res": n_res, "dap": dap_size, "error": f"{type(err).__name__}: {err}"[:500]}
                 row["chunk_size"] = chunk
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
+                record(rows, row, hide=("times_s",))
 
     base = {(r["what"], r["n_res"]): r["median_s"] for r in rows if r.get("dap") == 1 and "median_s" in r}
-    print(f"\nDAP benchmark on {len(jax.devices())} x {device} ({preset}, {args.dtype}, N_seq {args.n_seq})")
-    header = f"{'what':<24}{'N_res':>6}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}{'peak GiB/GPU':>14}"
-    print(header)
-    print("-" * len(header))
+    print_header(f"DAP benchmark on {len(jax.devices())} x {device} ({preset}, {args.dtype}, N_seq {args.n_seq})",
+                 f"{'what':<24}{'N_res':>6}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}{'peak GiB/GPU':>14}")
     for r in rows:
         if "median_s" not in r:
             print(f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}  {r['error'][:80]}")
@@ -159,9 +155,8 @@ def main(argv=None) -> int:
               f"{r['parallel_efficiency']:>8.2f}{(peak or 0) / 2**30:>14.2f}")
     if skipped:
         print(f"(not run: dap {skipped} — only {len(jax.devices())} device(s) here)")
-    path = write_results(args.out, "dap", {"device": device, "num_devices": len(jax.devices()), "preset": preset,
-                                           "args": vars(args), "rows": rows, "not_run_dap_sizes": skipped})
-    print(f"wrote {path}")
+    write_results(args.out, "dap", {"device": device, "num_devices": len(jax.devices()), "preset": preset,
+                                    "args": vars(args), "rows": rows, "not_run_dap_sizes": skipped})
     return 0
 
 

@@ -23,7 +23,7 @@ Float32 runs use the default matmul precision (TF32 on GPU for XLA, cuDNN and th
 Every measurement is guarded: failures (unsupported shapes, OOM) are recorded as strings, and a global time
 budget (--budget-s) skips whatever is left rather than overrunning.
 
-Writes bench/results/kernels-<device>-<date>.json with the git commit (`git rev-parse HEAD` or
+Writes bench/results/kernels-<device>-<UTC stamp>.json with the git commit (`git rev-parse HEAD` or
 $JAXFOLD_COMMIT), device, jax version and all numbers.
 """
 
@@ -43,8 +43,8 @@ import traceback
 import jax
 import jax.numpy as jnp
 
-from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, short_error, time_compiled,
-                           write_results)
+from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, print_header, short_error,
+                           time_compiled, write_results)
 from pallas_kernels import _compat
 from pallas_kernels import attention as pattn
 from pallas_kernels import layer_norm as pln
@@ -495,12 +495,9 @@ def _fmt_row(r):
 
 
 def print_table(rows, device):
-    print()
-    print(f"device: {device['device_kind']} ({device['platform']}), jax {jax.__version__}")
-    hdr = (f"{'case':24s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
-           f"{'TF/s|GB/s':>9s} {'temp MiB':>9s} {'err out':>8s} {'err grad':>8s}")
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(f"device: {device['device_kind']} ({device['platform']}), jax {jax.__version__}",
+                 f"{'case':24s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
+                 f"{'TF/s|GB/s':>9s} {'temp MiB':>9s} {'err out':>8s} {'err grad':>8s}")
     for r in rows:
         if r["kind"] == "sweep":
             continue
@@ -534,7 +531,8 @@ def main(argv=None):
     ap.add_argument("--impls", default="pallas,xla,cudnn")
     ap.add_argument("--sweep", action="store_true",
                     help="also run a short Pallas tile sweep at the end (--only sweep: the full sweep alone)")
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-<device>-<date>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file or folder (default bench/results/kernels-<device>-<UTC stamp>.json)")
     args = ap.parse_args(argv)
 
     budget = Budget(args.budget_s if args.budget_s is not None else (900.0 if args.quick else 330.0))
@@ -592,8 +590,8 @@ def main(argv=None):
         "rows": rows,
         "sweep": sweep,
     }
-    out = write_results(args.out, "kernels", result, suffix="-quick" if args.quick else "")
-    print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
+    write_results(args.out, "kernels", result, suffix="-quick" if args.quick else "",
+                  note=f" ({budget.elapsed():.0f}s)")
     return result
 
 

@@ -19,7 +19,7 @@ Expected (written before measuring): at N=8192 the bf16 pair is 17.2 GB. Whole-a
 [N, N, 128] sums (34 GB each) and a [N, N, 65] one-hot; whole-array structure module a 34 GB f32 pair copy,
 its layer norm, and 13 GB of IPA point distances: both should fail or nearly fail at 8192 on 80 GB, while
 the chunked ones stay at one pair (+ the donated input for embed) + O(chunk * N) temporaries.
-Writes bench/results/long-chain-embed-sm-<device>-<stamp>.json with the commit and device.
+Writes bench/results/long-chain-embed-sm-<device>-<UTC stamp>.json with the commit and device.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import json
 import subprocess
 import sys
 
-from bench._common import (RESULTS, cell, device_kind, is_oom, last_json_line, median, peak_bytes, run_module,
-                           timed, write_results)
+from bench._common import (RESULTS, cell, device_kind, is_oom, last_json_line, median, peak_bytes, print_header,
+                           record, run_module, timed, write_results)
 
 
 def embed_case(num_res: int, chunk: int):
@@ -139,11 +139,9 @@ def spawn(kind: str, num_res: int, chunk: int, args) -> dict:
 
 
 def print_table(rows, device: str) -> None:
-    print(f"\nPair embedding and structure module on {device} (model_1_ptm widths, bf16 pair)")
-    header = (f"{'kind':<6}{'N':>7}{'chunk':>7}{'status':>8}{'temp GiB':>10}{'args GiB':>10}{'peak GiB':>10}"
-              f"{'time s':>9}{'temp x':>8}{'peak x':>8}{'time x':>8}")
-    print(header)
-    print("-" * len(header))
+    print_header(f"Pair embedding and structure module on {device} (model_1_ptm widths, bf16 pair)",
+                 f"{'kind':<6}{'N':>7}{'chunk':>7}{'status':>8}{'temp GiB':>10}{'args GiB':>10}{'peak GiB':>10}"
+                 f"{'time s':>9}{'temp x':>8}{'peak x':>8}{'time x':>8}")
     base = {(r["kind"], r["n_res"]): r for r in rows if r["chunk"] == 0}
     def f(r, key):
         return cell(r.get(key), ".3f")
@@ -185,12 +183,9 @@ def main(argv=None) -> int:
     for kind in args.kinds:
         for num_res in ns:
             for chunk in chunks:
-                row = spawn(kind, num_res, chunk, args)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                record(rows, spawn(kind, num_res, chunk, args))
     print_table(rows, device)
-    path = write_results(args.out, "long-chain-embed-sm", {"device": device, "args": vars(args), "rows": rows})
-    print(f"wrote {path}")
+    write_results(args.out, "long-chain-embed-sm", {"device": device, "args": vars(args), "rows": rows})
     return 0
 
 

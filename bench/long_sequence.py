@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 
-from bench._common import (REPO, RESULTS, cell, device_kind, is_oom, last_json_line, peak_bytes, run_module,
-                           write_results)
+from bench._common import (REPO, RESULTS, cell, device_kind, is_oom, last_json_line, peak_bytes, print_header,
+                           record, run_module, write_results)
 
 DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "fp32:256", "fp32:1024", "fp32:1200"]
 DEFAULT_PROBE = ["bf16:4096", "bf16:8192", "bf16:10240", "bf16:12288", "fp32:4096", "fp32:8192"]
@@ -144,11 +144,9 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
 
 
 def print_table(rows, device: str) -> None:
-    print(f"\nLong chains on {device} (model_1_ptm widths, lean outputs, deep MSA)")
-    header = (f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
-              f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}")
-    print(header)
-    print("-" * len(header))
+    print_header(f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
+                 f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
+                 f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}")
     for r in rows:
         def f(key, spec=".2f"):
             return cell(r.get(key), spec)
@@ -192,9 +190,7 @@ def main(argv=None) -> int:
     rows = []
     for mode, specs in (("full", full), ("probe", probe)):
         for spec in specs:
-            row = spawn(args, mode, spec, args.timeout)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(rows, spawn(args, mode, spec, args.timeout))
     for dtype in args.bisect:
         ok = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] == "ok"]
         bad = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] != "ok"]
@@ -203,14 +199,12 @@ def main(argv=None) -> int:
             mid = (lo + hi) // 2 // 128 * 128
             row = spawn(args, "probe", f"{dtype}:{mid}", args.timeout)
             row["bisection"] = True
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(rows, row)
             lo, hi = (mid, hi) if row["status"] == "ok" else (lo, mid)
         if hi is not None:
             print(f"{dtype}: longest chain that fits: {lo} (next tried: {hi})")
     print_table(rows, device)
-    path = write_results(args.out, "long-sequence", {"device": device, "args": vars(args), "rows": rows})
-    print(f"wrote {path}")
+    write_results(args.out, "long-sequence", {"device": device, "args": vars(args), "rows": rows})
     return 0
 
 

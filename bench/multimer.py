@@ -19,7 +19,7 @@ shipped ones. Templates: 4 empty slots (an empty slot costs what a real one does
 Each dtype runs in its own process (so its peak memory is its own): wall time of the first call (compile +
 run), median of `--repeats` further calls, peak device memory (`memory_stats()["peak_bytes_in_use"]` where
 the backend reports it). Prints a table with the bf16/fp32 ratio and writes
-`bench/results/multimer-<device>-<date>.json` (commit, device, jax version).
+`bench/results/multimer-<device>-<UTC stamp>.json` (commit, device, jax version).
 """
 
 from __future__ import annotations
@@ -194,9 +194,8 @@ def main() -> None:
         ratio = r["steady_s"] / base["steady_s"] if base else float("nan")
         print(f"{r['dtype']:<10}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
               f"{peak:>10.2f}{ratio:>9.2f}")
-    path = write_results(None, "multimer", {"device": ok[0]["device"] if ok else "unknown", "args": vars(args),
-                                            "rows": rows}, suffix="-quick" if args.quick else "")
-    print(f"wrote {path}")
+    write_results(None, "multimer", {"device": ok[0]["device"] if ok else "unknown", "args": vars(args),
+                                     "rows": rows}, suffix="-quick" if args.quick else "")
 
 
 if __name__ == "__main__":

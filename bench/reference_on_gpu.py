@@ -5,20 +5,19 @@
 CI has no GPU, so this is where the GPU numerics are checked: for `kernels` in (xla, pallas) and precision in
 (highest fp32, default (TF32 on GPU), bf16 activations) it runs `run_alphafold` on the reference features and
 prints the max abs error per output family against `outputs.npz`, next to the README's fp32 tolerance, plus
-the steady-state run time. Writes `bench/results/reference-<device>-<date>.json`.
+the steady-state run time. Writes `bench/results/reference-<device>-<UTC stamp>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from bench._common import RESULTS, device_kind, timed, write_results
+from bench._common import RESULTS, device_kind, record, timed, write_results
 from jaxfold.config import model_config
 from jaxfold.model import run_alphafold
 from jaxfold.weights import load_alphafold_params
@@ -70,8 +69,7 @@ def main(argv=None) -> int:
                         float(np.max(np.abs(expected[k]))) for k in keys)
             except Exception as err:  # noqa: BLE001  (report, keep going)
                 row["error"] = f"{type(err).__name__}: {err}"[:600]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(rows, row)
     print(f"\nDeepMind reference (model_1_ptm shrunk, N_res 37, 1 recycle) on {device}: max abs error")
     header = f"{'kernels':<8}{'precision':<10}{'dtype':<10}" + "".join(f"{f[:14]:>16}" for f in FAMILIES) + f"{'run s':>8}"
     print(header)
@@ -83,8 +81,7 @@ def main(argv=None) -> int:
         print(f"{r['kernels']:<8}{r['matmul_precision']:<10}{r['dtype']:<10}{cells}{r['run_s']:>8.3f}")
     print("(* = outside the fp32 tolerance, expected for TF32/bf16 runs)")
     tol = {f: atol for f, (_, atol) in FAMILIES.items()}
-    path = write_results(args.out, "reference", {"device": device, "fp32_tolerances": tol, "rows": rows})
-    print(f"wrote {path}")
+    write_results(args.out, "reference", {"device": device, "fp32_tolerances": tol, "rows": rows})
     return 0
 
 

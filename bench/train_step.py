@@ -27,7 +27,8 @@ each `model.global_config.remat_policy` (what a rematerialised block saves for i
 `jaxfold.model.evoformer.REMAT_POLICIES`), one process each, and names the fastest policy whose peak stays
 under `--headroom` (default 0.8) of the device's memory: the candidate default for the training presets.
 
-Prints a table and writes `bench/results/train-step-<device>-<date>.json` (commit, device, jax version).
+Prints a table and writes `bench/results/train-step-<device>-<UTC stamp>.json` (commit, device, jax
+version).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench._common import device_kind, device_limit_bytes, last_json_line, peak_bytes, run_module, write_results
+from bench._common import (device_kind, device_limit_bytes, last_json_line, peak_bytes, record, run_module,
+                           write_results)
 
 # Expected forward TFLOP of the configs measured here (see the module docstring), for achieved TFLOP/s.
 FORWARD_TFLOP_ESTIMATE = {"initial_training": 11.8}
@@ -231,17 +233,15 @@ def main(argv=None) -> int:
         except subprocess.TimeoutExpired:
             row = {"kernels": kernels, "error": f"timed out after {args.timeout:.0f} s"}
         row.setdefault("remat_policy", policy)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(rows, row)
     print_table(rows, device)
     best = pick_remat_policy(rows, args.headroom)
     for kernels, b in best.items():
         print(f"fastest remat policy within {args.headroom:.0%} of device memory, {kernels}: {b['remat_policy']} "
               f"({b['step_s']:.3f} s, {b['peak_gib']:.1f} GiB)")
-    out = write_results(args.out, "train-step", {
+    write_results(args.out, "train-step", {
         "device": device, "date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
         "rows": rows, "best_remat_policy": best})
-    print(f"wrote {out}")
     return 0
 
 

@@ -57,7 +57,7 @@ compulsory traffic (read x, write y: 2U = 0.54 GB, 0.16 ms): XLA writes and re-r
 layer in bf16 (+8U = 2.1 GB, +0.65 ms) and the LN output (+2U), so expected ~1.0-1.2 ms for XLA and
 ~0.4-0.5 ms fused (compute-bound at ~70% of peak) forward at N = 1024.
 
-Writes bench/results/triangle_multiplication-<device>-<date>.json with commit, device and all rows.
+Writes bench/results/triangle_multiplication-<device>-<UTC stamp>.json with commit, device and all rows.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ import platform
 import jax
 import jax.numpy as jnp
 
-from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, peak_bytes, short_error,
-                           time_compiled, write_results)
+from bench._common import (Budget, commit, compile_with_temp, device_info, jaxlib_version, peak_bytes, print_header,
+                           short_error, time_compiled, write_results)
 from bench.kernels import bench_evoformer_block
 from pallas_kernels import _compat
 from pallas_kernels import triangle_multiplication as ptm
@@ -314,11 +314,9 @@ def add_ratios(rows):
 
 
 def print_table(rows, device):
-    print(f"\n# triangle multiplication / Evoformer block / transition on {device['device_kind']}")
-    hdr = f"{'kind':16} {'N':>5} {'dir':9} {'mode':8} {'impl':19} {'ms':>9} {'xla/x':>6} {'TF/s':>6} " \
-          f"{'temp GiB':>8} {'peak GiB':>8} {'|d| vs xla':>10}"
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(f"# triangle multiplication / Evoformer block / transition on {device['device_kind']}",
+                 f"{'kind':16} {'N':>5} {'dir':9} {'mode':8} {'impl':19} {'ms':>9} {'xla/x':>6} {'TF/s':>6} "
+                 f"{'temp GiB':>8} {'peak GiB':>8} {'|d| vs xla':>10}")
     g = lambda b: f"{b / 2 ** 30:8.2f}" if isinstance(b, (int, float)) else f"{'-':>8}"  # noqa: E731
     for r in rows:
         if "time_ms" not in r:
@@ -338,7 +336,7 @@ def main(argv=None):
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 256,1024,2048; quick: 16)")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting rows after this (default 300)")
     ap.add_argument("--skip", default="", help="comma-separated: module,block,core,transition,sweep")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file or folder (default bench/results/)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "256,1024,2048")).split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -371,8 +369,8 @@ def main(argv=None):
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
               "pallas_interpret": _compat.resolve_interpret(None), "elapsed_s": round(budget.elapsed(), 1),
               "rows": rows}
-    out = write_results(args.out, "triangle_multiplication", result, suffix="-quick" if args.quick else "")
-    print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
+    write_results(args.out, "triangle_multiplication", result, suffix="-quick" if args.quick else "",
+                  note=f" ({budget.elapsed():.0f}s)")
     return result
 
 
