@@ -120,6 +120,16 @@ def ln_cases(quick: bool):
 # ------------------------------------------------------------------------------------------------------
 
 
+def _copy_forward_errors(rows):
+    """A forward row's output error is that of the fwd+bwd run of the same impl/dtype (which computes it)."""
+    for r in rows:
+        if r["mode"] == "fwd" and "err_out" not in r:
+            twin = next((x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"]
+                         and x["dtype"] == r["dtype"]), None)
+            if twin is not None and "err_out" in twin:
+                r["err_out"] = twin["err_out"]
+
+
 def _max_abs(a, b):
     if a is None or b is None:
         return None
@@ -259,13 +269,7 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
                 log("  " + _fmt_row(row))
                 gc.collect()
-    # Fill error columns for the forward rows from the fwd+bwd run of the same impl/dtype.
-    for r in rows:
-        if r["mode"] == "fwd" and "err_out" not in r:
-            twin = next((x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"]
-                         and x["dtype"] == r["dtype"]), None)
-            if twin is not None and "err_out" in twin:
-                r["err_out"] = twin["err_out"]
+    _copy_forward_errors(rows)
     del ref, base
     gc.collect()
     return rows
@@ -335,12 +339,7 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
                 log("  " + _fmt_row(row))
                 gc.collect()
-    for r in rows:
-        if r["mode"] == "fwd" and "err_out" not in r:
-            twin = next((x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"]
-                         and x["dtype"] == r["dtype"]), None)
-            if twin is not None and "err_out" in twin:
-                r["err_out"] = twin["err_out"]
+    _copy_forward_errors(rows)
     return rows
 
 
