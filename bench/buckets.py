@@ -1,9 +1,9 @@
 """Throughput of many sequences with and without length buckets (compiles, total time).
 
-    python bench/buckets.py --quick            # CPU smoke run: 4 sequences, tiny, 0 recycles, fast XLA (3 min on a busy 2-core CPU)
-    python bench/buckets.py                    # CPU: 50 sequences of 50-400 residues, tiny preset
-    python bench/buckets.py --full             # GPU: same 50 sequences, full-size model_1_ptm, 3 recycles
-    python bench/buckets.py --full --mode buckets --budget-s 480   # one mode per call, bounded
+    python -m bench.buckets --quick            # CPU smoke run: 4 sequences, tiny, 0 recycles (3 min, busy 2 cores)
+    python -m bench.buckets                    # CPU: 50 sequences of 50-400 residues, tiny preset
+    python -m bench.buckets --full             # GPU: same 50 sequences, full-size model_1_ptm, 3 recycles
+    python -m bench.buckets --full --mode buckets --budget-s 480   # one mode per call, bounded
 
 Sequences: 50 real PDB chains (AlphaFold3's subsampled PDB seqres, `../shared/data/seqdb/af3_miniature/`),
 20 standard amino acids only, lengths spread evenly over 50-400 residues (the chain nearest to each of 50
@@ -33,7 +33,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,20 +41,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if "--quick" in sys.argv[1:]:
     # Smoke run: XLA's CPU backend optimisations off (as the test suite does) so compiles take seconds.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax  # noqa: E402  (after XLA_FLAGS)
+import numpy as np  # noqa: E402  (after XLA_FLAGS)
 
-from jaxfold.config import model_config  # noqa: E402
-from jaxfold.data import buckets  # noqa: E402
-from jaxfold.data.feature_processing import process_features  # noqa: E402
-from jaxfold.data.parsers import FastaRecord, read_fasta  # noqa: E402
-from jaxfold.data.pipeline import build_raw_features  # noqa: E402
-from jaxfold.inference import init_random_params  # noqa: E402
-from jaxfold.model import run_alphafold  # noqa: E402
-from jaxfold.model.predict import clear_compiled  # noqa: E402
+from bench._common import commit  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.config import model_config  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.data import buckets  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.data.feature_processing import process_features  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.data.parsers import FastaRecord, read_fasta  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.data.pipeline import build_raw_features  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.model import run_alphafold  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.model.predict import clear_compiled  # noqa: E402  (after XLA_FLAGS)
+from jaxfold.model_params import init_random_params  # noqa: E402  (after XLA_FLAGS)
 
 STANDARD = set("ACDEFGHIKLMNPQRSTVWY")
 SEQ_FILE = "data/seqdb/af3_miniature/pdb_seqres_2022_09_28__subsampled_1000.fasta"
@@ -65,15 +63,6 @@ def shared_dir() -> Path:
     return Path(os.environ.get("JAXFOLD_SHARED", ROOT.parent / "shared"))
 
 
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def peak_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
@@ -81,13 +70,17 @@ def peak_bytes() -> int | None:
 
 def pick_records(num: int, lo: int, hi: int) -> list[FastaRecord]:
     """`num` real PDB chains (standard residues only) nearest to `num` evenly spaced lengths in [lo, hi]."""
-    pool = [r for r in read_fasta(shared_dir() / SEQ_FILE)
-            if "mol:protein" in r.description and set(r.sequence) <= STANDARD and lo <= len(r.sequence) <= hi]
+    pool = [
+        r
+        for r in read_fasta(shared_dir() / SEQ_FILE)
+        if "mol:protein" in r.description and set(r.sequence) <= STANDARD and lo <= len(r.sequence) <= hi
+    ]
     pool.sort(key=lambda r: (len(r.sequence), r.name))
     chosen, used = [], set()
     for target in np.linspace(lo, hi, num):
-        best = min((i for i in range(len(pool)) if i not in used),
-                   key=lambda i: (abs(len(pool[i].sequence) - target), i))
+        best = min(
+            (i for i in range(len(pool)) if i not in used), key=lambda i: (abs(len(pool[i].sequence) - target), i)
+        )
         used.add(best)
         chosen.append(pool[best])
     return chosen
@@ -113,10 +106,17 @@ def run_mode(mode: str, cfg, params, feats: list[dict], names: list[str], budget
         seconds = time.perf_counter() - t0
         new_shape = length not in shapes_seen
         shapes_seen.add(length)
-        outputs[i] = {"plddt": out["confidence/plddt"],
-                      "positions": out["structure_module/final_atom_positions"]}
-        rows.append({"name": names[i], "length": n, "padded_length": length, "run": True,
-                     "compiled": new_shape, "seconds": seconds})
+        outputs[i] = {"plddt": out["confidence/plddt"], "positions": out["structure_module/final_atom_positions"]}
+        rows.append(
+            {
+                "name": names[i],
+                "length": n,
+                "padded_length": length,
+                "run": True,
+                "compiled": new_shape,
+                "seconds": seconds,
+            }
+        )
     total = time.perf_counter() - start
     done = [r for r in rows if r["run"]]
     steady = [r for r in done if not r["compiled"]]
@@ -125,11 +125,18 @@ def run_mode(mode: str, cfg, params, feats: list[dict], names: list[str], budget
         if r["compiled"]:
             near = min(steady, key=lambda s: abs(s["length"] - r["length"]), default=None)
             r["compile_s"] = max(r["seconds"] - (near["seconds"] if near else 0.0), 0.0)
-    return {"mode": mode, "records": len(done), "not_run": len(rows) - len(done),
-            "compiles": sum(r["compiled"] for r in done), "total_s": total,
-            "compile_s_est": sum(r.get("compile_s", 0.0) for r in done),
-            "steady_mean_s": float(np.mean([r["seconds"] for r in steady])) if steady else None,
-            "residues": sum(r["length"] for r in done), "rows": rows, "_outputs": outputs}
+    return {
+        "mode": mode,
+        "records": len(done),
+        "not_run": len(rows) - len(done),
+        "compiles": sum(r["compiled"] for r in done),
+        "total_s": total,
+        "compile_s_est": sum(r.get("compile_s", 0.0) for r in done),
+        "steady_mean_s": float(np.mean([r["seconds"] for r in steady])) if steady else None,
+        "residues": sum(r["length"] for r in done),
+        "rows": rows,
+        "_outputs": outputs,
+    }
 
 
 def main(argv=None) -> int:
@@ -153,8 +160,11 @@ def main(argv=None) -> int:
     budget = args.budget_s if args.budget_s is not None else float("inf")
     cfg = model_config(preset, num_recycle=recycle)
     device = jax.devices()[0]
-    print(f"device {device.device_kind} ({device.platform}), jax {jax.__version__}, preset {preset}, "
-          f"num_recycle {recycle}, {num} sequences of {lo}-{hi} residues", flush=True)
+    print(
+        f"device {device.device_kind} ({device.platform}), jax {jax.__version__}, preset {preset}, "
+        f"num_recycle {recycle}, {num} sequences of {lo}-{hi} residues",
+        flush=True,
+    )
 
     records = pick_records(num, lo, hi)
     t0 = time.perf_counter()
@@ -175,40 +185,64 @@ def main(argv=None) -> int:
         common = sorted(set(ex) & set(bu))
         results["buckets"]["max_abs_diff_vs_exact"] = {
             "plddt": max((float(np.max(np.abs(ex[i]["plddt"] - bu[i]["plddt"]))) for i in common), default=None),
-            "positions_A": max((float(np.max(np.abs(ex[i]["positions"] - bu[i]["positions"]))) for i in common),
-                               default=None),
-            "records_compared": len(common)}
+            "positions_A": max(
+                (float(np.max(np.abs(ex[i]["positions"] - bu[i]["positions"]))) for i in common), default=None
+            ),
+            "records_compared": len(common),
+        }
 
-    header = (f"{'mode':8} {'records':>8} {'compiles':>8} {'total s':>9} {'compile s (est)':>15} "
-              f"{'steady s/rec':>12} {'rec/min':>8} {'res/s':>8} {'time vs exact':>13}")
-    print(f"\n{device.device_kind}, {preset}, num_recycle {recycle}, lengths "
-          f"{min(len(r.sequence) for r in records)}-{max(len(r.sequence) for r in records)}")
+    header = (
+        f"{'mode':8} {'records':>8} {'compiles':>8} {'total s':>9} {'compile s (est)':>15} "
+        f"{'steady s/rec':>12} {'rec/min':>8} {'res/s':>8} {'time vs exact':>13}"
+    )
+    print(
+        f"\n{device.device_kind}, {preset}, num_recycle {recycle}, lengths "
+        f"{min(len(r.sequence) for r in records)}-{max(len(r.sequence) for r in records)}"
+    )
     print(header)
     for mode, r in results.items():
         ratio = ""
         if mode == "buckets" and "exact" in results and results["exact"]["not_run"] == 0 and r["not_run"] == 0:
             ratio = f"{r['total_s'] / results['exact']['total_s']:.2f}x"
         steady = f"{r['steady_mean_s']:.3f}" if r["steady_mean_s"] is not None else "-"
-        print(f"{mode:8} {r['records']:>5}/{num:<2} {r['compiles']:>8} {r['total_s']:>9.1f} "
-              f"{r['compile_s_est']:>15.1f} {steady:>12} {60 * r['records'] / r['total_s']:>8.2f} "
-              f"{r['residues'] / r['total_s']:>8.1f} {ratio:>13}")
+        print(
+            f"{mode:8} {r['records']:>5}/{num:<2} {r['compiles']:>8} {r['total_s']:>9.1f} "
+            f"{r['compile_s_est']:>15.1f} {steady:>12} {60 * r['records'] / r['total_s']:>8.2f} "
+            f"{r['residues'] / r['total_s']:>8.1f} {ratio:>13}"
+        )
     if "max_abs_diff_vs_exact" in results.get("buckets", {}):
         d = results["buckets"]["max_abs_diff_vs_exact"]
-        print(f"buckets vs exact over {d['records_compared']} records: max |d pLDDT| {d['plddt']}, "
-              f"max |d position| {d['positions_A']} Å")
+        print(
+            f"buckets vs exact over {d['records_compared']} records: max |d pLDDT| {d['plddt']}, "
+            f"max |d position| {d['positions_A']} Å"
+        )
 
     for r in results.values():
         r.pop("_outputs")
-    report = {"bench": "buckets", "commit": commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-              "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
-              "host": platform.node(), "preset": preset, "num_recycle": recycle, "num_seqs": num,
-              "lengths": [len(r.sequence) for r in records], "bucket_rule": buckets.BUCKET_RULE[:2],
-              "budget_s_per_mode": args.budget_s, "peak_bytes_in_use": peak_bytes(), "modes": results}
+    report = {
+        "bench": "buckets",
+        "commit": commit(),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(),
+        "device": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "host": platform.node(),
+        "preset": preset,
+        "num_recycle": recycle,
+        "num_seqs": num,
+        "lengths": [len(r.sequence) for r in records],
+        "bucket_rule": buckets.BUCKET_RULE[:2],
+        "budget_s_per_mode": args.budget_s,
+        "peak_bytes_in_use": peak_bytes(),
+        "modes": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     tag = ("quick" if args.quick else "full" if args.full else "cpu-tiny") + (
-        "" if args.mode == "both" else f"-{args.mode}")
-    path = args.out / (f"buckets-{tag}-{device.device_kind.replace(' ', '_')}-"
-                       f"{_dt.date.today().strftime('%Y%m%d')}.json")
+        "" if args.mode == "both" else f"-{args.mode}"
+    )
+    path = args.out / (
+        f"buckets-{tag}-{device.device_kind.replace(' ', '_')}-{_dt.date.today().strftime('%Y%m%d')}.json"
+    )
     path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"wrote {path}")
     return 0

@@ -1,11 +1,11 @@
 """Dynamic axial parallelism benchmark: Evoformer stack forward and full inference, 1 vs N GPUs.
 
-    python bench/dap.py --n-res 1024 2048 --dap 1 2 [--blocks 48] [--dtype bfloat16] [--quick]
+    python -m bench.dap --n-res 1024 2048 --dap 1 2 [--blocks 48] [--dtype bfloat16] [--quick]
 
 For each N_res and DAP size: wall time (median of repeats after a compile/warm-up run), speedup and
 parallel efficiency against DAP 1 measured in the same run, and peak device memory per GPU (the compiled
 executable's memory analysis, and the allocator's peak where the backend reports it). Prints a table and
-writes `bench/results/dap-<device>-<date>.json` with the commit and device.
+writes `bench/results/dap-<device>-<UTC stamp>.json` with the commit and device.
 
 Prediction (full-size Evoformer block, N_seq 128, c_z 128, 4 heads x 32): the triangle updates cost
 2 x 2 N^3 c_z and the triangle attentions 2 x 2 x 2 N^3 (H c) FLOPs, ~13 TFLOP per block at N 2,048 and
@@ -17,41 +17,22 @@ all-to-alls move 4 pair slices (N^2 c_z / d bytes each) per block.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jaxfold.config import model_config  # noqa: E402
-from jaxfold.model.predict import predict  # noqa: E402
-from jaxfold.model.evoformer import evoformer_stack  # noqa: E402
-from jaxfold.model.stacks import apply_stack  # noqa: E402
-from jaxfold.model.init import dummy_features, init_params  # noqa: E402
-from jaxfold.parallel.dap import NO_DAP  # noqa: E402
-from jaxfold.parallel.mesh import dap_for_mesh, make_mesh  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).resolve().parents[1]).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from bench._common import RESULTS, device_kind, median, peak_bytes, print_header, record, timed, write_results
+from jaxfold.config import model_config
+from jaxfold.model.evoformer import evoformer_stack
+from jaxfold.model.init import dummy_features, init_params
+from jaxfold.model.predict import predict
+from jaxfold.model.stacks import apply_stack
+from jaxfold.parallel.dap import NO_DAP
+from jaxfold.parallel.mesh import dap_for_mesh, make_mesh
 
 
 class EvoformerStackOnly(nn.Module):
@@ -61,31 +42,16 @@ class EvoformerStackOnly(nn.Module):
     @nn.compact
     def __call__(self, msa, pair, msa_mask, pair_mask):
         c = self.config.model.embeddings_and_evoformer
-        stack = evoformer_stack(c.evoformer, self.config.model.global_config, c.evoformer_num_block, False, False,
-                                name="evoformer_iteration", dap=self.dap)
+        stack = evoformer_stack(
+            c.evoformer,
+            self.config.model.global_config,
+            c.evoformer_num_block,
+            False,
+            False,
+            name="evoformer_iteration",
+            dap=self.dap,
+        )
         return apply_stack(stack, self.dap, msa, pair, msa_mask, pair_mask)
-
-
-def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:
-    """(compile + first run seconds, list of steady-state seconds)."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return first, times
-
-
-def peak_bytes(devices) -> int | None:
-    peaks = []
-    for d in devices:
-        stats = d.memory_stats() if hasattr(d, "memory_stats") else None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) if peaks else None
 
 
 def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
@@ -99,8 +65,9 @@ def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
     msa_mask = jnp.ones((n_seq, n_res), dtype)
     pair_mask = jnp.ones((n_res, n_res), dtype)
     # Parameters do not depend on the DAP layout: initialise unsharded, outside shard_map.
-    params = jax.jit(EvoformerStackOnly(cfg, NO_DAP).init)(key, msa[:, :8], pair[:8, :8], msa_mask[:, :8],
-                                                           pair_mask[:8, :8])
+    params = jax.jit(EvoformerStackOnly(cfg, NO_DAP).init)(
+        key, msa[:, :8], pair[:8, :8], msa_mask[:, :8], pair_mask[:8, :8]
+    )
 
     def forward(p, msa, pair):
         return module.apply(p, msa, pair, msa_mask, pair_mask)
@@ -110,11 +77,19 @@ def stack_case(cfg, n_res, n_seq, dap_size, dtype, repeats):
     fn = jax.jit(forward)
     mem = fn.lower(params, msa, pair).compile().memory_analysis()
     first, times = timed(fn, params, msa, pair, repeats=repeats)
-    return {"what": "evoformer_stack_forward", "n_res": n_res, "n_seq": n_seq, "dap": dap_size,
-            "blocks": emb.evoformer_num_block, "dtype": str(jnp.dtype(dtype)),
-            "compile_and_first_s": first, "median_s": statistics.median(times), "times_s": times,
-            "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None),
-            "peak_bytes_per_device": peak_bytes(devices)}
+    return {
+        "what": "evoformer_stack_forward",
+        "n_res": n_res,
+        "n_seq": n_seq,
+        "dap": dap_size,
+        "blocks": emb.evoformer_num_block,
+        "dtype": str(jnp.dtype(dtype)),
+        "compile_and_first_s": first,
+        "median_s": median(times),
+        "times_s": times,
+        "temp_bytes_per_device": getattr(mem, "temp_size_in_bytes", None),
+        "peak_bytes_per_device": peak_bytes(devices),
+    }
 
 
 def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
@@ -122,8 +97,9 @@ def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
     devices = jax.devices()[:dap_size]
     mesh = make_mesh(f"{dap_size}x1", devices) if dap_size > 1 else None
     params = init_params(cfg, jax.random.PRNGKey(0))
-    features = dummy_features(cfg, num_res=n_res, num_seq=n_seq, num_extra=n_extra, num_templates=4,
-                              num_iterations=cfg.model.num_recycle + 1)
+    features = dummy_features(
+        cfg, num_res=n_res, num_seq=n_seq, num_extra=n_extra, num_templates=4, num_iterations=cfg.model.num_recycle + 1
+    )
     rng = np.random.default_rng(0)
     features["target_feat"][..., :] = rng.random(features["target_feat"].shape) < 0.05
     features["msa_feat"][...] = rng.random(features["msa_feat"].shape) < 0.05
@@ -132,10 +108,19 @@ def inference_case(cfg, n_res, n_seq, n_extra, dap_size, repeats):
         return predict(cfg, params, features, mesh=mesh, outputs="lean")
 
     first, times = timed(run, repeats=repeats)
-    return {"what": "full_inference", "n_res": n_res, "n_seq": n_seq, "n_extra": n_extra, "dap": dap_size,
-            "num_recycle": cfg.model.num_recycle, "dtype": cfg.model.global_config.dtype,
-            "compile_and_first_s": first, "median_s": statistics.median(times), "times_s": times,
-            "peak_bytes_per_device": peak_bytes(devices)}
+    return {
+        "what": "full_inference",
+        "n_res": n_res,
+        "n_seq": n_seq,
+        "n_extra": n_extra,
+        "dap": dap_size,
+        "num_recycle": cfg.model.num_recycle,
+        "dtype": cfg.model.global_config.dtype,
+        "compile_and_first_s": first,
+        "median_s": median(times),
+        "times_s": times,
+        "peak_bytes_per_device": peak_bytes(devices),
+    }
 
 
 def main(argv=None) -> int:
@@ -151,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny CPU smoke run (tiny preset, small N)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     preset = "tiny" if args.quick else "model_1_ptm"
@@ -159,10 +144,10 @@ def main(argv=None) -> int:
         args.n_res, args.n_seq, args.n_extra, args.repeats = [24], 8, 16, 1
     dap_sizes = [d for d in args.dap if d <= len(jax.devices())]
     skipped = sorted(set(args.dap) - set(dap_sizes))
-    device = jax.devices()[0].device_kind
+    device = device_kind()
     rows = []
     for n_res in args.n_res:
-        chunk = args.chunk_size or (0 if n_res <= 512 else max(16, 2 ** 17 // n_res))
+        chunk = args.chunk_size or (0 if n_res <= 512 else max(16, 2**17 // n_res))
         overrides = dict(dtype=args.dtype, chunk_size=chunk, num_recycle=args.num_recycle)
         if not args.quick:
             overrides["evoformer_num_block"] = args.blocks
@@ -179,14 +164,13 @@ def main(argv=None) -> int:
                 except Exception as err:  # noqa: BLE001  (one failing case must not lose the others)
                     row = {"what": case, "n_res": n_res, "dap": dap_size, "error": f"{type(err).__name__}: {err}"[:500]}
                 row["chunk_size"] = chunk
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
+                record(rows, row, hide=("times_s",))
 
     base = {(r["what"], r["n_res"]): r["median_s"] for r in rows if r.get("dap") == 1 and "median_s" in r}
-    print(f"\nDAP benchmark on {len(jax.devices())} x {device} ({preset}, {args.dtype}, N_seq {args.n_seq})")
-    header = f"{'what':<24}{'N_res':>6}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}{'peak GiB/GPU':>14}"
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"DAP benchmark on {len(jax.devices())} x {device} ({preset}, {args.dtype}, N_seq {args.n_seq})",
+        f"{'what':<24}{'N_res':>6}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}{'peak GiB/GPU':>14}",
+    )
     for r in rows:
         if "median_s" not in r:
             print(f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}  {r['error'][:80]}")
@@ -196,18 +180,24 @@ def main(argv=None) -> int:
         r["speedup_vs_dap1"] = speedup
         r["parallel_efficiency"] = speedup / r["dap"] if ref else float("nan")
         peak = r.get("peak_bytes_per_device") or r.get("temp_bytes_per_device")
-        print(f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}{r['median_s']:>10.3f}{speedup:>9.2f}"
-              f"{r['parallel_efficiency']:>8.2f}{(peak or 0) / 2**30:>14.2f}")
+        print(
+            f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}{r['median_s']:>10.3f}{speedup:>9.2f}"
+            f"{r['parallel_efficiency']:>8.2f}{(peak or 0) / 2**30:>14.2f}"
+        )
     if skipped:
         print(f"(not run: dap {skipped} — only {len(jax.devices())} device(s) here)")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"dap-{device.replace(' ', '_')}-{stamp}.json"
-    path.write_text(json.dumps({"commit": commit(), "device": device, "num_devices": len(jax.devices()),
-                                "jax": jax.__version__, "preset": preset, "args": vars(args), "rows": rows,
-                                "not_run_dap_sizes": skipped}, indent=1))
-    print(f"wrote {path}")
+    write_results(
+        args.out,
+        "dap",
+        {
+            "device": device,
+            "num_devices": len(jax.devices()),
+            "preset": preset,
+            "args": vars(args),
+            "rows": rows,
+            "not_run_dap_sizes": skipped,
+        },
+    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """Benchmark the fused Pallas kernels (attention, LayerNorm) against plain XLA and cuDNN.
 
-    python bench/kernels.py               # on a GPU: full run (~5 min on an H200), table + JSON
-    python bench/kernels.py --quick       # tiny shapes, CPU-friendly (Pallas interpret mode) smoke run
-    python bench/kernels.py --only sweep  # Pallas attention tile/launch sweep only (~2 min on an H200)
+    python -m bench.kernels               # on a GPU: full run (~5 min on an H200), table + JSON
+    python -m bench.kernels --quick       # tiny shapes, CPU-friendly (Pallas interpret mode) smoke run
+    python -m bench.kernels --only sweep  # Pallas attention tile/launch sweep only (~2 min on an H200)
 
 For every case and dtype (float32, bf16) and mode (forward, forward+backward) it records, per
 implementation ('pallas' = pallas_kernels, 'xla' = jaxfold's attention_core / layer_norm math in jnp,
@@ -23,7 +23,7 @@ Float32 runs use the default matmul precision (TF32 on GPU for XLA, cuDNN and th
 Every measurement is guarded: failures (unsupported shapes, OOM) are recorded as strings, and a global time
 budget (--budget-s) skips whatever is left rather than overrunning.
 
-Writes bench/results/kernels-<device>-<date>.json with the git commit (`git rev-parse HEAD` or
+Writes bench/results/kernels-<device>-<UTC stamp>.json with the git commit (`git rev-parse HEAD` or
 $JAXFOLD_COMMIT), device, jax version and all numbers.
 """
 
@@ -37,24 +37,26 @@ import json
 import math
 import os
 import platform
-import re
-import statistics
-import subprocess
-import sys
 import time
 import traceback
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from pallas_kernels import _compat  # noqa: E402
-from pallas_kernels import attention as pattn  # noqa: E402
-from pallas_kernels import layer_norm as pln  # noqa: E402
+from bench._common import (
+    Budget,
+    commit,
+    compile_with_temp,
+    device_info,
+    jaxlib_version,
+    print_header,
+    short_error,
+    time_compiled,
+    write_results,
+)
+from pallas_kernels import _compat
+from pallas_kernels import attention as pattn
+from pallas_kernels import layer_norm as pln
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -118,8 +120,11 @@ def attention_cases(quick: bool):
 def ln_cases(quick: bool):
     if quick:
         return [LNCase("pair", (16, 16, 128)), LNCase("msa", (8, 16, 256)), LNCase("odd384", (5, 7, 384))]
-    return [LNCase("pair 256", (256, 256, 128)), LNCase("pair 768", (768, 768, 128)),
-            LNCase("msa 512x1024", (512, 1024, 256))]
+    return [
+        LNCase("pair 256", (256, 256, 128)),
+        LNCase("pair 768", (768, 768, 128)),
+        LNCase("msa 512x1024", (512, 1024, 256)),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -127,96 +132,22 @@ def ln_cases(quick: bool):
 # ------------------------------------------------------------------------------------------------------
 
 
-class Budget:
-    def __init__(self, seconds: float):
-        self.t0 = time.perf_counter()
-        self.seconds = seconds
-
-    def elapsed(self):
-        return time.perf_counter() - self.t0
-
-    def left(self):
-        return self.seconds - self.elapsed()
-
-
-def _short_error(e: BaseException) -> str:
-    msg = f"{type(e).__name__}: {e}"
-    msg = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
-    if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower():
-        return "OOM: " + msg[:200]
-    return msg[:300]
-
-
-def _time_compiled(fn, args, quick: bool):
-    """Median seconds per call of an already compiled function."""
-    jax.block_until_ready(fn(*args))  # first call (also pays any autotuning)
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    t1 = max(time.perf_counter() - t0, 1e-6)
-    if quick:
-        inner, samples = 1, 2
-    else:
-        # Keep the GPU busy for ~0.25 s first: it idles (and clocks down) while the host compiles.
-        n_warm = int(min(2000, max(2, 0.25 / t1)))
-        out = None
-        for _ in range(n_warm):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        inner = int(min(50, max(1, math.ceil(2e-3 / t1))))
-        samples = int(min(10, max(5, 0.4 / (t1 * inner))))
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times), {"inner": inner, "samples": samples}
-
-
-def _compile(f, args):
-    compiled = jax.jit(f).lower(*args).compile()
-    temp = None
-    try:
-        ma = compiled.memory_analysis()
-        if ma is not None:
-            temp = int(ma.temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - some backends have no memory analysis
-        pass
-    return compiled, temp
+def _copy_forward_errors(rows):
+    """A forward row's output error is that of the fwd+bwd run of the same impl/dtype (which computes it)."""
+    for r in rows:
+        if r["mode"] == "fwd" and "err_out" not in r:
+            twin = next(
+                (x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"] and x["dtype"] == r["dtype"]),
+                None,
+            )
+            if twin is not None and "err_out" in twin:
+                r["err_out"] = twin["err_out"]
 
 
 def _max_abs(a, b):
     if a is None or b is None:
         return None
     return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
-
-
-def _device_info():
-    d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": getattr(d, "device_kind", str(d)),
-            "num_devices": jax.device_count()}
-
-
-def _jaxlib_version():
-    try:
-        import jaxlib  # noqa: PLC0415
-
-        return getattr(jaxlib, "__version__", None)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _git_commit():
-    env = os.environ.get("JAXFOLD_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -228,7 +159,7 @@ def _attention_inputs(case: AttnCase, seed: int = 0):
     """float32 arrays with bf16-representable values, plus the AlphaFold mask bias and key lengths."""
     ks = jax.random.split(jax.random.key(seed), 6)
     rb = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
-    q = rb(jax.random.normal(ks[0], (case.b, case.q, case.h, case.c)) * case.c ** -0.5)
+    q = rb(jax.random.normal(ks[0], (case.b, case.q, case.h, case.c)) * case.c**-0.5)
     k = rb(jax.random.normal(ks[1], (case.b, case.k, case.h, case.c)))
     v = rb(jax.random.normal(ks[2], (case.b, case.k, case.h, case.c)))
     # Padding-style key masks (a valid prefix of 90-100% of the keys), as AlphaFold's masks are; every row
@@ -258,7 +189,7 @@ def _model_fn(kind: str):
         XLA_SOURCE[kind] = "jaxfold.model.primitives.layer_norm(kernels='xla')"
         return lambda x, s, o, eps: layer_norm(x, s, o, eps, kernels="xla")
     except Exception as e:  # noqa: BLE001
-        XLA_SOURCE[kind] = f"pallas_kernels reference (jaxfold import failed: {_short_error(e)})"
+        XLA_SOURCE[kind] = f"pallas_kernels reference (jaxfold import failed: {short_error(e)})"
         print(f"warning: {XLA_SOURCE[kind]}")
         return pattn.attention_reference if kind == "attention" else pln.layer_norm_reference
 
@@ -273,8 +204,15 @@ def _attention_impls():
         return attention_core(q, k, v, bias, pb)
 
     def cudnn(q, k, v, bias, pb, lens):
-        return jax.nn.dot_product_attention(q, k, v, bias=None if pb is None else pb[None], scale=1.0,
-                                            key_value_seq_lengths=lens, implementation="cudnn")
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            bias=None if pb is None else pb[None],
+            scale=1.0,
+            key_value_seq_lengths=lens,
+            implementation="cudnn",
+        )
 
     return {"pallas": pallas, "xla": xla, "cudnn": cudnn}
 
@@ -304,13 +242,15 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
     try:
         _, ref_fb = _attention_fns(impls["xla"], case.pair)
         with jax.default_matmul_precision("highest"):
-            ref_c, _ = _compile(ref_fb, (base["q"], base["k"], base["v"], base["bias"], base["pb"], base["lens"],
-                                         base["do"]))
-            ref = jax.block_until_ready(ref_c(base["q"], base["k"], base["v"], base["bias"], base["pb"],
-                                              base["lens"], base["do"]))
+            ref_c, _ = compile_with_temp(
+                ref_fb, (base["q"], base["k"], base["v"], base["bias"], base["pb"], base["lens"], base["do"])
+            )
+            ref = jax.block_until_ready(
+                ref_c(base["q"], base["k"], base["v"], base["bias"], base["pb"], base["lens"], base["do"])
+            )
         del ref_c
     except Exception as e:  # noqa: BLE001
-        log(f"  reference failed: {_short_error(e)}")
+        log(f"  reference failed: {short_error(e)}")
     grad_names = ["dq", "dk", "dv"] + (["dpair"] if case.pair else [])
     for dname in dtypes:
         dt = DTYPES[dname]
@@ -320,8 +260,7 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
         for iname in impl_names:
             fwd, fwdbwd = _attention_fns(impls[iname], case.pair)
             for mode in ("fwd", "fwd+bwd"):
-                row = dict(kind="attention", case=case.name, shape=case.shape_str(), dtype=dname, mode=mode,
-                           impl=iname)
+                row = dict(kind="attention", case=case.name, shape=case.shape_str(), dtype=dname, mode=mode, impl=iname)
                 rows.append(row)
                 if budget.left() <= 0:
                     row["error"] = "skipped: time budget"
@@ -329,9 +268,9 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
                 t_start = time.perf_counter()
                 try:
                     f, a = (fwd, args) if mode == "fwd" else (fwdbwd, args + (do,))
-                    compiled, temp = _compile(f, a)
+                    compiled, temp = compile_with_temp(f, a)
                     row["temp_bytes"] = temp
-                    sec, meta = _time_compiled(compiled, a, quick)
+                    sec, meta = time_compiled(compiled, a, quick)
                     row.update(time_ms=sec * 1e3, **meta)
                     flops = case.fwd_flops() * (1.0 if mode == "fwd" else 3.5)
                     row["tflops"] = flops / sec / 1e12
@@ -339,25 +278,20 @@ def bench_attention(case: AttnCase, budget: Budget, quick: bool, impl_names, dty
                         out, grads = compiled(*a)
                         row["err_out"] = _max_abs(out, ref[0])
                         row["err_grads"] = {n: _max_abs(g, r) for n, g, r in zip(grad_names, grads, ref[1])}
-                        row["ref_max_abs"] = {"out": float(jnp.max(jnp.abs(ref[0]))),
-                                              **{n: float(jnp.max(jnp.abs(r))) for n, r in zip(grad_names,
-                                                                                             ref[1])}}
+                        row["ref_max_abs"] = {
+                            "out": float(jnp.max(jnp.abs(ref[0]))),
+                            **{n: float(jnp.max(jnp.abs(r))) for n, r in zip(grad_names, ref[1])},
+                        }
                         del out, grads
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = ("unsupported: " if iname == "cudnn" else "") + _short_error(e)
+                    row["error"] = ("unsupported: " if iname == "cudnn" else "") + short_error(e)
                     if os.environ.get("JAXFOLD_BENCH_TRACEBACK"):
                         traceback.print_exc()
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
                 log("  " + _fmt_row(row))
                 gc.collect()
-    # Fill error columns for the forward rows from the fwd+bwd run of the same impl/dtype.
-    for r in rows:
-        if r["mode"] == "fwd" and "err_out" not in r:
-            twin = next((x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"]
-                         and x["dtype"] == r["dtype"]), None)
-            if twin is not None and "err_out" in twin:
-                r["err_out"] = twin["err_out"]
+    _copy_forward_errors(rows)
     del ref, base
     gc.collect()
     return rows
@@ -378,20 +312,23 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
     scale = 1.0 + 0.1 * jax.random.normal(ks[1], (c,))
     offset = 0.1 * jax.random.normal(ks[2], (c,))
     dy0 = rb(jax.random.normal(ks[3], case.shape))
-    impls = {"pallas": lambda x, s, o: pln.layer_norm(x, s, o, 1e-5),
-             "xla": lambda x, s, o: model_layer_norm(x, s, o, 1e-5)}
+    impls = {
+        "pallas": lambda x, s, o: pln.layer_norm(x, s, o, 1e-5),
+        "xla": lambda x, s, o: model_layer_norm(x, s, o, 1e-5),
+    }
 
     def fwdbwd_of(fn):
         def f(x, s, o, dy):
             y, vjp = jax.vjp(fn, x, s, o)
             return y, vjp(dy)
+
         return f
 
     ref = None
     try:
         ref = jax.jit(fwdbwd_of(impls["xla"]))(x0, scale, offset, dy0)
     except Exception as e:  # noqa: BLE001
-        log(f"  reference failed: {_short_error(e)}")
+        log(f"  reference failed: {short_error(e)}")
     n_el = math.prod(case.shape)
     for dname in dtypes:
         dt = DTYPES[dname]
@@ -399,8 +336,9 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
         item = jnp.dtype(dt).itemsize
         for iname, fn in impls.items():
             for mode in ("fwd", "fwd+bwd"):
-                row = dict(kind="layer_norm", case=case.name, shape=case.shape_str(), dtype=dname, mode=mode,
-                           impl=iname)
+                row = dict(
+                    kind="layer_norm", case=case.name, shape=case.shape_str(), dtype=dname, mode=mode, impl=iname
+                )
                 rows.append(row)
                 if budget.left() <= 0:
                     row["error"] = "skipped: time budget"
@@ -408,31 +346,27 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
                 t_start = time.perf_counter()
                 try:
                     f, a = (fn, (x, scale, offset)) if mode == "fwd" else (fwdbwd_of(fn), (x, scale, offset, dy))
-                    compiled, temp = _compile(f, a)
+                    compiled, temp = compile_with_temp(f, a)
                     row["temp_bytes"] = temp
-                    sec, meta = _time_compiled(compiled, a, quick)
+                    sec, meta = time_compiled(compiled, a, quick)
                     row.update(time_ms=sec * 1e3, **meta)
                     nbytes = n_el * item * (2 if mode == "fwd" else 5)
                     row["gbps"] = nbytes / sec / 1e9
                     if ref is not None and mode == "fwd+bwd":
                         y, grads = compiled(*a)
                         row["err_out"] = _max_abs(y, ref[0])
-                        row["err_grads"] = {n: _max_abs(g, r) for n, g, r in zip(["dx", "dscale", "doffset"],
-                                                                               grads, ref[1])}
+                        row["err_grads"] = {
+                            n: _max_abs(g, r) for n, g, r in zip(["dx", "dscale", "doffset"], grads, ref[1])
+                        }
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = _short_error(e)
+                    row["error"] = short_error(e)
                     if os.environ.get("JAXFOLD_BENCH_TRACEBACK"):
                         traceback.print_exc()
                 row["wall_s"] = round(time.perf_counter() - t_start, 2)
                 log("  " + _fmt_row(row))
                 gc.collect()
-    for r in rows:
-        if r["mode"] == "fwd" and "err_out" not in r:
-            twin = next((x for x in rows if x["mode"] == "fwd+bwd" and x["impl"] == r["impl"]
-                         and x["dtype"] == r["dtype"]), None)
-            if twin is not None and "err_out" in twin:
-                r["err_out"] = twin["err_out"]
+    _copy_forward_errors(rows)
     return rows
 
 
@@ -441,25 +375,29 @@ def bench_layer_norm(case: LNCase, budget: Budget, quick: bool, dtypes, log):
 # ------------------------------------------------------------------------------------------------------
 
 
-FWD_SWEEP = [dict(),  # the defaults
-             dict(block_q=128, block_k=64),
-             dict(block_q=128, block_k=32),
-             dict(block_q=64, block_k=32),
-             dict(num_warps=8),
-             dict(num_stages=4),
-             dict(num_stages=2)]
-BWD_SWEEP = [dict(),  # the defaults
-             dict(bwd_blocks=dict(dkdv_q=32, dkdv_k=128)),
-             dict(bwd_blocks=dict(dkdv_q=64, dkdv_k=128)),
-             dict(bwd_blocks=dict(dkdv_q=32, dkdv_k=64)),
-             dict(bwd_blocks=dict(dq_q=128, dq_k=32)),
-             dict(bwd_blocks=dict(dq_q=128, dq_k=64)),
-             dict(bwd_blocks=dict(dq_q=64, dq_k=32)),
-             dict(bwd_blocks=dict(dp_q=128, dp_k=64)),
-             dict(bwd_blocks=dict(dp_q=64, dp_k=128)),
-             dict(bwd_blocks=dict(dp_q=32, dp_k=64)),
-             dict(num_stages_bwd=4),
-             dict(num_warps_bwd=8)]
+FWD_SWEEP = [
+    dict(),  # the defaults
+    dict(block_q=128, block_k=64),
+    dict(block_q=128, block_k=32),
+    dict(block_q=64, block_k=32),
+    dict(num_warps=8),
+    dict(num_stages=4),
+    dict(num_stages=2),
+]
+BWD_SWEEP = [
+    dict(),  # the defaults
+    dict(bwd_blocks=dict(dkdv_q=32, dkdv_k=128)),
+    dict(bwd_blocks=dict(dkdv_q=64, dkdv_k=128)),
+    dict(bwd_blocks=dict(dkdv_q=32, dkdv_k=64)),
+    dict(bwd_blocks=dict(dq_q=128, dq_k=32)),
+    dict(bwd_blocks=dict(dq_q=128, dq_k=64)),
+    dict(bwd_blocks=dict(dq_q=64, dq_k=32)),
+    dict(bwd_blocks=dict(dp_q=128, dp_k=64)),
+    dict(bwd_blocks=dict(dp_q=64, dp_k=128)),
+    dict(bwd_blocks=dict(dp_q=32, dp_k=64)),
+    dict(num_stages_bwd=4),
+    dict(num_warps_bwd=8),
+]
 
 
 def sweep_attention(cases, budget: Budget, quick: bool, log):
@@ -481,20 +419,22 @@ def sweep_attention(cases, budget: Budget, quick: bool, log):
                 row = dict(kind="sweep", case=case.name, shape=case.shape_str(), dtype="bf16", mode=mode, config=cfg)
                 try:
                     f, a = (fwd, args) if mode == "fwd" else (fwdbwd, args + (do,))
-                    compiled, _ = _compile(f, a)
-                    sec, _ = _time_compiled(compiled, a, quick)
+                    compiled, _ = compile_with_temp(f, a)
+                    sec, _ = time_compiled(compiled, a, quick)
                     row["time_ms"] = sec * 1e3
                     del compiled
                 except Exception as e:  # noqa: BLE001
-                    row["error"] = _short_error(e)
+                    row["error"] = short_error(e)
                 rows.append(row)
                 ms = row.get("time_ms", float("nan"))
                 log(f"  sweep {case.name:24s} {mode:7s} {json.dumps(cfg):85s} {ms:8.3f} ms  {row.get('error', '')}")
             ok = [r for r in rows if r["case"] == case.name and r["mode"] == mode and "time_ms" in r]
             if ok:
                 best = min(ok, key=lambda r: r["time_ms"])
-                log(f"  best {mode} for {case.name}: {json.dumps(best['config'])} {best['time_ms']:.3f} ms "
-                    f"(default {ok[0]['time_ms']:.3f} ms)")
+                log(
+                    f"  best {mode} for {case.name}: {json.dumps(best['config'])} {best['time_ms']:.3f} ms "
+                    f"(default {ok[0]['time_ms']:.3f} ms)"
+                )
         gc.collect()
     return rows
 
@@ -508,12 +448,22 @@ def bench_copy_ceiling(budget: Budget, quick: bool, log):
     """Measured device copy bandwidth (read + write of a large buffer): the ceiling LayerNorm GB/s is judged by."""
     n = (1 << 16) if quick else (1 << 28)  # 1 GiB of float32 on a GPU
     x = jnp.ones((n,), jnp.float32)
-    compiled, _ = _compile(lambda a: a * 1.0001, (x,))
-    seconds, meta = _time_compiled(compiled, (x,), quick)
+    compiled, _ = compile_with_temp(lambda a: a * 1.0001, (x,))
+    seconds, meta = time_compiled(compiled, (x,), quick)
     gbps = 2 * x.nbytes / seconds / 1e9
     log(f"copy ceiling: {gbps:.0f} GB/s")
-    return {"kind": "copy_ceiling", "case": "copy_ceiling", "shape": f"{n}", "dtype": "fp32", "mode": "fwd", "impl": "xla",
-            "bytes": 2 * x.nbytes, "time_ms": seconds * 1e3, "gbps": gbps, **meta}
+    return {
+        "kind": "copy_ceiling",
+        "case": "copy_ceiling",
+        "shape": f"{n}",
+        "dtype": "fp32",
+        "mode": "fwd",
+        "impl": "xla",
+        "bytes": 2 * x.nbytes,
+        "time_ms": seconds * 1e3,
+        "gbps": gbps,
+        **meta,
+    }
 
 
 def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
@@ -535,11 +485,21 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
         results = {}
         for kernels in ("xla", "pallas"):
             if budget.left() <= 0:
-                rows.append({"kind": "evoformer_block", "case": "evoformer_block", "shape": "", "dtype": dtype,
-                             "mode": "fwd+bwd", "impl": kernels, "error": "skipped: budget"})
+                rows.append(
+                    {
+                        "kind": "evoformer_block",
+                        "case": "evoformer_block",
+                        "shape": "",
+                        "dtype": dtype,
+                        "mode": "fwd+bwd",
+                        "impl": kernels,
+                        "error": "skipped: budget",
+                    }
+                )
                 continue
-            cfg = model_config("model_1_ptm", kernels=kernels, dtype="bfloat16" if dtype == "bf16" else "float32",
-                               zero_init=False)
+            cfg = model_config(
+                "model_1_ptm", kernels=kernels, dtype="bfloat16" if dtype == "bf16" else "float32", zero_init=False
+            )
             block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
             if params is None:
                 params = block.init(key, (msa, pair), msa_mask, pair_mask)
@@ -549,15 +509,21 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
                 return jnp.sum(m.astype(jnp.float32) ** 2) + jnp.sum(z.astype(jnp.float32) ** 2)
 
             fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
-            row = {"kind": "evoformer_block", "case": "evoformer_block", "shape": f"N_seq={n_seq} N_res={n_res}",
-                   "dtype": dtype, "mode": "fwd+bwd", "impl": kernels}
+            row = {
+                "kind": "evoformer_block",
+                "case": "evoformer_block",
+                "shape": f"N_seq={n_seq} N_res={n_res}",
+                "dtype": dtype,
+                "mode": "fwd+bwd",
+                "impl": kernels,
+            }
             try:
-                compiled, temp = _compile(fn, (params, msa, pair))
-                seconds, meta = _time_compiled(compiled, (params, msa, pair), quick)
+                compiled, temp = compile_with_temp(fn, (params, msa, pair))
+                seconds, meta = time_compiled(compiled, (params, msa, pair), quick)
                 row.update(time_ms=seconds * 1e3, temp_bytes=temp, **meta)
                 results[kernels] = compiled(params, msa, pair)
             except Exception as e:  # noqa: BLE001  (record, keep going)
-                row["error"] = _short_error(e)
+                row["error"] = short_error(e)
             rows.append(row)
             log(f"evoformer block {dtype} {kernels}: {row.get('time_ms', row.get('error'))}")
         if len(results) == 2:
@@ -580,23 +546,34 @@ def _fmt_row(r):
         gerr = max((g for g in grads.values() if g is not None), default=None)
         temp = r.get("temp_bytes")
         temp_mib = temp / 2**20 if temp is not None else None
-        tail = (f"{_fmt(r.get('time_ms'), '9.3f')} ms {thr}  temp {_fmt(temp_mib, '9.1f')} MiB"
-                f"  err out {_fmt(r.get('err_out'), '.2e')} grads {_fmt(gerr, '.2e')}")
+        tail = (
+            f"{_fmt(r.get('time_ms'), '9.3f')} ms {thr}  temp {_fmt(temp_mib, '9.1f')} MiB"
+            f"  err out {_fmt(r.get('err_out'), '.2e')} grads {_fmt(gerr, '.2e')}"
+        )
     return f"{r['case']:24s} {r['dtype']:4s} {r['mode']:7s} {r['impl']:6s} {tail}"
 
 
 def print_table(rows, device):
-    print()
-    print(f"device: {device['device_kind']} ({device['platform']}), jax {jax.__version__}")
-    hdr = (f"{'case':24s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
-           f"{'TF/s|GB/s':>9s} {'temp MiB':>9s} {'err out':>8s} {'err grad':>8s}")
-    print(hdr)
-    print("-" * len(hdr))
+    print_header(
+        f"device: {device['device_kind']} ({device['platform']}), jax {jax.__version__}",
+        f"{'case':24s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
+        f"{'TF/s|GB/s':>9s} {'temp MiB':>9s} {'err out':>8s} {'err grad':>8s}",
+    )
     for r in rows:
         if r["kind"] == "sweep":
             continue
-        xla = next((x for x in rows if x["kind"] == r["kind"] and x["case"] == r["case"] and x["dtype"] == r["dtype"]
-                    and x["mode"] == r["mode"] and x["impl"] == "xla"), None)
+        xla = next(
+            (
+                x
+                for x in rows
+                if x["kind"] == r["kind"]
+                and x["case"] == r["case"]
+                and x["dtype"] == r["dtype"]
+                and x["mode"] == r["mode"]
+                and x["impl"] == "xla"
+            ),
+            None,
+        )
         if "error" in r:
             print(f"{r['case']:24s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} {r['error'][:80]}")
             continue
@@ -606,30 +583,47 @@ def print_table(rows, device):
         temp = r.get("temp_bytes")
         grads = r.get("err_grads") or {}
         gerr = max((g for g in grads.values() if g is not None), default=None)
-        print(f"{r['case']:24s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} "
-              f"{_fmt(r.get('time_ms'), '9.3f')} {(_fmt(ratio, '6.2f') + 'x') if ratio else '      -'} "
-              f"{_fmt(thr, '9.1f')} {_fmt(temp / 2**20 if temp is not None else None, '9.1f')} "
-              f"{_fmt(r.get('err_out'), '8.1e')} {_fmt(gerr, '8.1e')}")
-    print("speedup 'vs xla' = XLA time / this time (higher is better). TF/s: model matmul FLOPs "
-          "(bwd = 2.5x fwd). GB/s: compulsory bytes. err: max abs vs float32 'highest' reference.")
+        print(
+            f"{r['case']:24s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} "
+            f"{_fmt(r.get('time_ms'), '9.3f')} {(_fmt(ratio, '6.2f') + 'x') if ratio else '      -'} "
+            f"{_fmt(thr, '9.1f')} {_fmt(temp / 2**20 if temp is not None else None, '9.1f')} "
+            f"{_fmt(r.get('err_out'), '8.1e')} {_fmt(gerr, '8.1e')}"
+        )
+    print(
+        "speedup 'vs xla' = XLA time / this time (higher is better). TF/s: model matmul FLOPs "
+        "(bwd = 2.5x fwd). GB/s: compulsory bytes. err: max abs vs float32 'highest' reference."
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU / interpret-mode smoke run)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="stop starting new measurements after this many seconds (default 330; quick: 900)")
-    ap.add_argument("--only", choices=["attention", "layer_norm", "block", "all", "sweep"], default="all",
-                    help="'sweep': only the Pallas attention tile sweep")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting new measurements after this many seconds (default 330; quick: 900)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=["attention", "layer_norm", "block", "all", "sweep"],
+        default="all",
+        help="'sweep': only the Pallas attention tile sweep",
+    )
     ap.add_argument("--dtypes", default="bf16,fp32")
     ap.add_argument("--impls", default="pallas,xla,cudnn")
-    ap.add_argument("--sweep", action="store_true",
-                    help="also run a short Pallas tile sweep at the end (--only sweep: the full sweep alone)")
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-<device>-<date>.json)")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also run a short Pallas tile sweep at the end (--only sweep: the full sweep alone)",
+    )
+    ap.add_argument(
+        "--out", default=None, help="JSON file or folder (default bench/results/kernels-<device>-<UTC stamp>.json)"
+    )
     args = ap.parse_args(argv)
 
     budget = Budget(args.budget_s if args.budget_s is not None else (900.0 if args.quick else 330.0))
-    device = _device_info()
+    device = device_info()
     dtypes = [d for d in args.dtypes.split(",") if d]
     impl_names = [i for i in args.impls.split(",") if i]
     if not _compat.on_gpu() and "cudnn" in impl_names and not args.quick:
@@ -638,8 +632,10 @@ def main(argv=None):
     def log(msg):
         print(f"[{budget.elapsed():6.1f}s] {msg}", flush=True)
 
-    log(f"jax {jax.__version__} on {device['device_kind']} ({device['platform']}); pallas interpret="
-        f"{_compat.resolve_interpret(None)}; quick={args.quick}")
+    log(
+        f"jax {jax.__version__} on {device['device_kind']} ({device['platform']}); pallas interpret="
+        f"{_compat.resolve_interpret(None)}; quick={args.quick}"
+    )
     rows = []
     if args.only in ("attention", "all"):
         for case in attention_cases(args.quick):
@@ -670,10 +666,10 @@ def main(argv=None):
 
     print_table(rows, device)
     result = {
-        "commit": _git_commit(),
+        "commit": commit(),
         "device": device,
         "jax_version": jax.__version__,
-        "jaxlib_version": _jaxlib_version(),
+        "jaxlib_version": jaxlib_version(),
         "python": platform.python_version(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -683,17 +679,9 @@ def main(argv=None):
         "rows": rows,
         "sweep": sweep,
     }
-    if args.out:
-        out = Path(args.out)
-    else:
-        dev = re.sub(r"[^A-Za-z0-9._-]+", "-", device["device_kind"]).strip("-") or device["platform"]
-        stamp = _dt.datetime.now().strftime("%Y%m%d")
-        out = ROOT / "bench" / "results" / f"kernels-{dev}-{stamp}{'-quick' if args.quick else ''}.json"
-        if out.exists():
-            out = out.with_name(out.stem + _dt.datetime.now().strftime("-%H%M%S") + ".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
+    write_results(
+        args.out, "kernels", result, suffix="-quick" if args.quick else "", note=f" ({budget.elapsed():.0f}s)"
+    )
     return result
 
 

@@ -1,8 +1,8 @@
 """Long chains: memory and time of the pair embedding and the structure module, whole-array vs chunked.
 
-    python bench/long_chain_embed_sm.py                 # GPU plan: N = 2048, 4096, 8192, 10240; chunk 0 vs 64
-    python bench/long_chain_embed_sm.py --n 4096 --chunk 32 128
-    python bench/long_chain_embed_sm.py --quick         # CPU smoke run: N = 96, chunk 0 vs 16 (seconds)
+    python -m bench.long_chain_embed_sm                 # GPU plan: N = 2048, 4096, 8192, 10240; chunk 0 vs 64
+    python -m bench.long_chain_embed_sm --n 4096 --chunk 32 128
+    python -m bench.long_chain_embed_sm --quick         # CPU smoke run: N = 96, chunk 0 vs 16 (seconds)
 
 Cases (model_1_ptm widths, activations bfloat16, each in its own process with
 `XLA_PYTHON_CLIENT_PREALLOCATE=false` so `peak_bytes_in_use` is that case's alone):
@@ -19,31 +19,30 @@ Expected (written before measuring): at N=8192 the bf16 pair is 17.2 GB. Whole-a
 [N, N, 128] sums (34 GB each) and a [N, N, 65] one-hot; whole-array structure module a 34 GB f32 pair copy,
 its layer norm, and 13 GB of IPA point distances: both should fail or nearly fail at 8192 on 80 GB, while
 the chunked ones stay at one pair (+ the donated input for embed) + O(chunk * N) temporaries.
-Writes bench/results/long-chain-embed-sm-<device>-<stamp>.json with the commit and device.
+Writes bench/results/long-chain-embed-sm-<device>-<UTC stamp>.json with the commit and device.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=REPO).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from bench._common import (
+    RESULTS,
+    cell,
+    device_kind,
+    is_oom,
+    last_json_line,
+    median,
+    peak_bytes,
+    print_header,
+    record,
+    run_module,
+    timed,
+    write_results,
+)
 
 
 def embed_case(num_res: int, chunk: int):
@@ -67,18 +66,22 @@ def embed_case(num_res: int, chunk: int):
     def make_batch(n: int) -> dict:
         rng = np.random.default_rng(0)
         aatype = rng.integers(0, 20, n)
-        return {"target_feat": jax.nn.one_hot(aatype + 1, 22),
-                "msa_feat": jnp.asarray(rng.random((4, n, 49)), jnp.float32),
-                "residue_index": jnp.arange(n), "aatype": jnp.asarray(aatype),
-                "prev_pos": jnp.asarray(rng.normal(0, 30, (n, 37, 3)), jnp.float32),
-                "prev_msa_first_row": jnp.asarray(rng.normal(size=(n, c.msa_channel)), jnp.float32)}
+        return {
+            "target_feat": jax.nn.one_hot(aatype + 1, 22),
+            "msa_feat": jnp.asarray(rng.random((4, n, 49)), jnp.float32),
+            "residue_index": jnp.arange(n),
+            "aatype": jnp.asarray(aatype),
+            "prev_pos": jnp.asarray(rng.normal(0, 30, (n, 37, 3)), jnp.float32),
+            "prev_msa_first_row": jnp.asarray(rng.normal(size=(n, c.msa_channel)), jnp.float32),
+        }
 
     batch = make_batch(num_res)
     prev_pair = jax.jit(lambda k: jax.random.normal(k, (num_res, num_res, c.pair_channel), jnp.bfloat16))
     module = Embed()
     # Parameters do not depend on N: initialise on 8 residues.
-    params = module.init(jax.random.PRNGKey(0), dict(make_batch(8), prev_pair=jnp.zeros((8, 8, c.pair_channel),
-                                                                                         jnp.bfloat16)))
+    params = module.init(
+        jax.random.PRNGKey(0), dict(make_batch(8), prev_pair=jnp.zeros((8, 8, c.pair_channel), jnp.bfloat16))
+    )
 
     def apply(params, prev_pair, batch):
         return module.apply(params, dict(batch, prev_pair=prev_pair))
@@ -113,62 +116,57 @@ def sm_case(num_res: int, chunk: int):
 
 
 def run_case(kind: str, num_res: int, chunk: int, repeats: int) -> dict:
-    import jax
-
-    row = {"kind": kind, "n_res": num_res, "chunk": chunk, "device": jax.devices()[0].device_kind}
+    row = {"kind": kind, "n_res": num_res, "chunk": chunk, "device": device_kind()}
     try:
         fn, make_args = (embed_case if kind == "embed" else sm_case)(num_res, chunk)
         args = make_args()
         compiled = fn.lower(*args).compile()
         mem = compiled.memory_analysis()
         if mem is not None:
-            row["temp_gib"] = mem.temp_size_in_bytes / 2 ** 30
-            row["arg_gib"] = mem.argument_size_in_bytes / 2 ** 30
-            row["out_gib"] = mem.output_size_in_bytes / 2 ** 30
-            row["alias_gib"] = mem.alias_size_in_bytes / 2 ** 30
-        times = []
-        for i in range(repeats + 1):
-            args = make_args() if i else args
-            jax.block_until_ready(args)
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            if i:  # the first call is a warm-up
-                times.append(time.perf_counter() - start)
-        row["time_s"] = statistics.median(times)
+            row["temp_gib"] = mem.temp_size_in_bytes / 2**30
+            row["arg_gib"] = mem.argument_size_in_bytes / 2**30
+            row["out_gib"] = mem.output_size_in_bytes / 2**30
+            row["alias_gib"] = mem.alias_size_in_bytes / 2**30
+        # The first call is a warm-up; every call gets fresh (donated) arguments, made before the clock starts.
+        _, times = timed(compiled, *args, repeats=repeats, fresh_args=make_args)
+        row["time_s"] = median(times)
         row["status"] = "ok"
     except Exception as err:  # noqa: BLE001  (out of memory is a result here)
         text = f"{type(err).__name__}: {err}"
-        row["status"] = "oom" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else "error"
+        row["status"] = "oom" if is_oom(text) else "error"
         row["error"] = text[:400]
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+    peak = peak_bytes()
+    if peak is not None:
+        row["peak_gib"] = peak / 2**30
     return row
 
 
 def spawn(kind: str, num_res: int, chunk: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--n", str(num_res), "--chunk", str(chunk),
-           "--repeats", str(args.repeats)]
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=str(REPO))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        proc = run_module(
+            "long_chain_embed_sm",
+            ["--one", kind, "--n", str(num_res), "--chunk", str(chunk), "--repeats", str(args.repeats)],
+            timeout=args.timeout,
+            env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        )
     except subprocess.TimeoutExpired:
         return {"kind": kind, "n_res": num_res, "chunk": chunk, "status": "timeout"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if lines:
-        return json.loads(lines[-1])
+    row = last_json_line(proc.stdout)
+    if row is not None:
+        return row
     return {"kind": kind, "n_res": num_res, "chunk": chunk, "status": "crashed", "error": proc.stderr[-600:]}
 
 
 def print_table(rows, device: str) -> None:
-    print(f"\nPair embedding and structure module on {device} (model_1_ptm widths, bf16 pair)")
-    header = (f"{'kind':<6}{'N':>7}{'chunk':>7}{'status':>8}{'temp GiB':>10}{'args GiB':>10}{'peak GiB':>10}"
-              f"{'time s':>9}{'temp x':>8}{'peak x':>8}{'time x':>8}")
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"Pair embedding and structure module on {device} (model_1_ptm widths, bf16 pair)",
+        f"{'kind':<6}{'N':>7}{'chunk':>7}{'status':>8}{'temp GiB':>10}{'args GiB':>10}{'peak GiB':>10}"
+        f"{'time s':>9}{'temp x':>8}{'peak x':>8}{'time x':>8}",
+    )
     base = {(r["kind"], r["n_res"]): r for r in rows if r["chunk"] == 0}
-    def f(r, key, fmt="{:.3f}"):
-        return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
+
+    def f(r, key):
+        return cell(r.get(key), ".3f")
 
     def ratio(r, key):
         b = base.get((r["kind"], r["n_res"]), {})
@@ -176,9 +174,11 @@ def print_table(rows, device: str) -> None:
         return f"{r[key] / b[key]:.3f}" if ok else "-"
 
     for r in rows:
-        print(f"{r['kind']:<6}{r['n_res']:>7}{r['chunk']:>7}{r['status']:>8}{f(r, 'temp_gib'):>10}"
-              f"{f(r, 'arg_gib'):>10}{f(r, 'peak_gib'):>10}{f(r, 'time_s'):>9}{ratio(r, 'temp_gib'):>8}"
-              f"{ratio(r, 'peak_gib'):>8}{ratio(r, 'time_s'):>8}")
+        print(
+            f"{r['kind']:<6}{r['n_res']:>7}{r['chunk']:>7}{r['status']:>8}{f(r, 'temp_gib'):>10}"
+            f"{f(r, 'arg_gib'):>10}{f(r, 'peak_gib'):>10}{f(r, 'time_s'):>9}{ratio(r, 'temp_gib'):>8}"
+            f"{ratio(r, 'peak_gib'):>8}{ratio(r, 'time_s'):>8}"
+        )
 
 
 def main(argv=None) -> int:
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: N=96, chunks 0 and 16, 1 repeat")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -202,24 +202,14 @@ def main(argv=None) -> int:
     if 0 not in chunks:
         chunks = [0] + chunks  # the baseline every ratio is taken against
 
-    import jax
-
-    device = jax.devices()[0].device_kind
-    del jax  # the cases run in their own processes
+    device = device_kind()  # the cases run in their own processes
     rows = []
     for kind in args.kinds:
         for num_res in ns:
             for chunk in chunks:
-                row = spawn(kind, num_res, chunk, args)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                record(rows, spawn(kind, num_res, chunk, args))
     print_table(rows, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"long-chain-embed-sm-{device.replace(' ', '_')}-{stamp}.json"
-    path.write_text(json.dumps({"commit": commit(), "device": device, "args": vars(args), "rows": rows}, indent=1))
-    print(f"wrote {path}")
+    write_results(args.out, "long-chain-embed-sm", {"device": device, "args": vars(args), "rows": rows})
     return 0
 
 

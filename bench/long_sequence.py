@@ -1,8 +1,8 @@
 """Long chains on one device: peak memory and time of a whole prediction, fp32 and bf16, up to the longest N.
 
-    python bench/long_sequence.py                       # the default plan (GPU): full runs, probes, bisection
-    python bench/long_sequence.py --full bf16:256 fp32:1024 --probe bf16:8192 --bisect bf16
-    python bench/long_sequence.py --quick                # CPU smoke run (tiny preset, small N)
+    python -m bench.long_sequence                       # the default plan (GPU): full runs, probes, bisection
+    python -m bench.long_sequence --full bf16:256 fp32:1024 --probe bf16:8192 --bisect bf16
+    python -m bench.long_sequence --quick                # CPU smoke run (tiny preset, small N)
 
 Each case runs `jaxfold.model.predict.predict` (the one prediction path, `outputs="lean"`, as `infer.py` runs
 it) in its own process, so that the device's `peak_bytes_in_use` is that case's alone, with
@@ -28,26 +28,27 @@ triangle ops: ~13 TFLOP per block at N=2,048, x48 blocks x4 passes = 2.5 PFLOP: 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench._common import (
+    REPO,
+    RESULTS,
+    cell,
+    device_kind,
+    is_oom,
+    last_json_line,
+    peak_bytes,
+    print_header,
+    record,
+    run_module,
+    write_results,
+)
+
 DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "fp32:256", "fp32:1024", "fp32:1200"]
 DEFAULT_PROBE = ["bf16:4096", "bf16:8192", "bf16:10240", "bf16:12288", "fp32:4096", "fp32:8192"]
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=REPO).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def tiled_features(num_res: int, num_msa: int, num_extra: int, num_templates: int, num_passes: int) -> dict:
@@ -61,8 +62,14 @@ def tiled_features(num_res: int, num_msa: int, num_extra: int, num_templates: in
     msa = parse_a3m((REPO / "examples" / "msas" / "1psm_A" / "bfd_uniclust_hits.a3m").read_text())
     rows = np.asarray([[rc.HHBLITS_AA_TO_ID.get(a, 20) for a in s] for s in msa.sequences], np.int32)
     tiled = np.tile(rows, (1, -(-num_res // rows.shape[1])))[:, :num_res]
-    features = dummy_features(None, num_res=num_res, num_seq=num_msa, num_extra=num_extra,
-                              num_templates=num_templates, num_iterations=num_passes)
+    features = dummy_features(
+        None,
+        num_res=num_res,
+        num_seq=num_msa,
+        num_extra=num_extra,
+        num_templates=num_templates,
+        num_iterations=num_passes,
+    )
     aatype = np.minimum(tiled[0], 19)
     features["aatype"][:] = aatype
     features["target_feat"][..., :] = 0
@@ -92,14 +99,23 @@ def run_case(args) -> dict:
     overrides = dict(dtype=dtype, num_recycle=args.num_recycle)
     preset = "tiny" if args.quick else "model_1_ptm"
     if args.mode == "probe":
-        overrides.update(evoformer_num_block=1, extra_msa_stack_num_block=1, template_pair_stack_num_block=1,
-                         num_recycle=1)
+        overrides.update(
+            evoformer_num_block=1, extra_msa_stack_num_block=1, template_pair_stack_num_block=1, num_recycle=1
+        )
     cfg = model_config(preset, **overrides)
     num_passes = cfg.model.num_recycle + 1
-    row = {"mode": args.mode, "dtype": args.dtype, "n_res": args.n, "n_msa": args.n_msa, "n_extra": args.n_extra,
-           "n_templates": args.n_templates, "num_recycle": cfg.model.num_recycle,
-           "blocks": cfg.model.embeddings_and_evoformer.evoformer_num_block, "kernels": args.kernels,
-           "chunk_size_arg": args.chunk_size}
+    row = {
+        "mode": args.mode,
+        "dtype": args.dtype,
+        "n_res": args.n,
+        "n_msa": args.n_msa,
+        "n_extra": args.n_extra,
+        "n_templates": args.n_templates,
+        "num_recycle": cfg.model.num_recycle,
+        "blocks": cfg.model.embeddings_and_evoformer.evoformer_num_block,
+        "kernels": args.kernels,
+        "chunk_size_arg": args.chunk_size,
+    }
     features = tiled_features(args.n, args.n_msa, args.n_extra, args.n_templates, num_passes)
     params = jax.device_put(init_params(cfg, jax.random.PRNGKey(0)))
     chunk = args.chunk_size if args.chunk_size == "auto" else int(args.chunk_size)
@@ -120,60 +136,83 @@ def run_case(args) -> dict:
         row["error"] = str(err)[:400]
     except Exception as err:  # noqa: BLE001  (out of memory and other failures are results here)
         text = f"{type(err).__name__}: {err}"
-        row["status"] = "oom" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else "error"
+        row["status"] = "oom" if is_oom(text) else "error"
         row["error"] = text[:400]
     settings = timings.get("settings")
     if settings is not None:
-        row.update(chunk_size=settings.chunk_size, kernels=settings.kernels,
-                   estimated_peak_gib=settings.estimated_peak_bytes / 2 ** 30, budget_gib=settings.budget_bytes / 2 ** 30)
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+        row.update(
+            chunk_size=settings.chunk_size,
+            kernels=settings.kernels,
+            estimated_peak_gib=settings.estimated_peak_bytes / 2**30,
+            budget_gib=settings.budget_bytes / 2**30,
+        )
+    peak = peak_bytes()
+    if peak is not None:
+        row["peak_gib"] = peak / 2**30
     return row
 
 
 def spawn(args, mode: str, spec: str, timeout: float) -> dict:
     dtype, n = spec.split(":")
-    cmd = [sys.executable, __file__, "--one", "--mode", mode, "--dtype", dtype, "--n", n,
-           "--n-msa", str(args.n_msa), "--n-extra", str(args.n_extra), "--n-templates", str(args.n_templates),
-           "--num-recycle", str(args.num_recycle), "--kernels", args.kernels, "--chunk-size", str(args.chunk_size)]
+    cmd = [
+        "--one",
+        "--mode",
+        mode,
+        "--dtype",
+        dtype,
+        "--n",
+        n,
+        "--n-msa",
+        str(args.n_msa),
+        "--n-extra",
+        str(args.n_extra),
+        "--n-templates",
+        str(args.n_templates),
+        "--num-recycle",
+        str(args.num_recycle),
+        "--kernels",
+        args.kernels,
+        "--chunk-size",
+        str(args.chunk_size),
+    ]
     if args.quick:
         cmd.append("--quick")
     if args.repeat and mode == "full":
         cmd.append("--repeat")
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=str(REPO))
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = run_module("long_sequence", cmd, timeout=timeout, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
     except subprocess.TimeoutExpired:
         return {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "timeout", "wall_s": timeout}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if lines:
-        row = json.loads(lines[-1])
-    else:
+    row = last_json_line(proc.stdout)
+    if row is None:
         row = {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "crashed", "error": proc.stderr[-600:]}
     row["wall_s"] = time.perf_counter() - start
     return row
 
 
 def print_table(rows, device: str) -> None:
-    print(f"\nLong chains on {device} (model_1_ptm widths, lean outputs, deep MSA)")
-    header = (f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
-              f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}")
-    print(header)
-    print("-" * len(header))
+    print_header(
+        f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
+        f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
+        f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}",
+    )
     for r in rows:
-        def f(key, fmt="{:.2f}"):
-            return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
-        print(f"{r['mode']:<6}{r['dtype']:<6}{r['n_res']:>7}{str(r.get('chunk_size', '-')):>7}"
-              f"{str(r.get('kernels', '-')):>7}{r['status']:>15}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
-              f"{f('compile_s', '{:.1f}'):>10}{f('predict_s'):>10}{f('predict_repeat_s'):>10}")
+
+        def f(key, spec=".2f"):
+            return cell(r.get(key), spec)
+
+        print(
+            f"{r['mode']:<6}{r['dtype']:<6}{r['n_res']:>7}{str(r.get('chunk_size', '-')):>7}"
+            f"{str(r.get('kernels', '-')):>7}{r['status']:>15}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
+            f"{f('compile_s', '.1f'):>10}{f('predict_s'):>10}{f('predict_repeat_s'):>10}"
+        )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--full", nargs="*", default=None, help="DTYPE:N cases run whole (default: %s)" % DEFAULT_FULL)
-    p.add_argument("--probe", nargs="*", default=None, help="DTYPE:N cases probed (default: %s)" % DEFAULT_PROBE)
+    p.add_argument("--full", nargs="*", default=None, help=f"DTYPE:N cases run whole (default: {DEFAULT_FULL})")
+    p.add_argument("--probe", nargs="*", default=None, help=f"DTYPE:N cases probed (default: {DEFAULT_PROBE})")
     p.add_argument("--bisect", nargs="*", default=[], help="dtypes to bisect the longest fitting N for")
     p.add_argument("--n-msa", type=int, default=508)
     p.add_argument("--n-extra", type=int, default=5120)
@@ -184,7 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", action="store_true", help="time a second, cached run of each full case")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny preset, small N and MSA")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="full", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
@@ -201,16 +240,11 @@ def main(argv=None) -> int:
         full = DEFAULT_FULL if args.full is None else args.full
         probe = DEFAULT_PROBE if args.probe is None else args.probe
 
-    import jax
-
-    device = jax.devices()[0].device_kind
-    del jax  # the cases run in their own processes
+    device = device_kind()  # the cases run in their own processes
     rows = []
     for mode, specs in (("full", full), ("probe", probe)):
         for spec in specs:
-            row = spawn(args, mode, spec, args.timeout)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(rows, spawn(args, mode, spec, args.timeout))
     for dtype in args.bisect:
         ok = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] == "ok"]
         bad = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] != "ok"]
@@ -219,18 +253,12 @@ def main(argv=None) -> int:
             mid = (lo + hi) // 2 // 128 * 128
             row = spawn(args, "probe", f"{dtype}:{mid}", args.timeout)
             row["bisection"] = True
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            record(rows, row)
             lo, hi = (mid, hi) if row["status"] == "ok" else (lo, mid)
         if hi is not None:
             print(f"{dtype}: longest chain that fits: {lo} (next tried: {hi})")
     print_table(rows, device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"long-sequence-{device.replace(' ', '_')}-{stamp}.json"
-    path.write_text(json.dumps({"commit": commit(), "device": device, "args": vars(args), "rows": rows}, indent=1))
-    print(f"wrote {path}")
+    write_results(args.out, "long-sequence", {"device": device, "args": vars(args), "rows": rows})
     return 0
 
 

@@ -1,7 +1,7 @@
 """AlphaFold-Multimer inference on one accelerator: a ~1,000-residue complex, fp32 vs bf16.
 
-    python bench/multimer.py [--n-res 1000] [--dtypes float32 bfloat16] [--num-recycle 3] [--repeats 2]
-    python bench/multimer.py --quick        # CPU smoke run in a few minutes (tiny depth, 100 residues, 2 chains)
+    python -m bench.multimer [--n-res 1000] [--dtypes float32 bfloat16] [--num-recycle 3] [--repeats 2]
+    python -m bench.multimer --quick        # CPU smoke run in a few minutes (tiny depth, 100 residues, 2 chains)
 
 What runs: `jaxfold.model.predict.predict` (the one prediction path) on a multimer config, with the full
 `model_1_multimer_v3` network (48 Evoformer blocks, 4 extra-MSA blocks, 8 structure-module layers, 508 MSA
@@ -19,35 +19,34 @@ shipped ones. Templates: 4 empty slots (an empty slot costs what a real one does
 Each dtype runs in its own process (so its peak memory is its own): wall time of the first call (compile +
 run), median of `--repeats` further calls, peak device memory (`memory_stats()["peak_bytes_in_use"]` where
 the backend reports it). Prints a table with the bf16/fp32 ratio and writes
-`bench/results/multimer-<device>-<date>.json` (commit, device, jax version).
+`bench/results/multimer-<device>-<UTC stamp>.json` (commit, device, jax version).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
-import subprocess
+import os
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench._common import REPO, last_json_line, median, peak_bytes, run_module, timed, write_results
 
 # Chains with a real query sequence and MSA in shared/data, in the order they are used.
 TARGETS = ("4i6p_A", "3zee_A", "4zey_A", "2crb_A", "3u8v_A", "1psm_A", "2q2k_A", "102m_A", "1k1a_A")
 MSA_FILES = ("uniref90_hits.sto", "bfd_uniclust_hits.a3m", "mgnify_hits.sto", "non_pairing.a3m")
-QUICK = {"evoformer_num_block": 1, "extra_msa_stack_num_block": 1, "template_pair_stack_num_block": 1,
-         "structure_module_num_layer": 1, "model.embeddings_and_evoformer.num_msa": 16,
-         "model.embeddings_and_evoformer.num_extra_msa": 32}
+QUICK = {
+    "evoformer_num_block": 1,
+    "extra_msa_stack_num_block": 1,
+    "template_pair_stack_num_block": 1,
+    "structure_module_num_layer": 1,
+    "model.embeddings_and_evoformer.num_msa": 16,
+    "model.embeddings_and_evoformer.num_extra_msa": 32,
+}
 
 
 def shared_data() -> Path:
-    import os  # noqa: PLC0415
-
-    return Path(os.environ.get("JAXFOLD_SHARED") or ROOT.parent / "shared") / "data"
+    return Path(os.environ.get("JAXFOLD_SHARED") or REPO.parent / "shared") / "data"
 
 
 def chain_msa(target: str, max_rows: int) -> tuple[str, list[str], list[list[int]]]:
@@ -87,8 +86,16 @@ def build_features(n_res: int, num_rows: int, num_templates: int = 4):
         length = min(len(query), n_res - total)
         entity = entities.setdefault(target, len(entities) + 1)
         sym = sum(1 for c in chains if c["target"] == target) + 1
-        chains.append({"target": target, "length": length, "entity": entity, "sym": sym,
-                       "rows": [r[:length] for r in rows], "dels": [d[:length] for d in dels]})
+        chains.append(
+            {
+                "target": target,
+                "length": length,
+                "entity": entity,
+                "sym": sym,
+                "rows": [r[:length] for r in rows],
+                "dels": [d[:length] for d in dels],
+            }
+        )
         total += length
     msa = np.full((num_rows, n_res), 21, np.int32)
     deletion = np.zeros((num_rows, n_res), np.float32)
@@ -106,20 +113,33 @@ def build_features(n_res: int, num_rows: int, num_templates: int = 4):
             mask[row] = 1.0
             row += 1
         start = stop
-    ids = {key: np.concatenate([np.full(c["length"], value(c), np.float32) for c in chains])
-           for key, value in (("asym_id", lambda c: chains.index(c) + 1), ("entity_id", lambda c: c["entity"]),
-                              ("sym_id", lambda c: c["sym"]))}
+    ids = {
+        key: np.concatenate([np.full(c["length"], value(c), np.float32) for c in chains])
+        for key, value in (
+            ("asym_id", lambda c: chains.index(c) + 1),
+            ("entity_id", lambda c: c["entity"]),
+            ("sym_id", lambda c: c["sym"]),
+        )
+    }
     features = {
-        "aatype": msa[0].copy(), "residue_index": np.concatenate([np.arange(c["length"]) for c in chains]),
-        "seq_mask": np.ones(n_res, np.float32), **ids,
-        "msa": msa, "deletion_matrix": deletion, "msa_mask": mask, "bert_mask": mask.copy(),
+        "aatype": msa[0].copy(),
+        "residue_index": np.concatenate([np.arange(c["length"]) for c in chains]),
+        "seq_mask": np.ones(n_res, np.float32),
+        **ids,
+        "msa": msa,
+        "deletion_matrix": deletion,
+        "msa_mask": mask,
+        "bert_mask": mask.copy(),
         "cluster_bias_mask": np.eye(1, num_rows, dtype=np.float32)[0],
         "template_aatype": np.zeros((num_templates, n_res), np.int32),
         "template_all_atom_positions": np.zeros((num_templates, n_res, 37, 3), np.float32),
         "template_all_atom_mask": np.zeros((num_templates, n_res, 37), np.float32),
     }
-    complex_ = {"chains": [f"{c['target']}[:{c['length']}] entity {c['entity']} sym {c['sym']}" for c in chains],
-                "msa_rows_with_residues": int(row), "msa_rows_total": num_rows}
+    complex_ = {
+        "chains": [f"{c['target']}[:{c['length']}] entity {c['entity']} sym {c['sym']}" for c in chains],
+        "msa_rows_with_residues": int(row),
+        "msa_rows_total": num_rows,
+    }
     return features, complex_
 
 
@@ -133,35 +153,55 @@ def run_variant(args) -> dict:
     from jaxfold.model.predict import predict  # noqa: PLC0415
 
     overrides = dict(QUICK) if args.quick else {}
-    cfg = model_config("model_1_multimer_v3", dtype=args.dtype, num_recycle=args.num_recycle,
-                       **{"model.recycle_early_stop_tolerance": 0.0}, **overrides)
+    cfg = model_config(
+        "model_1_multimer_v3",
+        dtype=args.dtype,
+        num_recycle=args.num_recycle,
+        **{"model.recycle_early_stop_tolerance": 0.0},
+        **overrides,
+    )
     emb = cfg.model.embeddings_and_evoformer
     features, complex_ = build_features(args.n_res, emb.num_msa + emb.num_extra_msa)
     params = jax.jit(lambda: init_params(cfg))()
 
-    def call():
-        return predict(cfg, params, features, rng=jax.random.PRNGKey(0), kernels=args.kernels, chunk_size=0)
+    outs = []  # the first call's outputs, checked below
 
-    t0 = time.perf_counter()
-    out = call()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    def call():
+        out = predict(cfg, params, features, rng=jax.random.PRNGKey(0), kernels=args.kernels, chunk_size=0)
+        if not outs:
+            outs.append(out)
+        return out
+
+    first, times = timed(call, repeats=args.repeats)
+    out = outs[0]
     device = jax.devices()[0]
-    stats = device.memory_stats() or {}
-    steady = statistics.median(times) if times else float("nan")
+    steady = median(times)
     passes = int(out["num_recycles"]) + 1
-    return {"dtype": args.dtype, "n_res": args.n_res, "num_chains": len(complex_["chains"]), "complex": complex_,
-            "shapes": {"evoformer_blocks": emb.evoformer_num_block, "extra_msa_blocks": emb.extra_msa_stack_num_block,
-                       "msa_clusters": emb.num_msa, "extra_msa": emb.num_extra_msa, "templates": 4,
-                       "structure_layers": cfg.model.heads.structure_module.num_layer},
-            "passes": passes, "first_call_s": first, "steady_s": steady, "per_pass_s": steady / passes,
-            "repeats_s": times, "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-            "finite": bool(np.isfinite(out["structure_module/final_atom_positions"]).all()), "kernels": args.kernels,
-            "device": device.device_kind, "platform": device.platform, "jax": jax.__version__}
+    return {
+        "dtype": args.dtype,
+        "n_res": args.n_res,
+        "num_chains": len(complex_["chains"]),
+        "complex": complex_,
+        "shapes": {
+            "evoformer_blocks": emb.evoformer_num_block,
+            "extra_msa_blocks": emb.extra_msa_stack_num_block,
+            "msa_clusters": emb.num_msa,
+            "extra_msa": emb.num_extra_msa,
+            "templates": 4,
+            "structure_layers": cfg.model.heads.structure_module.num_layer,
+        },
+        "passes": passes,
+        "first_call_s": first,
+        "steady_s": steady,
+        "per_pass_s": steady / passes,
+        "repeats_s": times,
+        "peak_bytes_in_use": peak_bytes([device]),
+        "finite": bool(np.isfinite(out["structure_module/final_atom_positions"]).all()),
+        "kernels": args.kernels,
+        "device": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+    }
 
 
 def main() -> None:
@@ -181,36 +221,50 @@ def main() -> None:
         return
     rows = []
     for dtype in args.dtypes:
-        cmd = [sys.executable, __file__, "--dtype", dtype, "--n-res", str(args.n_res), "--num-recycle",
-               str(args.num_recycle), "--repeats", str(args.repeats), "--kernels", args.kernels] + (
-                   ["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        proc = run_module(
+            "multimer",
+            [
+                "--dtype",
+                dtype,
+                "--n-res",
+                str(args.n_res),
+                "--num-recycle",
+                str(args.num_recycle),
+                "--repeats",
+                str(args.repeats),
+                "--kernels",
+                args.kernels,
+            ]
+            + (["--quick"] if args.quick else []),
+        )
+        row = last_json_line(proc.stdout, "RESULT ")
+        if proc.returncode or row is None:
             rows.append({"dtype": dtype, "error": (proc.stderr or proc.stdout)[-2000:]})
             print(f"{dtype}: FAILED\n{rows[-1]['error']}", file=sys.stderr)
             continue
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        rows.append(row)
     ok = [r for r in rows if "error" not in r]
     base = next((r for r in ok if r["dtype"] == "float32"), None)
-    print(f"\nAlphaFold-Multimer inference, {args.n_res} residues"
-          + (f", {ok[0]['num_chains']} chains, device {ok[0]['device']}" if ok else ""))
+    print(
+        f"\nAlphaFold-Multimer inference, {args.n_res} residues"
+        + (f", {ok[0]['num_chains']} chains, device {ok[0]['device']}" if ok else "")
+    )
     if ok:
         print(f"shapes: {ok[0]['shapes']}; passes {ok[0]['passes']} (num_recycle {args.num_recycle}, early stop off)")
     print(f"{'dtype':<10}{'compile+run s':>15}{'steady s':>11}{'per pass s':>12}{'peak GiB':>10}{'vs fp32':>9}")
     for r in ok:
-        peak = r["peak_bytes_in_use"] / 2 ** 30 if r["peak_bytes_in_use"] else float("nan")
+        peak = r["peak_bytes_in_use"] / 2**30 if r["peak_bytes_in_use"] else float("nan")
         ratio = r["steady_s"] / base["steady_s"] if base else float("nan")
-        print(f"{r['dtype']:<10}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
-              f"{peak:>10.2f}{ratio:>9.2f}")
-    from bench.dap import commit  # noqa: PLC0415
-
-    device = ok[0]["device"].replace(" ", "_") if ok else "unknown"
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"multimer-{device}-{datetime.date.today():%Y%m%d}{'-quick' if args.quick else ''}.json"
-    (out_dir / name).write_text(json.dumps({"commit": commit(), "args": vars(args), "rows": rows}, indent=1))
-    print(f"wrote bench/results/{name}")
+        print(
+            f"{r['dtype']:<10}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
+            f"{peak:>10.2f}{ratio:>9.2f}"
+        )
+    write_results(
+        None,
+        "multimer",
+        {"device": ok[0]["device"] if ok else "unknown", "args": vars(args), "rows": rows},
+        suffix="-quick" if args.quick else "",
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Amber relaxation time on CPU and on the GPU (OpenMM's CUDA platform), on real deposited structures.
 
-    python bench/relax.py            # every structure on 'cpu' and, where OpenMM has it, 'cuda'
-    python bench/relax.py --quick    # ubiquitin on 'cpu' only (seconds)
+    python -m bench.relax            # every structure on 'cpu' and, where OpenMM has it, 'cuda'
+    python -m bench.relax --quick    # ubiquitin on 'cpu' only (seconds)
 
 Structures (../shared/data/structures, complete chains: relaxation refuses chain breaks): 1ubq (76
 residues), 1aki (129), 1dix (208). Each is relaxed as deposited, with AlphaFold's settings
@@ -25,23 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench._common import commit
+from jaxfold.common import protein
+from jaxfold.relax import relax_structure
 
-from jaxfold.common import protein  # noqa: E402
-from jaxfold.relax import relax_structure  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [("1ubq", "pdb/1ubq.pdb"), ("1aki", "mmcif/1aki.cif"), ("1dix", "mmcif/1dix.cif")]
-
-
-def commit() -> str:
-    if os.environ.get("JAXFOLD_COMMIT"):
-        return os.environ["JAXFOLD_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=ROOT).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -57,8 +47,13 @@ def main(argv=None) -> int:
     shared = Path(os.environ.get("JAXFOLD_SHARED", ROOT.parent / "shared"))
     gpu = ""
     try:
-        gpu = subprocess.check_output(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], text=True,
-                                      stderr=subprocess.DEVNULL).splitlines()[0].strip()
+        gpu = (
+            subprocess.check_output(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], text=True, stderr=subprocess.DEVNULL
+            )
+            .splitlines()[0]
+            .strip()
+        )
     except (OSError, subprocess.CalledProcessError, IndexError):
         pass
     print(f"openmm {openmm.__version__}, platforms {platforms}, CPU cores {os.cpu_count()}, GPU {gpu or 'none'}")
@@ -69,22 +64,38 @@ def main(argv=None) -> int:
             first = relax_structure(prot, device=device).stats["time_s"]
             stats = relax_structure(prot, device=device).stats
             rows.append({"structure": name, "residues": prot.num_res, "device": device, "first_s": first, **stats})
-    print(f"\n{'structure':9} {'res':>4} {'device':6} {'time s':>7} {'iters':>6} {'rmsd Å':>7} "
-          f"{'viol before/after':>17} {'cuda/cpu':>8}")
+    print(
+        f"\n{'structure':9} {'res':>4} {'device':6} {'time s':>7} {'iters':>6} {'rmsd Å':>7} "
+        f"{'viol before/after':>17} {'cuda/cpu':>8}"
+    )
     for r in rows:
         ratio = ""
         if r["device"] == "cuda":
             cpu = next(c for c in rows if c["structure"] == r["structure"] and c["device"] == "cpu")
             ratio = f"{r['time_s'] / cpu['time_s']:.2f}x"
-        print(f"{r['structure']:9} {r['residues']:>4} {r['device']:6} {r['time_s']:>7.2f} "
-              f"{r['minimiser_iterations']:>6} {r['rmsd']:>7.3f} "
-              f"{r['violating_residues_before']:>8}/{r['violating_residues_after']:<8} {ratio:>8}")
+        print(
+            f"{r['structure']:9} {r['residues']:>4} {r['device']:6} {r['time_s']:>7.2f} "
+            f"{r['minimiser_iterations']:>6} {r['rmsd']:>7.3f} "
+            f"{r['violating_residues_before']:>8}/{r['violating_residues_after']:<8} {ratio:>8}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     tag = gpu.replace(" ", "_") if gpu and "cuda" in devices else "cpu"
     path = args.out / f"relax-{tag}-{_dt.date.today().strftime('%Y%m%d')}.json"
-    path.write_text(json.dumps({"bench": "relax", "commit": commit(), "host": platform.node(), "gpu": gpu,
-                                "openmm": openmm.__version__, "platforms": platforms, "rows": rows},
-                               indent=1) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "bench": "relax",
+                "commit": commit(),
+                "host": platform.node(),
+                "gpu": gpu,
+                "openmm": openmm.__version__,
+                "platforms": platforms,
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {path}")
     return 0
 

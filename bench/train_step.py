@@ -1,6 +1,6 @@
 """One AlphaFold2 training step, full size, on one accelerator: compile time, step time, peak memory.
 
-    python bench/train_step.py --data-dir MMCIF_DIR --alignment-dir ALN_DIR [--chain 1k1a_A]
+    python -m bench.train_step --data-dir MMCIF_DIR --alignment-dir ALN_DIR [--chain 1k1a_A]
                                [--config initial_training] [--kernels xla pallas] [--recycles 0 3]
 
 The example is a real chain prepared by `jaxfold.data.dataset.TrainingDataset` exactly as in training
@@ -27,7 +27,8 @@ each `model.global_config.remat_policy` (what a rematerialised block saves for i
 `jaxfold.model.evoformer.REMAT_POLICIES`), one process each, and names the fastest policy whose peak stays
 under `--headroom` (default 0.8) of the device's memory: the candidate default for the training presets.
 
-Prints a table and writes `bench/results/train-step-<device>-<date>.json` (commit, device, jax version).
+Prints a table and writes `bench/results/train-step-<device>-<UTC stamp>.json` (commit, device, jax
+version).
 """
 
 from __future__ import annotations
@@ -40,17 +41,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench._common import device_kind, device_limit_bytes, last_json_line, peak_bytes, record, run_module, write_results
 
 # Expected forward TFLOP of the configs measured here (see the module docstring), for achieved TFLOP/s.
 FORWARD_TFLOP_ESTIMATE = {"initial_training": 11.8}
-
-
-def _commit() -> str:
-    from bench.dap import commit  # noqa: PLC0415
-
-    return commit()
 
 
 def run_variant(args) -> dict:
@@ -58,15 +52,16 @@ def run_variant(args) -> dict:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
+    from jaxfold.config import (
+        model_config,  # noqa: PLC0415
+        parse_overrides,  # noqa: PLC0415
+    )
     from jaxfold.data.dataset import TrainingDataset  # noqa: PLC0415
     from jaxfold.losses import total_loss  # noqa: PLC0415
     from jaxfold.model.init import init_params  # noqa: PLC0415
-    from jaxfold.config import parse_overrides  # noqa: PLC0415
-    from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.train.optimizer import make_optimizer  # noqa: PLC0415
     from jaxfold.train.state import TrainState  # noqa: PLC0415
-    from jaxfold.train.step import (  # noqa: PLC0415
-        device_batch, loss_fn_from_config, make_train_step, shard_batch, stack_examples)
+    from jaxfold.train.step import device_batch, loss_fn_from_config, make_train_step, shard_batch, stack_examples  # noqa: PLC0415
 
     row: dict = {"kernels": args.kernels, "config": args.config}
     overrides = parse_overrides(args.set)
@@ -75,12 +70,16 @@ def run_variant(args) -> dict:
     cfg = model_config(args.config, kernels=args.kernels, **{"training.batch_size": 1}, **overrides)
     row["remat_policy"] = str(cfg.model.global_config.remat_policy)
     evo = cfg.model.embeddings_and_evoformer
-    row["shapes"] = {"crop": int(cfg.data.train.crop_size), "msa_clusters": int(cfg.data.train.max_msa_clusters),
-                     "extra_msa": int(cfg.data.train.max_extra_msa),
-                     "templates": int(cfg.data.train.max_templates) if cfg.data.common.use_templates else 0,
-                     "evoformer_blocks": int(evo.evoformer_num_block),
-                     "extra_msa_blocks": int(evo.extra_msa_stack_num_block),
-                     "dtype": str(cfg.model.global_config.dtype), "remat": bool(cfg.model.global_config.use_remat)}
+    row["shapes"] = {
+        "crop": int(cfg.data.train.crop_size),
+        "msa_clusters": int(cfg.data.train.max_msa_clusters),
+        "extra_msa": int(cfg.data.train.max_extra_msa),
+        "templates": int(cfg.data.train.max_templates) if cfg.data.common.use_templates else 0,
+        "evoformer_blocks": int(evo.evoformer_num_block),
+        "extra_msa_blocks": int(evo.extra_msa_stack_num_block),
+        "dtype": str(cfg.model.global_config.dtype),
+        "remat": bool(cfg.model.global_config.use_remat),
+    }
     lst = Path(args.scratch) / "chain.txt"
     lst.parent.mkdir(parents=True, exist_ok=True)
     lst.write_text(args.chain + "\n")
@@ -142,11 +141,11 @@ def run_variant(args) -> dict:
     if fwd and 0 in times:
         row["achieved_tflops_recycle0_est"] = 4 * fwd / times[0]
     row["loss_first_last"] = [losses[0], losses[-1]] if losses else None
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_gib"] = stats["peak_bytes_in_use"] / 2**30
-    if "bytes_limit" in stats:
-        row["device_limit_gib"] = stats["bytes_limit"] / 2**30
+    peak, limit = peak_bytes(), device_limit_bytes()
+    if peak is not None:
+        row["peak_gib"] = peak / 2**30
+    if limit is not None:
+        row["device_limit_gib"] = limit / 2**30
     return row
 
 
@@ -154,10 +153,16 @@ def print_table(rows, device) -> None:
     print(f"\nAlphaFold2 training step on {device} (per-device batch 1)")
     if rows and "shapes" in rows[0]:
         print("shapes:", json.dumps(rows[0]["shapes"]))
-    cols = [("kernels", "kernels", "{}"), ("remat_policy", "remat", "{}"), ("compile_s", "compile s", "{:.1f}"),
-            ("step_s_recycle0", "step s (0 rec)", "{:.3f}"), ("step_s_recycle3", "step s (3 rec)", "{:.3f}"),
-            ("step_s_expected", "step s (E)", "{:.3f}"), ("peak_gib", "peak GiB", "{:.1f}"),
-            ("achieved_tflops_recycle0_est", "TF/s est", "{:.0f}")]
+    cols = [
+        ("kernels", "kernels", "{}"),
+        ("remat_policy", "remat", "{}"),
+        ("compile_s", "compile s", "{:.1f}"),
+        ("step_s_recycle0", "step s (0 rec)", "{:.3f}"),
+        ("step_s_recycle3", "step s (3 rec)", "{:.3f}"),
+        ("step_s_expected", "step s (E)", "{:.3f}"),
+        ("peak_gib", "peak GiB", "{:.1f}"),
+        ("achieved_tflops_recycle0_est", "TF/s est", "{:.0f}"),
+    ]
     print("".join(f"{h:>16}" for _, h, _ in cols))
     for r in rows:
         cells = []
@@ -170,8 +175,7 @@ def print_table(rows, device) -> None:
         if "xla" in by and "pallas" in by:
             for key in ("step_s_recycle0", "step_s_expected"):
                 if key in by["xla"] and key in by["pallas"]:
-                    print(f"speed-up pallas vs xla, remat {policy} ({key}): "
-                          f"{by['xla'][key] / by['pallas'][key]:.2f}x")
+                    print(f"speed-up pallas vs xla, remat {policy} ({key}): {by['xla'][key] / by['pallas'][key]:.2f}x")
 
 
 def pick_remat_policy(rows, headroom: float) -> dict:
@@ -199,13 +203,17 @@ def main(argv=None) -> int:
     ap.add_argument("--recycles", nargs="+", type=int, default=[0, 3])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per recycle count (median reported)")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="config override")
-    ap.add_argument("--remat-policies", nargs="+", default=[None],
-                    choices=["nothing", "dots", "dots_no_batch", "offload_dots"],
-                    help="sweep model.global_config.remat_policy (default: the preset's)")
+    ap.add_argument(
+        "--remat-policies",
+        nargs="+",
+        default=[None],
+        choices=["nothing", "dots", "dots_no_batch", "offload_dots"],
+        help="sweep model.global_config.remat_policy (default: the preset's)",
+    )
     ap.add_argument("--remat-policy", default=None, help=argparse.SUPPRESS)  # worker: one policy
     ap.add_argument("--headroom", type=float, default=0.8, help="fraction of device memory a default may use")
     ap.add_argument("--timeout", type=float, default=480, help="seconds per variant")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file or folder (default bench/results/)")
     ap.add_argument("--scratch", default="/tmp/jaxfold-bench")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -219,41 +227,60 @@ def main(argv=None) -> int:
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
-    import jax  # noqa: PLC0415
-
-    device = jax.devices()[0].device_kind
+    device = device_kind()
     rows = []
     for policy, kernels in [(p, k) for p in args.remat_policies for k in args.kernels]:
-        cmd = [sys.executable, __file__, "--worker", "--kernels", kernels, "--data-dir", args.data_dir,
-               "--alignment-dir", args.alignment_dir, "--chain", args.chain, "--config", args.config,
-               "--steps", str(args.steps), "--scratch", args.scratch, "--recycles", *map(str, args.recycles)]
+        cmd = [
+            "--worker",
+            "--kernels",
+            kernels,
+            "--data-dir",
+            args.data_dir,
+            "--alignment-dir",
+            args.alignment_dir,
+            "--chain",
+            args.chain,
+            "--config",
+            args.config,
+            "--steps",
+            str(args.steps),
+            "--scratch",
+            args.scratch,
+            "--recycles",
+            *map(str, args.recycles),
+        ]
         if policy:
             cmd += ["--remat-policy", policy]
         for s in args.set:
             cmd += ["--set", s]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-            row = json.loads(lines[-1][4:]) if lines else {
-                "kernels": kernels, "error": f"worker exited {proc.returncode}: {proc.stderr[-1500:]}"}
+            proc = run_module("train_step", cmd, timeout=args.timeout)
+            row = last_json_line(proc.stdout, "ROW ") or {
+                "kernels": kernels,
+                "error": f"worker exited {proc.returncode}: {proc.stderr[-1500:]}",
+            }
         except subprocess.TimeoutExpired:
             row = {"kernels": kernels, "error": f"timed out after {args.timeout:.0f} s"}
         row.setdefault("remat_policy", policy)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        record(rows, row)
     print_table(rows, device)
     best = pick_remat_policy(rows, args.headroom)
     for kernels, b in best.items():
-        print(f"fastest remat policy within {args.headroom:.0%} of device memory, {kernels}: {b['remat_policy']} "
-              f"({b['step_s']:.3f} s, {b['peak_gib']:.1f} GiB)")
-    stamp = datetime.date.today().strftime("%Y%m%d")
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / \
-        f"train-step-{device.replace(' ', '_')}-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"commit": _commit(), "device": device, "jax": jax.__version__,
-                               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                               "argv": sys.argv[1:], "rows": rows, "best_remat_policy": best}, indent=1))
-    print(f"wrote {out}")
+        print(
+            f"fastest remat policy within {args.headroom:.0%} of device memory, {kernels}: {b['remat_policy']} "
+            f"({b['step_s']:.3f} s, {b['peak_gib']:.1f} GiB)"
+        )
+    write_results(
+        args.out,
+        "train-step",
+        {
+            "device": device,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "argv": sys.argv[1:],
+            "rows": rows,
+            "best_remat_policy": best,
+        },
+    )
     return 0
 
 

@@ -1,9 +1,9 @@
 """Benchmark the triangle multiplicative update: fused Pallas kernel vs XLA (and cuEquivariance if installed),
 plus the Evoformer block and the transitions, in one run.
 
-    python bench/triangle_multiplication.py            # GPU: full run (< 6 min on an H100), table + JSON
-    python bench/triangle_multiplication.py --quick    # tiny shapes, CPU (Pallas interpret mode), ~1-2 min
-    python bench/triangle_multiplication.py --budget-s 270 --out $OUT/tri.json   # the lead's H100 run
+    python -m bench.triangle_multiplication            # GPU: full run (< 6 min on an H100), table + JSON
+    python -m bench.triangle_multiplication --quick    # tiny shapes, CPU (Pallas interpret mode), ~1-2 min
+    python -m bench.triangle_multiplication --budget-s 270 --out $OUT/tri.json   # the lead's H100 run
 
 cuEquivariance rows appear when `cuequivariance_jax` imports: `pip install ".[cueq]"`, or offline
 `pip install --no-deps cuequivariance-0.13.0-*.whl cuequivariance_jax-0.13.0-*.whl
@@ -57,45 +57,40 @@ compulsory traffic (read x, write y: 2U = 0.54 GB, 0.16 ms): XLA writes and re-r
 layer in bf16 (+8U = 2.1 GB, +0.65 ms) and the LN output (+2U), so expected ~1.0-1.2 ms for XLA and
 ~0.4-0.5 ms fused (compute-bound at ~70% of peak) forward at N = 1024.
 
-Writes bench/results/triangle_multiplication-<device>-<date>.json with commit, device and all rows.
+Writes bench/results/triangle_multiplication-<device>-<UTC stamp>.json with commit, device and all rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
-import re
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from bench.kernels import (  # noqa: E402
-    Budget, _compile, _device_info, _git_commit, _jaxlib_version, _short_error, _time_compiled,
-    bench_evoformer_block)
-from pallas_kernels import _compat  # noqa: E402
-from pallas_kernels import triangle_multiplication as ptm  # noqa: E402
+from bench._common import (
+    Budget,
+    commit,
+    compile_with_temp,
+    device_info,
+    jaxlib_version,
+    peak_bytes,
+    print_header,
+    short_error,
+    time_compiled,
+    write_results,
+)
+from bench.kernels import bench_evoformer_block
+from pallas_kernels import _compat
+from pallas_kernels import triangle_multiplication as ptm
 
 C = 128
 EQ = {"outgoing": "ikc,jkc->ijc", "incoming": "kjc,kic->ijc"}
 
 
 def model_flops(n: int, c: int = C) -> float:
-    return 2.0 * n ** 3 * c + 12.0 * n ** 2 * c * c
-
-
-def peak_bytes():
-    try:
-        return int(jax.devices()[0].memory_stats()["peak_bytes_in_use"])
-    except Exception:  # noqa: BLE001  (CPU: no memory stats)
-        return None
+    return 2.0 * n**3 * c + 12.0 * n**2 * c * c
 
 
 def _module(direction: str, kernels: str):
@@ -113,8 +108,9 @@ def _core_fn(impl: str, direction: str, tiles=None):
     if impl == "xla":
         return lambda l, r, g, w: triangle_update_xla(l, r, g, w, EQ[direction])
     product = "xla" if impl == "pallas_xla_product" else "pallas"
-    return lambda l, r, g, w: ptm.triangle_multiplication(l, r, g, *w, outgoing=direction == "outgoing",
-                                                          product=product, tiles=tiles)
+    return lambda l, r, g, w: ptm.triangle_multiplication(
+        l, r, g, *w, outgoing=direction == "outgoing", product=product, tiles=tiles
+    )
 
 
 def _cueq():
@@ -123,7 +119,7 @@ def _cueq():
 
         return cuex
     except Exception as e:  # noqa: BLE001
-        return _short_error(e)
+        return short_error(e)
 
 
 def _cueq_fn(cuex, direction: str, params):
@@ -131,14 +127,19 @@ def _cueq_fn(cuex, direction: str, params):
     p = params["params"]
     t = lambda name: p[name]["weights"].T  # noqa: E731
     kw = dict(
-        norm_in_weight=p["layer_norm_input"]["scale"], norm_in_bias=p["layer_norm_input"]["offset"],
+        norm_in_weight=p["layer_norm_input"]["scale"],
+        norm_in_bias=p["layer_norm_input"]["offset"],
         p_in_weight=jnp.concatenate([t("left_projection"), t("right_projection")]),
         p_in_bias=jnp.concatenate([p["left_projection"]["bias"], p["right_projection"]["bias"]]),
         g_in_weight=jnp.concatenate([t("left_gate"), t("right_gate")]),
         g_in_bias=jnp.concatenate([p["left_gate"]["bias"], p["right_gate"]["bias"]]),
-        norm_out_weight=p["center_layer_norm"]["scale"], norm_out_bias=p["center_layer_norm"]["offset"],
-        p_out_weight=t("output_projection"), p_out_bias=p["output_projection"]["bias"],
-        g_out_weight=t("gating_linear"), g_out_bias=p["gating_linear"]["bias"])
+        norm_out_weight=p["center_layer_norm"]["scale"],
+        norm_out_bias=p["center_layer_norm"]["offset"],
+        p_out_weight=t("output_projection"),
+        p_out_bias=p["output_projection"]["bias"],
+        g_out_weight=t("gating_linear"),
+        g_out_bias=p["gating_linear"]["bias"],
+    )
     return lambda act, mask: cuex.triangle_multiplicative_update(act, direction=direction, mask=mask, **kw)
 
 
@@ -147,21 +148,26 @@ def _diffs(rows, outs, kind, n, direction):
     for r in rows:
         key = (r.get("mode"), r.get("impl"))
         ref = outs.get((r.get("mode"), "xla"))
-        if r["kind"] == kind and r.get("n") == n and r.get("direction") == direction and key in outs \
-                and ref is not None:
+        if (
+            r["kind"] == kind
+            and r.get("n") == n
+            and r.get("direction") == direction
+            and key in outs
+            and ref is not None
+        ):
             d = outs[key].astype(jnp.float32) - ref.astype(jnp.float32)
             r["max_abs_diff_vs_xla"] = float(jnp.max(jnp.abs(d)))
 
 
 def _measure(fn, args, quick, row):
     try:
-        compiled, temp = _compile(fn, args)
-        seconds, meta = _time_compiled(compiled, args, quick)
+        compiled, temp = compile_with_temp(fn, args)
+        seconds, meta = time_compiled(compiled, args, quick)
         out = compiled(*args)
         row.update(time_ms=seconds * 1e3, temp_bytes=temp, peak_bytes=peak_bytes(), **meta)
         return jax.tree_util.tree_leaves(out)[0]
     except Exception as e:  # noqa: BLE001  (record, keep going)
-        row["error"] = _short_error(e)
+        row["error"] = short_error(e)
         return None
 
 
@@ -169,6 +175,7 @@ def _fwdbwd(f):
     def g(*args):
         out, vjp = jax.vjp(f, *args)
         return out, vjp(out)  # cotangent = the output itself: a full-size, data-dependent gradient
+
     return g
 
 
@@ -185,8 +192,14 @@ def bench_module(sizes, budget: Budget, quick: bool, log):
             outs = {}
             for mode in ("fwd", "fwd+bwd"):
                 for kernels in ("pallas", "xla") + (("cueq",) if not isinstance(cuex, str) else ()):
-                    row = {"kind": "module", "n": n, "direction": direction, "mode": mode, "impl": kernels,
-                           "tflop": model_flops(n) * (3 if mode == "fwd+bwd" else 1) / 1e12}
+                    row = {
+                        "kind": "module",
+                        "n": n,
+                        "direction": direction,
+                        "mode": mode,
+                        "impl": kernels,
+                        "tflop": model_flops(n) * (3 if mode == "fwd+bwd" else 1) / 1e12,
+                    }
                     if budget.left() <= 0:
                         row["error"] = "skipped: budget"
                         rows.append(row)
@@ -194,8 +207,11 @@ def bench_module(sizes, budget: Budget, quick: bool, log):
                     if kernels == "cueq":
                         f = _cueq_fn(cuex, direction, params)
                         # cuEquivariance fwd+bwd: gradient with respect to the input only.
-                        fn = (lambda p, a, m, f=f: f(a, m)) if mode == "fwd" else \
-                            (lambda p, a, m, f=f: _fwdbwd(lambda a: f(a, m))(a))
+                        fn = (
+                            (lambda p, a, m, f=f: f(a, m))
+                            if mode == "fwd"
+                            else (lambda p, a, m, f=f: _fwdbwd(lambda a: f(a, m))(a))
+                        )
                     else:
                         mod = _module(direction, kernels)
                         f = lambda p, a, m, mod=mod: mod.apply(p, a, m)  # noqa: E731
@@ -209,13 +225,30 @@ def bench_module(sizes, budget: Budget, quick: bool, log):
             if not isinstance(cuex, str):
                 pass
             elif n == sizes[0] and direction == "outgoing":
-                rows.append({"kind": "module", "n": n, "direction": direction, "mode": "-", "impl": "cueq",
-                             "error": f"unavailable: {cuex}"})
+                rows.append(
+                    {
+                        "kind": "module",
+                        "n": n,
+                        "direction": direction,
+                        "mode": "-",
+                        "impl": "cueq",
+                        "error": f"unavailable: {cuex}",
+                    }
+                )
     return rows
 
 
-def bench_core(sizes, budget: Budget, quick: bool, log, directions=("outgoing",), impls=None,
-               tiles: "ptm.Tiles | None" = None, tag: str = "", modes=("fwd", "fwd+bwd")):
+def bench_core(
+    sizes,
+    budget: Budget,
+    quick: bool,
+    log,
+    directions=("outgoing",),
+    impls=None,
+    tiles: ptm.Tiles | None = None,
+    tag: str = "",
+    modes=("fwd", "fwd+bwd"),
+):
     """The part after the operands (product -> LN -> projection x gate): xla, pallas, pallas_xla_product."""
     from jaxfold.model.triangle_multiplication import OutputWeights  # noqa: PLC0415
 
@@ -227,13 +260,25 @@ def bench_core(sizes, budget: Budget, quick: bool, log, directions=("outgoing",)
             ks = jax.random.split(key, 8)
             left = jax.random.normal(ks[0], (n, n, C), jnp.bfloat16)
             right = jax.random.normal(ks[1], (n, n, C), jnp.bfloat16)
-            w = OutputWeights(jnp.ones((C,)), jnp.zeros((C,)), jax.random.normal(ks[2], (C, C)) / C ** 0.5,
-                              jnp.zeros((C,)), jax.random.normal(ks[3], (C, C)) / C ** 0.5, jnp.ones((C,)))
+            w = OutputWeights(
+                jnp.ones((C,)),
+                jnp.zeros((C,)),
+                jax.random.normal(ks[2], (C, C)) / C**0.5,
+                jnp.zeros((C,)),
+                jax.random.normal(ks[3], (C, C)) / C**0.5,
+                jnp.ones((C,)),
+            )
             outs = {}
             for mode in modes:
                 for impl in impls or ("pallas", "pallas_xla_product", "xla"):
-                    row = {"kind": "core" + tag, "n": n, "direction": direction, "mode": mode, "impl": impl,
-                           "tflop": 2.0 * n ** 3 * C * (3 if mode == "fwd+bwd" else 1) / 1e12}
+                    row = {
+                        "kind": "core" + tag,
+                        "n": n,
+                        "direction": direction,
+                        "mode": mode,
+                        "impl": impl,
+                        "tflop": 2.0 * n**3 * C * (3 if mode == "fwd+bwd" else 1) / 1e12,
+                    }
                     if budget.left() <= 0:
                         row["error"] = "skipped: budget"
                         rows.append(row)
@@ -271,16 +316,27 @@ def bench_transition(sizes, budget: Budget, quick: bool, log):
         impls = {
             "xla": lambda p, a, mod=mod, mask=mask: mod.apply(p, a, mask),
             "pallas": lambda p, a: ptr.transition(
-                a, p["params"]["input_layer_norm"]["scale"], p["params"]["input_layer_norm"]["offset"],
-                p["params"]["transition1"]["weights"], p["params"]["transition1"]["bias"],
-                p["params"]["transition2"]["weights"], p["params"]["transition2"]["bias"]),
+                a,
+                p["params"]["input_layer_norm"]["scale"],
+                p["params"]["input_layer_norm"]["offset"],
+                p["params"]["transition1"]["weights"],
+                p["params"]["transition1"]["bias"],
+                p["params"]["transition2"]["weights"],
+                p["params"]["transition2"]["bias"],
+            ),
         }
         outs = {}
         for mode in ("fwd", "fwd+bwd"):
             for impl in ("pallas", "xla"):
                 flop = 4.0 * act.size * hidden * (3 if mode == "fwd+bwd" else 1)  # two [rows, c] x [c, h] GEMMs
-                row = {"kind": "transition", "n": "x".join(map(str, shape)), "direction": name, "mode": mode,
-                       "impl": impl, "tflop": flop / 1e12}
+                row = {
+                    "kind": "transition",
+                    "n": "x".join(map(str, shape)),
+                    "direction": name,
+                    "mode": mode,
+                    "impl": impl,
+                    "tflop": flop / 1e12,
+                }
                 if budget.left() <= 0:
                     row["error"] = "skipped: budget"
                 else:
@@ -294,21 +350,28 @@ def bench_transition(sizes, budget: Budget, quick: bool, log):
     return rows
 
 
-SWEEP = [ptm.Tiles(bm=128, bn=128, bk=32, num_warps=4, num_stages=3),  # the default
-         ptm.Tiles(bm=128, bn=128, bk=64, num_warps=8, num_stages=3),
-         ptm.Tiles(bm=128, bn=64, bk=32, num_warps=4, num_stages=4),
-         ptm.Tiles(bm=64, bn=64, bk=32, num_warps=4, num_stages=3),
-         ptm.Tiles(bm=128, bn=128, bk=32, num_warps=8, num_stages=4),
-         ptm.Tiles(bj=16), ptm.Tiles(bj=64), ptm.Tiles(bj=64, epilogue_warps=8),
-         ptm.Tiles(epilogue_rows=1), ptm.Tiles(epilogue_rows=32)]
+SWEEP = [
+    ptm.Tiles(bm=128, bn=128, bk=32, num_warps=4, num_stages=3),  # the default
+    ptm.Tiles(bm=128, bn=128, bk=64, num_warps=8, num_stages=3),
+    ptm.Tiles(bm=128, bn=64, bk=32, num_warps=4, num_stages=4),
+    ptm.Tiles(bm=64, bn=64, bk=32, num_warps=4, num_stages=3),
+    ptm.Tiles(bm=128, bn=128, bk=32, num_warps=8, num_stages=4),
+    ptm.Tiles(bj=16),
+    ptm.Tiles(bj=64),
+    ptm.Tiles(bj=64, epilogue_warps=8),
+    ptm.Tiles(epilogue_rows=1),
+    ptm.Tiles(epilogue_rows=32),
+]
 
 
 def bench_sweep(n: int, budget: Budget, quick: bool, log):
     """Product tiles and epilogue column tiles of the Pallas kernel, forward, outgoing, at one N."""
     rows = []
-    for t in (SWEEP[:2] if quick else SWEEP):
-        tag = (f" bm{t.bm} bn{t.bn} bk{t.bk} w{t.num_warps} s{t.num_stages} bj{t.bj} er{t.epilogue_rows}"
-               f" ew{t.epilogue_warps}")
+    for t in SWEEP[:2] if quick else SWEEP:
+        tag = (
+            f" bm{t.bm} bn{t.bn} bk{t.bk} w{t.num_warps} s{t.num_stages} bj{t.bj} er{t.epilogue_rows}"
+            f" ew{t.epilogue_warps}"
+        )
         for r in bench_core([n], budget, quick, log, impls=("pallas",), tiles=t, modes=("fwd",)):
             r["kind"] = "sweep"
             r["impl"] = "pallas" + tag
@@ -317,8 +380,11 @@ def bench_sweep(n: int, budget: Budget, quick: bool, log):
 
 
 def add_ratios(rows):
-    base = {(r["kind"], r["n"], r["direction"], r["mode"]): r["time_ms"] for r in rows
-            if r.get("impl") == "xla" and "time_ms" in r}
+    base = {
+        (r["kind"], r["n"], r["direction"], r["mode"]): r["time_ms"]
+        for r in rows
+        if r.get("impl") == "xla" and "time_ms" in r
+    }
     for r in rows:
         kind = "core" if r["kind"] == "sweep" else r["kind"]  # sweep rows: against the core XLA row
         b = base.get((kind, r.get("n"), r.get("direction"), r.get("mode")))
@@ -329,22 +395,26 @@ def add_ratios(rows):
 
 
 def print_table(rows, device):
-    print(f"\n# triangle multiplication / Evoformer block / transition on {device['device_kind']}")
-    hdr = f"{'kind':16} {'N':>5} {'dir':9} {'mode':8} {'impl':19} {'ms':>9} {'xla/x':>6} {'TF/s':>6} " \
-          f"{'temp GiB':>8} {'peak GiB':>8} {'|d| vs xla':>10}"
-    print(hdr)
-    print("-" * len(hdr))
-    g = lambda b: f"{b / 2 ** 30:8.2f}" if isinstance(b, (int, float)) else f"{'-':>8}"  # noqa: E731
+    print_header(
+        f"# triangle multiplication / Evoformer block / transition on {device['device_kind']}",
+        f"{'kind':16} {'N':>5} {'dir':9} {'mode':8} {'impl':19} {'ms':>9} {'xla/x':>6} {'TF/s':>6} "
+        f"{'temp GiB':>8} {'peak GiB':>8} {'|d| vs xla':>10}",
+    )
+    g = lambda b: f"{b / 2**30:8.2f}" if isinstance(b, (int, float)) else f"{'-':>8}"  # noqa: E731
     for r in rows:
         if "time_ms" not in r:
-            print(f"{r['kind']:16} {r.get('n', ''):>5} {r.get('direction', ''):9} {r.get('mode', ''):8} "
-                  f"{r.get('impl', ''):19} {r.get('error', '')}")
+            print(
+                f"{r['kind']:16} {r.get('n', ''):>5} {r.get('direction', ''):9} {r.get('mode', ''):8} "
+                f"{r.get('impl', ''):19} {r.get('error', '')}"
+            )
             continue
         sp = f"{r['speedup_vs_xla']:6.2f}" if "speedup_vs_xla" in r else f"{'-':>6}"
         tf = f"{r['tflops']:6.1f}" if "tflops" in r else f"{'-':>6}"
         d = f"{r['max_abs_diff_vs_xla']:10.3g}" if "max_abs_diff_vs_xla" in r else f"{'-':>10}"
-        print(f"{r['kind']:16} {r.get('n', ''):>5} {r.get('direction', ''):9} {r['mode']:8} {r['impl']:19} "
-              f"{r['time_ms']:9.3f} {sp} {tf} {g(r.get('temp_bytes'))} {g(r.get('peak_bytes'))} {d}")
+        print(
+            f"{r['kind']:16} {r.get('n', ''):>5} {r.get('direction', ''):9} {r['mode']:8} {r['impl']:19} "
+            f"{r['time_ms']:9.3f} {sp} {tf} {g(r.get('temp_bytes'))} {g(r.get('peak_bytes'))} {d}"
+        )
 
 
 def main(argv=None):
@@ -353,12 +423,12 @@ def main(argv=None):
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 256,1024,2048; quick: 16)")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting rows after this (default 300)")
     ap.add_argument("--skip", default="", help="comma-separated: module,block,core,transition,sweep")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON file or folder (default bench/results/)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("16" if args.quick else "256,1024,2048")).split(",")]
     skip = set(filter(None, args.skip.split(",")))
     budget = Budget(args.budget_s if args.budget_s is not None else (900.0 if args.quick else 300.0))
-    device = _device_info()
+    device = device_info()
 
     def log(msg):
         print(f"[{budget.elapsed():6.1f}s] {msg}", flush=True)
@@ -381,20 +451,25 @@ def main(argv=None):
         rows += bench_sweep(sizes[min(1, len(sizes) - 1)], budget, args.quick, log)
     add_ratios(rows)
     print_table(rows, device)
-    result = {"commit": _git_commit(), "device": device, "jax_version": jax.__version__,
-              "jaxlib_version": _jaxlib_version(), "python": platform.python_version(),
-              "date": _dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
-              "pallas_interpret": _compat.resolve_interpret(None), "elapsed_s": round(budget.elapsed(), 1),
-              "rows": rows}
-    if args.out:
-        out = Path(args.out)
-    else:
-        dev = re.sub(r"[^A-Za-z0-9._-]+", "-", device["device_kind"]).strip("-") or device["platform"]
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = ROOT / "bench" / "results" / f"triangle_multiplication-{dev}-{stamp}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"\nwrote {out} ({budget.elapsed():.0f}s)")
+    result = {
+        "commit": commit(),
+        "device": device,
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib_version(),
+        "python": platform.python_version(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "pallas_interpret": _compat.resolve_interpret(None),
+        "elapsed_s": round(budget.elapsed(), 1),
+        "rows": rows,
+    }
+    write_results(
+        args.out,
+        "triangle_multiplication",
+        result,
+        suffix="-quick" if args.quick else "",
+        note=f" ({budget.elapsed():.0f}s)",
+    )
     return result
 
 

@@ -555,7 +555,7 @@ def attention(
     """Fused `softmax(q k^T + bias + nonbatched_bias) v`; see the module docstring for shapes and design.
 
     `interpret=None`: Pallas interpret mode unless running on a GPU backend.
-    Tuning (defaults from an H200 sweep, `bench/kernels.py --only sweep`): `block_q`/`block_k`,
+    Tuning (defaults from an H200 sweep, `python -m bench.kernels --only sweep`): `block_q`/`block_k`,
     `num_warps`/`num_stages` for the forward kernel (128/64 for bf16, 64/64 for float32; 4/3);
     `block_q_bwd`/`block_k_bwd`, `num_warps_bwd`/`num_stages_bwd` for the three backward kernels
     (64/64, 4/3); `bwd_blocks` overrides single backward tiles, with keys
