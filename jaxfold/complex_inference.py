@@ -42,7 +42,7 @@ from jaxfold.common.files import PathLike
 from jaxfold.data.complex_fasta import CHAIN_SEPARATOR, ComplexRecord, read_complex_fasta
 from jaxfold.data.parsers import FastaRecord, ParseError, sanitize_name
 from jaxfold.errors import InferenceError
-from jaxfold.inference import ModelSpec, SequenceReport, failure_reason
+from jaxfold.inference import ModelSpec, SequenceReport, failure_reason, load_records
 from jaxfold.model_params import is_multimer_preset, load_model_params
 from jaxfold.outputs import (
     check_not_finished,
@@ -79,26 +79,7 @@ def load_complex_records(fasta_paths: Iterable[PathLike]) -> list[ComplexRecord]
     """Every record of every FASTA file, chains split at ``:`` (single chains are 1-chain records).
 
     Duplicate names are an error (their outputs would share one folder), as for monomers."""
-    records: list[ComplexRecord] = []
-    seen: dict[str, str] = {}
-    for path in fasta_paths:
-        try:
-            file_records = read_complex_fasta(path)
-        except ParseError as e:
-            raise InferenceError(f"malformed FASTA: {e}") from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            text = str(e) if isinstance(e, FileNotFoundError) else f"{path}: {e}"
-            raise InferenceError(f"cannot read FASTA: {text}") from None
-        for record in file_records:
-            name = complex_name(record)
-            if name in seen:
-                raise InferenceError(
-                    f"two sequences named {name!r} ({seen[name]} and {path}): their "
-                    "outputs would share one folder; rename one of them"
-                )
-            seen[name] = str(path)
-            records.append(record)
-    return records
+    return load_records(fasta_paths, reader=read_complex_fasta, name_of=complex_name)
 
 
 def has_complexes(fasta_paths: Iterable[PathLike]) -> bool:

@@ -491,27 +491,31 @@ def unknown_residues(sequence: str) -> str:
     )
 
 
-def load_records(fasta_paths: Iterable[PathLike]) -> list[FastaRecord]:
-    """Reads every FASTA file; duplicate names are an error (their outputs would collide)."""
+def load_records(
+    fasta_paths: Iterable[PathLike], reader: Callable | None = None, name_of: Callable = lambda record: record.safe_name
+) -> list:
+    """Reads every FASTA file with ``reader`` (default: one chain per record; complexes pass their own
+    reader and naming); duplicate names are an error (their outputs would collide)."""
     from jaxfold.data.parsers import ParseError, read_fasta  # noqa: PLC0415
 
-    records: list[FastaRecord] = []
+    reader = reader or read_fasta
+    records: list = []
     seen: dict[str, str] = {}
     for path in fasta_paths:
         try:
-            file_records = read_fasta(path)
+            file_records = reader(path)
         except ParseError as e:
             raise InferenceError(f"malformed FASTA: {e}") from None
         except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
             text = str(e) if isinstance(e, FileNotFoundError) else f"{path}: {e}"
             raise InferenceError(f"cannot read FASTA: {text}") from None
         for record in file_records:
-            if record.safe_name in seen:
+            name = name_of(record)
+            if name in seen:
                 raise InferenceError(
-                    f"two sequences named {record.safe_name!r} ({seen[record.safe_name]} "
-                    f"and {path}): their outputs would share one folder; "
-                    "rename one of them"
+                    f"two sequences named {name!r} ({seen[name]} and {path}): their outputs would share one "
+                    "folder; rename one of them"
                 )
-            seen[record.safe_name] = str(path)
+            seen[name] = str(path)
             records.append(record)
     return records
