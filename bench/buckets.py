@@ -9,7 +9,7 @@ Sequences: 50 real PDB chains (AlphaFold3's subsampled PDB seqres, `../shared/da
 20 standard amino acids only, lengths spread evenly over 50-400 residues (the chain nearest to each of 50
 evenly spaced target lengths). Single-sequence features (no MSA: the bench measures compiles and model
 time, not alignment depth), processed once on the host before timing. Random parameters
-(`jaxfold.inference.init_random_params`): the predictions are meaningless, their cost is not.
+(`jaxfold.model_params.init_random_params`): the predictions are meaningless, their cost is not.
 
 Two modes, each over the records sorted by length (as a batch run would), with JAX's in-memory caches
 cleared in between and no persistent compilation cache:

@@ -12,10 +12,13 @@ dict of :func:`jaxfold.inference.predict` / :func:`jaxfold.model.run_alphafold`;
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from jaxfold.outputs import make_protein, to_pdb_string
 
 __all__ = ["PLDDT_BANDS", "figure_png", "plddt_figure", "pae_figure", "pdb_string", "structure_view", "show"]
 
@@ -84,8 +87,7 @@ def pae_figure(outputs: Mapping[str, Any], title: str = "predicted aligned error
 
 
 def pdb_string(outputs: Mapping[str, Any], model_name: str = "jaxfold", random_params: bool = False) -> str:
-    """The prediction as PDB text, pLDDT in the B-factor column (``inference.to_pdb_string``)."""
-    from jaxfold.inference import make_protein, to_pdb_string  # noqa: PLC0415
+    """The prediction as PDB text, pLDDT in the B-factor column (``outputs.to_pdb_string``)."""
 
     return to_pdb_string(make_protein(outputs), model_name, outputs, random_params)
 
@@ -140,7 +142,6 @@ def show(
 
 def figure_png(fig) -> bytes:
     """PNG bytes of a ``Figure`` made here (through its own Agg canvas)."""
-    import io  # noqa: PLC0415
 
     buffer = io.BytesIO()
     fig.canvas.print_png(buffer)

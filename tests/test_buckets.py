@@ -98,8 +98,8 @@ def _assert_same_prediction(padded: dict, plain: dict, atol: dict[str, float]):
 
 def test_padding_does_not_change_a_tiny_prediction(tiny_chain):
     """1psm_A (38 residues) padded to its 64 bucket through run_alphafold, tiny preset, random parameters."""
-    from jaxfold.inference import init_random_params
     from jaxfold.model import run_alphafold
+    from jaxfold.model_params import init_random_params
 
     cfg = model_config("tiny", num_recycle=1)
     params = init_random_params(cfg, seed=0)

@@ -301,7 +301,8 @@ def test_e2e_structures_parse_back_with_plddt_bfactors(e2e, shrunk):
     assert "model_1_ptm" in cif["_struct.title"][0] or "model_1_ptm" in cif["_struct.entry_id"][0]
     pdb_text = (seq_dir / f"{NAME}_unrelaxed_model_1_ptm.pdb").read_text()
     assert "RANDOM" not in pdb_text and pdb_text.startswith("REMARK   1 jaxfold")
-    assert _plddt_of(seq_dir, "model_1_ptm") == pytest.approx(float(np.mean(plddt)), abs=1e-9)
+    # infer.py pads to a length bucket (38 -> 64 residues): the same prediction to float round-off.
+    assert _plddt_of(seq_dir, "model_1_ptm") == pytest.approx(float(np.mean(plddt)), abs=1e-4)
 
 
 def test_e2e_pae_json_has_the_alphafold_db_layout(e2e):

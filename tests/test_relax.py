@@ -80,7 +80,7 @@ def test_relax_removes_introduced_clashes(shared_dir):
     assert before.clashing_atoms > 0 and before.num_violating_residues >= len(moved)
 
     start = time.monotonic()
-    remark = "REMARK   1 RANDOM PARAMETERS - NOT A PREDICTION"  # as inference.to_pdb_string writes
+    remark = "REMARK   1 RANDOM PARAMETERS - NOT A PREDICTION"  # as outputs.to_pdb_string writes
     result = relax_structure(f"{remark}\n{protein.to_pdb(clashed)}", device="cpu", threads=2)
     assert result.pdb_string.startswith(remark + "\n")
     assert time.monotonic() - start < 60
