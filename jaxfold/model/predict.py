@@ -63,14 +63,14 @@ def _numeric(features: Mapping) -> dict[str, np.ndarray]:
 
 def resolve_settings(
     config,
-    features: Mapping,
+    shapes: memory.ModelShapes,
     *,
     mesh=None,
     kernels: str | None = None,
     chunk_size: int | str | None = None,
     budget_bytes: int | None = None,
 ):
-    """`(config with concrete kernels and chunk_size, RunSettings)` for these features.
+    """`(config with concrete kernels and chunk_size, RunSettings)` for a prediction of these shapes.
 
     kernels / chunk_size: None keeps the config's value; "auto" is resolved here (see module doc).
     budget_bytes: free device memory (default: measured, see `memory.device_memory_budget`).
@@ -82,7 +82,6 @@ def resolve_settings(
     if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0):
         raise ValueError(f"chunk_size must be 'auto' or an int >= 0, got {chunk!r}")
     dap_size = dap_for_mesh(mesh).size if mesh is not None else 1
-    shapes = memory.ModelShapes.from_features(features, config)
     budget = memory.device_memory_budget() if budget_bytes is None else int(budget_bytes)
     if chunk == "auto":
         chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
@@ -242,10 +241,14 @@ def predict(
             f"features hold {num_slices} recycling slice(s) but the config runs {num_passes} "
             "passes: process them with the same config (num_recycle)"
         )
-    config, settings = resolve_settings(
-        config, batch_all, mesh=mesh, kernels=kernels, chunk_size=chunk_size, budget_bytes=budget_bytes
+    config, timings["settings"] = resolve_settings(
+        config,
+        memory.ModelShapes.from_features(batch_all, config),
+        mesh=mesh,
+        kernels=kernels,
+        chunk_size=chunk_size,
+        budget_bytes=budget_bytes,
     )
-    timings["settings"] = settings
     model = config.model
     params = params["alphafold_iteration"] if "alphafold_iteration" in params else params
 
@@ -302,27 +305,14 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     and the in-model MSA sampling inside it, as DeepMind's key schedule needs; the same kernels, chunk and
     mesh switches as the monomer path (chunk "auto" is estimated from the sampled MSA's shapes)."""
     batch = prepare_batch(features)
-    gc = config.model.global_config
-    kernels = resolve_kernels(gc.kernels if kernels is None else kernels)
-    chunk = gc.chunk_size if chunk_size is None else chunk_size
-    dap_size = dap_for_mesh(mesh).size if mesh is not None else 1
-    budget = memory.device_memory_budget() if budget_bytes is None else int(budget_bytes)
     shapes = memory.ModelShapes(
         num_res=int(np.shape(batch["aatype"])[-1]),
         num_msa=int(config.model.embeddings_and_evoformer.num_msa),
         num_extra_msa=int(config.model.embeddings_and_evoformer.num_extra_msa),
         num_templates=int(np.shape(batch["template_aatype"])[0]) if "template_aatype" in batch else 0,
     )
-    if chunk == "auto":
-        chunk = memory.choose_chunk_size(shapes, config, kernels, budget, dap_size)
-    config = config.replace(**{"model.global_config.kernels": kernels, "model.global_config.chunk_size": chunk})
-    timings["settings"] = RunSettings(
-        kernels=kernels,
-        chunk_size=chunk,
-        dtype=gc.dtype,
-        dap_size=dap_size,
-        estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
-        budget_bytes=budget,
+    config, timings["settings"] = resolve_settings(
+        config, shapes, mesh=mesh, kernels=kernels, chunk_size=chunk_size, budget_bytes=budget_bytes
     )
     rng = jax.random.PRNGKey(0) if rng is None else rng
     program = _multimer_program(config, mesh)
