@@ -222,6 +222,12 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-size", default="auto")
     p.add_argument("--repeat", action="store_true", help="time a second, cached run of each full case")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no case after this many seconds (the rows so far are written)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny preset, small N and MSA")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -242,21 +248,32 @@ def main(argv=None) -> int:
 
     device = device_kind()  # the cases run in their own processes
     rows = []
+    start = time.perf_counter()
+
+    def within_budget(spec: str) -> bool:
+        if args.budget_s is None or time.perf_counter() - start < args.budget_s:
+            return True
+        print(f"budget of {args.budget_s:.0f} s spent: {spec} not run", flush=True)
+        return False
+
     for mode, specs in (("full", full), ("probe", probe)):
         for spec in specs:
-            record(rows, spawn(args, mode, spec, args.timeout))
+            if within_budget(spec):
+                record(rows, spawn(args, mode, spec, args.timeout))
     for dtype in args.bisect:
         ok = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] == "ok"]
         bad = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] != "ok"]
         lo, hi = (max(ok) if ok else 256), (min(n for n in bad if n > max(ok, default=0)) if bad else None)
         while hi is not None and hi - lo > 256:
             mid = (lo + hi) // 2 // 128 * 128
+            if not within_budget(f"{dtype}:{mid}"):
+                break
             row = spawn(args, "probe", f"{dtype}:{mid}", args.timeout)
             row["bisection"] = True
             record(rows, row)
             lo, hi = (mid, hi) if row["status"] == "ok" else (lo, mid)
         if hi is not None:
-            print(f"{dtype}: longest chain that fits: {lo} (next tried: {hi})")
+            print(f"{dtype}: longest chain that fits: {lo} (shortest that did not: {hi})")
     print_table(rows, device)
     write_results(args.out, "long-sequence", {"device": device, "args": vars(args), "rows": rows})
     return 0
