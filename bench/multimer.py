@@ -165,9 +165,18 @@ def run_variant(args) -> dict:
     params = jax.jit(lambda: init_params(cfg))()
 
     outs = []  # the first call's outputs, checked below
+    timings: dict = {}
 
     def call():
-        out = predict(cfg, params, features, rng=jax.random.PRNGKey(0), kernels=args.kernels, chunk_size=0)
+        out = predict(
+            cfg,
+            params,
+            features,
+            rng=jax.random.PRNGKey(0),
+            kernels=args.kernels,
+            chunk_size=args.chunk_size,
+            timings=timings,
+        )
         if not outs:
             outs.append(out)
         return out
@@ -198,6 +207,7 @@ def run_variant(args) -> dict:
         "peak_bytes_in_use": peak_bytes([device]),
         "finite": bool(np.isfinite(out["structure_module/final_atom_positions"]).all()),
         "kernels": args.kernels,
+        "chunk_size": getattr(timings.get("settings"), "chunk_size", args.chunk_size),
         "device": device.device_kind,
         "platform": device.platform,
         "jax": jax.__version__,
@@ -211,7 +221,11 @@ def main() -> None:
     parser.add_argument("--num-recycle", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--kernels", default="auto", choices=["auto", "xla", "pallas"])
+    parser.add_argument(
+        "--chunk-size", default="auto", type=lambda v: v if v == "auto" else int(v), help="auto (default), N, 0 = none"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny depth, 100 residues (2 chains), for a CPU check")
+    parser.add_argument("--out", default=None, help="JSON file or folder (default bench/results/)")
     parser.add_argument("--dtype", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     args = parser.parse_args()
     if args.quick and args.n_res == 1000:
@@ -234,6 +248,8 @@ def main() -> None:
                 str(args.repeats),
                 "--kernels",
                 args.kernels,
+                "--chunk-size",
+                str(args.chunk_size),
             ]
             + (["--quick"] if args.quick else []),
         )
@@ -251,16 +267,19 @@ def main() -> None:
     )
     if ok:
         print(f"shapes: {ok[0]['shapes']}; passes {ok[0]['passes']} (num_recycle {args.num_recycle}, early stop off)")
-    print(f"{'dtype':<10}{'compile+run s':>15}{'steady s':>11}{'per pass s':>12}{'peak GiB':>10}{'vs fp32':>9}")
+    print(
+        f"{'dtype':<10}{'chunk':>7}{'compile+run s':>15}{'steady s':>11}"
+        f"{'per pass s':>12}{'peak GiB':>10}{'vs fp32':>9}"
+    )
     for r in ok:
         peak = r["peak_bytes_in_use"] / 2**30 if r["peak_bytes_in_use"] else float("nan")
         ratio = r["steady_s"] / base["steady_s"] if base else float("nan")
         print(
-            f"{r['dtype']:<10}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
+            f"{r['dtype']:<10}{r['chunk_size']:>7}{r['first_call_s']:>15.2f}{r['steady_s']:>11.3f}{r['per_pass_s']:>12.3f}"
             f"{peak:>10.2f}{ratio:>9.2f}"
         )
     write_results(
-        None,
+        args.out,
         "multimer",
         {"device": ok[0]["device"] if ok else "unknown", "args": vars(args), "rows": rows},
         suffix="-quick" if args.quick else "",
