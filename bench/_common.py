@@ -29,12 +29,25 @@ RESULTS = REPO / "bench" / "results"
 
 
 def commit() -> str:
-    """The commit measured: $JAXFOLD_COMMIT (the GPU machine's copy has no .git), else `git rev-parse HEAD`."""
+    """The commit measured: $JAXFOLD_COMMIT (set it on the GPU machine, whose copy of the tree may carry a stale
+    .git), else `git rev-parse HEAD`, with "+dirty" when tracked files differ from it."""
     if os.environ.get("JAXFOLD_COMMIT"):
         return os.environ["JAXFOLD_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        head = out.stdout.strip()
+        if not head:
+            return "unknown"
+        # Tracked files that differ from HEAD: the measured code is not HEAD's (a copied tree whose .git is
+        # stale says so here rather than naming the wrong commit).
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return head + ("+dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
