@@ -441,6 +441,11 @@ def test_plots_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
+# `infer.py` on the bundled example with random parameters and the tiny preset: one recycle, no compilation
+# cache, no progress bar (the output folder and any other flags are added per test).
+RANDOM_TINY_FLAGS = "--params random --models tiny --num-recycle 1 --no-progress".split() + ["--compilation-cache", ""]
+
+
 def _run_cli(args, capsys, monkeypatch):
     monkeypatch.delenv("JAXFOLD_PARAMS", raising=False)
     code = infer_cli.main([str(a) for a in args])
@@ -455,21 +460,7 @@ def random_run(tmp_path_factory):
     env = dict(os.environ)
     env.pop("JAXFOLD_PARAMS", None)
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "infer.py"),
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--output-dir",
-            str(out_dir),
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [sys.executable, str(REPO / "infer.py"), *RANDOM_TINY_FLAGS, "--output-dir", str(out_dir)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -512,21 +503,7 @@ def test_cli_mesh_splits_the_prediction_and_changes_nothing(random_run, tmp_path
     out_dir, proc = random_run
     assert proc.returncode == 0, proc.stderr
     code, err = _run_cli(
-        [
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--mesh",
-            "2x1",
-            "--output-dir",
-            tmp_path,
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [*RANDOM_TINY_FLAGS, "--mesh", "2x1", "--output-dir", tmp_path],
         capsys,
         monkeypatch,
     )
@@ -538,25 +515,7 @@ def test_cli_mesh_splits_the_prediction_and_changes_nothing(random_run, tmp_path
 
 def test_cli_precision_kernels_and_chunk_flags(tmp_path, capsys, monkeypatch):
     code, err = _run_cli(
-        [
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--precision",
-            "bf16",
-            "--kernels",
-            "xla",
-            "--chunk-size",
-            "8",
-            "--output-dir",
-            tmp_path,
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [*RANDOM_TINY_FLAGS, "--precision", "bf16", "--kernels", "xla", "--chunk-size", "8", "--output-dir", tmp_path],
         capsys,
         monkeypatch,
     )
