@@ -16,6 +16,8 @@ NUM_VALID = 21  # of 23 residues
 CONFIG = model_config("model_1_ptm", structure_module_num_layer=2)
 SM = CONFIG.model.heads.structure_module
 GC = CONFIG.model.global_config
+CHUNK = 5  # 23 residues: 4 whole chunks of IPA query rows and a remainder
+GC_CHUNKED = model_config("model_1_ptm", structure_module_num_layer=2, chunk_size=CHUNK).model.global_config
 
 
 def get_path(tree, path: str):

@@ -15,6 +15,7 @@ from structure_module_utils import (
     ATOL_SM,
     FOLD_ITERATION_OUTPUTS,
     GC,
+    GC_CHUNKED,
     SM,
     assert_fold_iteration_output,
     assert_structure_module_output,
@@ -54,9 +55,14 @@ def test_reference_rotation_is_the_affine_quaternion_rotation(shared_dir):
     np.testing.assert_allclose(rot, io["input/rotation"], atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def fold_iteration_run(shared_dir):
-    return run_fold_iteration(shared_dir, GC)
+# Every reference comparison runs unchunked and with `chunk_size` (IPA in query-row chunks, the pair kept in
+# its dtype and layer-normed per chunk): both must give DeepMind's outputs.
+GLOBAL_CONFIGS = {"unchunked": GC, "chunked": GC_CHUNKED}
+
+
+@pytest.fixture(scope="module", params=list(GLOBAL_CONFIGS))
+def fold_iteration_run(shared_dir, request):
+    return run_fold_iteration(shared_dir, GLOBAL_CONFIGS[request.param])
 
 
 @pytest.mark.parametrize("path", FOLD_ITERATION_OUTPUTS)
@@ -64,21 +70,21 @@ def test_fold_iteration_matches_deepmind(fold_iteration_run, path):
     assert_fold_iteration_output(*fold_iteration_run, path)
 
 
-@pytest.fixture(scope="module")
-def structure_module_run(shared_dir):
-    return run_structure_module(shared_dir, GC)
+@pytest.fixture(scope="module", params=list(GLOBAL_CONFIGS))
+def structure_module_run(shared_dir, request):
+    return (GLOBAL_CONFIGS[request.param], *run_structure_module(shared_dir, GLOBAL_CONFIGS[request.param]))
 
 
 @pytest.mark.parametrize("path", structure_module_outputs())
 def test_structure_module_matches_deepmind(structure_module_run, path):
-    io, *_, out = structure_module_run
+    _, io, *_, out = structure_module_run
     assert_structure_module_output(io, out, path)
 
 
 def test_structure_module_params_match_official_layout(structure_module_run):
     """One shared `fold_iteration` without a layer axis, every name and shape as in the official file."""
-    _, params, representations, batch, _ = structure_module_run
-    module = StructureModule(SM, GC)
+    global_config, _, params, representations, batch, _ = structure_module_run
+    module = StructureModule(SM, global_config)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), representations, batch))
     ours = {k: tuple(v.shape) for k, v in tree_to_flat(shapes["params"]).items()}
     official = {k: tuple(v.shape) for k, v in tree_to_flat(params["structure_module"]).items()}
@@ -86,7 +92,7 @@ def test_structure_module_params_match_official_layout(structure_module_run):
 
 
 def test_structure_module_output_shapes(structure_module_run):
-    _, _, _, _, out = structure_module_run
+    *_, out = structure_module_run
     layers, n = SM.num_layer, 23
     assert out["traj"].shape == (layers, n, 7)
     assert out["final_affines"].shape == (n, 7)

@@ -1,6 +1,7 @@
 """The structure module with `global_config.chunk_size` > 0 (IPA attention in query-row chunks, the pair kept
-in its dtype and layer-normed per chunk) against DeepMind's references (shared/reference/modules, 23
-residues, the last 2 padding) and against the unchunked path, plus compiled-temporary sizes."""
+in its dtype and layer-normed per chunk) against the unchunked path and DeepMind's IPA reference
+(shared/reference/modules, 23 residues, the last 2 padding), plus compiled-temporary sizes. The chunked fold
+iteration and structure module are compared with DeepMind's outputs in test_structure_module.py."""
 
 from __future__ import annotations
 
@@ -11,15 +12,11 @@ import pytest
 from reference_utils import assert_close_on, module_reference
 from structure_module_utils import (
     ATOL_SM,
-    FOLD_ITERATION_OUTPUTS,
     GC,
+    GC_CHUNKED,
     SM,
-    assert_fold_iteration_output,
-    assert_structure_module_output,
     residue_valid,
-    run_fold_iteration,
     run_structure_module,
-    structure_module_outputs,
 )
 
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
@@ -27,8 +24,6 @@ from jaxfold.config import model_config
 from jaxfold.model.primitives import layer_norm
 from jaxfold.model.structure_module import InvariantPointAttention
 
-CHUNK = 5  # 23 residues: 4 whole chunks and a padded one
-GC_CHUNKED = model_config("model_1_ptm", structure_module_num_layer=2, chunk_size=CHUNK).model.global_config
 # Chunked vs unchunked: the same float32 arithmetic on row slices (matmul shapes differ, so not bit-equal).
 ATOL_SAME = 2e-5
 
@@ -96,27 +91,6 @@ def test_ipa_rejects_a_pair_of_the_wrong_size(shared_dir):
         InvariantPointAttention(SM, GC_CHUNKED).apply(
             {"params": params["invariant_point_attention"]}, inputs_1d, inputs_2d[:, :20], mask, rigid
         )
-
-
-@pytest.fixture(scope="module")
-def chunked_fold_iteration(shared_dir):
-    return run_fold_iteration(shared_dir, GC_CHUNKED)
-
-
-@pytest.mark.parametrize("path", FOLD_ITERATION_OUTPUTS)
-def test_chunked_fold_iteration_matches_deepmind(chunked_fold_iteration, path):
-    assert_fold_iteration_output(*chunked_fold_iteration, path)
-
-
-@pytest.fixture(scope="module")
-def chunked_structure_module(shared_dir):
-    return run_structure_module(shared_dir, GC_CHUNKED)
-
-
-@pytest.mark.parametrize("path", structure_module_outputs())
-def test_chunked_structure_module_matches_deepmind(chunked_structure_module, path):
-    io, *_, out = chunked_structure_module
-    assert_structure_module_output(io, out, path)
 
 
 def test_chunked_structure_module_on_a_bfloat16_pair_matches_unchunked(shared_dir):
