@@ -436,6 +436,32 @@ def test_plots_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch):
     assert ranking["order"] == ["model_2", "model_1"] and "ptm" not in ranking
 
 
+@pytest.mark.parametrize("random_params", [False, True])
+def test_plots_show_their_title_and_the_random_parameters_warning(tmp_path, monkeypatch, random_params):
+    figure_class = outputs._figure_class()
+    if figure_class is None:
+        pytest.skip("matplotlib is not installed")
+    figures = []
+
+    def recording_figure(*args, **kwargs):
+        figures.append(figure_class(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(outputs, "_figure_class", lambda: recording_figure)
+    results = {"model_1_ptm": _fake_outputs(), "model_2_ptm": _fake_outputs(shift=5.0)}
+    order = ["model_2_ptm", "model_1_ptm"]
+    plddt = outputs.plot_plddt(tmp_path / "plddt.png", "x", results, order, random_params=random_params)
+    pae = outputs.plot_pae(tmp_path / "pae.png", "x", results, order, random_params=random_params)
+    shown = [figures[0].axes[0].title, figures[1]._suptitle]  # the pLDDT axes' title, the PAE figure's
+    for path, text, title in ((plddt, shown[0], "x: predicted lDDT"), (pae, shown[1], "x: predicted aligned error")):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and title.encode() in data  # PNG text chunk: the title
+        assert (outputs.RANDOM_PARAMS_LABEL_ASCII.encode() in data) == random_params
+        expected = f"{outputs.RANDOM_PARAMS_LABEL}\n{title}" if random_params else title
+        assert text.get_text() == expected
+        assert text.get_color() == ("red" if random_params else "black")
+
+
 # ---------------------------------------------------------------------------------------------
 # infer.py
 # ---------------------------------------------------------------------------------------------
