@@ -26,6 +26,7 @@ from jaxfold.common import residue_constants as rc
 from jaxfold.config import model_config
 from jaxfold.data import parsers
 from jaxfold.data.pipeline import PipelineError, build_raw_features, preprocess_many
+from jaxfold.progress import NO_PROGRESS
 from jaxfold.weights import load_alphafold_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -779,7 +780,7 @@ def test_params_resolution(tmp_path, params_file):
 def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_dir):
     """`--relax best` glue: a deposited structure (1L2Y, Trp-cage) standing in for a prediction, two atoms
     pushed into a clash; only the best-ranked model is relaxed, its files keep the pLDDT B-factors, the
-    clash is gone and the stats land in what ranking.json receives."""
+    clash is gone and the stats land in what ranking.json receives (`extra`) and the timings."""
     pytest.importorskip("openmm")
     from Bio.PDB import MMCIFParser, PDBParser
 
@@ -803,11 +804,15 @@ def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_di
         }
 
     results = {"model_a": prediction(1.0), "model_b": prediction(2.0)}
-    order = outputs.ranking_summary(results)["order"]
-    assert order == ["model_b", "model_a"]
-    files, stats, seconds = outputs.relax_models(tmp_path, "trp", results, order, "best")
-    assert sorted(p.name for p in files) == ["trp_relaxed_model_b.cif", "trp_relaxed_model_b.pdb"]
-    assert set(stats) == {"model_b"} and seconds["model_b"] > 0
+    assert outputs.ranking_summary(results)["order"] == ["model_b", "model_a"]
+    # Through the runners' step (inference.relax_ranked -> outputs.relax_models), as infer.py takes it.
+    report, extra, timings = inference.SequenceReport(name="trp", output_dir=tmp_path), {}, {}
+    inference.relax_ranked(report, extra, timings, results, "none", "cpu", False, NO_PROGRESS, print)
+    assert not report.files and not extra and not timings and not list(tmp_path.iterdir())  # --relax none
+    inference.relax_ranked(report, extra, timings, results, "best", "cpu", False, NO_PROGRESS, print)
+    assert sorted(p.name for p in report.files) == ["trp_relaxed_model_b.cif", "trp_relaxed_model_b.pdb"]
+    stats = extra["relax"]
+    assert set(stats) == {"model_b"} and set(timings) == {"relax_model_b"} and timings["relax_model_b"] > 0
     assert stats["model_b"]["clashing_atoms_before"] > 0 and stats["model_b"]["violating_residues_after"] == 0
     assert stats["model_b"]["rmsd"] < 1.0
     relaxed = PDBParser(QUIET=True).get_structure("r", str(tmp_path / "trp_relaxed_model_b.pdb"))
