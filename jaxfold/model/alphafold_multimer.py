@@ -3,7 +3,8 @@
 Scopes (the official parameter files' names): `alphafold/alphafold_iteration/{evoformer, structure_module,
 distogram_head, masked_msa_head, predicted_lddt_head, experimentally_resolved_head,
 predicted_aligned_error_head}`. The Evoformer and extra-MSA stacks, their kernels, chunking and DAP are the
-monomer ones (`evoformer.py`; the multimer order and layouts are config flags); what really differs has its own
+monomer ones (`evoformer.trunk_stack`; the multimer order and layouts are config flags), and so are the heads,
+the recycling inputs and outputs and the recycling loop (`alphafold.py`); what really differs has its own
 module: the in-model MSA sampling (`msa_sampling.py`), the chain-relative encoding (`relative_encoding.py`), the
 template embedders (`template_multimer.py`) and the structure module (`structure_module_multimer.py`).
 

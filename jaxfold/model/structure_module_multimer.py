@@ -15,7 +15,9 @@ Differences from the monomer module (`structure_module.py`): separate query/key/
 after the mask; backbone frames carried as rotation matrices (not quaternions), updated by a quaternion
 `(1, b, c, d)` normalised with `rsqrt(max(eps, |q|^2))` and composed on the right; `traj` and `final_rigids`
 are `[..., 3, 4]` (rotation | translation in Angstrom); masks come from `aatype` and `seq_mask` alone.
-Everything runs in float32.
+Everything runs in float32. The same as the monomer module, and reused from it: the side chains
+(`MultiRigidSidechain`), the residual, transition and layer norms around IPA (`ipa_residual_and_transition`)
+and the one-weight-set scan over the iterations (`fold_iterations`).
 """
 
 from __future__ import annotations
