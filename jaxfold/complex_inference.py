@@ -42,12 +42,18 @@ from jaxfold.common.files import PathLike
 from jaxfold.data.complex_fasta import CHAIN_SEPARATOR, ComplexRecord, read_complex_fasta
 from jaxfold.data.parsers import FastaRecord, ParseError, sanitize_name
 from jaxfold.errors import InferenceError
-from jaxfold.inference import ModelSpec, SequenceReport, failure_reason, load_records
-from jaxfold.model_params import is_multimer_preset, load_model_params
+from jaxfold.inference import (
+    ModelSpec,
+    SequenceReport,
+    failure_reason,
+    load_parameters,
+    load_records,
+    relax_ranked,
+)
+from jaxfold.model_params import is_multimer_preset
 from jaxfold.outputs import (
     check_not_finished,
     ranking_summary,
-    relax_models,
     sequence_output_dir,
     write_model_outputs,
     write_sequence_summary,
@@ -308,17 +314,7 @@ def run_complexes(
     steps_per_record = 1 + 2 * len(models) + 1  # features, (predict, write) per model, summary
     progress.add(len(models) + len(records) * steps_per_record)
 
-    for spec in models:  # all parameters first: a bad file fails before any work
-        if spec.params is None:
-            progress.stage(f"loading parameters {spec.name}")
-            start = time.perf_counter()
-            spec.params, spec.random, spec.path = load_model_params(params, spec.name, spec.config, seed)
-            spec.params = jax.device_put(spec.params)
-            log(
-                f"{spec.name}: {'random parameters' if spec.random else spec.path} "
-                f"({time.perf_counter() - start:.1f} s)"
-            )
-        progress.advance()
+    load_parameters(models, params, seed, progress, log)
 
     reports = []
     for record in records:
@@ -426,24 +422,12 @@ def run_complexes(
                     for k, v in info["per_sequence"].items()
                 },
             }
-            if relax != "none":
-                progress.stage(f"{name} relaxing")
-                files, relax_stats, relax_seconds = relax_models(
-                    seq_dir,
-                    name,
-                    results,
-                    ranking_summary(results)["order"],
-                    relax,
-                    relax_device,
-                    any(s.random for s in models),
-                    chain_ids=record.chain_ids,
-                    log=log,
-                )
-                report.files += files
-                extra["relax"] = relax_stats
-                timings.update({f"relax_{model}": t for model, t in relax_seconds.items()})
+            random_params = any(s.random for s in models)
+            relax_ranked(
+                report, extra, timings, results, relax, relax_device, random_params, progress, log, record.chain_ids
+            )
             report.files += write_sequence_summary(
-                seq_dir, name, results, timings, random_params=any(s.random for s in models), plots=plots, extra=extra
+                seq_dir, name, results, timings, random_params=random_params, plots=plots, extra=extra
             )
             report.ranking = {**ranking_summary(results), "per_model": per_model}
             report.timings = timings

@@ -282,6 +282,61 @@ def build_config(
         raise InferenceError(f"model {preset!r}: {str(e).strip(chr(34) + chr(39))}") from None
 
 
+def load_parameters(
+    models: Sequence[ModelSpec], params: str | None, seed: int, progress: Progress, log: Callable[[str], None]
+) -> None:
+    """Loads (or draws, ``params='random'``) the parameters of every model that has none yet into
+    ``spec.params`` (on the device: once, not per prediction), with ``spec.random`` and ``spec.path``; one
+    progress step per model. Runs before any work, so that a bad file fails first."""
+    import jax  # noqa: PLC0415
+
+    for spec in models:
+        if spec.params is None:
+            progress.stage(f"loading parameters {spec.name}")
+            start = time.perf_counter()
+            spec.params, spec.random, spec.path = load_model_params(params, spec.name, spec.config, seed)
+            spec.params = jax.device_put(spec.params)
+            log(
+                f"{spec.name}: {'random parameters' if spec.random else spec.path} "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+        progress.advance()
+
+
+def relax_ranked(
+    report: SequenceReport,
+    extra: dict[str, Any],
+    timings: dict[str, float],
+    results: Mapping[str, Mapping[str, np.ndarray]],
+    relax: str,
+    relax_device: str,
+    random_params: bool,
+    progress: Progress,
+    log: Callable[[str], None],
+    chain_ids: Sequence[str] | None = None,
+) -> None:
+    """Unless ``relax`` is ``none``: Amber-relaxes the best or every model of ``results`` by rank
+    (:func:`jaxfold.outputs.relax_models`, files in ``report.output_dir``) and records it: the files in
+    ``report.files``, the relaxations' numbers as ``extra['relax']``, the seconds as ``timings['relax_<model>']``."""
+    if relax == "none":
+        return
+    progress.stage(f"{report.name} relaxing")
+    files, relax_stats, relax_seconds = relax_models(
+        report.output_dir,
+        report.name,
+        results,
+        ranking_summary(results)["order"],
+        relax,
+        relax_device,
+        random_params,
+        chain_ids=chain_ids,
+        log=log,
+    )
+    report.files += files
+    extra["relax"] = relax_stats
+    timings.update({f"relax_{model}": t for model, t in relax_seconds.items()})
+
+
 def run_inference(
     records: Sequence[FastaRecord],
     models: Sequence[ModelSpec],
@@ -327,20 +382,7 @@ def run_inference(
         num_steps_per_model += 1 + 1 + (spec.config.model.num_recycle + 1) + 1
     progress.add(len(records) * (1 + num_steps_per_model + 1) + len(models))
 
-    # Parameters: load (or draw) them all first, so that a bad file fails before any work.
-    for spec in models:
-        if spec.params is None:
-            progress.stage(f"loading parameters {spec.name}")
-            start = time.perf_counter()
-            spec.params, spec.random, spec.path = load_model_params(params, spec.name, spec.config, seed)
-            import jax  # noqa: PLC0415
-
-            spec.params = jax.device_put(spec.params)  # once, not per prediction
-            log(
-                f"{spec.name}: {'random parameters' if spec.random else spec.path} "
-                f"({time.perf_counter() - start:.1f} s)"
-            )
-        progress.advance()
+    load_parameters(models, params, seed, progress, log)
 
     reports: dict[int, SequenceReport] = {}
     compiles = 0
@@ -418,21 +460,7 @@ def run_inference(
                     "templates_skipped": result.info.get("templates_skipped", {}),
                 }
             }
-            if relax != "none":
-                progress.stage(f"{name} relaxing")
-                files, relax_stats, relax_seconds = relax_models(
-                    seq_dir,
-                    name,
-                    results,
-                    ranking_summary(results)["order"],
-                    relax,
-                    relax_device,
-                    random_params,
-                    log=log,
-                )
-                report.files += files
-                extra["relax"] = relax_stats
-                timings.update({f"relax_{model}": t for model, t in relax_seconds.items()})
+            relax_ranked(report, extra, timings, results, relax, relax_device, random_params, progress, log)
             progress.stage(f"{name} writing summary")
             start = time.perf_counter()
             timings["total"] = sum(

@@ -13,7 +13,7 @@ import json
 import re
 import textwrap
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +233,13 @@ def _figure_class():
     return Figure
 
 
-def _save_figure(fig, path: Path, title: str, random_params: bool) -> Path:
+def _save_figure(fig, set_title: Callable[..., Any], path: Path, title: str, random_params: bool) -> Path:
+    """Titles `fig` through `set_title` (its axes' `set_title` or its `suptitle`), in red under the
+    random-parameters warning when `random_params`, lays it out and writes it to `path` as PNG with the title
+    (and the warning) in the file's metadata."""
+    shown = f"{RANDOM_PARAMS_LABEL}\n{title}" if random_params else title
+    set_title(shown, color="red" if random_params else "black")
+    fig.tight_layout()
     buffer = io.BytesIO()
     metadata = {"Title": title, "Software": f"jaxfold {_version()}"}
     if random_params:
@@ -266,12 +272,7 @@ def plot_plddt(
     ax.set_ylabel("pLDDT")
     ax.set_ylim(0, 100)
     ax.legend(loc="lower right", fontsize="small")
-    title = f"{name}: predicted lDDT"
-    if random_params:
-        title = f"{RANDOM_PARAMS_LABEL}\n{title}"
-    ax.set_title(title, color="red" if random_params else "black")
-    fig.tight_layout()
-    return _save_figure(fig, Path(path), f"{name}: predicted lDDT", random_params)
+    return _save_figure(fig, ax.set_title, Path(path), f"{name}: predicted lDDT", random_params)
 
 
 def plot_pae(
@@ -309,12 +310,7 @@ def plot_pae(
         ax.set_xlabel("scored residue")
         ax.set_ylabel("aligned residue")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="expected error (\u00c5)")
-    title = f"{name}: predicted aligned error"
-    if random_params:
-        title = f"{RANDOM_PARAMS_LABEL}\n{title}"
-    fig.suptitle(title, color="red" if random_params else "black")
-    fig.tight_layout()
-    return _save_figure(fig, Path(path), f"{name}: predicted aligned error", random_params)
+    return _save_figure(fig, fig.suptitle, Path(path), f"{name}: predicted aligned error", random_params)
 
 
 def write_sequence_summary(

@@ -1,8 +1,12 @@
 """Shared helpers of the structure-module reference tests (tolerances from shared/reference/README.md)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from reference_utils import assert_close_on, module_reference
 
 from jaxfold.config import model_config
+from jaxfold.model.structure_module import FoldIteration, StructureModule
 
 # shared/reference/README.md: IPA, fold iteration, structure module (fp32, rtol 1e-4).
 ATOL_SM = 1e-4  # activations, affines, sin/cos, rotations
@@ -12,6 +16,8 @@ NUM_VALID = 21  # of 23 residues
 CONFIG = model_config("model_1_ptm", structure_module_num_layer=2)
 SM = CONFIG.model.heads.structure_module
 GC = CONFIG.model.global_config
+CHUNK = 5  # 23 residues: 4 whole chunks of IPA query rows and a remainder
+GC_CHUNKED = model_config("model_1_ptm", structure_module_num_layer=2, chunk_size=CHUNK).model.global_config
 
 
 def get_path(tree, path: str):
@@ -67,3 +73,46 @@ def structure_module_outputs():
         + [f"sidechains/frames/rot/{r}{c}" for r in "xyz" for c in "xyz"]
         + [f"sidechains/frames/trans/{c}" for c in "xyz"]
     )
+
+
+def run_fold_iteration(shared_dir, global_config) -> tuple[dict, dict]:
+    """Our `FoldIteration` under `global_config` on DeepMind's recorded `fold_iteration` inputs and parameters
+    -> `(io, {'activations': ..., 'outputs': ...})`, the tree `FOLD_ITERATION_OUTPUTS` paths point into."""
+    io, params = module_reference(shared_dir, "fold_iteration")
+    new_act, outputs = jax.jit(FoldIteration(SM, global_config).apply)(
+        {"params": params["fold_iteration"]},
+        {"act": io["input/act"], "affine": io["input/affine"]},
+        io["input/sequence_mask"],
+        io["input/initial_act"],
+        io["input/static_feat_2d"],
+        io["input/aatype"],
+    )
+    return io, {"activations": new_act, "outputs": outputs}
+
+
+def assert_fold_iteration_output(io: dict, out: dict, path: str) -> None:
+    """One `FOLD_ITERATION_OUTPUTS` path of a `run_fold_iteration` result against DeepMind's, valid residues."""
+    actual, expected = np.asarray(get_path(out, path)), io[f"output/{path}"]
+    assert_close_on(actual, expected, residue_valid(expected.shape, 0), atol_for(path), what=path)
+
+
+def run_structure_module(shared_dir, global_config, pair_dtype=jnp.float32) -> tuple:
+    """Our `StructureModule` under `global_config` on DeepMind's recorded `structure_module` inputs (the pair
+    cast to `pair_dtype`) and parameters -> `(io, params, representations, batch, outputs)`."""
+    io, params = module_reference(shared_dir, "structure_module")
+    batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
+    representations = {"single": batch.pop("single"), "pair": jnp.asarray(batch.pop("pair"), pair_dtype)}
+    out = jax.jit(StructureModule(SM, global_config).apply)(
+        {"params": params["structure_module"]}, representations, batch
+    )
+    return io, params, representations, batch, jax.device_get(out)
+
+
+def assert_structure_module_output(io: dict, out: dict, path: str) -> None:
+    """One `structure_module_outputs()` path of a `run_structure_module` result against DeepMind's, on the
+    valid residues (axis 1 of the per-layer `traj` and `sidechains`)."""
+    expected = io[f"output/{path}"]
+    # DeepMind's representations/structure_module is returned as `act` (the caller renames it).
+    actual = np.asarray(out["act"] if path == "representations/structure_module" else get_path(out, path))
+    residue_axis = 1 if path.startswith(("sidechains/", "traj")) else 0
+    assert_close_on(actual, expected, residue_valid(expected.shape, residue_axis), atol_for(path), what=path)

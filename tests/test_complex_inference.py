@@ -32,6 +32,11 @@ SHRUNK = [
 ]
 
 
+# One model run as cheaply as it goes: random parameters, the SHRUNK depth, XLA kernels, no compilation cache
+# and no progress bar (the FASTA file, alignments and output folder are added per test).
+RANDOM_SHRUNK_FLAGS = ["--params", "random", *SHRUNK, "--kernels", "xla", "--compilation-cache", "", "--no-progress"]
+
+
 def _run_cli(args, capsys, monkeypatch):
     monkeypatch.delenv("JAXFOLD_PARAMS", raising=False)
     code = predict_command.main([str(a) for a in args])
@@ -292,21 +297,7 @@ def test_regrouped_heterotrimer_keeps_fasta_chains(shared_dir, tmp_path, capsys,
         (tmp_path / "msas" / "abc" / chain).symlink_to(inputs / chain, target_is_directory=True)
     fasta = _fasta(tmp_path, f">abc\n{MDM2}:{P53}:{MDM2}\n")
     code, err = _run_cli(
-        [
-            fasta,
-            "--params",
-            "random",
-            *SHRUNK,
-            "--msa-dir",
-            tmp_path / "msas",
-            "--output-dir",
-            tmp_path / "out",
-            "--compilation-cache",
-            "",
-            "--no-progress",
-            "--kernels",
-            "xla",
-        ],
+        [fasta, *RANDOM_SHRUNK_FLAGS, "--msa-dir", tmp_path / "msas", "--output-dir", tmp_path / "out"],
         capsys,
         monkeypatch,
     )
@@ -329,22 +320,8 @@ def test_homodimer_3u8v_from_its_chain_a_alignments(shared_dir, tmp_path, capsys
     sequence = "".join((shared_dir / "data" / "seqs" / "3u8v_A.fasta").read_text().splitlines()[1:])
     fasta = _fasta(tmp_path, f">3u8v\n{sequence}:{sequence}\n")
     code, err = _run_cli(
-        [
-            fasta,
-            "--params",
-            "random",
-            *SHRUNK,
-            "--msa-dir",
-            shared_dir / "data" / "msas",
-            "--output-dir",
-            tmp_path / "out",
-            "--compilation-cache",
-            "",
-            "--no-progress",
-            "--kernels",
-            "xla",
-            "--no-plots",
-        ],
+        [fasta, *RANDOM_SHRUNK_FLAGS, "--msa-dir", shared_dir / "data" / "msas", "--output-dir", tmp_path / "out"]
+        + ["--no-plots"],
         capsys,
         monkeypatch,
     )

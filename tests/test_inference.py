@@ -26,6 +26,7 @@ from jaxfold.common import residue_constants as rc
 from jaxfold.config import model_config
 from jaxfold.data import parsers
 from jaxfold.data.pipeline import PipelineError, build_raw_features, preprocess_many
+from jaxfold.progress import NO_PROGRESS
 from jaxfold.weights import load_alphafold_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -436,9 +437,40 @@ def test_plots_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch):
     assert ranking["order"] == ["model_2", "model_1"] and "ptm" not in ranking
 
 
+@pytest.mark.parametrize("random_params", [False, True])
+def test_plots_show_their_title_and_the_random_parameters_warning(tmp_path, monkeypatch, random_params):
+    figure_class = outputs._figure_class()
+    if figure_class is None:
+        pytest.skip("matplotlib is not installed")
+    figures = []
+
+    def recording_figure(*args, **kwargs):
+        figures.append(figure_class(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(outputs, "_figure_class", lambda: recording_figure)
+    results = {"model_1_ptm": _fake_outputs(), "model_2_ptm": _fake_outputs(shift=5.0)}
+    order = ["model_2_ptm", "model_1_ptm"]
+    plddt = outputs.plot_plddt(tmp_path / "plddt.png", "x", results, order, random_params=random_params)
+    pae = outputs.plot_pae(tmp_path / "pae.png", "x", results, order, random_params=random_params)
+    shown = [figures[0].axes[0].title, figures[1]._suptitle]  # the pLDDT axes' title, the PAE figure's
+    for path, text, title in ((plddt, shown[0], "x: predicted lDDT"), (pae, shown[1], "x: predicted aligned error")):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and title.encode() in data  # PNG text chunk: the title
+        assert (outputs.RANDOM_PARAMS_LABEL_ASCII.encode() in data) == random_params
+        expected = f"{outputs.RANDOM_PARAMS_LABEL}\n{title}" if random_params else title
+        assert text.get_text() == expected
+        assert text.get_color() == ("red" if random_params else "black")
+
+
 # ---------------------------------------------------------------------------------------------
 # infer.py
 # ---------------------------------------------------------------------------------------------
+
+
+# `infer.py` on the bundled example with random parameters and the tiny preset: one recycle, no compilation
+# cache, no progress bar (the output folder and any other flags are added per test).
+RANDOM_TINY_FLAGS = "--params random --models tiny --num-recycle 1 --no-progress".split() + ["--compilation-cache", ""]
 
 
 def _run_cli(args, capsys, monkeypatch):
@@ -455,21 +487,7 @@ def random_run(tmp_path_factory):
     env = dict(os.environ)
     env.pop("JAXFOLD_PARAMS", None)
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "infer.py"),
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--output-dir",
-            str(out_dir),
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [sys.executable, str(REPO / "infer.py"), *RANDOM_TINY_FLAGS, "--output-dir", str(out_dir)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -512,21 +530,7 @@ def test_cli_mesh_splits_the_prediction_and_changes_nothing(random_run, tmp_path
     out_dir, proc = random_run
     assert proc.returncode == 0, proc.stderr
     code, err = _run_cli(
-        [
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--mesh",
-            "2x1",
-            "--output-dir",
-            tmp_path,
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [*RANDOM_TINY_FLAGS, "--mesh", "2x1", "--output-dir", tmp_path],
         capsys,
         monkeypatch,
     )
@@ -538,25 +542,7 @@ def test_cli_mesh_splits_the_prediction_and_changes_nothing(random_run, tmp_path
 
 def test_cli_precision_kernels_and_chunk_flags(tmp_path, capsys, monkeypatch):
     code, err = _run_cli(
-        [
-            "--params",
-            "random",
-            "--models",
-            "tiny",
-            "--num-recycle",
-            "1",
-            "--precision",
-            "bf16",
-            "--kernels",
-            "xla",
-            "--chunk-size",
-            "8",
-            "--output-dir",
-            tmp_path,
-            "--compilation-cache",
-            "",
-            "--no-progress",
-        ],
+        [*RANDOM_TINY_FLAGS, "--precision", "bf16", "--kernels", "xla", "--chunk-size", "8", "--output-dir", tmp_path],
         capsys,
         monkeypatch,
     )
@@ -794,7 +780,7 @@ def test_params_resolution(tmp_path, params_file):
 def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_dir):
     """`--relax best` glue: a deposited structure (1L2Y, Trp-cage) standing in for a prediction, two atoms
     pushed into a clash; only the best-ranked model is relaxed, its files keep the pLDDT B-factors, the
-    clash is gone and the stats land in what ranking.json receives."""
+    clash is gone and the stats land in what ranking.json receives (`extra`) and the timings."""
     pytest.importorskip("openmm")
     from Bio.PDB import MMCIFParser, PDBParser
 
@@ -818,11 +804,15 @@ def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_di
         }
 
     results = {"model_a": prediction(1.0), "model_b": prediction(2.0)}
-    order = outputs.ranking_summary(results)["order"]
-    assert order == ["model_b", "model_a"]
-    files, stats, seconds = outputs.relax_models(tmp_path, "trp", results, order, "best")
-    assert sorted(p.name for p in files) == ["trp_relaxed_model_b.cif", "trp_relaxed_model_b.pdb"]
-    assert set(stats) == {"model_b"} and seconds["model_b"] > 0
+    assert outputs.ranking_summary(results)["order"] == ["model_b", "model_a"]
+    # Through the runners' step (inference.relax_ranked -> outputs.relax_models), as infer.py takes it.
+    report, extra, timings = inference.SequenceReport(name="trp", output_dir=tmp_path), {}, {}
+    inference.relax_ranked(report, extra, timings, results, "none", "cpu", False, NO_PROGRESS, print)
+    assert not report.files and not extra and not timings and not list(tmp_path.iterdir())  # --relax none
+    inference.relax_ranked(report, extra, timings, results, "best", "cpu", False, NO_PROGRESS, print)
+    assert sorted(p.name for p in report.files) == ["trp_relaxed_model_b.cif", "trp_relaxed_model_b.pdb"]
+    stats = extra["relax"]
+    assert set(stats) == {"model_b"} and set(timings) == {"relax_model_b"} and timings["relax_model_b"] > 0
     assert stats["model_b"]["clashing_atoms_before"] > 0 and stats["model_b"]["violating_residues_after"] == 0
     assert stats["model_b"]["rmsd"] < 1.0
     relaxed = PDBParser(QUIET=True).get_structure("r", str(tmp_path / "trp_relaxed_model_b.pdb"))

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from Bio.PDB.MMCIF2Dict import MMCIF2Dict
+from Bio.PDB.MMCIFParser import MMCIFParser
 
 from jaxfold.common import protein, residue_constants
 
@@ -423,33 +424,29 @@ def test_chain_ids_must_be_single_characters_in_pdb(structures):
 
 
 def test_mmcif_output_fields(structures):
-    text = protein.to_mmcif(load(structures, "mmcif/2q2k.cif"), name="my model")
+    prot = load(structures, "mmcif/2q2k.cif")
+    text = protein.to_mmcif(prot, name="my model")
     assert text.startswith("data_my_model\n")
     d = MMCIF2Dict(io.StringIO(text))
-    for field in (
-        "group_PDB",
-        "id",
-        "type_symbol",
-        "label_atom_id",
-        "label_alt_id",
-        "label_comp_id",
-        "label_asym_id",
-        "label_entity_id",
-        "label_seq_id",
-        "pdbx_PDB_ins_code",
-        "Cartn_x",
-        "Cartn_y",
-        "Cartn_z",
-        "occupancy",
-        "B_iso_or_equiv",
-        "auth_seq_id",
-        "auth_asym_id",
-        "pdbx_PDB_model_num",
-    ):
-        assert len(d[f"_atom_site.{field}"]) == len(d["_atom_site.id"])
+    columns = [key for key in d if key.startswith("_atom_site.")]
+    assert len(columns) > 10 and all(len(d[key]) == len(d["_atom_site.id"]) for key in columns)
     assert d["_struct_asym.id"] == ["A", "B"]
     assert len(d["_entity_poly_seq.mon_id"]) == 45 + 44
     assert all(len(x.split(".")[1]) == 3 for x in d["_atom_site.Cartn_x"][:50])
+
+    # An independent reader (Biopython's MMCIFParser, which needs the atom_site columns it reads) finds
+    # every present atom at its chain, author residue number and name, with its coordinates and B-factor.
+    parsed = {
+        (atom.get_parent().get_parent().id, atom.get_parent().id[1], atom.get_id()): atom
+        for atom in MMCIFParser(QUIET=True).get_structure("x", io.StringIO(text)).get_atoms()
+    }
+    assert len(parsed) == int(prot.atom_mask.sum())
+    for i, slot in zip(*np.nonzero(prot.atom_mask)):
+        chain = prot.chain_ids[prot.chain_index[i]]
+        atom = parsed[(chain, int(prot.residue_index[i]), residue_constants.atom_types[slot])]
+        np.testing.assert_allclose(atom.coord, prot.atom_positions[i, slot], atol=1e-3, rtol=0)
+        assert atom.get_bfactor() == pytest.approx(prot.b_factors[i, slot], abs=5e-3)
+        assert atom.get_parent().get_resname() == residue_constants.resnames[prot.aatype[i]]
 
 
 def test_from_prediction_puts_plddt_in_b_factors(structures):

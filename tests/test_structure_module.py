@@ -15,17 +15,20 @@ from structure_module_utils import (
     ATOL_SM,
     FOLD_ITERATION_OUTPUTS,
     GC,
+    GC_CHUNKED,
     SM,
-    atol_for,
-    get_path,
+    assert_fold_iteration_output,
+    assert_structure_module_output,
     residue_valid,
+    run_fold_iteration,
+    run_structure_module,
     structure_module_outputs,
 )
 
 from jaxfold.common.all_atom import make_atom14_masks
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.config import model_config
-from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule, affine_to_rigid
+from jaxfold.model.structure_module import InvariantPointAttention, StructureModule, affine_to_rigid
 from jaxfold.weights import tree_to_flat
 
 
@@ -52,51 +55,36 @@ def test_reference_rotation_is_the_affine_quaternion_rotation(shared_dir):
     np.testing.assert_allclose(rot, io["input/rotation"], atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def fold_iteration_run(shared_dir):
-    io, params = module_reference(shared_dir, "fold_iteration")
-    new_act, outputs = jax.jit(FoldIteration(SM, GC).apply)(
-        {"params": params["fold_iteration"]},
-        {"act": io["input/act"], "affine": io["input/affine"]},
-        io["input/sequence_mask"],
-        io["input/initial_act"],
-        io["input/static_feat_2d"],
-        io["input/aatype"],
-    )
-    return io, {"activations": new_act, "outputs": outputs}
+# Every reference comparison runs unchunked and with `chunk_size` (IPA in query-row chunks, the pair kept in
+# its dtype and layer-normed per chunk): both must give DeepMind's outputs.
+GLOBAL_CONFIGS = {"unchunked": GC, "chunked": GC_CHUNKED}
+
+
+@pytest.fixture(scope="module", params=list(GLOBAL_CONFIGS))
+def fold_iteration_run(shared_dir, request):
+    return run_fold_iteration(shared_dir, GLOBAL_CONFIGS[request.param])
 
 
 @pytest.mark.parametrize("path", FOLD_ITERATION_OUTPUTS)
 def test_fold_iteration_matches_deepmind(fold_iteration_run, path):
-    io, out = fold_iteration_run
-    actual, expected = np.asarray(get_path(out, path)), io[f"output/{path}"]
-    assert_close_on(actual, expected, residue_valid(expected.shape, 0), atol_for(path), what=path)
+    assert_fold_iteration_output(*fold_iteration_run, path)
 
 
-@pytest.fixture(scope="module")
-def structure_module_run(shared_dir):
-    io, params = module_reference(shared_dir, "structure_module")
-    batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
-    representations = {"single": batch.pop("single"), "pair": batch.pop("pair")}
-    module = StructureModule(SM, GC)
-    out = jax.jit(module.apply)({"params": params["structure_module"]}, representations, batch)
-    return io, params, representations, batch, jax.device_get(out)
+@pytest.fixture(scope="module", params=list(GLOBAL_CONFIGS))
+def structure_module_run(shared_dir, request):
+    return (GLOBAL_CONFIGS[request.param], *run_structure_module(shared_dir, GLOBAL_CONFIGS[request.param]))
 
 
 @pytest.mark.parametrize("path", structure_module_outputs())
 def test_structure_module_matches_deepmind(structure_module_run, path):
-    io, _, _, _, out = structure_module_run
-    expected = io[f"output/{path}"]
-    # DeepMind's representations/structure_module is returned as `act` (the caller renames it).
-    actual = np.asarray(out["act"] if path == "representations/structure_module" else get_path(out, path))
-    residue_axis = 1 if path.startswith(("sidechains/", "traj")) else 0
-    assert_close_on(actual, expected, residue_valid(expected.shape, residue_axis), atol_for(path), what=path)
+    _, io, *_, out = structure_module_run
+    assert_structure_module_output(io, out, path)
 
 
 def test_structure_module_params_match_official_layout(structure_module_run):
     """One shared `fold_iteration` without a layer axis, every name and shape as in the official file."""
-    _, params, representations, batch, _ = structure_module_run
-    module = StructureModule(SM, GC)
+    global_config, _, params, representations, batch, _ = structure_module_run
+    module = StructureModule(SM, global_config)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), representations, batch))
     ours = {k: tuple(v.shape) for k, v in tree_to_flat(shapes["params"]).items()}
     official = {k: tuple(v.shape) for k, v in tree_to_flat(params["structure_module"]).items()}
@@ -104,7 +92,7 @@ def test_structure_module_params_match_official_layout(structure_module_run):
 
 
 def test_structure_module_output_shapes(structure_module_run):
-    _, _, _, _, out = structure_module_run
+    *_, out = structure_module_run
     layers, n = SM.num_layer, 23
     assert out["traj"].shape == (layers, n, 7)
     assert out["final_affines"].shape == (n, 7)

@@ -1,6 +1,7 @@
 """The structure module with `global_config.chunk_size` > 0 (IPA attention in query-row chunks, the pair kept
-in its dtype and layer-normed per chunk) against DeepMind's references (shared/reference/modules, 23
-residues, the last 2 padding) and against the unchunked path, plus compiled-temporary sizes."""
+in its dtype and layer-normed per chunk) against the unchunked path and DeepMind's IPA reference
+(shared/reference/modules, 23 residues, the last 2 padding), plus compiled-temporary sizes. The chunked fold
+iteration and structure module are compared with DeepMind's outputs in test_structure_module.py."""
 
 from __future__ import annotations
 
@@ -11,22 +12,18 @@ import pytest
 from reference_utils import assert_close_on, module_reference
 from structure_module_utils import (
     ATOL_SM,
-    FOLD_ITERATION_OUTPUTS,
-    atol_for,
-    get_path,
+    GC,
+    GC_CHUNKED,
+    SM,
     residue_valid,
-    structure_module_outputs,
+    run_structure_module,
 )
 
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.config import model_config
 from jaxfold.model.primitives import layer_norm
-from jaxfold.model.structure_module import FoldIteration, InvariantPointAttention, StructureModule
+from jaxfold.model.structure_module import InvariantPointAttention
 
-CHUNK = 5  # 23 residues: 4 whole chunks and a padded one
-SM = model_config("model_1_ptm", structure_module_num_layer=2).model.heads.structure_module
-GC = model_config("model_1_ptm", structure_module_num_layer=2).model.global_config
-GC_CHUNKED = model_config("model_1_ptm", structure_module_num_layer=2, chunk_size=CHUNK).model.global_config
 # Chunked vs unchunked: the same float32 arithmetic on row slices (matmul shapes differ, so not bit-equal).
 ATOL_SAME = 2e-5
 
@@ -96,56 +93,11 @@ def test_ipa_rejects_a_pair_of_the_wrong_size(shared_dir):
         )
 
 
-@pytest.fixture(scope="module")
-def chunked_fold_iteration(shared_dir):
-    io, params = module_reference(shared_dir, "fold_iteration")
-    new_act, outputs = jax.jit(FoldIteration(SM, GC_CHUNKED).apply)(
-        {"params": params["fold_iteration"]},
-        {"act": io["input/act"], "affine": io["input/affine"]},
-        io["input/sequence_mask"],
-        io["input/initial_act"],
-        io["input/static_feat_2d"],
-        io["input/aatype"],
-    )
-    return io, {"activations": new_act, "outputs": outputs}
-
-
-@pytest.mark.parametrize("path", FOLD_ITERATION_OUTPUTS)
-def test_chunked_fold_iteration_matches_deepmind(chunked_fold_iteration, path):
-    io, out = chunked_fold_iteration
-    actual, expected = np.asarray(get_path(out, path)), io[f"output/{path}"]
-    assert_close_on(actual, expected, residue_valid(expected.shape, 0), atol_for(path), what=path)
-
-
-def run_structure_module(shared_dir, global_config, pair_dtype=jnp.float32):
-    io, params = module_reference(shared_dir, "structure_module")
-    batch = {k[len("input/") :]: v for k, v in io.items() if k.startswith("input/")}
-    representations = {"single": batch.pop("single"), "pair": jnp.asarray(batch.pop("pair"), pair_dtype)}
-    out = jax.jit(StructureModule(SM, global_config).apply)(
-        {"params": params["structure_module"]}, representations, batch
-    )
-    return io, jax.device_get(out)
-
-
-@pytest.fixture(scope="module")
-def chunked_structure_module(shared_dir):
-    return run_structure_module(shared_dir, GC_CHUNKED)
-
-
-@pytest.mark.parametrize("path", structure_module_outputs())
-def test_chunked_structure_module_matches_deepmind(chunked_structure_module, path):
-    io, out = chunked_structure_module
-    expected = io[f"output/{path}"]
-    actual = np.asarray(out["act"] if path == "representations/structure_module" else get_path(out, path))
-    residue_axis = 1 if path.startswith(("sidechains/", "traj")) else 0
-    assert_close_on(actual, expected, residue_valid(expected.shape, residue_axis), atol_for(path), what=path)
-
-
 def test_chunked_structure_module_on_a_bfloat16_pair_matches_unchunked(shared_dir):
     """A bfloat16 trunk pair: chunked keeps it bfloat16 and normalises per chunk, unchunked casts it whole
     to float32 first; the float32 values seen by the layer norm are the same."""
-    _, whole = run_structure_module(shared_dir, GC, jnp.bfloat16)
-    _, chunked = run_structure_module(shared_dir, GC_CHUNKED, jnp.bfloat16)
+    *_, whole = run_structure_module(shared_dir, GC, jnp.bfloat16)
+    *_, chunked = run_structure_module(shared_dir, GC_CHUNKED, jnp.bfloat16)
     for key, atol in (("act", ATOL_SAME), ("final_affines", ATOL_SAME), ("final_atom_positions", 1e-4)):
         assert_close_on(chunked[key], whole[key], residue_valid(whole[key].shape, 0), atol, rtol=1e-5, what=key)
 

@@ -364,29 +364,19 @@ def test_train_py_help_lists_every_preset():
     assert "--num-processes" in text and "JAX_COORDINATOR_ADDRESS" in text
 
 
+def _train_py_stops(
+    workdir: Path, data_dir: Path, alignment_dir: Path, env: dict, *args
+) -> subprocess.CompletedProcess:
+    """`train.py --config tiny` on `data_dir` / `alignment_dir`, output `workdir/out`, plus `args`, in `workdir`
+    under `env`: for the runs that must stop at once with a usage error (two minutes at most)."""
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", "tiny", "--data-dir", str(data_dir)]
+    cmd += ["--alignment-dir", str(alignment_dir), "--output-dir", str(workdir / "out"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=workdir, env=env)
+
+
 def test_train_py_multi_process_flags_need_a_coordinator(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--config",
-            "tiny",
-            "--num-processes",
-            "2",
-            "--data-dir",
-            str(tmp_path),
-            "--alignment-dir",
-            str(tmp_path),
-            "--output-dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=dict(env, JAX_PLATFORMS="cpu"),
-    )
+    proc = _train_py_stops(tmp_path, tmp_path, tmp_path, dict(env, JAX_PLATFORMS="cpu"), "--num-processes", "2")
     assert proc.returncode == 2 and "--coordinator HOST:PORT and --process-id" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -398,28 +388,8 @@ def test_train_py_bad_data_leaves_no_output_folder(tmp_path, shared_dir):
     chains.write_text("1psm_A\n")
     empty = tmp_path / "no_alignments"
     empty.mkdir()
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--config",
-            "tiny",
-            "--data-dir",
-            str(shared_dir / "data" / "structures" / "mmcif"),
-            "--alignment-dir",
-            str(empty),
-            "--chain-list",
-            str(chains),
-            "--output-dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags),
-    )
+    mmcif = shared_dir / "data" / "structures" / "mmcif"
+    proc = _train_py_stops(tmp_path, mmcif, empty, _train_py_env(), "--chain-list", chains)
     assert proc.returncode == 2, proc.stderr
     assert "train.py: error: training data:" in proc.stderr and "1psm_a" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
@@ -455,27 +425,7 @@ def test_background_evaluation_of_ema(toy_cfg, toy_step):
 # ---------------------------------------------------------------------------
 def test_train_py_bad_mesh_names_both_numbers(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "--mesh",
-            "3x5",
-            "--config",
-            "tiny",
-            "--data-dir",
-            str(tmp_path),
-            "--alignment-dir",
-            str(tmp_path),
-            "--output-dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = _train_py_stops(tmp_path, tmp_path, tmp_path, env, "--mesh", "3x5")
     assert proc.returncode == 2, proc.stderr
     assert "dap 3" in proc.stderr and "data 5" in proc.stderr and "15 devices" in proc.stderr, proc.stderr
     assert "8 are available" in proc.stderr

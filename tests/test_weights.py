@@ -129,3 +129,14 @@ def test_corrupt_or_missing_file_is_a_clear_error(tmp_path, content):
         read_npz(path)
     with pytest.raises(ParamsError, match="does not exist"):
         read_npz(tmp_path / "absent.npz")
+
+
+@pytest.mark.parametrize("preset", ["model_1_ptm", "model_1_multimer_v3"])
+def test_trunk_stacks_of_no_blocks_hold_no_parameters(preset):
+    """Both trunks build their stacks through `evoformer.trunk_stack`: with zero blocks a stack is left out
+    (no `extra_msa_stack/...` or `evoformer_iteration/...` keys) and every other parameter stays."""
+    one = model_param_shapes(model_config(preset, evoformer_num_block=1, extra_msa_stack_num_block=1))
+    none = model_param_shapes(model_config(preset, evoformer_num_block=0, extra_msa_stack_num_block=0))
+    stacks = {k for k in one if "/evoformer/extra_msa_stack/" in k or "/evoformer/evoformer_iteration/" in k}
+    assert any("/extra_msa_stack/" in k for k in stacks) and any("/evoformer_iteration/" in k for k in stacks)
+    assert none == {k: v for k, v in one.items() if k not in stacks}

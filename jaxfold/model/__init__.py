@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 
 from jaxfold.model.alphafold import AlphaFold, AlphaFoldIteration
@@ -22,23 +21,12 @@ from jaxfold.model.predict import flat_outputs, flatten_outputs, predict
 __all__ = ["AlphaFold", "AlphaFoldIteration", "run_alphafold", "predict", "flatten_outputs", "flat_outputs"]
 
 
-def run_alphafold(
-    config,
-    params: Mapping,
-    features: Mapping,
-    mesh=None,
-    *,
-    rng: jax.Array | None = None,
-    kernels: str | None = None,
-    chunk_size: int | str | None = None,
-    outputs: str = "full",
-) -> dict[str, np.ndarray]:
-    """Predict a structure with the whole model: `jaxfold.model.predict.predict` (see its docstring for
-    every argument; `features` is DeepMind's processed layout, `features.npz`).
+def run_alphafold(config, params: Mapping, features: Mapping, mesh=None, **options) -> dict[str, np.ndarray]:
+    """Predict a structure with the whole model: `predict(config, params, features, mesh=mesh, **options)`,
+    the one prediction path (`jaxfold.model.predict.predict`: its docstring lists every option, e.g. `rng`,
+    `kernels`, `chunk_size`, `outputs`; `features` is DeepMind's processed layout, `features.npz`).
 
     Returns numpy arrays under DeepMind's output names: `representations/*`, `structure_module/*`, each
     head's outputs and `confidence/*` (multimer: also `confidence/iptm` and `num_recycles`).
     """
-    return predict(
-        config, params, features, mesh=mesh, rng=rng, kernels=kernels, chunk_size=chunk_size, outputs=outputs
-    )
+    return predict(config, params, features, mesh=mesh, **options)

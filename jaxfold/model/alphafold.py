@@ -83,15 +83,17 @@ class AlphaFoldHeads(nn.Module):
         return apply_heads(self.config, representations, batch, is_training=False)
 
 
-def initial_recycling_inputs(config, num_res: int) -> dict:
+def initial_recycling_inputs(config, num_res: int, pair_dtype=None) -> dict:
     """The recycling inputs of the first pass (all zeros): `prev_pos [N_res, 37, 3]` float32,
-    `prev_msa_first_row [N_res, c_m]` float32 and `prev_pair [N_res, N_res, c_z]` in the activation dtype
-    (the dtype the trunk returns its pair in, so every pass sees the same input types)."""
+    `prev_msa_first_row [N_res, c_m]` float32 and `prev_pair [N_res, N_res, c_z]` in `pair_dtype`: the dtype
+    the trunk returns its pair in, so every pass sees the same input types (default the activation dtype,
+    as the monomer trunk; the multimer trunk returns float32)."""
     emb = config.embeddings_and_evoformer
+    pair_dtype = jnp.dtype(config.global_config.dtype if pair_dtype is None else pair_dtype)
     return {
         "prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
         "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
-        "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.dtype(config.global_config.dtype)),
+        "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), pair_dtype),
     }
 
 
@@ -103,6 +105,15 @@ def recycling_outputs(ret: dict) -> dict:
         "prev_pair": ret["representations"]["pair"],
     }
     return jax.tree_util.tree_map(jax.lax.stop_gradient, prev)
+
+
+def recycle(module: nn.Module, iteration: nn.Module, cond, body, carry):
+    """The recycling passes: `nn.while_loop(cond, body, iteration, carry)` with a fresh dropout key per pass,
+    from inside `module`'s compact method. While `module` initialises, one `body` call instead: a
+    `while_loop` cannot create the iteration's parameters (it needs them already there)."""
+    if module.is_initializing():
+        return body(iteration, carry)
+    return nn.while_loop(cond, body, iteration, carry, split_rngs={"dropout": True})
 
 
 class AlphaFold(nn.Module):
@@ -135,14 +146,5 @@ class AlphaFold(nn.Module):
 
         if c.num_recycle:
             prev = vary_like(prev, features)  # under shard_map the carry varies like the batch
-            if self.is_initializing():
-                _, prev = body(iteration, (0, prev))
-            else:
-                _, prev = nn.while_loop(
-                    lambda module, carry: carry[0] < num_iter,
-                    body,
-                    iteration,
-                    (jnp.asarray(0), prev),
-                    split_rngs={"dropout": True},
-                )
+            _, prev = recycle(self, iteration, lambda module, carry: carry[0] < num_iter, body, (jnp.asarray(0), prev))
         return iteration(dict(iteration_batch(num_iter), **prev))

@@ -3,7 +3,8 @@
 Scopes (the official parameter files' names): `alphafold/alphafold_iteration/{evoformer, structure_module,
 distogram_head, masked_msa_head, predicted_lddt_head, experimentally_resolved_head,
 predicted_aligned_error_head}`. The Evoformer and extra-MSA stacks, their kernels, chunking and DAP are the
-monomer ones (`evoformer.py`; the multimer order and layouts are config flags); what really differs has its own
+monomer ones (`evoformer.trunk_stack`; the multimer order and layouts are config flags), and so are the heads,
+the recycling inputs and outputs and the recycling loop (`alphafold.py`); what really differs has its own
 module: the in-model MSA sampling (`msa_sampling.py`), the chain-relative encoding (`relative_encoding.py`), the
 template embedders (`template_multimer.py`) and the structure module (`structure_module_multimer.py`).
 
@@ -27,13 +28,12 @@ import jax.numpy as jnp
 
 from jaxfold.common import residue_constants
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import evoformer_stack
-from jaxfold.model.heads import HEADS
+from jaxfold.model.alphafold import apply_heads, initial_recycling_inputs, recycle, recycling_outputs
+from jaxfold.model.evoformer import trunk_stack
 from jaxfold.model.msa_sampling import deepmind_keys, process_msa
 from jaxfold.model.primitives import Linear
 from jaxfold.model.relative_encoding import SCOPE as RELATIVE_ENCODING_SCOPE
 from jaxfold.model.relative_encoding import RelativeEncoding
-from jaxfold.model.stacks import apply_stack
 from jaxfold.model.structure_module_multimer import StructureModuleMultimer
 from jaxfold.model.template_multimer import TemplateEmbedding, template_embedding_1d
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs, vary_like
@@ -123,19 +123,9 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
         extra_msa = Linear(c.extra_msa_channel, name="extra_msa_activations")(batch["extra_msa_feat"]).astype(dtype)
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         sow("extra_msa_stack/input", (extra_msa, pair))
-        if c.extra_msa_stack_num_block:
-            extra_stack = evoformer_stack(
-                c.evoformer,
-                gc,
-                c.extra_msa_stack_num_block,
-                is_extra_msa=True,
-                is_training=self.is_training,
-                name="extra_msa_stack",
-                dap=self.dap,
-            )
-            extra_msa, pair = apply_stack(
-                extra_stack, self.dap, extra_msa, pair, batch["extra_msa_mask"].astype(dtype), mask_2d, *vary_refs
-            )
+        extra_msa, pair = trunk_stack(
+            self, extra_msa, pair, batch["extra_msa_mask"], mask_2d, vary_refs, is_extra_msa=True
+        )
         sow("extra_msa_stack/output", pair)
 
         num_msa_sequences = msa.shape[0]
@@ -146,16 +136,7 @@ class EmbeddingsAndEvoformerMultimer(nn.Module):
             msa = jnp.concatenate([msa, template_rows.astype(dtype)], axis=0)
             msa_mask = jnp.concatenate([msa_mask, template_mask.astype(dtype)], axis=0)
         sow("evoformer_stack/input", (msa, pair, msa_mask))
-        stack = evoformer_stack(
-            c.evoformer,
-            gc,
-            c.evoformer_num_block,
-            is_extra_msa=False,
-            is_training=self.is_training,
-            name="evoformer_iteration",
-            dap=self.dap,
-        )
-        msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask, mask_2d, *vary_refs)
+        msa, pair = trunk_stack(self, msa, pair, msa_mask, mask_2d, vary_refs, is_extra_msa=False)
         sow("evoformer_stack/output", msa)
 
         msa, pair = msa.astype(jnp.float32), pair.astype(jnp.float32)
@@ -194,20 +175,8 @@ class AlphaFoldIterationMultimer(nn.Module):
         )
         representations = dict(representations, structure_module=structure.pop("act"))
         ret = {"representations": representations, "structure_module": structure}
-        for head_name, (cls, scope) in HEADS.items():
-            if c.heads[head_name].weight:
-                ret[head_name] = cls(c.heads[head_name], gc, name=scope)(representations, batch, self.is_training)
+        ret.update(apply_heads(c, representations, batch, self.is_training))
         return ret
-
-
-def recycling_outputs(ret: dict) -> dict:
-    """What the next pass sees; no gradient flows through recycling."""
-    prev = {
-        "prev_pos": ret["structure_module"]["final_atom_positions"],
-        "prev_msa_first_row": ret["representations"]["msa_first_row"],
-        "prev_pair": ret["representations"]["pair"],
-    }
-    return jax.tree_util.tree_map(jax.lax.stop_gradient, prev)
 
 
 def ca_distance_change(prev_pos: jax.Array, next_pos: jax.Array, seq_mask: jax.Array) -> jax.Array:
@@ -265,15 +234,10 @@ class AlphaFoldMultimer(nn.Module):
 
     def _run(self, batch, key, capture):
         c = self.config
-        emb = c.embeddings_and_evoformer
         iteration = AlphaFoldIterationMultimer(c, self.is_training, self.dap, name="alphafold_iteration")
         features = {k: v for k, v in batch.items() if k != "num_iter_recycling"}
-        num_res = features["aatype"].shape[0]
-        prev = {
-            "prev_pos": jnp.zeros((num_res, residue_constants.atom_type_num, 3), jnp.float32),
-            "prev_msa_first_row": jnp.zeros((num_res, emb.msa_channel), jnp.float32),
-            "prev_pair": jnp.zeros((num_res, num_res, emb.pair_channel), jnp.float32),
-        }
+        # The multimer trunk returns its pair in float32 whatever the activation dtype.
+        prev = initial_recycling_inputs(c, features["aatype"].shape[0], pair_dtype=jnp.float32)
         num_recycles = jnp.asarray(0)
         if c.num_recycle:
             num_iter = c.num_recycle
@@ -299,11 +263,7 @@ class AlphaFoldMultimer(nn.Module):
                 )
 
             prev = vary_like(prev, features)
-            carry = (jnp.asarray(0), prev, prev, key)
-            if self.is_initializing():
-                num_recycles, _, prev, key = body(iteration, carry)
-            else:
-                num_recycles, _, prev, key = nn.while_loop(cond, body, iteration, carry, split_rngs={"dropout": True})
+            num_recycles, _, prev, key = recycle(self, iteration, cond, body, (jnp.asarray(0), prev, prev, key))
         ret = iteration(dict(features, **prev), key, capture)
         ret["num_recycles"] = num_recycles
         return ret

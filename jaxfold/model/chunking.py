@@ -3,7 +3,7 @@
 `chunked(fn, chunk_size)(*args)` equals `fn(*args)` when `fn` treats the leading axis of its batched
 arguments independently, but materialises temporaries for only `chunk_size` rows at a time. The slices
 are read with `dynamic_slice` and the results written into the output with `dynamic_update_slice` inside
-a `fori_loop` (plus one static slice for a remainder), so neither the inputs nor the output are ever
+a `fori_loop` (plus one static slice for a remainder; `over_slices`), so neither the inputs nor the output are ever
 padded, reshaped or concatenated: for a pair-sized output that would be a second full-size array.
 """
 
@@ -58,12 +58,24 @@ def chunked(
             lambda s: jnp.zeros(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1 :], s.dtype), shapes
         )
         out = vary_like(out, *args)  # under shard_map the loop carry varies like what is written into it
-        num_full = size // chunk_size
-        out = lax.fori_loop(0, num_full, lambda i, o: write(o, i * chunk_size, chunk_size), out)
-        tail = size - num_full * chunk_size
-        return write(out, num_full * chunk_size, tail) if tail else out
+        return over_slices(write, out, size, chunk_size)
 
     return wrapped
+
+
+def over_slices(step: Callable, carry, size: int, chunk_size: int):
+    """`carry = step(carry, start, length)` for consecutive slices `[start, start + length)` covering
+    `[0, size)`: a `fori_loop` over the `size // chunk_size` whole slices (`start` traced, `length` the
+    static `chunk_size`), then one call for the remainder, if any (static start and length).
+
+    The one slice loop of every chunked writer (`chunked`, `inplace.add_in_place`, `embedders.fill_rows`):
+    a buffer carried through it is updated by XLA in its own memory, and no shape depends on whether
+    `chunk_size` divides `size`, so nothing is padded, reshaped or concatenated.
+    """
+    num_full = size // chunk_size
+    carry = lax.fori_loop(0, num_full, lambda i, c: step(c, i * chunk_size, chunk_size), carry)
+    tail = size - num_full * chunk_size
+    return step(carry, num_full * chunk_size, tail) if tail else carry
 
 
 def pair_rows_chunk(chunk_size, num_res: int) -> int:

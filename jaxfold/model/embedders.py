@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxfold.common import all_atom
+from jaxfold.model.chunking import over_slices
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 
@@ -143,21 +144,17 @@ def pair_embedding(
 def fill_rows(rows_at: Callable, buffer: jax.Array, chunk_size: int) -> jax.Array:
     """Overwrite `buffer [N, ...]` block by block: rows `[s, s + n)` become `rows_at(buffer, s, n)`.
 
-    A `fori_loop` over whole blocks of `chunk_size` (the buffer is the loop carry, so XLA writes it in its
-    own memory) and one static tail block; unlike `chunked`, no padded copy of the output is concatenated
-    and sliced, which for the pair would be a second full-size array whenever chunk_size does not divide N.
+    The buffer is the carry of `chunking.over_slices`, so XLA writes it in its own memory: unlike
+    `chunked`, which writes into a fresh output, the new rows replace the ones they are computed from
+    (the recycled pair becomes the pair embedding without a second full-size array).
     """
-    size = buffer.shape[0]
 
     def one(buffer, start, length):
         return lax.dynamic_update_slice_in_dim(
             buffer, rows_at(buffer, start, length).astype(buffer.dtype), start, axis=0
         )
 
-    num_full = size // chunk_size
-    buffer = lax.fori_loop(0, num_full, lambda i, b: one(b, i * chunk_size, chunk_size), buffer)
-    tail = size - num_full * chunk_size
-    return one(buffer, num_full * chunk_size, tail) if tail else buffer
+    return over_slices(one, buffer, buffer.shape[0], chunk_size)
 
 
 def dgram_rows(

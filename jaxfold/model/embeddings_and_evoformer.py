@@ -22,9 +22,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxfold.model import embedders
-from jaxfold.model.evoformer import evoformer_stack, updates_in_place
+from jaxfold.model.evoformer import trunk_stack, updates_in_place
 from jaxfold.model.primitives import Linear
-from jaxfold.model.stacks import apply_stack
 from jaxfold.model.template import TemplateEmbedding
 from jaxfold.parallel.dap import NO_DAP, Dap, dropout_rng_refs
 
@@ -60,25 +59,9 @@ class EmbeddingsAndEvoformer(nn.Module):
         # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
-        if c.extra_msa_stack_num_block:
-            extra_stack = evoformer_stack(
-                c.evoformer,
-                gc,
-                c.extra_msa_stack_num_block,
-                is_extra_msa=True,
-                is_training=self.is_training,
-                name="extra_msa_stack",
-                dap=self.dap,
-            )
-            extra_msa, pair = apply_stack(
-                extra_stack,
-                self.dap,
-                extra_msa,
-                pair,
-                batch["extra_msa_mask"].astype(dtype),
-                mask_2d.astype(dtype),
-                *vary_refs,
-            )
+        extra_msa, pair = trunk_stack(
+            self, extra_msa, pair, batch["extra_msa_mask"], mask_2d, vary_refs, is_extra_msa=True
+        )
         self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
 
         msa_mask = batch["msa_mask"]
@@ -89,16 +72,7 @@ class EmbeddingsAndEvoformer(nn.Module):
             msa_mask = jnp.concatenate([msa_mask, template_row_mask.astype(msa_mask.dtype)], axis=0)
         msa = msa.astype(dtype)
         self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
-        stack = evoformer_stack(
-            c.evoformer,
-            gc,
-            c.evoformer_num_block,
-            is_extra_msa=False,
-            is_training=self.is_training,
-            name="evoformer_iteration",
-            dap=self.dap,
-        )
-        msa, pair = apply_stack(stack, self.dap, msa, pair, msa_mask.astype(dtype), mask_2d.astype(dtype), *vary_refs)
+        msa, pair = trunk_stack(self, msa, pair, msa_mask, mask_2d, vary_refs, is_extra_msa=False)
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
 
         # The pair and MSA stay in the activation dtype: their consumers (heads, structure module, the next

@@ -10,7 +10,8 @@ dropout (shared along rows or columns as the sub-module's config says) before th
 `evoformer_stack` runs `num_block` iterations with `nn.scan`, so parameters carry a leading layer axis
 exactly like the official files (`evoformer_iteration/...` `[48, ...]`), and wraps the block in
 `nn.remat` when `global_config.use_remat` is set, saving what `global_config.remat_policy` names
-(`REMAT_POLICIES`; set by the training presets, swept by `bench/train_step.py`).
+(`REMAT_POLICIES`; set by the training presets, swept by `bench/train_step.py`). `trunk_stack` builds and
+runs the trunk's extra-MSA or Evoformer stack: the one copy the monomer and multimer trunks share.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jaxfold.model.attention import pair_bias_in_chunks
 from jaxfold.model.inplace import add_in_place, pure
 from jaxfold.model.msa_attention import MSAColumnAttention, MSAColumnGlobalAttention, MSARowAttentionWithPairBias
 from jaxfold.model.outer_product_mean import OuterProductMean, right_projection
-from jaxfold.model.stacks import residual_update, scanned_stack
+from jaxfold.model.stacks import apply_stack, residual_update, scanned_stack
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
 from jaxfold.model.triangle_multiplication import TriangleMultiplication, whole_right_operand
@@ -220,3 +221,28 @@ def evoformer_stack(
         EvoformerIteration, num_block, bool(global_config.use_remat), getattr(global_config, "remat_policy", "nothing")
     )
     return stack(config, global_config, is_extra_msa=is_extra_msa, is_training=is_training, dap=dap, name=name)
+
+
+def trunk_stack(
+    trunk: nn.Module, msa, pair, msa_mask, pair_mask, vary_refs: tuple = (), *, is_extra_msa: bool
+) -> tuple:
+    """One of the trunk's two stacks, built in the scope of `trunk` and run on whole (replicated) inputs
+    through `apply_stack` (split over the DAP axis when `trunk.dap` is enabled). Call from inside the
+    trunk's compact method; the monomer and the multimer trunk both do (the same stacks in both models).
+
+    trunk: the calling trunk module; its `config` (`model.embeddings_and_evoformer`), `global_config`,
+      `is_training` and `dap` configure the stack.
+    is_extra_msa: the extra-MSA stack (scope `extra_msa_stack`, `extra_msa_stack_num_block` blocks,
+      global column attention) instead of the Evoformer stack (`evoformer_iteration`, `evoformer_num_block`).
+    msa `[N_seq, N_res, c]`, pair `[N_res, N_res, c_z]` in the activation dtype; msa_mask `[N_seq, N_res]`,
+    pair_mask `[N_res, N_res]` (cast to the activation dtype here); vary_refs: see `apply_stack`.
+    Returns the updated `(msa, pair)`; a stack of no blocks returns its inputs and holds no parameters.
+    """
+    c, gc = trunk.config, trunk.global_config
+    num_block = c.extra_msa_stack_num_block if is_extra_msa else c.evoformer_num_block
+    if not num_block:
+        return msa, pair
+    name = "extra_msa_stack" if is_extra_msa else "evoformer_iteration"
+    stack = evoformer_stack(c.evoformer, gc, num_block, is_extra_msa, trunk.is_training, name, trunk.dap)
+    dtype = jnp.dtype(gc.dtype)
+    return apply_stack(stack, trunk.dap, msa, pair, msa_mask.astype(dtype), pair_mask.astype(dtype), *vary_refs)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-from jaxfold.model.chunking import chunked
+from jaxfold.model.chunking import chunked, over_slices
 
 
 def pure(module: nn.Module, **fixed) -> Callable:
@@ -53,10 +53,7 @@ def add_in_place(
         update = block_update(block, *args).astype(act.dtype)
         return lax.dynamic_update_slice_in_dim(act, block + update, start, axis)
 
-    num_full = size // chunk_size
-    act = lax.fori_loop(0, num_full, lambda i, a: one(a, i * chunk_size, chunk_size), act)
-    tail = size - num_full * chunk_size
-    return one(act, num_full * chunk_size, tail) if tail else act
+    return over_slices(one, act, size, chunk_size)
 
 
 def map_rows(fn: Callable, x: jax.Array, chunk_size: int, axis: int = 0) -> jax.Array:

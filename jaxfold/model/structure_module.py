@@ -317,6 +317,44 @@ class MultiRigidSidechain(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def ipa_residual_and_transition(fold_iteration: nn.Module, act: jax.Array, attn: jax.Array) -> jax.Array:
+    """What a fold iteration does between IPA and the backbone update (Suppl. Alg. 20 lines 6-9), the same
+    in the monomer and the multimer module: `act + attn` `[N, c_s]`, dropout, `attention_layer_norm`; then
+    the transition (`num_layer_in_transition` Linears named `transition`, `transition_1`, ..., ReLU between
+    them) with its residual, dropout and `transition_layer_norm`. The sub-modules are created in the
+    scope of `fold_iteration` (call from inside its compact method), which gives the config, global config
+    and `is_training`."""
+    c, gc, is_training = fold_iteration.config, fold_iteration.global_config, fold_iteration.is_training
+    act = _maybe_dropout(fold_iteration, act + attn, c.dropout, is_training)
+    act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
+
+    input_act = act
+    for i in range(c.num_layer_in_transition):
+        last = i == c.num_layer_in_transition - 1
+        act = Linear(
+            c.num_channel,
+            initializer=final_init(gc) if last else "relu",
+            name="transition" + (f"_{i}" if i else ""),
+        )(act)
+        if not last:
+            act = jax.nn.relu(act)
+    act = _maybe_dropout(fold_iteration, act + input_act, c.dropout, is_training)
+    return LayerNorm(gc.kernels, name="transition_layer_norm")(act)
+
+
+def fold_iterations(fold_iteration_cls, config, global_config, is_training: bool) -> nn.Module:
+    """The structure module's `config.num_layer` iterations (scope `fold_iteration`) as one `nn.scan` with ONE
+    set of weights (`variable_broadcast='params'`: no layer axis, as in the official files), a fresh
+    dropout key per iteration and every input but the carry broadcast."""
+    return nn.scan(
+        fold_iteration_cls,
+        variable_broadcast="params",
+        split_rngs={"params": False, "dropout": True},
+        in_axes=nn.broadcast,
+        length=config.num_layer,
+    )(config, global_config, is_training=is_training, name="fold_iteration")
+
+
 class FoldIteration(nn.Module):
     """One iteration of the structure module (Suppl. Alg. 20 lines 6-21). Haiku name `fold_iteration`.
 
@@ -357,24 +395,7 @@ class FoldIteration(nn.Module):
         attn = InvariantPointAttention(c, gc, name="invariant_point_attention")(
             act, static_feat_2d, sequence_mask, rigid, pair_norm
         )
-        act = act + attn
-        act = _maybe_dropout(self, act, c.dropout, self.is_training)
-        act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
-
-        # Transition: num_layer_in_transition Linears named transition, transition_1, ...
-        input_act = act
-        for i in range(c.num_layer_in_transition):
-            last = i == c.num_layer_in_transition - 1
-            act = Linear(
-                c.num_channel,
-                initializer=final_init(gc) if last else "relu",
-                name="transition" + (f"_{i}" if i else ""),
-            )(act)
-            if not last:
-                act = jax.nn.relu(act)
-        act = act + input_act
-        act = _maybe_dropout(self, act, c.dropout, self.is_training)
-        act = LayerNorm(gc.kernels, name="transition_layer_norm")(act)
+        act = ipa_residual_and_transition(self, act, attn)
 
         translation, rotation = rigid.trans, rigid.rot
         if self.update_affine:
@@ -450,13 +471,7 @@ class StructureModule(nn.Module):
         activations = {"act": act, "affine": identity_affine(single.shape[0])}
         # Under shard_map the carry must vary over every axis the loop body mixes in (see `vary_like`).
         activations = vary_like(activations, act, act_2d, seq_mask, *dropout_rng_refs(self, self.is_training, gc))
-        fold_stack = nn.scan(
-            FoldIteration,
-            variable_broadcast="params",
-            split_rngs={"params": False, "dropout": True},
-            in_axes=nn.broadcast,
-            length=c.num_layer,
-        )(c, gc, is_training=self.is_training, name="fold_iteration")
+        fold_stack = fold_iterations(FoldIteration, c, gc, self.is_training)
         activations, output = fold_stack(activations, sequence_mask, initial_act, act_2d, aatype, pair_norm)
 
         position_scale = jnp.asarray([1.0] * 4 + [c.position_scale] * 3, jnp.float32)

@@ -15,7 +15,9 @@ Differences from the monomer module (`structure_module.py`): separate query/key/
 after the mask; backbone frames carried as rotation matrices (not quaternions), updated by a quaternion
 `(1, b, c, d)` normalised with `rsqrt(max(eps, |q|^2))` and composed on the right; `traj` and `final_rigids`
 are `[..., 3, 4]` (rotation | translation in Angstrom); masks come from `aatype` and `seq_mask` alone.
-Everything runs in float32.
+Everything runs in float32. The same as the monomer module, and reused from it: the side chains
+(`MultiRigidSidechain`), the residual, transition and layer norms around IPA (`ipa_residual_and_transition`)
+and the one-weight-set scan over the iterations (`fold_iterations`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ import numpy as np
 from jaxfold.common import all_atom
 from jaxfold.common.geometry import Rigid, Rot3, Vec3
 from jaxfold.model.primitives import LayerNorm, Linear, final_init
-from jaxfold.model.structure_module import IPA_MASK_VALUE, MultiRigidSidechain, _maybe_dropout
+from jaxfold.model.structure_module import (
+    IPA_MASK_VALUE,
+    MultiRigidSidechain,
+    fold_iterations,
+    ipa_residual_and_transition,
+)
 from jaxfold.parallel.dap import dropout_rng_refs, vary_like
 
 
@@ -149,24 +156,10 @@ class FoldIterationMultimer(nn.Module):
         c, gc = self.config, self.global_config
         rigid = activations["rigid"]
         act = activations["act"]
-        act = act + InvariantPointAttentionMultimer(c, gc, name="invariant_point_attention")(
+        attn = InvariantPointAttentionMultimer(c, gc, name="invariant_point_attention")(
             act, static_feat_2d, sequence_mask, rigid
         )
-        act = _maybe_dropout(self, act, c.dropout, self.is_training)
-        act = LayerNorm(gc.kernels, name="attention_layer_norm")(act)
-        input_act = act
-        for i in range(c.num_layer_in_transition):
-            last = i == c.num_layer_in_transition - 1
-            act = Linear(
-                c.num_channel,
-                initializer=final_init(gc) if last else "relu",
-                name="transition" + (f"_{i}" if i else ""),
-            )(act)
-            if not last:
-                act = jax.nn.relu(act)
-        act = act + input_act
-        act = _maybe_dropout(self, act, c.dropout, self.is_training)
-        act = LayerNorm(gc.kernels, name="transition_layer_norm")(act)
+        act = ipa_residual_and_transition(self, act, attn)
         rigid = rigid @ QuatRigid(gc, name="quat_rigid")(act)
         sc = MultiRigidSidechain(c.sidechain, gc, name="rigid_sidechain")(
             rigid.scale_translation(c.position_scale), [act, initial_act], aatype
@@ -205,13 +198,7 @@ class StructureModuleMultimer(nn.Module):
 
         activations = {"act": act, "rigid": Rigid.identity(seq_mask.shape)}
         activations = vary_like(activations, act, act_2d, seq_mask, *dropout_rng_refs(self, self.is_training, gc))
-        fold_stack = nn.scan(
-            FoldIterationMultimer,
-            variable_broadcast="params",
-            split_rngs={"params": False, "dropout": True},
-            in_axes=nn.broadcast,
-            length=c.num_layer,
-        )(c, gc, is_training=self.is_training, name="fold_iteration")
+        fold_stack = fold_iterations(FoldIterationMultimer, c, gc, self.is_training)
         activations, output = fold_stack(activations, seq_mask[:, None], initial_act, act_2d, aatype)
 
         traj = rigid_to_array(output["rigid"].scale_translation(c.position_scale))
