@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from bench._common import (
     run_module,
     write_results,
 )
+from jaxfold.model.memory import DEVICE_MEMORY_FRACTION
 
 DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "fp32:256", "fp32:1024", "fp32:1200"]
 DEFAULT_PROBE = ["bf16:4096", "bf16:8192", "bf16:10240", "bf16:12288", "fp32:4096", "fp32:8192"]
@@ -181,7 +183,10 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         cmd.append("--repeat")
     start = time.perf_counter()
     try:
-        proc = run_module("long_sequence", cmd, timeout=timeout, env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        # As infer.py runs: JAX may use DEVICE_MEMORY_FRACTION of the GPU (an explicit setting wins).
+        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEVICE_MEMORY_FRACTION)
+        proc = run_module("long_sequence", cmd, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "timeout", "wall_s": timeout}
     row = last_json_line(proc.stdout)

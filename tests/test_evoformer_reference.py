@@ -129,3 +129,25 @@ def test_in_place_chunked_block_equals_unchunked(shared_dir, name, is_extra_msa,
     # The in-place path really runs: its program loops over slices and writes them back.
     jaxpr = str(jax.make_jaxpr(lambda p, *a: block.apply(p, *a))(p, *args))
     assert ("while" in jaxpr or "scan" in jaxpr) and "dynamic_update_slice" in jaxpr
+
+
+@pytest.mark.parametrize("chunk_size", [0, 5])
+def test_outer_product_mean_rows_are_bounded_by_bytes(shared_dir, monkeypatch, chunk_size):
+    """Whatever the chunk size, the outer product mean builds at most `outer_product_rows` rows of float32
+    `[rows, N, c, c]` outer products at a time (XLA holds two of them), and still equals DeepMind's."""
+    from jaxfold.model import outer_product_mean as opm_module
+
+    io, params = module_reference(shared_dir, "outer_product_mean")
+    msa, mask = msa_input(io)
+    num_res, c = msa.shape[1], EVO.outer_product_mean.num_outer_channel
+    per_row = 2 * num_res * c * c * 4
+    monkeypatch.setattr(opm_module, "OUTER_PRODUCT_BYTES_IN_FLIGHT", 3 * per_row)
+    assert opm_module.outer_product_rows(num_res, num_res, c, chunk_size) == 3
+    gc = CONFIG.replace(**{"model.global_config.chunk_size": chunk_size}).model.global_config
+    module = OuterProductMean(EVO.outer_product_mean, gc, num_output_channel=128)
+    update = module.apply({"params": params["outer_product_mean"]}, msa, mask)
+    assert_close_on(update, io["output/update"], valid_mask(io, "pair"), ATOL_TRUNK, what="bounded outer product mean")
+    compiled = jax.jit(lambda p, m, k: module.apply(p, m, k)).lower({"params": params["outer_product_mean"]}, msa, mask)
+    temp = compiled.compile().memory_analysis().temp_size_in_bytes
+    whole = num_res * per_row  # all rows at once
+    assert temp < whole / 2, f"outer product mean temporaries {temp} B, all rows at once would be {whole} B"

@@ -72,6 +72,34 @@ def test_chain_too_long_is_a_clear_error_naming_what_would_fit():
     assert "--precision bf16" in text and "--mesh" in text and "--kernels pallas" in text
 
 
+def test_chain_too_long_on_a_gpu_names_jax_s_share_of_the_device(monkeypatch):
+    cfg = model_config("model_1_ptm", dtype="bfloat16")
+    shapes = memory.ModelShapes(num_res=20000, **DEEP)
+    monkeypatch.setattr(memory.jax, "default_backend", lambda: "gpu")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    with pytest.raises(memory.ChainTooLongError, match=r"XLA_PYTHON_CLIENT_MEM_FRACTION=0\.75, the default"):
+        memory.choose_chunk_size(shapes, cfg, "pallas", 59 * GIB)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # already large: not a hint
+    with pytest.raises(memory.ChainTooLongError) as err:
+        memory.choose_chunk_size(shapes, cfg, "pallas", 75 * GIB)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in str(err.value)
+
+
+def test_infer_lets_jax_take_most_of_the_gpu_unless_told_otherwise():
+    from jaxfold.predict_command import claim_device_memory
+
+    env = {}
+    claim_device_memory(["seq.fasta", "--precision", "bf16"], env)
+    assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": memory.DEVICE_MEMORY_FRACTION}
+    env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}  # the user's choice wins
+    claim_device_memory(["seq.fasta"], env)
+    assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}
+    for argv in (["--relax-device", "cuda"], ["--relax-device=cuda"]):  # OpenMM needs GPU memory of its own
+        env = {}
+        claim_device_memory(["seq.fasta", "--relax", "best", *argv], env)
+        assert env == {}
+
+
 def test_budget_override_fakes_a_small_device(monkeypatch):
     monkeypatch.setenv("JAXFOLD_MEMORY_BUDGET_GIB", "1.5")
     assert memory.device_memory_budget() == int(1.5 * GIB)

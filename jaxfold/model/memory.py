@@ -12,7 +12,7 @@ its temporary is `base + rows_in_flight * per_row`; unchunked, every row is in f
 | MSA column attention | N | H*N_seq^2 (f32, x2) | transposed + normed MSA |
 | triangle attention | N | H*N*N (f32, x2) | LN(pair), a transposed pair, bias H*N*N |
 | triangle multiplication | N | 3 rows of [N, c] | LN(pair) + both operands [N, N, c] |
-| outer product mean | N | N*c_o^2 + N*c_z | projections [N_seq, N, c_o] x2 |
+| outer product mean | N, at most `outer_product_rows` | 2*N*c_o^2 + N*c_z (f32) | projections [N_seq, N, c_o] x2 |
 | transitions | N (pair) / N_seq | 4*c*N | LN input |
 
 With the fused Pallas attention the logits never exist (online softmax): its per-row cost is the
@@ -29,7 +29,12 @@ import os
 import jax
 import numpy as np
 
+from jaxfold.model.outer_product_mean import outer_product_rows
+
 GIB = 1024**3
+# The share of a GPU that `infer.py` lets JAX take (XLA_PYTHON_CLIENT_MEM_FRACTION, JAX's default 0.75), unless
+# the user set one: see `jaxfold.predict_command.claim_device_memory`.
+DEVICE_MEMORY_FRACTION = "0.95"
 # Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
 # buffers live across fusions, and the estimate is approximate.
 DEFAULT_HEADROOM = 0.80
@@ -117,11 +122,12 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
         return rows_in_flight(rows) * heads * keys * keys * f32 * 2 + rows_in_flight(rows) * keys * channels * act * 4
 
     bias = h_row * n * n * act
+    opm_rows = outer_product_rows(rows_in_flight(n), n, c_o, 0) or rows_in_flight(n)
     operand = n * n * c_tri * act / d  # a triangle product's whole operand
     pair_ops = [
         h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies * pair,  # triangle attention
         (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies * pair,  # triangle mult.
-        2 * s * n * c_o * act + rows_in_flight(n) * n * (c_o * c_o + c_z) * f32 + copies * pair,  # outer product
+        2 * s * n * c_o * act + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies * pair,  # outer product
         rows_in_flight(n) * n * 4 * c_z * act + copies * pair,  # pair transition
     ]
     # Each stage: what lives through it beside `base`, plus its largest op.
@@ -209,6 +215,12 @@ def choose_chunk_size(
     hints.append(f"more GPUs with --mesh {2 * max(1, dap_size)}x1 (DAP splits the pair)")
     if shapes.num_extra_msa > 1024:
         hints.append("fewer extra MSA rows (--set data.common.max_extra_msa=1024)")
+    fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    if jax.default_backend() == "gpu" and (fraction is None or float(fraction) < 0.9):
+        hints.append(
+            f"a larger share of the GPU for JAX (XLA_PYTHON_CLIENT_MEM_FRACTION={fraction or '0.75, the default'} "
+            f"now; infer.py uses {DEVICE_MEMORY_FRACTION})"
+        )
     raise ChainTooLongError(
         f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
         f"{shapes.num_templates} templates, {gc.dtype}) need about {need / GIB:.1f} GiB even one row at a "

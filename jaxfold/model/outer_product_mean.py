@@ -3,7 +3,8 @@
 act `[N_seq, N_res, c_m]`, mask `[N_seq, N_res]` -> pair update `[N_res, N_res, c_z]`:
   out[i, j] = (sum_s left[s, i] (x) right[s, j]) . W + b, divided by (1e-3 + number of sequences where
   both i and j are unmasked). The bias is added before the division, as in AlphaFold.
-With `global_config.chunk_size` the `[chunk, N_res, c, c]` outer products are built a slice of rows i at a time.
+The `[rows, N_res, c, c]` outer products are built a slice of rows i at a time: `global_config.chunk_size` rows,
+and never more than `outer_product_rows` allows (see there), chunk size or not.
 Under DAP the MSA arrives split along residues; the right projection is all-gathered and the output is
 the pair's row slice. `full_mask` (the whole `[N_seq, N_res]` mask, replicated) gives the normaliser.
 """
@@ -17,6 +18,20 @@ import jax.numpy as jnp
 from jaxfold.model.chunking import chunked
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 from jaxfold.parallel.dap import NO_DAP, Dap
+
+# Bytes of outer products in flight. They are float32-sized per row (N_res * c * c * 4 B: 4 MiB at N=1,024,
+# 40 MiB at N=10,240) and XLA holds two of them (the product and the copy laid out for the output
+# projection: seen in the compiled program's temporaries, and as the 37 GiB allocation that ran an H100 out of
+# memory at N=5,248 with 1,024-row slices). AlphaFold itself always runs this op in slices of 128 rows.
+OUTER_PRODUCT_BYTES_IN_FLIGHT = 2**30
+
+
+def outer_product_rows(num_rows: int, num_res: int, num_channel: int, chunk_size) -> int:
+    """Rows i per slice of the outer product mean: `chunk_size` (0/None/"auto": all), lowered so that two
+    float32 `[rows, num_res, c, c]` outer products fit in OUTER_PRODUCT_BYTES_IN_FLIGHT. 0 = all rows at once."""
+    rows = chunk_size if isinstance(chunk_size, int) and 0 < chunk_size < num_rows else num_rows
+    rows = min(rows, max(1, OUTER_PRODUCT_BYTES_IN_FLIGHT // (2 * num_res * num_channel**2 * 4)))
+    return 0 if rows >= num_rows else rows
 
 
 class OuterProductMean(nn.Module):
@@ -45,7 +60,8 @@ class OuterProductMean(nn.Module):
             outer = jnp.einsum("sic,sje->ijce", left_rows, right)
             return jnp.einsum("ijce,cef->ijf", outer, output_w) + output_b
 
-        out = chunked(rows, gc.chunk_size, batch_axes=(1,), out_axis=0)(left)
+        rows_per_slice = outer_product_rows(left.shape[1], right.shape[1], c, gc.chunk_size)
+        out = chunked(rows, rows_per_slice, batch_axes=(1,), out_axis=0)(left)
         right_mask = mask if full_mask is None else full_mask[..., None].astype(act.dtype)
         norm = jnp.einsum("sic,sjc->ijc", mask, right_mask)
         return out / (1e-3 + norm)
