@@ -86,10 +86,12 @@ def _typed(struct, like):
     """`struct` (a ShapeDtypeStruct) declared with the varying-axes type of the array `like`."""
     if _SDS_KEYWORD is None or like is None or not isinstance(struct, jax.ShapeDtypeStruct):
         return struct
-    axis_type = _axis_type(like)
-    if axis_type is None:
+    if _SDS_KEYWORD == "vma":  # jax 0.6-0.9: a set of axis names
+        return jax.ShapeDtypeStruct(struct.shape, struct.dtype, vma=varying_axes(like))
+    axis_type = _axis_type(like)  # jax 0.10+: the operand's own ManualAxisType object
+    if axis_type is None or isinstance(axis_type, (set, frozenset)):
         return struct
-    return jax.ShapeDtypeStruct(struct.shape, struct.dtype, **{_SDS_KEYWORD: axis_type})
+    return jax.ShapeDtypeStruct(struct.shape, struct.dtype, manual_axis_type=axis_type)
 
 
 def _untyped(x):
