@@ -74,14 +74,8 @@ def _case(name: str):
         return run, (left, gate), (right, 1.0 + 0.1 * scale, 0.1 * offset, wo / 3, 0.1 * bo, wg / 3, 0.1 * bg)
     if name == "transition":
         x, scale, offset, w1, b1, w2, b2 = _normal(5, (6, 5, 24), (24,), (24,), (24, 40), (40,), (40, 24), (24,))
-        return (lambda s, r, i: ptr.transition(*s, *r, interpret=i)), (x,), (
-            1.0 + 0.1 * scale,
-            0.1 * offset,
-            w1 / 5,
-            0.1 * b1,
-            w2 / 6,
-            0.1 * b2,
-        )
+        weights = (1.0 + 0.1 * scale, 0.1 * offset, w1 / 5, 0.1 * b1, w2 / 6, 0.1 * b2)
+        return (lambda s, r, i: ptr.transition(*s, *r, interpret=i)), (x,), weights
     raise KeyError(name)
 
 
