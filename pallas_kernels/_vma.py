@@ -21,10 +21,13 @@ Two helpers, used by every kernel:
 
 Outside `shard_map` (and with `check_vma=False`) every set is empty and both are the identity.
 
-Version notes: jax 0.10 exposes the set as `jax.typeof(x).manual_axis_type.varying` (`.mat` for short) and
-takes `jax.ShapeDtypeStruct(..., manual_axis_type=...)`; jax 0.6-0.9 as `jax.typeof(x).vma` and
-`ShapeDtypeStruct(..., vma=...)`. Both spellings are detected, not assumed (jax 0.11 keeps 0.10's). The
-cast is `jax.lax.pcast(x, axes, to="varying")` (0.7+), or `jax.lax.pvary` where `pcast` is absent.
+Version notes: jax 0.10.2 exposes the set as `jax.typeof(x).manual_axis_type.varying` (`.mat` for short)
+and takes `jax.ShapeDtypeStruct(..., manual_axis_type=...)`; earlier releases (<= 0.9) spelled it
+`jax.typeof(x).vma` and `ShapeDtypeStruct(..., vma=...)`. The spelling is detected from the installed jax,
+not assumed (0.11.2, on the GPU machine, was not run here). The cast is `jax.lax.pcast(x, axes,
+to="varying")`, or `jax.lax.pvary` where `pcast` is absent. Public APIs only: `jax.typeof`,
+`jax.ShapeDtypeStruct`, `jax.lax.pcast`, `jax.shard_map(check_vma=, axis_names=)`,
+`jax.sharding.get_abstract_mesh`.
 """
 
 from __future__ import annotations
