@@ -1,11 +1,14 @@
 """Dynamic axial parallelism benchmark: Evoformer stack forward and full inference, 1 vs N GPUs.
 
-    python -m bench.dap --n-res 1024 2048 --dap 1 2 [--blocks 48] [--dtype bfloat16] [--quick]
+    python -m bench.dap --n-res 1024 2048 --dap 1 2 [--kernels auto xla] [--blocks 48] [--dtype bfloat16] [--quick]
 
-For each N_res and DAP size: wall time (median of repeats after a compile/warm-up run), speedup and
-parallel efficiency against DAP 1 measured in the same run, and peak device memory per GPU (the compiled
-executable's memory analysis, and the allocator's peak where the backend reports it). Prints a table and
-writes `bench/results/dap-<device>-<UTC stamp>.json` with the commit and device.
+For each N_res, kernel choice and DAP size: wall time (median of repeats after a compile/warm-up run),
+speedup and parallel efficiency against DAP 1 with the same kernels, the speedup of these kernels over
+`xla` at the same DAP size (when `xla` is in `--kernels`), all measured in the same run, and peak device
+memory per GPU (the compiled executable's memory analysis, and the allocator's peak where the backend
+reports it). `--kernels auto` (default) is what a prediction uses: the fused Pallas kernels on a GPU, under
+DAP too (`pallas_kernels/_vma.py`), XLA on a CPU. Prints a table and writes
+`bench/results/dap-<device>-<UTC stamp>.json` with the commit and device.
 
 Prediction (full-size Evoformer block, N_seq 128, c_z 128, 4 heads x 32): the triangle updates cost
 2 x 2 N^3 c_z and the triangle attentions 2 x 2 x 2 N^3 (H c) FLOPs, ~13 TFLOP per block at N 2,048 and
@@ -29,6 +32,7 @@ from bench._common import RESULTS, device_kind, median, peak_bytes, print_header
 from jaxfold.config import model_config
 from jaxfold.model.evoformer import evoformer_stack
 from jaxfold.model.init import dummy_features, init_params
+from jaxfold.model.kernels import KERNELS, resolve_kernels
 from jaxfold.model.predict import predict
 from jaxfold.model.stacks import apply_stack
 from jaxfold.parallel.dap import NO_DAP
@@ -131,6 +135,13 @@ def main(argv=None) -> int:
     parser.add_argument("--n-extra", type=int, default=1024)
     parser.add_argument("--blocks", type=int, default=48)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        default=["auto"],
+        choices=KERNELS,
+        help="auto (default): fused Pallas kernels on a GPU, XLA on a CPU; give 'auto xla' to compare both",
+    )
     parser.add_argument("--chunk-size", type=int, default=0, help="rows per chunk (0 = choose by N_res)")
     parser.add_argument("--num-recycle", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -148,41 +159,54 @@ def main(argv=None) -> int:
     rows = []
     for n_res in args.n_res:
         chunk = args.chunk_size or (0 if n_res <= 512 else max(16, 2**17 // n_res))
-        overrides = dict(dtype=args.dtype, chunk_size=chunk, num_recycle=args.num_recycle)
-        if not args.quick:
-            overrides["evoformer_num_block"] = args.blocks
-        cfg = model_config(preset, **overrides)
-        for dap_size in dap_sizes:
-            for case in ("stack", "inference"):
-                if case == "inference" and args.skip_inference:
-                    continue
-                try:
-                    if case == "stack":
-                        row = stack_case(cfg, n_res, args.n_seq, dap_size, jnp.dtype(args.dtype), args.repeats)
-                    else:
-                        row = inference_case(cfg, n_res, args.n_seq, args.n_extra, dap_size, args.repeats)
-                except Exception as err:  # noqa: BLE001  (one failing case must not lose the others)
-                    row = {"what": case, "n_res": n_res, "dap": dap_size, "error": f"{type(err).__name__}: {err}"[:500]}
-                row["chunk_size"] = chunk
-                record(rows, row, hide=("times_s",))
+        for kernels in args.kernels:
+            overrides = dict(dtype=args.dtype, chunk_size=chunk, num_recycle=args.num_recycle, kernels=kernels)
+            if not args.quick:
+                overrides["evoformer_num_block"] = args.blocks
+            cfg = model_config(preset, **overrides)
+            for dap_size in dap_sizes:
+                for case in ("stack", "inference"):
+                    if case == "inference" and args.skip_inference:
+                        continue
+                    try:
+                        if case == "stack":
+                            row = stack_case(cfg, n_res, args.n_seq, dap_size, jnp.dtype(args.dtype), args.repeats)
+                        else:
+                            row = inference_case(cfg, n_res, args.n_seq, args.n_extra, dap_size, args.repeats)
+                    except Exception as err:  # noqa: BLE001  (one failing case must not lose the others)
+                        row = {
+                            "what": case,
+                            "n_res": n_res,
+                            "dap": dap_size,
+                            "error": f"{type(err).__name__}: {err}"[:500],
+                        }
+                    # The choice asked for and what it resolved to here ("auto": pallas on a GPU).
+                    row.update(kernels=kernels, kernels_resolved=resolve_kernels(kernels), chunk_size=chunk)
+                    record(rows, row, hide=("times_s",))
 
-    base = {(r["what"], r["n_res"]): r["median_s"] for r in rows if r.get("dap") == 1 and "median_s" in r}
+    timed_rows = [r for r in rows if "median_s" in r]
+    base = {(r["what"], r["n_res"], r["kernels"]): r["median_s"] for r in timed_rows if r["dap"] == 1}
+    xla = {(r["what"], r["n_res"], r["dap"]): r["median_s"] for r in timed_rows if r["kernels"] == "xla"}
     print_header(
         f"DAP benchmark on {len(jax.devices())} x {device} ({preset}, {args.dtype}, N_seq {args.n_seq})",
-        f"{'what':<24}{'N_res':>6}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}{'peak GiB/GPU':>14}",
+        f"{'what':<24}{'N_res':>6}{'kernels':>16}{'dap':>4}{'time s':>10}{'speedup':>9}{'effic.':>8}"
+        f"{'vs xla':>8}{'peak GiB/GPU':>14}",
     )
     for r in rows:
+        label = f"{r['kernels']}->{r['kernels_resolved']}" if r["kernels"] == "auto" else r["kernels"]
         if "median_s" not in r:
-            print(f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}  {r['error'][:80]}")
+            print(f"{r['what']:<24}{r['n_res']:>6}{label:>16}{r['dap']:>4}  {r['error'][:80]}")
             continue
-        ref = base.get((r["what"], r["n_res"]))
+        ref = base.get((r["what"], r["n_res"], r["kernels"]))
         speedup = ref / r["median_s"] if ref else float("nan")
         r["speedup_vs_dap1"] = speedup
         r["parallel_efficiency"] = speedup / r["dap"] if ref else float("nan")
+        ref_xla = xla.get((r["what"], r["n_res"], r["dap"]))
+        r["speedup_vs_xla"] = ref_xla / r["median_s"] if ref_xla else float("nan")
         peak = r.get("peak_bytes_per_device") or r.get("temp_bytes_per_device")
         print(
-            f"{r['what']:<24}{r['n_res']:>6}{r['dap']:>4}{r['median_s']:>10.3f}{speedup:>9.2f}"
-            f"{r['parallel_efficiency']:>8.2f}{(peak or 0) / 2**30:>14.2f}"
+            f"{r['what']:<24}{r['n_res']:>6}{label:>16}{r['dap']:>4}{r['median_s']:>10.3f}{speedup:>9.2f}"
+            f"{r['parallel_efficiency']:>8.2f}{r['speedup_vs_xla']:>8.2f}{(peak or 0) / 2**30:>14.2f}"
         )
     if skipped:
         print(f"(not run: dap {skipped} — only {len(jax.devices())} device(s) here)")

@@ -11,7 +11,8 @@ are unused.
   triangle product (outgoing/incoming) fused with the center LayerNorm, output projection and gate.
 
 On a CPU backend the kernels run in Pallas interpret mode (slow, for tests); on a GPU they compile
-through Triton.
+through Triton. Inside `jax.shard_map` (DAP) every kernel's outputs vary over the mesh axes its inputs
+vary over (`_vma.py`), so they type-check under `check_vma=True`, forward and backward.
 """
 
 __all__ = ["attention", "layer_norm", "triangle_multiplication"]

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat as C_
+from pallas_kernels import _vma as V_
 
 LOG2E = math.log2(math.e)
 _PAD_KEY_BIAS = -1e30  # keys past K: far below AlphaFold's -1e9 mask, so they never get weight
@@ -368,7 +369,7 @@ def _forward(q, k, v, mask, pair, cfg: _Cfg):
         in_specs.append(pl.BlockSpec((None, bq, kr), lambda i, j, hh: (hh, i, 0)))
         args.append(pair)
     row_spec = pl.BlockSpec((None, None, bq), lambda i, j, hh: (j, hh, i))
-    return pl.pallas_call(
+    return V_.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg),
         grid=(C_.cdiv(nq, bq), b, h),
         in_specs=in_specs,
@@ -408,7 +409,7 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
     row_spec = pl.BlockSpec((None, None, qr), lambda j, bb, hh: (bb, hh, 0))
     in_specs += [pl.BlockSpec((None, qr, None, cvp), lambda j, bb, hh: (bb, 0, hh, 0)), row_spec, row_spec, row_spec]
     args += [do, m, ll, delta]
-    dk, dv = pl.pallas_call(
+    dk, dv = V_.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg),
         grid=(C_.cdiv(nk, bk), b, h),
         in_specs=in_specs,
@@ -438,7 +439,7 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
     row_spec = pl.BlockSpec((None, None, bq), lambda i, bb, hh: (bb, hh, i))
     in_specs += [pl.BlockSpec((None, bq, None, cvp), lambda i, bb, hh: (bb, i, hh, 0)), row_spec, row_spec, row_spec]
     args += [do, m, ll, delta]
-    dq = pl.pallas_call(
+    dq = V_.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(C_.cdiv(nq, bq), b, h),
         in_specs=in_specs,
@@ -470,7 +471,7 @@ def _backward(q, k, v, mask, pair, o, m, ll, do, cfg: _Cfg):
             row_spec,
             row_spec,
         ]
-        parts = pl.pallas_call(
+        parts = V_.pallas_call(
             functools.partial(_dpair_kernel, cfg=cfg, rows_per_split=rows_per_split),
             grid=(C_.cdiv(nq, bq), C_.cdiv(nk, bk), h * s_),
             in_specs=in_specs,
@@ -639,4 +640,6 @@ def attention(
         precision=C_.matmul_precision(dtype, allow_tf32),
         interpret=C_.resolve_interpret(interpret),
     )
+    # One varying-axes type for every operand (under shard_map; see _vma.py) before the custom_vjp.
+    q, k, v, mask, nonbatched_bias = V_.match_vma(q, k, v, mask, nonbatched_bias)
     return _attention(q, k, v, mask, nonbatched_bias, cfg).astype(out_dtype)

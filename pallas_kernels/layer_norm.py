@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat as C_
+from pallas_kernels import _vma as V_
 
 _MAX_COLS = 16384  # one row must fit in one tile
 
@@ -113,7 +114,7 @@ def _forward(x2d, scale, offset, cfg: _Cfg):
     grid = (C_.cdiv(m, cfg.block_rows),)
     vec_spec = pl.BlockSpec((cfg.cols_p,), lambda i: (0,))
     tile_spec = pl.BlockSpec((cfg.block_rows, cfg.cols_p), lambda i: (i, 0))
-    return pl.pallas_call(
+    return V_.pallas_call(
         functools.partial(_fwd_kernel, cfg=cfg, rows_total=m),
         grid=grid,
         in_specs=[tile_spec, vec_spec, vec_spec],
@@ -132,7 +133,7 @@ def _backward(x2d, scale, dy, cfg: _Cfg):
     tile_spec = pl.BlockSpec((rows_pp, cfg.cols_p), lambda i: (i, 0))
     part_spec = pl.BlockSpec((None, cfg.cols_p), lambda i: (i, 0))
     part_shape = jax.ShapeDtypeStruct((g, cfg.cols_p), jnp.float32)
-    dx, dscale_p, doffset_p = pl.pallas_call(
+    dx, dscale_p, doffset_p = V_.pallas_call(
         functools.partial(_bwd_kernel, cfg=cfg, rows_total=m),
         grid=(g,),
         in_specs=[tile_spec, pl.BlockSpec((cfg.cols_p,), lambda i: (0,)), tile_spec],
@@ -202,5 +203,7 @@ def layer_norm(x, scale, offset, eps: float = 1e-5, *, interpret: bool | None = 
             warnings.warn(f"pallas layer_norm: {cols} channels > {_MAX_COLS}; using the jnp reference", stacklevel=2)
         return layer_norm_reference(x, scale, offset, eps)
     cfg = _choose_cfg(m, cols, eps, C_.resolve_interpret(interpret), block_rows)
-    y = _layer_norm_2d(x.reshape(m, cols), scale, offset, cfg)
+    # One varying-axes type for all three (under shard_map; see _vma.py) before the custom_vjp.
+    x2d, scale, offset = V_.match_vma(x.reshape(m, cols), scale, offset)
+    y = _layer_norm_2d(x2d, scale, offset, cfg)
     return y.reshape(x.shape)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat as C_
+from pallas_kernels import _vma as V_
 
 LAYER_NORM_EPS = 1e-5
 
@@ -102,7 +103,7 @@ def _forward(x2d, weights, cfg: _Cfg):
     hr = -(-cfg.h // cfg.block_h) * cfg.block_h
     full = lambda *shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))  # noqa: E731
     tile = pl.BlockSpec((cfg.block_rows, cfg.cp), lambda i: (i, 0))
-    return pl.pallas_call(
+    return V_.pallas_call(
         functools.partial(_kernel, cfg=cfg),
         grid=(C_.cdiv(cfg.rows, cfg.block_rows),),
         in_specs=[tile, full(cfg.cp), full(cfg.cp), full(cfg.cp, hr), full(hr), full(hr, cfg.cp), full(cfg.cp)],
@@ -197,4 +198,6 @@ def transition(
         w2.astype(dtype),
         b2.astype(jnp.float32),
     )
-    return _transition_2d(x.reshape(rows, c), weights, cfg).reshape(x.shape)
+    # One varying-axes type for x and the weights (under shard_map; see _vma.py) before the custom_vjp.
+    x2d, weights = V_.match_vma(x.reshape(rows, c), weights)
+    return _transition_2d(x2d, weights, cfg).reshape(x.shape)

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import _compat as C_
+from pallas_kernels import _vma as V_
 from pallas_kernels.layer_norm import layer_norm_reference
 
 LAYER_NORM_EPS = 1e-5  # Haiku's default, the one AlphaFold uses for center_layer_norm
@@ -204,7 +205,7 @@ def _bmm_call(a, b, trans_a: bool, trans_b: bool, tiles: Tiles, interpret: bool)
         b_spec = pl.BlockSpec((None, cfg.bn, kr), lambda i, j, c: (c, j, 0))
     else:
         b_spec = pl.BlockSpec((None, kr, cfg.bn), lambda i, j, c: (c, 0, j))
-    return pl.pallas_call(
+    return V_.pallas_call(
         functools.partial(_bmm_kernel, cfg=cfg),
         grid=(C_.cdiv(m, cfg.bm), C_.cdiv(n, cfg.bn), nc),
         in_specs=[a_spec, b_spec],
@@ -323,7 +324,7 @@ def _epilogue_call(p_cm, gate_input, weights, cfg: _EpiCfg):
     scale, offset, wo, bo, wg, bg = weights
     vec = lambda n: pl.BlockSpec((n,), lambda i, j: (0,))  # noqa: E731
     mat = lambda r, c: pl.BlockSpec((r, c), lambda i, j: (0, 0))  # noqa: E731
-    return pl.pallas_call(
+    return V_.pallas_call(
         functools.partial(_epilogue_kernel, cfg=cfg),
         grid=(C_.cdiv(cfg.i, cfg.ri), C_.cdiv(cfg.j, cfg.bj)),
         in_specs=[
@@ -462,6 +463,16 @@ def triangle_multiplication(
     if ni == 0 or nj == 0:
         return jnp.zeros((ni, nj, cz), dtype)
 
+    weights = (
+        center_scale.astype(jnp.float32),
+        center_offset.astype(jnp.float32),
+        output_weights.astype(dtype),
+        output_bias.astype(jnp.float32),
+        gating_weights.astype(dtype),
+        gating_bias.astype(jnp.float32),
+    )
+    # One varying-axes type for every operand (under shard_map; see _vma.py) before the custom_vjps.
+    left, right, gate_input, weights = V_.match_vma(left, right, gate_input, weights)
     # Channel-major operands (fused by XLA into the op that produced left/right).
     lc = jnp.moveaxis(left.astype(dtype), -1, 0)
     rc = jnp.moveaxis(right.astype(dtype), -1, 0)
@@ -472,14 +483,6 @@ def triangle_multiplication(
     else:
         p_cm = _bmm_xla(a, b, *trans)
 
-    weights = (
-        center_scale.astype(jnp.float32),
-        center_offset.astype(jnp.float32),
-        output_weights.astype(dtype),
-        output_bias.astype(jnp.float32),
-        gating_weights.astype(dtype),
-        gating_bias.astype(jnp.float32),
-    )
     cfg = _EpiCfg(
         i=ni,
         j=nj,

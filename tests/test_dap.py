@@ -81,16 +81,18 @@ class StackUnderTest(nn.Module):
 
     dap: Dap
     is_extra_msa: bool
+    kernels: str | None = None  # None: the preset's ("auto")
 
     @nn.compact
     def __call__(self, msa, pair, msa_mask, pair_mask):
-        stack = evoformer_stack(EVO, GC, 2, self.is_extra_msa, False, name="stack", dap=self.dap)
+        gc = GC if self.kernels is None else GC.replace(kernels=self.kernels)
+        stack = evoformer_stack(EVO, gc, 2, self.is_extra_msa, False, name="stack", dap=self.dap)
         return apply_stack(stack, self.dap, msa, pair, msa_mask, pair_mask)
 
 
-def stack_run(io, params, dap_size, is_extra_msa):
+def stack_run(io, params, dap_size, is_extra_msa, kernels=None):
     mesh = make_mesh(f"{dap_size}x1", jax.devices()[:dap_size]) if dap_size > 1 else None
-    module = StackUnderTest(dap_for_mesh(mesh), is_extra_msa)
+    module = StackUnderTest(dap_for_mesh(mesh), is_extra_msa, kernels)
 
     def forward(p, msa, pair):
         return module.apply({"params": p}, msa, pair, io["input/msa_mask"], io["input/pair_mask"])
@@ -137,17 +139,22 @@ def stack_reference(shared_dir):
 
 
 @pytest.mark.parametrize(
-    "name,dap_size",
+    "name,dap_size,kernels",
     [
-        ("evoformer_iteration", 2),
-        ("evoformer_iteration", 4),
-        ("evoformer_iteration", 8),
-        ("extra_msa_stack_iteration", 4),
+        ("evoformer_iteration", 2, None),
+        ("evoformer_iteration", 4, None),
+        ("evoformer_iteration", 8, None),
+        ("extra_msa_stack_iteration", 4, None),
+        # The fused Pallas kernels (interpret mode here) inside shard_map, forward and backward (training).
+        ("evoformer_iteration", 2, "pallas"),
+        ("extra_msa_stack_iteration", 2, "pallas"),
     ],
 )
-def test_sharded_stack_equals_unsharded_values_and_gradients(stack_reference, name, dap_size):
+def test_sharded_stack_equals_unsharded_values_and_gradients(stack_reference, name, dap_size, kernels):
+    """The 2-block stack split over `dap_size` devices: outputs and gradients (parameters and inputs) equal
+    the unsplit stack's (the preset's kernels: XLA on a CPU)."""
     io, params, (ref_out, ref_grads) = stack_reference[name]
-    out, grads = stack_run(io, params, dap_size, name.startswith("extra"))
+    out, grads = stack_run(io, params, dap_size, name.startswith("extra"), kernels)
     msa_valid = io["input/msa_mask"][..., None] > 0
     pair_valid = io["input/pair_mask"][..., None] > 0
     for got, ref, valid in ((out[0], ref_out[0], msa_valid), (out[1], ref_out[1], pair_valid)):
@@ -156,14 +163,53 @@ def test_sharded_stack_equals_unsharded_values_and_gradients(stack_reference, na
     assert_grads_close(grads, ref_grads)
 
 
-def test_whole_model_with_dap_matches_deepmind(shared_dir):
-    """The full model, trunk split over 4 devices, against DeepMind's first-pass outputs."""
+@pytest.mark.parametrize(
+    "dap_size,kernels",
+    [
+        (4, None),
+        # ~75 s of Pallas interpret-mode compilation on 2 CPU cores; the fast sibling is
+        # test_prediction_with_dap_and_pallas_kernels_equals_unsharded.
+        pytest.param(2, "pallas", marks=pytest.mark.slow),
+    ],
+)
+def test_whole_model_with_dap_matches_deepmind(shared_dir, dap_size, kernels):
+    """The full model, trunk split over `dap_size` devices, against DeepMind's first-pass outputs."""
     cfg = model_config("model_1_ptm", num_recycle=0, **SHRINK)
     params = load_alphafold_params(shared_dir / "reference" / "params" / "params_model_1_ptm_shrunk.npz", cfg)
     features = {k: v[:1] for k, v in reference(shared_dir, "features").items()}
-    mesh = make_mesh("4x1", jax.devices()[:4])
-    outputs = run_alphafold(cfg, params, features, mesh=mesh)
+    mesh = make_mesh(f"{dap_size}x1", jax.devices()[:dap_size])
+    outputs = run_alphafold(cfg, params, features, mesh=mesh, kernels=kernels)
     compare_all(outputs, reference(shared_dir, "outputs_recycle0"))
+
+
+def test_prediction_with_dap_and_pallas_kernels_equals_unsharded(shared_dir, monkeypatch):
+    """`predict(..., mesh=2x1, kernels="pallas")` (the fused kernels in interpret mode, inside shard_map)
+    gives the unsplit XLA prediction: the tiny preset (1 Evoformer block, no templates) with random
+    parameters whose output layers are not zero (`init_random_params`), so every kernel shapes the result,
+    on the reference protein's real features (37 residues: odd, so DAP pads). The kernels must really run:
+    the number of pallas_calls traced under the mesh is counted."""
+    from jaxfold.model.predict import predict  # noqa: PLC0415
+    from jaxfold.model_params import init_random_params  # noqa: PLC0415
+    from pallas_kernels import _vma  # noqa: PLC0415
+
+    calls = []
+    traced = _vma.pallas_call
+    monkeypatch.setattr(_vma, "pallas_call", lambda kernel, **kw: calls.append(kw.get("name")) or traced(kernel, **kw))
+    cfg = model_config(
+        "tiny", num_recycle=0, evoformer_num_block=1, **{"model.embeddings_and_evoformer.template.enabled": False}
+    )
+    params = init_random_params(cfg)
+    features = {k: v[:1] for k, v in reference(shared_dir, "features").items()}
+    expected = predict(cfg, params, features, kernels="xla")
+    assert not calls
+    outputs = predict(cfg, params, features, mesh=make_mesh("2x1", jax.devices()[:2]), kernels="pallas")
+    for name in ("jaxfold_attention_fwd", "jaxfold_layer_norm_fwd", "jaxfold_triangle_product"):
+        assert name in calls, f"{name} was not traced under the mesh: {sorted(set(calls))}"
+    for key in ("representations/pair", "representations/msa", "distogram/logits", "masked_msa/logits"):
+        scale = float(np.abs(expected[key]).max())
+        assert_close_on(outputs[key], expected[key], None, atol=1e-5 * scale, rtol=1e-4, what=key)
+    for key in ("structure_module/final_atom_positions", "confidence/plddt", "confidence/predicted_aligned_error"):
+        assert_close_on(outputs[key], expected[key], None, atol=1e-3, rtol=1e-4, what=key)
 
 
 def collective_counts(hlo_text: str) -> dict[str, int]:
@@ -206,3 +252,47 @@ def test_one_sharded_block_has_exactly_the_planned_collectives(stack_reference):
     gathered = re.findall(r"= f32\[([\d,]+)\][^\n]*\ball-gather\(", text)
     pair_sized = [s for s in gathered if s.startswith("24,24,")]
     assert len(pair_sized) == 2, gathered  # the two triangle-multiplication operands, nothing else
+
+
+def test_one_sharded_block_with_pallas_kernels_lowers_for_cuda(shared_dir, monkeypatch):
+    """The GPU path of DAP with the fused kernels, on this CPU machine: one Evoformer block split over a
+    2-GPU abstract mesh, forward and backward (training), lowers for CUDA with compiled Triton kernels (not
+    the interpreter), and with exactly the kernels of the unsplit block (no kernel dropped under DAP)."""
+    import warnings  # noqa: PLC0415
+
+    from jaxfold.model.evoformer import EvoformerIteration  # noqa: PLC0415
+    from pallas_kernels import _compat  # noqa: PLC0415
+
+    abstract_device = getattr(jax.sharding, "AbstractDevice", None)
+    if abstract_device is None or not hasattr(jax.sharding, "use_abstract_mesh"):
+        pytest.skip(f"jax {jax.__version__} has no abstract GPU devices to lower for")
+    monkeypatch.setattr(_compat, "on_gpu", lambda: True)  # the kernels compile (interpret=False) as on a GPU
+    gpu = abstract_device(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
+    _, params = module_reference(shared_dir, "evoformer_iteration")
+    (one_layer,) = params.values()
+    gc = GC.replace(kernels="pallas")
+    msa, pair = jnp.zeros((8, 24, 256)), jnp.zeros((24, 24, 128))
+    msa_mask, pair_mask = jnp.ones((8, 24)), jnp.ones((24, 24))
+
+    def lowered(dap_size):
+        mesh = jax.sharding.AbstractMesh((dap_size,), ("dap",), abstract_device=gpu)
+        block = EvoformerIteration(EVO, gc, dap=Dap("dap", dap_size) if dap_size > 1 else NO_DAP)
+
+        def loss(p, msa, pair):
+            (msa, pair), _ = block.apply({"params": p}, (msa, pair), msa_mask, pair_mask)
+            total = jnp.sum(jnp.sin(msa)) + jnp.sum(pair**2)
+            return jax.lax.psum(total, "dap") if dap_size > 1 else total
+
+        if dap_size > 1:
+            loss = jax.shard_map(loss, mesh=mesh, in_specs=(P(), P("dap"), P("dap")), out_specs=P())
+        fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+        with warnings.catch_warnings(), jax.sharding.use_abstract_mesh(mesh):
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return fn.trace(one_layer, msa, pair).lower(lowering_platforms=("cuda",)).as_text()
+
+    sharded, whole = lowered(2), lowered(1)
+    kernels = sharded.count("__gpu$xla.gpu.triton")
+    # Per block, forward + backward: 4 attentions (3-4 kernels each), ~11 LayerNorms (2 each), 2 triangle
+    # multiplications (4 each).
+    assert kernels == whole.count("__gpu$xla.gpu.triton") and kernels >= 30, (kernels, whole.count("__gpu$xla"))
+    assert "all_to_all" in sharded or "all-to-all" in sharded

@@ -626,10 +626,13 @@ def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tm
 
 
 @pytest.mark.slow  # two compilations of the real model (one under shard_map): several minutes on 2 CPU cores
-def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
+@pytest.mark.parametrize("kernels", ["xla", "pallas"])
+def test_dap_training_step_equals_single_device(shared_dir, tmp_path, kernels):
     """The real model and every AlphaFold loss on a real chain (1k1a_A cropped to 32): one training step
     with the trunk split over 2 devices (mesh 2x1, DAP) gives the loss, gradient norm and updated
-    parameters of the unsplit step (dropout off: DAP draws per-shard masks by design)."""
+    parameters of the unsplit step (dropout off: DAP draws per-shard masks by design). With
+    kernels="pallas" both steps run the fused kernels (interpret mode here), their custom backward passes
+    inside shard_map included; the fast sibling is test_dap.py's Pallas stack values-and-gradients test."""
     from jaxfold.data.dataset import TrainingDataset
     from jaxfold.losses import total_loss
     from jaxfold.model.init import init_params
@@ -645,6 +648,7 @@ def test_dap_training_step_equals_single_device(shared_dir, tmp_path):
             "data.common.use_templates": False,
             "data.train.crop_size": 32,
             "training.warmup_steps": 0,
+            "model.global_config.kernels": kernels,
         },
     )
     lst = tmp_path / "chains.txt"

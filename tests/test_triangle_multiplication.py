@@ -237,11 +237,11 @@ def test_chunked_product_temporaries_are_one_chunk(shared_dir):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("kernels,chunk_size", [("xla", 5), ("xla", 0)])
+@pytest.mark.parametrize("kernels,chunk_size", [("xla", 5), ("xla", 0), ("pallas", 5), ("pallas", 0)])
 def test_dap_sharded_equals_unsharded(shared_dir, name, kernels, chunk_size):
     """DAP 2 (outgoing on row slices, incoming on column slices, the other operand all-gathered), chunked
-    and not. (kernels="pallas" under shard_map is not covered: the Pallas LayerNorm and this kernel's
-    pallas_call outputs carry no varying-manual-axes type, which jax's check_vma rejects.)"""
+    and not, with the XLA path and with the fused kernels (their outputs typed varying over `dap`:
+    `pallas_kernels/_vma.py`)."""
     io, params = module_reference(shared_dir, name)
     n = io["input/pair"].shape[0]
     pad = (-n) % 2
