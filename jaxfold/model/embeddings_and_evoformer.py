@@ -40,7 +40,6 @@ class EmbeddingsAndEvoformer(nn.Module):
         dtype = jnp.dtype(gc.dtype)
         seq_mask = batch["seq_mask"]
         mask_2d = seq_mask[:, None] * seq_mask[None, :]
-        msa = embedders.msa_embedding(batch, c, gc.kernels)
         # Input, recycled and relative-position embeddings of the pair, built in float32 and stored in the
         # activation dtype (with a chunk size a slice of rows at a time, into the recycled pair's buffer).
         pair = embedders.pair_embedding(batch, c, gc.kernels, dtype, gc.chunk_size)
@@ -64,6 +63,10 @@ class EmbeddingsAndEvoformer(nn.Module):
         )
         self.sow("intermediates", "extra_msa_stack_output", (extra_msa, pair))
 
+        # The MSA is embedded only now: it is not needed before the Evoformer, and it is float32 until cast, so
+        # embedding it first kept [N_seq, N, c_m] float32 alive through the templates and the extra-MSA stack
+        # (5 GiB at 10,240 residues).
+        msa = embedders.msa_embedding(batch, c, gc.kernels)
         msa_mask = batch["msa_mask"]
         num_sequences = batch["msa_feat"].shape[0]
         if c.template.enabled and c.template.embed_torsion_angles:

@@ -110,7 +110,7 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     # and a LayerNorm-ed copy, and the recycled pair lives beside the new one.
     in_place = chunk_size > 0 and d == 1
     copies = 0 if in_place else 2  # out-of-place: the update and the normalised input
-    base = params + features + (1 if in_place else 2) * pair + msa  # the MSA is embedded first
+    base = params + features + (1 if in_place else 2) * pair  # the MSA is embedded after the extra-MSA stack
 
     def rows_in_flight(rows: int) -> int:
         rows = max(1, math.ceil(rows / d))
@@ -132,8 +132,13 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     ]
     # Each stage: what lives through it beside `base`, plus its largest op.
     stages = [
-        extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),  # extra-MSA stack
-        max(
+        # Extra-MSA stack: two extra-MSA representations, not one. Measured on an H100 (bench/long_sequence,
+        # 2026-12-07): chunked runs peaked about one extra-MSA representation above this model's earlier single
+        # one (fp32 N=1,200: +1.6 GiB for a 1.5 GiB representation; bf16 N=2,048: +1.8 GiB for 1.25 GiB plus the
+        # MSA's float32 copy), e.g. its embedding's input and output live at once.
+        2 * extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),
+        msa
+        + max(
             pair_ops
             + [
                 bias + attention(s, n, h_row, c_m) + copies * msa,  # Evoformer stack
