@@ -85,9 +85,17 @@ def match_vma(*trees):
     return trees[0] if len(trees) == 1 else trees
 
 
+def _inside_shard_map() -> bool:
+    """Whether this is traced inside `shard_map` (the abstract mesh has manual axes)."""
+    return bool(getattr(jax.sharding.get_abstract_mesh(), "manual_axes", ()))
+
+
 def _typed(struct, like):
-    """`struct` (a ShapeDtypeStruct) declared with the varying-axes type of the array `like`."""
+    """`struct` (a ShapeDtypeStruct) declared with the varying-axes type of the array `like`. Outside
+    `shard_map` it stays as given: the single-device path builds its kernels exactly as before."""
     if _SDS_KEYWORD is None or like is None or not isinstance(struct, jax.ShapeDtypeStruct):
+        return struct
+    if not _inside_shard_map():
         return struct
     if _SDS_KEYWORD == "vma":  # jax 0.6-0.9: a set of axis names
         return jax.ShapeDtypeStruct(struct.shape, struct.dtype, vma=varying_axes(like))
