@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from jaxfold.common.compilation_cache import default_cache_dir, enable_compilation_cache
 from jaxfold.config import available_presets
 
 TRAINING_PRESETS = ("initial_training", "finetuning", "short_training")
@@ -54,6 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         metavar="PATH=VALUE",
         help="config override, e.g. --set training.batch_size=16 (VALUE parsed as TOML)",
+    )
+    p.add_argument(
+        "--compilation-cache",
+        default=default_cache_dir(),
+        help="persistent XLA compilation cache folder ('' to disable): a resumed run skips compiling the step",
     )
     g = p.add_argument_group("multi-process runs (one command per process)")
     g.add_argument(
@@ -120,6 +126,9 @@ def main(argv=None) -> int:
         mesh = make_mesh(args.mesh)
     except (MeshError, ValueError) as e:
         return _error(f"--mesh: {e}" if isinstance(e, MeshError) else str(e))
+    cache_warning = enable_compilation_cache(args.compilation_cache)
+    if cache_warning:
+        print(f"train.py: warning: {cache_warning}", file=sys.stderr, flush=True)
 
     from jaxfold.data.loader import LoaderError  # noqa: PLC0415
     from jaxfold.train.loop import TrainingError, run_training  # noqa: PLC0415

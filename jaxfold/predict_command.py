@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxfold import complex_inference, inference, model_params
+from jaxfold.common.compilation_cache import default_cache_dir, enable_compilation_cache
 from jaxfold.common.files import atomic_write
 from jaxfold.data.msa_search import MsaSearchError
 from jaxfold.data.parsers import ParseError
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--compilation-cache",
-        default=os.environ.get("JAXFOLD_COMPILATION_CACHE", str(Path.home() / ".cache" / "jaxfold" / "xla")),
+        default=default_cache_dir(),
         help="persistent XLA compilation cache folder ('' to disable); later runs of the same shapes skip compilation",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -359,13 +360,9 @@ def run(argv=None) -> int:
     on_cpu = jax.default_backend() == "cpu"
     if args.params == "random":
         print(_banner(models, on_cpu), file=sys.stderr, flush=True)
-    if args.compilation_cache:
-        try:
-            Path(args.compilation_cache).mkdir(parents=True, exist_ok=True)
-            jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-        except OSError as e:
-            log(f"warning: compilation cache disabled ({args.compilation_cache}: {e.strerror})")
+    cache_warning = enable_compilation_cache(args.compilation_cache)
+    if cache_warning:
+        log(f"warning: {cache_warning}")
     pipeline_options = dict(
         msa_mode=msa_mode,
         msa_dir=msa_dir,

@@ -28,6 +28,9 @@ except Exception:  # noqa: BLE001  (no jaxlib metadata: keep XLA's defaults)
 for flag in _FLAGS:
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+# The commands the tests start (infer.py, train.py) write no compiled programs into the user's
+# ~/.cache/jaxfold unless a test gives them a folder of its own.
+os.environ.setdefault("JAXFOLD_COMPILATION_CACHE", "")
 
 
 @pytest.fixture(scope="session")

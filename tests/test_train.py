@@ -532,10 +532,23 @@ def _train_py_cmd(shared_dir, workdir: Path, out: Path, extra_args=()) -> list[s
     return cmd
 
 
+# One compilation cache for this module's train.py runs: the resumed run loads the uninterrupted run's
+# compiled step (minutes of compile on 2 cores) and must still end bit-identical to it.
+_TRAIN_PY_CACHE: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def train_py_compilation_cache(tmp_path_factory):
+    _TRAIN_PY_CACHE[:] = [tmp_path_factory.mktemp("train_py_xla_cache")]
+    yield _TRAIN_PY_CACHE[0]
+    _TRAIN_PY_CACHE.clear()
+
+
 def _train_py_env() -> dict:
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+    cache = str(_TRAIN_PY_CACHE[0]) if _TRAIN_PY_CACHE else ""
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, JAXFOLD_COMPILATION_CACHE=cache)
 
 
 def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
@@ -598,15 +611,17 @@ def test_train_py_tiny_on_real_chains_loss_falls(tiny_real_run):
     assert len(ema) > 100 and all(np.all(np.isfinite(v)) for v in ema.values())
 
 
-def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tmp_path):
+def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tmp_path, train_py_compilation_cache):
     """A run that died after its step-10 checkpoint (the output folder as it was then: checkpoint 10
     only) is resumed by the same command and ends at step 20 with parameters, optimiser state, EMA and
-    loader position bit-identical to the uninterrupted run's: no sample repeated or skipped."""
+    loader position bit-identical to the uninterrupted run's: no sample repeated or skipped. The resumed
+    run loads the compiled step from the persistent compilation cache the first run wrote."""
     import orbax.checkpoint as ocp
 
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     shutil.copytree(tiny_real_run / "checkpoints" / "10", out / "checkpoints" / "10")
+    assert any(train_py_compilation_cache.iterdir()), "the uninterrupted run left no compiled programs"
     proc = run_train_py(shared_dir, tmp_path, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
