@@ -140,6 +140,10 @@ def run_case(args) -> dict:
         text = f"{type(err).__name__}: {err}"
         row["status"] = "oom" if is_oom(text) else "error"
         row["error"] = text[:400]
+    compiled = (timings.get("compiled_bytes") or {}).get("iteration")
+    if compiled:  # XLA's own account of the pass's program, beside the estimate and the measured peak
+        row["compiled_temp_gib"] = compiled["temp"] / 2**30
+        row["compiled_argument_gib"] = compiled["argument"] / 2**30
     settings = timings.get("settings")
     if settings is not None:
         row.update(

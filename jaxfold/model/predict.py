@@ -172,6 +172,22 @@ def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
     return programs
 
 
+def compiled_bytes(compiled) -> dict | None:
+    """XLA's memory analysis of a compiled program (bytes of temporaries, arguments, outputs, and outputs
+    aliased to donated arguments), or None where the backend gives none: what the program needs beside its
+    inputs, known before it runs (the memory estimate's check)."""
+    try:
+        m = compiled.memory_analysis()
+        return {
+            "temp": int(m.temp_size_in_bytes),
+            "argument": int(m.argument_size_in_bytes),
+            "output": int(m.output_size_in_bytes),
+            "alias": int(m.alias_size_in_bytes),
+        }
+    except Exception:  # noqa: BLE001  (backends without an analysis)
+        return None
+
+
 def number_of_passes(config, features: Mapping) -> int:
     """Recycling passes the model runs: `num_recycle + 1`, lowered by `num_iter_recycling` if given."""
     num_iter = int(config.model.num_recycle)
@@ -207,8 +223,9 @@ def predict(
       MSA inside the model; multimer features have no recycling axis (`jaxfold.model.alphafold_multimer`).
     on_compiled(seconds): called once the programs are compiled (0 s when cached).
     on_pass(index, num_passes, seconds): called after every pass (index 0 .. num_passes - 1).
-    timings: optional dict receiving `compile` (0 when cached), `pass_<i>` and `predict` seconds, and the
-      resolved settings under `settings` (a RunSettings).
+    timings: optional dict receiving `compile` (0 when cached), `pass_<i>` and `predict` seconds, the
+      resolved settings under `settings` (a RunSettings) and the compiled programs' memory analysis under
+      `compiled_bytes` (`compiled_bytes()`; set before the programs run).
     Returns flat numpy outputs (`structure_module/final_atom_positions`, `confidence/plddt`, ...).
     """
     if outputs not in OUTPUT_MODES:
@@ -259,6 +276,10 @@ def predict(
     prev = initial_recycling_inputs(model, num_res)
     programs = _programs(config, mesh, outputs, params, pass_batch(0), prev)
     timings["compile"] = programs.compile_seconds
+    timings["compiled_bytes"] = {
+        "iteration": compiled_bytes(programs.iteration),
+        "heads": compiled_bytes(programs.heads),
+    }
     if on_compiled is not None:
         on_compiled(programs.compile_seconds)
     start_all = time.perf_counter()
@@ -319,6 +340,7 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     start = time.perf_counter()
     compiled = program.lower(params, batch, haiku_rng_key(rng)).compile()
     timings["compile"] = time.perf_counter() - start
+    timings["compiled_bytes"] = {"model": compiled_bytes(compiled)}
     start = time.perf_counter()
     out = jax.device_get(compiled(params, batch, haiku_rng_key(rng)))
     timings["predict"] = time.perf_counter() - start
