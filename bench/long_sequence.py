@@ -47,7 +47,7 @@ from bench._common import (
     run_module,
     write_results,
 )
-from jaxfold.model.memory import DEVICE_MEMORY_FRACTION
+from jaxfold.model.memory import claim_device_memory
 
 DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "fp32:256", "fp32:1024", "fp32:1200"]
 DEFAULT_PROBE = ["bf16:4096", "bf16:8192", "bf16:10240", "bf16:12288", "fp32:4096", "fp32:8192"]
@@ -187,9 +187,8 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         cmd.append("--repeat")
     start = time.perf_counter()
     try:
-        # As infer.py runs: JAX may use DEVICE_MEMORY_FRACTION of the GPU (an explicit setting wins).
-        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEVICE_MEMORY_FRACTION)
+        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        claim_device_memory(env)  # the GPU share infer.py gives JAX (an explicit setting wins)
         proc = run_module("long_sequence", cmd, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "timeout", "wall_s": timeout}

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from jaxfold import complex_inference, inference, model_params
@@ -28,7 +27,7 @@ from jaxfold.data.msa_search import MsaSearchError
 from jaxfold.data.parsers import ParseError
 from jaxfold.data.pipeline import PipelineError
 from jaxfold.errors import InferenceError
-from jaxfold.model.memory import DEVICE_MEMORY_FRACTION
+from jaxfold.model.memory import claim_device_memory
 from jaxfold.outputs import RANDOM_PARAMS_LABEL, RELAX_MODES, check_not_finished, sequence_output_dir
 from jaxfold.progress import Progress
 from jaxfold.weights import ParamsError
@@ -230,6 +229,8 @@ def _banner(models, on_cpu: bool) -> str:
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Before anything starts JAX's backend: OpenMM on the GPU needs memory outside JAX's pool.
+    claim_device_memory(os.environ, leave_room_for_openmm=args.relax_device == "cuda")
 
     def log(text):
         print(text, file=sys.stderr, flush=True)
@@ -460,22 +461,8 @@ def check_writable(output_dir: Path) -> None:
         raise InferenceError(f"cannot write to the output folder {output_dir}: {e.strerror or e}") from None
 
 
-def claim_device_memory(argv: Sequence[str], environ=os.environ) -> None:
-    """Let JAX use `memory.DEVICE_MEMORY_FRACTION` of the GPU (before its backend starts): a prediction is this
-    process's only GPU user, and long chains need more than JAX's default 75% (`chunk_size="auto"` plans
-    against the allocator's limit). An explicit XLA_PYTHON_CLIENT_MEM_FRACTION wins; OpenMM on the GPU
-    (`--relax-device cuda`) needs memory outside JAX's pool, so JAX's default stays then."""
-    relax_on_gpu = "--relax-device=cuda" in argv or any(
-        a == "--relax-device" and b == "cuda" for a, b in zip(argv, argv[1:])
-    )
-    if not relax_on_gpu:
-        environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", DEVICE_MEMORY_FRACTION)
-
-
 def main(argv=None) -> int:
-    args_given = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in args_given
-    claim_device_memory(args_given)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         return run(argv)
     except KeyboardInterrupt:

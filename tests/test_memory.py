@@ -86,18 +86,32 @@ def test_chain_too_long_on_a_gpu_names_jax_s_share_of_the_device(monkeypatch):
 
 
 def test_infer_lets_jax_take_most_of_the_gpu_unless_told_otherwise():
-    from jaxfold.predict_command import claim_device_memory
-
     env = {}
-    claim_device_memory(["seq.fasta", "--precision", "bf16"], env)
+    memory.claim_device_memory(env)
     assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": memory.DEVICE_MEMORY_FRACTION}
     env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}  # the user's choice wins
-    claim_device_memory(["seq.fasta"], env)
+    memory.claim_device_memory(env)
     assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}
-    for argv in (["--relax-device", "cuda"], ["--relax-device=cuda"]):  # OpenMM needs GPU memory of its own
-        env = {}
-        claim_device_memory(["seq.fasta", "--relax", "best", *argv], env)
-        assert env == {}
+    env = {}  # OpenMM on the GPU needs memory of its own
+    memory.claim_device_memory(env, leave_room_for_openmm=True)
+    assert env == {}
+
+
+def test_infer_claims_the_gpu_share_from_its_parsed_options(monkeypatch):
+    """infer.py decides from its parsed --relax-device (any spelling argparse accepts), before JAX starts."""
+    from jaxfold import predict_command
+
+    class Claimed(Exception):
+        pass
+
+    def claim(environ, leave_room_for_openmm):
+        raise Claimed(leave_room_for_openmm)
+
+    monkeypatch.setattr(predict_command, "claim_device_memory", claim)
+    for argv, room in (([], False), (["--relax-dev=cuda"], True), (["--relax-device", "cpu"], False)):
+        with pytest.raises(Claimed) as claimed:
+            predict_command.run(["x.fasta", "--params", "random", *argv])
+        assert claimed.value.args == (room,)
 
 
 def test_budget_override_fakes_a_small_device(monkeypatch):

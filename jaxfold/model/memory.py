@@ -32,8 +32,8 @@ import numpy as np
 from jaxfold.model.outer_product_mean import outer_product_rows
 
 GIB = 1024**3
-# The share of a GPU that `infer.py` lets JAX take (XLA_PYTHON_CLIENT_MEM_FRACTION, JAX's default 0.75), unless
-# the user set one: see `jaxfold.predict_command.claim_device_memory`.
+# The share of a GPU that a prediction lets JAX take (XLA_PYTHON_CLIENT_MEM_FRACTION, JAX's default 0.75), unless
+# the user set one: see `claim_device_memory`.
 DEVICE_MEMORY_FRACTION = "0.95"
 # Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
 # buffers live across fusions, and the estimate is approximate.
@@ -162,6 +162,15 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
             else (shapes.num_templates + 3) * template_pair + n * n * 88 * act
         )
     return int(base + max(stages))
+
+
+def claim_device_memory(environ, leave_room_for_openmm: bool = False) -> None:
+    """Let JAX take DEVICE_MEMORY_FRACTION of the GPU: set XLA_PYTHON_CLIENT_MEM_FRACTION in `environ` (before
+    JAX's backend starts) unless it is set already. A prediction is its process's only GPU user, and long
+    chains need more than JAX's default 75% (`chunk_size="auto"` plans against the allocator's limit).
+    leave_room_for_openmm: a relaxation on the GPU needs memory outside JAX's pool: JAX's default stays."""
+    if not leave_room_for_openmm:
+        environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", DEVICE_MEMORY_FRACTION)
 
 
 def device_memory_budget(device=None) -> int:
