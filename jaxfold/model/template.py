@@ -279,20 +279,26 @@ class TemplateEmbedding(nn.Module):
         flat_query = query_embedding.reshape(num_res * num_res, 1, c_z)
         flat_templates = jnp.transpose(templates, (1, 2, 0, 3)).reshape(num_res * num_res, num_templates, num_channels)
         bias = mask_to_bias(template_mask)[None, None, None, :].astype(jnp.float32)
-        attn = Attention(
-            num_head=c.attention.num_head,
-            output_dim=c_z,
-            gating=c.attention.gating,
-            key_dim=c.attention.key_dim,
-            value_dim=c.attention.value_dim,
-            zero_init=gc.zero_init,
-            chunk_size=pair_rows_chunk(gc.chunk_size, num_res),
-            kernels=gc.kernels,
-            name="attention",
-        )
+        attn = pointwise_template_attention(c, gc, c_z, chunk_size=pair_rows_chunk(gc.chunk_size, num_res))
         embedding = attn(flat_query, flat_templates, bias).reshape(num_res, num_res, c_z)
         # No signal (and no gradient) when no template is present.
         return embedding * (jnp.sum(template_mask) > 0.0).astype(dtype)
+
+
+def pointwise_template_attention(c, gc, c_z: int, chunk_size: int = 0) -> Attention:
+    """The attention of each pair position over its templates (AlphaFold's `attention` scope), as both the
+    plain and the in-place template embedding create it."""
+    return Attention(
+        num_head=c.attention.num_head,
+        output_dim=c_z,
+        gating=c.attention.gating,
+        key_dim=c.attention.key_dim,
+        value_dim=c.attention.value_dim,
+        zero_init=gc.zero_init,
+        chunk_size=chunk_size,
+        kernels=gc.kernels,
+        name="attention",
+    )
 
 
 def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d):
@@ -314,16 +320,7 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
     num_templates = template_mask.shape[0]
     per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
     single = pure(SingleTemplateEmbedding(c, gc, False, NO_DAP, name="single_template_embedding"))
-    attention = Attention(
-        num_head=c.attention.num_head,
-        output_dim=c_z,
-        gating=c.attention.gating,
-        key_dim=c.attention.key_dim,
-        value_dim=c.attention.value_dim,
-        zero_init=gc.zero_init,
-        name="attention",
-    )
-    p = attention.variables["params"]
+    p = pointwise_template_attention(c, gc, c_z).variables["params"]
     num_head = p["query_w"].shape[1]
     key_dim = p["query_w"].shape[2]
     mask_2d = mask_2d.astype(dtype)
