@@ -532,23 +532,17 @@ def _train_py_cmd(shared_dir, workdir: Path, out: Path, extra_args=()) -> list[s
     return cmd
 
 
-# One compilation cache for this module's train.py runs: the resumed run loads the uninterrupted run's
-# compiled step (minutes of compile on 2 cores) and must still end bit-identical to it.
-_TRAIN_PY_CACHE: list[Path] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def train_py_compilation_cache(tmp_path_factory):
-    _TRAIN_PY_CACHE[:] = [tmp_path_factory.mktemp("train_py_xla_cache")]
-    yield _TRAIN_PY_CACHE[0]
-    _TRAIN_PY_CACHE.clear()
+@pytest.fixture(scope="module")
+def train_py_compilation_cache(tmp_path_factory) -> Path:
+    """One compilation cache for the real train.py runs: the resumed run loads the uninterrupted run's
+    compiled step (minutes of compile on 2 cores) and must still end bit-identical to it."""
+    return tmp_path_factory.mktemp("train_py_xla_cache")
 
 
 def _train_py_env() -> dict:
     # One CPU device (the --mesh 1x1 default must use every device); keep conftest's other XLA flags.
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
-    cache = str(_TRAIN_PY_CACHE[0]) if _TRAIN_PY_CACHE else ""
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, JAXFOLD_COMPILATION_CACHE=cache)
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
 
 
 def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subprocess.CompletedProcess:
@@ -564,13 +558,14 @@ def run_train_py(shared_dir, workdir: Path, out: Path, extra_args=()) -> subproc
 
 
 @pytest.fixture(scope="module")
-def tiny_real_run(tmp_path_factory, shared_dir):
+def tiny_real_run(tmp_path_factory, shared_dir, train_py_compilation_cache):
     """One uninterrupted 20-step run (checkpoints at 10 and 20, final evaluation on 1psm_A)."""
     work = tmp_path_factory.mktemp("train_real")
     eval_chains = work / "eval.txt"
     eval_chains.write_text("1psm_A\n")
     out = work / "out"
-    proc = run_train_py(shared_dir, work, out, ["--eval-chain-list", str(eval_chains)])
+    cache = ["--compilation-cache", str(train_py_compilation_cache)]
+    proc = run_train_py(shared_dir, work, out, ["--eval-chain-list", str(eval_chains), *cache])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -622,7 +617,7 @@ def test_train_py_resumes_real_run_bit_identically(tiny_real_run, shared_dir, tm
     (out / "checkpoints").mkdir(parents=True)
     shutil.copytree(tiny_real_run / "checkpoints" / "10", out / "checkpoints" / "10")
     assert any(train_py_compilation_cache.iterdir()), "the uninterrupted run left no compiled programs"
-    proc = run_train_py(shared_dir, tmp_path, out)
+    proc = run_train_py(shared_dir, tmp_path, out, ["--compilation-cache", str(train_py_compilation_cache)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
     resumed_steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
