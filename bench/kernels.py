@@ -533,6 +533,112 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
     return rows
 
 
+def bench_evoformer_parts(budget: Budget, quick: bool, dtypes, log):
+    """Each sub-module of the Evoformer block (N_seq 128, N_res 256) alone, forward+backward, kernels='pallas'
+    vs 'xla': where the block's time goes. The residual add and the loss are included in every part (as in
+    the block); the parts' sum differs from the block by what XLA overlaps or fuses across them."""
+
+    from jaxfold.config import model_config  # noqa: PLC0415
+    from jaxfold.model.msa_attention import MSAColumnAttention, MSARowAttentionWithPairBias  # noqa: PLC0415
+    from jaxfold.model.outer_product_mean import OuterProductMean  # noqa: PLC0415
+    from jaxfold.model.transition import Transition  # noqa: PLC0415
+    from jaxfold.model.triangle_attention import TriangleAttention  # noqa: PLC0415
+    from jaxfold.model.triangle_multiplication import TriangleMultiplication  # noqa: PLC0415
+    from jaxfold.parallel.dap import NO_DAP  # noqa: PLC0415
+
+    n_seq, n_res = (8, 16) if quick else (128, 256)
+    rows = []
+    for dtype in dtypes:
+        jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+        key = jax.random.PRNGKey(0)
+        msa = jax.random.normal(key, (n_seq, n_res, 256), jdt)
+        pair = jax.random.normal(key, (n_res, n_res, 128), jdt)
+        msa_mask = jnp.ones((n_seq, n_res), jdt)
+        pair_mask = jnp.ones((n_res, n_res), jdt)
+        for kernels in ("xla", "pallas"):
+            cfg = model_config(
+                "model_1_ptm", kernels=kernels, dtype="bfloat16" if dtype == "bf16" else "float32", zero_init=False
+            )
+            c, gc = cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config
+            # (name, module, the activation it updates ("msa"/"pair"), its call on (msa, pair))
+            parts = [
+                (
+                    "msa_row_attention_with_pair_bias",
+                    MSARowAttentionWithPairBias(c.msa_row_attention_with_pair_bias, gc, NO_DAP),
+                    "msa",
+                    lambda mod, m, z: mod(m, msa_mask, z),
+                ),
+                (
+                    "msa_column_attention",
+                    MSAColumnAttention(c.msa_column_attention, gc),
+                    "msa",
+                    lambda mod, m, z: mod(m, msa_mask),
+                ),
+                ("msa_transition", Transition(c.msa_transition, gc), "msa", lambda mod, m, z: mod(m, msa_mask)),
+                (
+                    "outer_product_mean",
+                    OuterProductMean(c.outer_product_mean, gc, num_output_channel=128),
+                    "pair",
+                    lambda mod, m, z: mod(m, msa_mask, msa_mask),
+                ),
+                (
+                    "triangle_multiplication_outgoing",
+                    TriangleMultiplication(c.triangle_multiplication_outgoing, gc, NO_DAP),
+                    "pair",
+                    lambda mod, m, z: mod(z, pair_mask),
+                ),
+                (
+                    "triangle_multiplication_incoming",
+                    TriangleMultiplication(c.triangle_multiplication_incoming, gc, NO_DAP),
+                    "pair",
+                    lambda mod, m, z: mod(z, pair_mask),
+                ),
+                (
+                    "triangle_attention_starting_node",
+                    TriangleAttention(c.triangle_attention_starting_node, gc, NO_DAP),
+                    "pair",
+                    lambda mod, m, z: mod(z, pair_mask),
+                ),
+                (
+                    "triangle_attention_ending_node",
+                    TriangleAttention(c.triangle_attention_ending_node, gc, NO_DAP),
+                    "pair",
+                    lambda mod, m, z: mod(z, pair_mask),
+                ),
+                ("pair_transition", Transition(c.pair_transition, gc), "pair", lambda mod, m, z: mod(z, pair_mask)),
+            ]
+            for name, module, target, call in parts:
+                row = {
+                    "kind": "evoformer_part",
+                    "case": name,
+                    "shape": f"N_seq={n_seq} N_res={n_res}",
+                    "dtype": dtype,
+                    "mode": "fwd+bwd",
+                    "impl": kernels,
+                }
+                if budget.left() <= 0:
+                    row["error"] = "skipped: budget"
+                    rows.append(row)
+                    continue
+                try:
+                    params = module.init(key, msa, pair, method=lambda mod, m, z, call=call: call(mod, m, z))
+
+                    def loss(p, m, z, module=module, call=call, target=target):
+                        update = module.apply(p, m, z, method=lambda mod, m, z: call(mod, m, z))
+                        out = (m if target == "msa" else z) + update
+                        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+                    fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
+                    compiled, temp = compile_with_temp(fn, (params, msa, pair))
+                    seconds, meta = time_compiled(compiled, (params, msa, pair), quick)
+                    row.update(time_ms=seconds * 1e3, temp_bytes=temp, **meta)
+                except Exception as e:  # noqa: BLE001  (record, keep going)
+                    row["error"] = short_error(e)
+                rows.append(row)
+                log(f"evoformer part {name} {dtype} {kernels}: {row.get('time_ms', row.get('error'))}")
+    return rows
+
+
 def _fmt(v, spec):
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
@@ -550,13 +656,13 @@ def _fmt_row(r):
             f"{_fmt(r.get('time_ms'), '9.3f')} ms {thr}  temp {_fmt(temp_mib, '9.1f')} MiB"
             f"  err out {_fmt(r.get('err_out'), '.2e')} grads {_fmt(gerr, '.2e')}"
         )
-    return f"{r['case']:24s} {r['dtype']:4s} {r['mode']:7s} {r['impl']:6s} {tail}"
+    return f"{r['case']:32s} {r['dtype']:4s} {r['mode']:7s} {r['impl']:6s} {tail}"
 
 
 def print_table(rows, device):
     print_header(
         f"device: {device['device_kind']} ({device['platform']}), jax {jax.__version__}",
-        f"{'case':24s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
+        f"{'case':32s} {'shape':36s} {'dtype':5s} {'mode':7s} {'impl':6s} {'time ms':>9s} {'vs xla':>7s} "
         f"{'TF/s|GB/s':>9s} {'temp MiB':>9s} {'err out':>8s} {'err grad':>8s}",
     )
     for r in rows:
@@ -575,7 +681,7 @@ def print_table(rows, device):
             None,
         )
         if "error" in r:
-            print(f"{r['case']:24s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} {r['error'][:80]}")
+            print(f"{r['case']:32s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} {r['error'][:80]}")
             continue
         ratio = (xla["time_ms"] / r["time_ms"]) if xla and "time_ms" in xla and r.get("time_ms") else None
         r["speedup_vs_xla"] = ratio
@@ -584,7 +690,7 @@ def print_table(rows, device):
         grads = r.get("err_grads") or {}
         gerr = max((g for g in grads.values() if g is not None), default=None)
         print(
-            f"{r['case']:24s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} "
+            f"{r['case']:32s} {r['shape']:36s} {r['dtype']:5s} {r['mode']:7s} {r['impl']:6s} "
             f"{_fmt(r.get('time_ms'), '9.3f')} {(_fmt(ratio, '6.2f') + 'x') if ratio else '      -'} "
             f"{_fmt(thr, '9.1f')} {_fmt(temp / 2**20 if temp is not None else None, '9.1f')} "
             f"{_fmt(r.get('err_out'), '8.1e')} {_fmt(gerr, '8.1e')}"
@@ -606,7 +712,7 @@ def main(argv=None):
     )
     ap.add_argument(
         "--only",
-        choices=["attention", "layer_norm", "block", "all", "sweep"],
+        choices=["attention", "layer_norm", "block", "parts", "all", "sweep"],
         default="all",
         help="'sweep': only the Pallas attention tile sweep",
     )
@@ -654,6 +760,8 @@ def main(argv=None):
                 r["fraction_of_copy_ceiling"] = r["gbps"] / ceiling["gbps"]
     if args.only in ("block", "all"):
         rows += bench_evoformer_block(budget, args.quick, dtypes, log)
+    if args.only in ("block", "parts", "all"):
+        rows += bench_evoformer_parts(budget, args.quick, dtypes, log)
     sweep = []
     if (args.sweep and args.only in ("attention", "all")) or args.only == "sweep":
         cases = attention_cases(args.quick)
