@@ -1,6 +1,7 @@
-"""`embedders.pair_embedding` / `msa_embedding`: the initial pair built in row chunks straight into the
-activation dtype equals the whole-array embedders (bit for bit unchunked) and DeepMind's captured trunk
-inputs (shared/reference/outputs.npz, final recycling pass), and its compiled temporaries really shrink."""
+"""`embedders.pair_embedding` / `msa_embedding` / `extra_msa_embedding`: the initial pair, MSA and extra MSA
+built in row chunks straight into the activation dtype equal the whole-array embedders (bit for bit
+unchunked) and DeepMind's captured trunk inputs (shared/reference/outputs.npz, final recycling pass), and
+the pair's compiled temporaries really shrink."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class ChunkedEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, batch):
-        msa = embedders.msa_embedding(batch, self.c)
+        msa = embedders.msa_embedding(batch, self.c, "xla", jnp.float32, self.chunk_size)
         return msa, embedders.pair_embedding(batch, self.c, "xla", jnp.dtype(self.dtype), self.chunk_size)
 
 
@@ -53,7 +54,8 @@ def reference(shared_dir):
     params = flat_to_tree(read_npz(ref / "params" / "params_model_1_ptm_shrunk.npz"))
     params = params["alphafold"]["alphafold_iteration"]["evoformer"]
     with np.load(ref / "features.npz") as f:
-        batch = {k: f[k][1] for k in ("target_feat", "msa_feat", "residue_index", "aatype")}
+        keys = ("target_feat", "msa_feat", "residue_index", "aatype")
+        batch = {k: f[k][1] for k in keys + ("extra_msa", "extra_has_deletion", "extra_deletion_value")}
     with np.load(ref / "outputs.npz") as o:
         outputs = {k: o[k] for k in o.files if k.startswith("captured/")}
     for key in ("prev_pos", "prev_msa_first_row", "prev_pair"):
@@ -103,6 +105,39 @@ def test_chunked_embeddings_match_deepmind_trunk_inputs(reference):
     assert_close_on(pair, expected_pair, None, ATOL_FULL_ACTIVATIONS, what="initial pair")
     expected_msa = outputs["captured/evoformer_stack/input/msa"][: msa.shape[0]]
     assert_close_on(msa, expected_msa, None, ATOL_FULL_ACTIVATIONS, what="initial msa")
+
+
+class MSAEmbeddings(nn.Module):
+    """The MSA (rows 0-7, 5 at a time) and extra MSA (16 rows, 5 at a time) embeddings in `dtype`."""
+
+    c: object
+    dtype: str
+    chunk_size: int
+
+    @nn.compact
+    def __call__(self, batch):
+        dtype = jnp.dtype(self.dtype)
+        msa = embedders.msa_embedding(batch, self.c, "xla", dtype, self.chunk_size)
+        return msa, embedders.extra_msa_embedding(batch, self.c, dtype, self.chunk_size)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_msa_embeddings_equal_whole_ones_and_deepmind(reference, dtype):
+    """Row-chunked MSA and extra-MSA embeddings (a recycled first row that only row 0 receives, a tail
+    slice) equal the whole-array ones bit for bit (the same float32 sums, then one cast), and DeepMind's
+    captured stack inputs."""
+    params, batch, outputs = reference
+    whole_msa, whole_extra = embed(MSAEmbeddings(C, dtype, 0), params, batch)
+    msa, extra = embed(MSAEmbeddings(C, dtype, 5), params, batch)
+    assert msa.dtype == extra.dtype == jnp.dtype(dtype)
+    assert msa.shape == (8, 37, C.msa_channel) and extra.shape == (16, 37, C.extra_msa_channel)
+    np.testing.assert_array_equal(np.asarray(msa, np.float32), np.asarray(whole_msa, np.float32))
+    np.testing.assert_array_equal(np.asarray(extra, np.float32), np.asarray(whole_extra, np.float32))
+    if dtype == "float32":
+        expected_msa = outputs["captured/evoformer_stack/input/msa"][: msa.shape[0]]
+        assert_close_on(msa, expected_msa, None, ATOL_FULL_ACTIVATIONS, what="initial msa")
+        expected_extra = outputs["captured/extra_msa_stack/input/msa"]
+        assert_close_on(extra, expected_extra, None, ATOL_FULL_ACTIVATIONS, what="extra msa embedding")
 
 
 def test_dgram_rows_equals_dgram_from_positions(reference):

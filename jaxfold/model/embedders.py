@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxfold.common import all_atom
-from jaxfold.model.chunking import over_slices
+from jaxfold.model.chunking import chunked, over_slices
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 
@@ -56,17 +56,32 @@ def relative_position_encoding(residue_index: jax.Array, c) -> jax.Array:
     return Linear(c.pair_channel, name="pair_activiations")(rel_pos)  # sic: the official parameter name
 
 
-def msa_embedding(batch: dict, c, kernels: str = "xla") -> jax.Array:
+def msa_embedding(
+    batch: dict, c, kernels: str = "xla", dtype=jnp.float32, chunk_size: int | str | None = 0
+) -> jax.Array:
     """target_feat `[N_res, 22]`, msa_feat `[N_seq, N_res, 49]` (+ the normalised `prev_msa_first_row`
-    `[N_res, c_m]` added to row 0 when `c.recycle_features`) -> float32 msa `[N_seq, N_res, c_m]`.
-    The MSA half of `input_embedding` + `recycling_embedding`, for use alongside `pair_embedding`."""
+    `[N_res, c_m]` added to row 0 when `c.recycle_features`) -> msa `[N_seq, N_res, c_m]` in `dtype`, summed
+    in float32. The MSA half of `input_embedding` + `recycling_embedding`, for use alongside `pair_embedding`.
+
+    chunk_size: an int > 0 embeds `chunk_size` MSA rows at a time into the result, so no float32
+    `[N_seq, N_res, c_m]` array exists beside the (bfloat16) result; 0, None or "auto" embeds all at once.
+    """
     preprocess_1d = Linear(c.msa_channel, name="preprocess_1d")(batch["target_feat"])
-    preprocess_msa = Linear(c.msa_channel, name="preprocess_msa")(batch["msa_feat"])
-    msa = preprocess_1d[None] + preprocess_msa
+    msa_feat = batch["msa_feat"]
+    weights, bias = Linear(c.msa_channel, num_input=msa_feat.shape[-1], name="preprocess_msa")()
+    first_row = None
     if c.recycle_features:
         first_row = LayerNorm(kernels, name="prev_msa_first_row_norm")(batch["prev_msa_first_row"])
-        msa = msa.at[0].add(first_row)
-    return msa
+
+    def rows(feat_rows, row_index):
+        """MSA rows `[R, N_res, 49]` with their indices `[R]` -> embedded rows `[R, N_res, c_m]` in `dtype`."""
+        msa = preprocess_1d[None] + apply_linear(feat_rows, weights, bias)
+        if first_row is not None:  # the recycled first row goes to row 0 only (adding 0.0 elsewhere is exact)
+            msa = msa + jnp.where(row_index[:, None, None] == 0, first_row[None], 0.0)
+        return msa.astype(dtype)
+
+    row_index = jnp.arange(msa_feat.shape[0])
+    return chunked(rows, chunk_size)(msa_feat, row_index)
 
 
 def pair_embedding(
@@ -174,17 +189,20 @@ def relative_position_one_hot(row_residue_index: jax.Array, residue_index: jax.A
     return jax.nn.one_hot(jnp.clip(offset + max_rel, 0, 2 * max_rel), 2 * max_rel + 1)
 
 
-def extra_msa_embedding(batch: dict, c) -> jax.Array:
-    """extra_msa `[N_extra, N_res]` (ids), has_deletion, deletion_value -> `[N_extra, N_res, c_e]`."""
-    features = jnp.concatenate(
-        [
-            jax.nn.one_hot(batch["extra_msa"], 23),
-            batch["extra_has_deletion"][..., None],
-            batch["extra_deletion_value"][..., None],
-        ],
-        axis=-1,
-    )
-    return Linear(c.extra_msa_channel, name="extra_msa_activations")(features)
+def extra_msa_embedding(batch: dict, c, dtype=jnp.float32, chunk_size: int | str | None = 0) -> jax.Array:
+    """extra_msa `[N_extra, N_res]` (ids), has_deletion, deletion_value -> `[N_extra, N_res, c_e]` in `dtype`
+    (computed in float32). chunk_size: an int > 0 embeds `chunk_size` rows at a time into the result: no
+    float32 one-hot `[N_extra, N_res, 25]` or float32 output of the whole extra MSA (at 10,240 residues and
+    5,120 rows, 5 and 12.5 GiB) exists; 0, None or "auto" embeds all rows at once."""
+    weights, bias = Linear(c.extra_msa_channel, num_input=25, name="extra_msa_activations")()
+
+    def rows(ids, has_deletion, deletion_value):
+        features = jnp.concatenate(
+            [jax.nn.one_hot(ids, 23), has_deletion[..., None], deletion_value[..., None]], axis=-1
+        )
+        return apply_linear(features, weights, bias).astype(dtype)
+
+    return chunked(rows, chunk_size)(batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
 
 
 def template_single_embedding(batch: dict, c, zero_init: bool) -> tuple[jax.Array, jax.Array]:

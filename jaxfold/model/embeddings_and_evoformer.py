@@ -54,7 +54,7 @@ class EmbeddingsAndEvoformer(nn.Module):
                 self.sow("intermediates", "template_embedding_output", template_update)
                 pair = pair + template_update
 
-        extra_msa = embedders.extra_msa_embedding(batch, c).astype(dtype)
+        extra_msa = embedders.extra_msa_embedding(batch, c, dtype, gc.chunk_size)
         # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
@@ -66,14 +66,13 @@ class EmbeddingsAndEvoformer(nn.Module):
         # The MSA is embedded only now: it is not needed before the Evoformer, and it is float32 until cast, so
         # embedding it first kept [N_seq, N, c_m] float32 alive through the templates and the extra-MSA stack
         # (5 GiB at 10,240 residues).
-        msa = embedders.msa_embedding(batch, c, gc.kernels)
+        msa = embedders.msa_embedding(batch, c, gc.kernels, dtype, gc.chunk_size)
         msa_mask = batch["msa_mask"]
         num_sequences = batch["msa_feat"].shape[0]
         if c.template.enabled and c.template.embed_torsion_angles:
             template_rows, template_row_mask = embedders.template_single_embedding(batch, c, gc.zero_init)
-            msa = jnp.concatenate([msa, template_rows], axis=0)
+            msa = jnp.concatenate([msa, template_rows.astype(dtype)], axis=0)
             msa_mask = jnp.concatenate([msa_mask, template_row_mask.astype(msa_mask.dtype)], axis=0)
-        msa = msa.astype(dtype)
         self.sow("intermediates", "evoformer_stack_input", (msa, pair, msa_mask))
         msa, pair = trunk_stack(self, msa, pair, msa_mask, mask_2d, vary_refs, is_extra_msa=False)
         self.sow("intermediates", "evoformer_stack_output", (msa, pair))
