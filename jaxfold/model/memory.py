@@ -105,11 +105,19 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     extra = e * n * c_e * act / d
     features = (s * n * 49 + e * n * 3 + n * 60) * f32 + shapes.num_templates * n * (37 * 4 + 1) * f32
     params = 100e6 * f32  # model_1_ptm has 93M parameters
+
     # With a chunk size the updates are written in place (`jaxfold.model.inplace`) and the recycled pair's
     # buffer becomes the new pair; unchunked, every update is a second full-size array next to its input
     # and a LayerNorm-ed copy, and the recycled pair lives beside the new one.
-    in_place = chunk_size > 0 and d == 1
-    copies = 0 if in_place else 2  # out-of-place: the update and the normalised input
+    def in_place_over(size: int) -> bool:
+        # `add_in_place` updates slices in place only when the chunk is shorter than the axis it slices; a
+        # chunk as long as the axis computes the whole update at once, out of place.
+        return 0 < chunk_size < size and d == 1
+
+    def copies(size: int) -> int:
+        return 0 if in_place_over(size) else 2  # out of place: the update and the normalised input
+
+    in_place = in_place_over(n)
     base = params + features + (1 if in_place else 2) * pair  # the MSA is embedded after the extra-MSA stack
 
     def rows_in_flight(rows: int) -> int:
@@ -125,10 +133,10 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     opm_rows = outer_product_rows(rows_in_flight(n), n, c_o, 0) or rows_in_flight(n)
     operand = n * n * c_tri * act / d  # a triangle product's whole operand
     pair_ops = [
-        h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies * pair,  # triangle attention
-        (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies * pair,  # triangle mult.
-        2 * s * n * c_o * act + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies * pair,  # outer product
-        rows_in_flight(n) * n * 4 * c_z * act + copies * pair,  # pair transition
+        h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies(n) * pair,  # triangle attention
+        (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies(n) * pair,  # triangle mult.
+        2 * s * n * c_o * act + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies(n) * pair,  # outer product
+        rows_in_flight(n) * n * 4 * c_z * act + copies(n) * pair,  # pair transition
     ]
     # Each stage: what lives through it beside `base`, plus its largest op.
     stages = [
@@ -136,14 +144,14 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
         # 2026-12-07): chunked runs peaked about one extra-MSA representation above this model's earlier single
         # one (fp32 N=1,200: +1.6 GiB for a 1.5 GiB representation; bf16 N=2,048: +1.8 GiB for 1.25 GiB plus the
         # MSA's float32 copy), e.g. its embedding's input and output live at once.
-        2 * extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies * extra]),
+        2 * extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies(e) * extra]),
         msa
         + max(
             pair_ops
             + [
-                bias + attention(s, n, h_row, c_m) + copies * msa,  # Evoformer stack
-                attention(n, s, h_col, c_m) + (copies + 1) * msa,
-                rows_in_flight(s) * n * 4 * c_m * act + copies * msa,
+                bias + attention(s, n, h_row, c_m) + copies(s) * msa,  # Evoformer stack
+                attention(n, s, h_col, c_m) + (copies(n) + 1) * msa,
+                rows_in_flight(s) * n * 4 * c_m * act + copies(s) * msa,
             ]
         ),
         # Structure module: IPA's pair bias, logits and point distances per head [H, N, N(, P)] in float32
