@@ -290,3 +290,65 @@ def cell(value, spec: str = ".3f", width: int = 0) -> str:
     """`value` formatted with `spec` (numbers only), '-' when missing, right-aligned to `width`."""
     text = format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
     return f"{text:>{width}}"
+
+
+def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...] = ()) -> dict:
+    """Where a compiled function's device time goes: run it `calls` times under `jax.profiler`, read the
+    trace back (`jax.profiler.ProfileData`) and sum the GPU kernel events per kernel and per label.
+
+    A kernel's label is the first of `labels` (e.g. the Evoformer's sub-module names) found in the name stack
+    of its HLO instruction (`compiled.as_text()` metadata `op_name`, which carries the Flax module path;
+    "bwd" is appended for instructions under `transpose(...)`); "other" when none matches.
+    Returns {"total_ms", "calls", "by_label": {label: ms per call}, "top": [(kernel, label, ms per call, n)]},
+    or {"error": ...} where the backend records no device kernels (CPU).
+    """
+    import glob  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    import jax  # noqa: PLC0415
+
+    op_names = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", compiled.as_text(), re.M):
+        op_names[m.group(1)] = m.group(2)
+
+    def label_of(hlo_op: str) -> str:
+        name = op_names.get(hlo_op, "")
+        found = next((label for label in labels if label in name), "other")
+        return f"{found} bwd" if "transpose(" in name else found
+
+    jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder)
+        for _ in range(calls):
+            out = compiled(*args)
+        jax.block_until_ready(out)
+        jax.profiler.stop_trace()
+        paths = sorted(glob.glob(f"{folder}/**/*.xplane.pb", recursive=True))
+        if not paths:
+            return {"error": "no trace written"}
+        data = jax.profiler.ProfileData.from_file(paths[-1])
+    kernels: dict = {}
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU"):
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            for event in line.events:
+                stats = {k: v for k, v in event.stats}
+                hlo_op = str(stats.get("hlo_op", ""))
+                key = (event.name, label_of(hlo_op))
+                total, count = kernels.get(key, (0.0, 0))
+                kernels[key] = (total + event.duration_ns / 1e6, count + 1)
+    if not kernels:
+        return {"error": "no device kernel events (not a GPU?)"}
+    by_label: dict = {}
+    for (_, label), (ms, _) in kernels.items():
+        by_label[label] = by_label.get(label, 0.0) + ms / calls
+    top = sorted(((k, lab, ms / calls, n // calls) for (k, lab), (ms, n) in kernels.items()), key=lambda r: -r[2])
+    return {
+        "total_ms": sum(by_label.values()),
+        "calls": calls,
+        "by_label": dict(sorted(by_label.items(), key=lambda kv: -kv[1])),
+        "top": top[:40],
+    }

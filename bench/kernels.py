@@ -48,6 +48,7 @@ from bench._common import (
     commit,
     compile_with_temp,
     device_info,
+    device_kernel_profile,
     jaxlib_version,
     print_header,
     short_error,
@@ -466,7 +467,33 @@ def bench_copy_ceiling(budget: Budget, quick: bool, log):
     }
 
 
-def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
+EVOFORMER_PARTS = (
+    "msa_row_attention_with_pair_bias",
+    "msa_column_attention",
+    "msa_transition",
+    "outer_product_mean",
+    "triangle_multiplication_outgoing",
+    "triangle_multiplication_incoming",
+    "triangle_attention_starting_node",
+    "triangle_attention_ending_node",
+    "pair_transition",
+)
+
+
+def print_profile(title: str, profile: dict) -> None:
+    """The device time of one call by sub-module (forward and backward apart) and the top kernels."""
+    if "error" in profile:
+        print(f"profile {title}: {profile['error']}")
+        return
+    print(f"\nprofile {title}: {profile['total_ms']:.3f} ms of device kernels per call")
+    for label, ms in profile["by_label"].items():
+        print(f"  {label:44s} {ms:8.3f} ms  {100 * ms / profile['total_ms']:5.1f}%")
+    print("  top kernels (ms per call, launches per call):")
+    for name, label, ms, n in profile["top"][:25]:
+        print(f"    {ms:8.3f} {n:4d}  {label:40s} {name[:90]}")
+
+
+def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log, profile: bool = False):
     """One full-size Evoformer block (N_seq 128, N_res 256) forward+backward, kernels='pallas' vs 'xla'."""
 
     from jaxfold.config import model_config  # noqa: PLC0415
@@ -522,6 +549,12 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log):
                 seconds, meta = time_compiled(compiled, (params, msa, pair), quick)
                 row.update(time_ms=seconds * 1e3, temp_bytes=temp, **meta)
                 results[kernels] = compiled(params, msa, pair)
+                if profile:
+                    try:
+                        row["profile"] = device_kernel_profile(compiled, (params, msa, pair), labels=EVOFORMER_PARTS)
+                    except Exception as e:  # noqa: BLE001  (the profile is extra: the timing stands)
+                        row["profile"] = {"error": short_error(e)}
+                    print_profile(f"evoformer block {dtype} {kernels}", row["profile"])
             except Exception as e:  # noqa: BLE001  (record, keep going)
                 row["error"] = short_error(e)
             rows.append(row)
@@ -717,6 +750,9 @@ def main(argv=None):
         help="'sweep': only the Pallas attention tile sweep",
     )
     ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument(
+        "--profile", action="store_true", help="block: also trace it and print device time per sub-module (GPU)"
+    )
     ap.add_argument("--impls", default="pallas,xla,cudnn")
     ap.add_argument(
         "--sweep",
@@ -759,7 +795,7 @@ def main(argv=None):
             if r.get("gbps") is not None and r is not ceiling:
                 r["fraction_of_copy_ceiling"] = r["gbps"] / ceiling["gbps"]
     if args.only in ("block", "all"):
-        rows += bench_evoformer_block(budget, args.quick, dtypes, log)
+        rows += bench_evoformer_block(budget, args.quick, dtypes, log, profile=args.profile)
     if args.only in ("block", "parts", "all"):
         rows += bench_evoformer_parts(budget, args.quick, dtypes, log)
     sweep = []
