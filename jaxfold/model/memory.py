@@ -135,20 +135,24 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     pair_ops = [
         h_tri * n * n * act + attention(n, n, h_tri, c_z) + copies(n) * pair,  # triangle attention
         (1 if in_place else 2) * operand + rows_in_flight(n) * n * c_tri * 3 * f32 + copies(n) * pair,  # triangle mult.
-        2 * s * n * c_o * act + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies(n) * pair,  # outer product
         rows_in_flight(n) * n * 4 * c_z * act + copies(n) * pair,  # pair transition
     ]
+
+    def outer_product(rows: int) -> float:
+        # The whole right projection [rows, N, c_o] every slice of pair rows needs, and the copy XLA lays out
+        # for the contraction over sequences: with the extra MSA's 5,120 rows as large as the extra-MSA
+        # representation itself (measured on an H100, bench/long_sequence 2026-12-07: fp32 N=1,200 peaked
+        # 1.6 GiB above a model that counted neither); then two slices of float32 outer products.
+        return 2 * rows * n * c_o * act / d + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies(n) * pair
+
     # Each stage: what lives through it beside `base`, plus its largest op.
     stages = [
-        # Extra-MSA stack: two extra-MSA representations, not one. Measured on an H100 (bench/long_sequence,
-        # 2026-12-07): chunked runs peaked about one extra-MSA representation above this model's earlier single
-        # one (fp32 N=1,200: +1.6 GiB for a 1.5 GiB representation; bf16 N=2,048: +1.8 GiB for 1.25 GiB plus the
-        # MSA's float32 copy), e.g. its embedding's input and output live at once.
-        2 * extra + max(pair_ops + [bias + attention(e, n, h_row, c_e) + copies(e) * extra]),
+        extra + max(pair_ops + [outer_product(e), bias + attention(e, n, h_row, c_e) + copies(e) * extra]),
         msa
         + max(
             pair_ops
             + [
+                outer_product(s),
                 bias + attention(s, n, h_row, c_m) + copies(s) * msa,  # Evoformer stack
                 attention(n, s, h_col, c_m) + (copies(n) + 1) * msa,
                 rows_in_flight(s) * n * 4 * c_m * act + copies(s) * msa,
