@@ -312,7 +312,8 @@ def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...
         op_names[m.group(1)] = m.group(2)
 
     def label_of(hlo_op: str) -> str:
-        name = op_names.get(hlo_op, "")
+        # Kernel names spell the instruction's "." as "_" (fusion.382 -> fusion_382) when no hlo_op stat is given.
+        name = op_names.get(hlo_op) or op_names.get(re.sub(r"_(\d+)$", r".\1", hlo_op), "")
         found = next((label for label in labels if label in name), "other")
         return f"{found} bwd" if "transpose(" in name else found
 
@@ -336,7 +337,7 @@ def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...
                 continue
             for event in line.events:
                 stats = {k: v for k, v in event.stats}
-                hlo_op = str(stats.get("hlo_op", ""))
+                hlo_op = str(stats.get("hlo_op") or event.name)
                 key = (event.name, label_of(hlo_op))
                 total, count = kernels.get(key, (0.0, 0))
                 kernels[key] = (total + event.duration_ns / 1e6, count + 1)
