@@ -672,6 +672,49 @@ def bench_evoformer_parts(budget: Budget, quick: bool, dtypes, log):
     return rows
 
 
+def in_place_pair_copies(quick: bool, dtypes, log):
+    """Compile-only check of the in-place (chunked inference) Evoformer block: pair-shaped copies in the compiled
+    program (other than zero-filled buffers) mean a slice loop kept the old pair beside the new one. The CPU
+    compiler copies in bf16 (tests/test_in_place_buffers.py); this row says what the GPU compiler does."""
+    import re  # noqa: PLC0415
+
+    from jaxfold.config import model_config  # noqa: PLC0415
+    from jaxfold.model.evoformer import EvoformerIteration  # noqa: PLC0415
+
+    n_seq, n_res, chunk = (8, 32, 8) if quick else (128, 256, 64)
+    rows = []
+    for dtype in dtypes:
+        jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+        cfg = model_config("model_1_ptm", dtype="bfloat16" if dtype == "bf16" else "float32", zero_init=False)
+        cfg = cfg.replace(**{"model.global_config.chunk_size": chunk})
+        block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
+        key = jax.random.PRNGKey(0)
+        msa, pair = jnp.zeros((n_seq, n_res, 256), jdt), jnp.zeros((n_res, n_res, 128), jdt)
+        masks = jnp.ones((n_seq, n_res), jdt), jnp.ones((n_res, n_res), jdt)
+        params = block.init(key, (msa, pair), *masks)
+        apply = jax.jit(
+            lambda p, m, z, block=block, masks=masks: block.apply(p, (m, z), *masks)[0], donate_argnums=(1, 2)
+        )
+        text = apply.lower(params, msa, pair).compile().as_text()
+        shape = ("bf16" if dtype == "bf16" else "f32") + rf"\[{n_res},{n_res},128\]"
+        copies = [c for c in re.findall(rf"{shape}\{{[\d,]*\}} copy\((%[\w.\-]+)\)", text) if "broadcast" not in c]
+        rows.append(
+            {
+                "kind": "in_place_copies",
+                "case": "in-place block pair copies",
+                "shape": f"N_seq={n_seq} N_res={n_res} chunk={chunk}",
+                "dtype": dtype,
+                "mode": "compile",
+                "impl": str(cfg.model.global_config.kernels),
+                "pair_copies": len(copies),
+                "copied": copies[:10],
+                "error": f"{len(copies)} pair-sized copies: {', '.join(copies[:4])}" if copies else "none",
+            }
+        )
+        log(f"in-place block {dtype}: {len(copies)} pair-sized copies {copies[:4]}")
+    return rows
+
+
 def _fmt(v, spec):
     return format(v, spec) if isinstance(v, (int, float)) else "-"
 
@@ -798,6 +841,7 @@ def main(argv=None):
         rows += bench_evoformer_block(budget, args.quick, dtypes, log, profile=args.profile)
     if args.only in ("block", "parts", "all"):
         rows += bench_evoformer_parts(budget, args.quick, dtypes, log)
+        rows += in_place_pair_copies(args.quick, dtypes, log)
     sweep = []
     if (args.sweep and args.only in ("attention", "all")) or args.only == "sweep":
         cases = attention_cases(args.quick)

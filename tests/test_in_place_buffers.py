@@ -1,0 +1,66 @@
+"""In-place updates really are in place: XLA compiles an in-place Evoformer block (chunked inference) without
+copying the pair inside its slice loops.
+
+`add_in_place` writes each slice's update into the pair with `dynamic_update_slice`; XLA reuses the carried
+buffer only when nothing else reads the old pair after the write. Had a slice loop kept the old pair alive
+(e.g. an update closing over the whole pair), every iteration would copy `[N, N, c_z]` (a second pair in memory
+and N/chunk full copies per update). On the CPU backend this holds in float32; in bfloat16 the CPU compiler
+computes the residual add in float32 (it has no bf16 arithmetic) and then copies, which GPUs (native bf16 adds)
+are not expected to do: `bench/kernels.py` is where the GPU program is inspected.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxfold.config import model_config
+from jaxfold.model.evoformer import EvoformerIteration
+
+N_RES, N_SEQ, CHUNK = 48, 16, 16
+
+
+def compiled_block_text(chunk_size: int) -> str:
+    cfg = model_config("model_1_ptm", kernels="xla", zero_init=False)
+    cfg = cfg.replace(**{"model.global_config.chunk_size": chunk_size})
+    block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
+    key = jax.random.PRNGKey(0)
+    msa = jax.random.normal(key, (N_SEQ, N_RES, 256))
+    pair = jax.random.normal(key, (N_RES, N_RES, 128))
+    msa_mask, pair_mask = jnp.ones((N_SEQ, N_RES)), jnp.ones((N_RES, N_RES))
+    params = block.init(key, (msa, pair), msa_mask, pair_mask)
+    apply = jax.jit(lambda p, m, z: block.apply(p, (m, z), msa_mask, pair_mask)[0], donate_argnums=(1, 2))
+    return apply.lower(params, msa, pair).compile().as_text()
+
+
+def copies_of_the_pair(text: str) -> list[str]:
+    """Pair-shaped copies in a compiled program, except those materialising a broadcast (a zero-filled output
+    buffer): a copied pair is an old pair kept beside the written one."""
+    shape = rf"f32\[{N_RES},{N_RES},128\]"
+    copies = re.findall(rf"{shape}\{{[\d,]*\}} copy\((%[\w.\-]+)\)", text)
+    return [c for c in copies if "broadcast" not in c]
+
+
+def test_in_place_block_never_copies_the_pair():
+    text = compiled_block_text(CHUNK)
+    assert text.count(" while(") >= 5  # the block really ran slice loops (one per pair and MSA update at least)
+    assert copies_of_the_pair(text) == []
+
+
+def test_the_copy_check_sees_a_pair_kept_alive():
+    """A slice loop whose update reads the original pair (closed over) instead of the carried one: XLA must
+    keep both, and the check above sees the copy."""
+
+    def keeps_old(pair):
+        def one(i, carried):
+            old = lax.dynamic_slice_in_dim(pair, i * CHUNK, CHUNK, 0)
+            new = lax.dynamic_slice_in_dim(carried, i * CHUNK, CHUNK, 0) + 2.0 * old
+            return lax.dynamic_update_slice_in_dim(carried, new, i * CHUNK, 0)
+
+        return lax.fori_loop(0, N_RES // CHUNK, one, pair)
+
+    text = jax.jit(keeps_old).lower(jnp.ones((N_RES, N_RES, 128))).compile().as_text()
+    assert len(copies_of_the_pair(text)) == 1
