@@ -336,7 +336,7 @@ def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...
             if "stream" not in line.name.lower():
                 continue
             for event in line.events:
-                stats = {k: v for k, v in event.stats}
+                stats = dict(event.stats)
                 hlo_op = str(stats.get("hlo_op") or event.name)
                 key = (event.name, label_of(hlo_op))
                 total, count = kernels.get(key, (0.0, 0))

@@ -493,6 +493,14 @@ def print_profile(title: str, profile: dict) -> None:
         print(f"    {ms:8.3f} {n:4d}  {label:40s} {name[:90]}")
 
 
+def _block_inputs(n_seq: int, n_res: int, jdt):
+    """The Evoformer block's inputs: msa `[n_seq, n_res, 256]`, pair `[n_res, n_res, 128]` (random), all-ones masks."""
+    key = jax.random.PRNGKey(0)
+    msa = jax.random.normal(key, (n_seq, n_res, 256), jdt)
+    pair = jax.random.normal(key, (n_res, n_res, 128), jdt)
+    return msa, pair, jnp.ones((n_seq, n_res), jdt), jnp.ones((n_res, n_res), jdt)
+
+
 def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log, profile: bool = False):
     """One full-size Evoformer block (N_seq 128, N_res 256) forward+backward, kernels='pallas' vs 'xla'."""
 
@@ -504,10 +512,7 @@ def bench_evoformer_block(budget: Budget, quick: bool, dtypes, log, profile: boo
     for dtype in dtypes:
         jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
         key = jax.random.PRNGKey(0)
-        msa = jax.random.normal(key, (n_seq, n_res, 256), jdt)
-        pair = jax.random.normal(key, (n_res, n_res, 128), jdt)
-        msa_mask = jnp.ones((n_seq, n_res), jdt)
-        pair_mask = jnp.ones((n_res, n_res), jdt)
+        msa, pair, msa_mask, pair_mask = _block_inputs(n_seq, n_res, jdt)
         params = None
         results = {}
         for kernels in ("xla", "pallas"):
@@ -584,15 +589,17 @@ def bench_evoformer_parts(budget: Budget, quick: bool, dtypes, log):
     for dtype in dtypes:
         jdt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
         key = jax.random.PRNGKey(0)
-        msa = jax.random.normal(key, (n_seq, n_res, 256), jdt)
-        pair = jax.random.normal(key, (n_res, n_res, 128), jdt)
-        msa_mask = jnp.ones((n_seq, n_res), jdt)
-        pair_mask = jnp.ones((n_res, n_res), jdt)
+        msa, pair, msa_mask, pair_mask = _block_inputs(n_seq, n_res, jdt)
         for kernels in ("xla", "pallas"):
             cfg = model_config(
                 "model_1_ptm", kernels=kernels, dtype="bfloat16" if dtype == "bf16" else "float32", zero_init=False
             )
             c, gc = cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config
+
+            def pair_part(module_cls, name, c=c, gc=gc):
+                """A pair update called as `module(pair, pair_mask)` (the triangle ops)."""
+                return (name, module_cls(c[name], gc, NO_DAP), "pair", lambda mod, m, z: mod(z, pair_mask))
+
             # (name, module, the activation it updates ("msa"/"pair"), its call on (msa, pair))
             parts = [
                 (
@@ -614,30 +621,10 @@ def bench_evoformer_parts(budget: Budget, quick: bool, dtypes, log):
                     "pair",
                     lambda mod, m, z: mod(m, msa_mask, msa_mask),
                 ),
-                (
-                    "triangle_multiplication_outgoing",
-                    TriangleMultiplication(c.triangle_multiplication_outgoing, gc, NO_DAP),
-                    "pair",
-                    lambda mod, m, z: mod(z, pair_mask),
-                ),
-                (
-                    "triangle_multiplication_incoming",
-                    TriangleMultiplication(c.triangle_multiplication_incoming, gc, NO_DAP),
-                    "pair",
-                    lambda mod, m, z: mod(z, pair_mask),
-                ),
-                (
-                    "triangle_attention_starting_node",
-                    TriangleAttention(c.triangle_attention_starting_node, gc, NO_DAP),
-                    "pair",
-                    lambda mod, m, z: mod(z, pair_mask),
-                ),
-                (
-                    "triangle_attention_ending_node",
-                    TriangleAttention(c.triangle_attention_ending_node, gc, NO_DAP),
-                    "pair",
-                    lambda mod, m, z: mod(z, pair_mask),
-                ),
+                pair_part(TriangleMultiplication, "triangle_multiplication_outgoing"),
+                pair_part(TriangleMultiplication, "triangle_multiplication_incoming"),
+                pair_part(TriangleAttention, "triangle_attention_starting_node"),
+                pair_part(TriangleAttention, "triangle_attention_ending_node"),
                 ("pair_transition", Transition(c.pair_transition, gc), "pair", lambda mod, m, z: mod(z, pair_mask)),
             ]
             for name, module, target, call in parts:
@@ -676,10 +663,9 @@ def in_place_pair_copies(quick: bool, dtypes, log):
     """Compile-only check of the in-place (chunked inference) Evoformer block: pair-shaped copies in the compiled
     program (other than zero-filled buffers) mean a slice loop kept the old pair beside the new one. The CPU
     compiler copies in bf16 (tests/test_in_place_buffers.py); this row says what the GPU compiler does."""
-    import re  # noqa: PLC0415
-
     from jaxfold.config import model_config  # noqa: PLC0415
     from jaxfold.model.evoformer import EvoformerIteration  # noqa: PLC0415
+    from jaxfold.model.inplace import copies_in_compiled  # noqa: PLC0415
 
     n_seq, n_res, chunk = (8, 32, 8) if quick else (128, 256, 64)
     rows = []
@@ -688,16 +674,13 @@ def in_place_pair_copies(quick: bool, dtypes, log):
         cfg = model_config("model_1_ptm", dtype="bfloat16" if dtype == "bf16" else "float32", zero_init=False)
         cfg = cfg.replace(**{"model.global_config.chunk_size": chunk})
         block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
-        key = jax.random.PRNGKey(0)
-        msa, pair = jnp.zeros((n_seq, n_res, 256), jdt), jnp.zeros((n_res, n_res, 128), jdt)
-        masks = jnp.ones((n_seq, n_res), jdt), jnp.ones((n_res, n_res), jdt)
-        params = block.init(key, (msa, pair), *masks)
+        msa, pair, *masks = _block_inputs(n_seq, n_res, jdt)
+        params = block.init(jax.random.PRNGKey(0), (msa, pair), *masks)
         apply = jax.jit(
             lambda p, m, z, block=block, masks=masks: block.apply(p, (m, z), *masks)[0], donate_argnums=(1, 2)
         )
         text = apply.lower(params, msa, pair).compile().as_text()
-        shape = ("bf16" if dtype == "bf16" else "f32") + rf"\[{n_res},{n_res},128\]"
-        copies = [c for c in re.findall(rf"{shape}\{{[\d,]*\}} copy\((%[\w.\-]+)\)", text) if "broadcast" not in c]
+        copies = copies_in_compiled(text, f"{'bf16' if dtype == 'bf16' else 'f32'}[{n_res},{n_res},128]")
         rows.append(
             {
                 "kind": "in_place_copies",

@@ -11,14 +11,13 @@ are not expected to do: `bench/kernels.py` is where the GPU program is inspected
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxfold.config import model_config
 from jaxfold.model.evoformer import EvoformerIteration
+from jaxfold.model.inplace import copies_in_compiled
 
 N_RES, N_SEQ, CHUNK = 48, 16, 16
 
@@ -37,11 +36,7 @@ def compiled_block_text(chunk_size: int) -> str:
 
 
 def copies_of_the_pair(text: str) -> list[str]:
-    """Pair-shaped copies in a compiled program, except those materialising a broadcast (a zero-filled output
-    buffer): a copied pair is an old pair kept beside the written one."""
-    shape = rf"f32\[{N_RES},{N_RES},128\]"
-    copies = re.findall(rf"{shape}\{{[\d,]*\}} copy\((%[\w.\-]+)\)", text)
-    return [c for c in copies if "broadcast" not in c]
+    return copies_in_compiled(text, f"f32[{N_RES},{N_RES},128]")
 
 
 def test_in_place_block_never_copies_the_pair():

@@ -16,6 +16,7 @@ module cannot be called inside a plain `lax` loop. Inference only (no dropout, n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -63,3 +64,12 @@ def map_rows(fn: Callable, x: jax.Array, chunk_size: int, axis: int = 0) -> jax.
     if chunk_size <= 0 or chunk_size >= size:
         return fn(x)
     return chunked(fn, chunk_size, batch_axes=(axis,), out_axis=axis)(x)
+
+
+def copies_in_compiled(hlo_text: str, array_type: str) -> list[str]:
+    """The operands of the copies of an `array_type` array (HLO spelling, e.g. "bf16[256,256,128]") in a
+    compiled program's text (`compiled.as_text()`), except copies materialising a broadcast (a zero-filled
+    output buffer). For the pair, each is an old pair kept beside the written one: what `add_in_place` exists
+    to avoid (checked by tests/test_in_place_buffers.py on the CPU and by bench/kernels.py on a GPU)."""
+    copies = re.findall(rf"{re.escape(array_type)}\{{[\d,]*\}} copy\((%[\w.\-]+)\)", hlo_text)
+    return [c for c in copies if "broadcast" not in c]
