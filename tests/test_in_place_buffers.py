@@ -6,7 +6,11 @@ buffer only when nothing else reads the old pair after the write. Had a slice lo
 (e.g. an update closing over the whole pair), every iteration would copy `[N, N, c_z]` (a second pair in memory
 and N/chunk full copies per update). On the CPU backend this holds in float32; in bfloat16 the CPU compiler
 computes the residual add in float32 (it has no bf16 arithmetic) and then copies, which GPUs (native bf16 adds)
-are not expected to do: `bench/kernels.py` is where the GPU program is inspected.
+are not expected to do: `bench/kernels.py` is where the GPU program is inspected (an H200 compiled the bf16
+block with none, 2026-12-07).
+
+Besides the pair, a block needs the whole operand of each triangle multiplication while it runs: one at a time,
+in the channel-major layout the product reads (`test_chained_in_place_blocks_hold_one_whole_operand`).
 """
 
 from __future__ import annotations
@@ -59,3 +63,29 @@ def test_the_copy_check_sees_a_pair_kept_alive():
 
     text = jax.jit(keeps_old).lower(jnp.ones((N_RES, N_RES, 128))).compile().as_text()
     assert len(copies_of_the_pair(text)) == 1
+
+
+def test_chained_in_place_blocks_hold_one_whole_operand():
+    """Two in-place Evoformer blocks in one program: XLA's temporaries stay under 3 pairs (one whole triangle
+    operand `[c, N, N]`, as large as the pair here, plus slices and the MSA). Before every slice loop's output
+    buffer was made from its own input (`chunking.output_buffer`) and the operand was built channel-major, the
+    CPU compiler shared one zero array copied into each buffer and transposed each operand (6.2 pairs at this
+    size), and the GPU compiler made the four operands' buffers at once (100 GiB at N = 10,240 in bf16)."""
+    n_res, n_seq = 160, 8
+    cfg = model_config("model_1_ptm", kernels="xla", zero_init=False)
+    cfg = cfg.replace(**{"model.global_config.chunk_size": CHUNK})
+    block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
+    key = jax.random.PRNGKey(0)
+    msa = jax.random.normal(key, (n_seq, n_res, 256))
+    pair = jax.random.normal(key, (n_res, n_res, 128))
+    msa_mask, pair_mask = jnp.ones((n_seq, n_res)), jnp.ones((n_res, n_res))
+    params = block.init(key, (msa, pair), msa_mask, pair_mask)
+
+    def two_blocks(p, m, z):
+        for _ in range(2):
+            (m, z), _ = block.apply(p, (m, z), msa_mask, pair_mask)
+        return m, z
+
+    compiled = jax.jit(two_blocks, donate_argnums=(1, 2)).lower(params, msa, pair).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < 3 * pair.nbytes, f"temporaries {temp / pair.nbytes:.2f} pairs"

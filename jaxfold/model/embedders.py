@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxfold.common import all_atom
-from jaxfold.model.chunking import chunked, over_slices
+from jaxfold.model.chunking import chunked, output_buffer, over_slices
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 
@@ -152,7 +152,7 @@ def pair_embedding(
     if prev_pair is not None and prev_pair.dtype == dtype:
         buffer = prev_pair
     else:
-        buffer = jnp.zeros((num_res, num_res, c.pair_channel), dtype)
+        buffer = output_buffer((num_res, num_res, c.pair_channel), dtype, after=left_single)
     return fill_rows(rows_at, buffer, chunk_size)
 
 

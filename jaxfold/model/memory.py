@@ -163,13 +163,15 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
         rows_in_flight(n) * n * (2 * c_z + 96) * f32,
     ]
     if shapes.num_templates:
-        # In place: one template's pair [N, N, c_t] and its stack's operand, the logits over all templates;
-        # unchunked: every template's pair at once, and the 88-channel features.
+        # In place: one template's pair [N, N, c_t] and its stack's operand, the logits over all templates
+        # [T, N, N, H] in float32 and their log-normaliser [N, N, H]; unchunked: every template's pair at
+        # once, and the 88-channel features.
         ending = emb.template.template_pair_stack.triangle_attention_ending_node
         c_t = emb.template.get("num_channels") or ending.get("value_dim") or c_z // 2  # multimer: num_channels
         template_pair = n * n * c_t * act / d
+        h_templ = emb.template.attention.num_head
         stages.append(
-            2 * template_pair + shapes.num_templates * n * n * 4 * f32
+            2 * template_pair + (shapes.num_templates + 1) * n * n * h_templ * f32
             if in_place
             else (shapes.num_templates + 3) * template_pair + n * n * 88 * act
         )

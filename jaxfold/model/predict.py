@@ -280,8 +280,18 @@ def predict(
         i = i if model.resample_msa_in_recycling else 0
         return {k: jnp.asarray(v[i]) for k, v in batch_all.items()}
 
+    # Compiled from shapes alone, before the pass's arrays exist on the device: XLA's GPU autotuner runs
+    # candidate kernels on buffers as large as their operands (a pair-sized fusion's input and output: 50 GiB
+    # at N = 10,240 in bf16), and it ran an H200 with 75 GiB out of memory while the recycled pair was resident.
+    programs = _programs(
+        config,
+        mesh,
+        outputs,
+        params,
+        jax.eval_shape(lambda: pass_batch(0)),
+        jax.eval_shape(lambda: initial_recycling_inputs(model, num_res)),
+    )
     prev = initial_recycling_inputs(model, num_res)
-    programs = _programs(config, mesh, outputs, params, pass_batch(0), prev)
     timings["compile"] = programs.compile_seconds
     timings["compiled_bytes"] = {
         "iteration": compiled_bytes(programs.iteration),

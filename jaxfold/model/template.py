@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxfold.common import residue_constants as rc
 from jaxfold.common.geometry import Rigid, Vec3
 from jaxfold.model.attention import Attention, mask_to_bias
-from jaxfold.model.chunking import chunked, pair_rows_chunk
+from jaxfold.model.chunking import chunked, output_buffer, pair_rows_chunk
 from jaxfold.model.distogram import dgram_between
 from jaxfold.model.evoformer import (
     PAIR_UPDATES_EVOFORMER,
@@ -25,7 +25,7 @@ from jaxfold.model.evoformer import (
     updates_in_place,
 )
 from jaxfold.model.inplace import add_in_place, pure
-from jaxfold.model.primitives import LayerNorm, Linear, apply_linear
+from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 from jaxfold.model.stacks import residual_update, scanned_stack, split_stack_call
 from jaxfold.model.transition import Transition
 from jaxfold.model.triangle_attention import TriangleAttention
@@ -222,7 +222,9 @@ class SingleTemplateEmbedding(nn.Module):
     dap: Dap = NO_DAP
 
     @nn.compact
-    def __call__(self, carry, template, mask_2d):
+    def __call__(self, carry, template, mask_2d, normalized: bool = True):
+        """`normalized=False` returns the pair stack's output before `output_layer_norm` (whose parameters
+        still exist): `templates_in_place` normalises it a slice of rows at a time, never a second copy."""
         c = self.config
         dtype = mask_2d.dtype
         num_channels = c.template_pair_stack.triangle_attention_ending_node.value_dim
@@ -233,7 +235,8 @@ class SingleTemplateEmbedding(nn.Module):
         act = TemplatePairStack(
             c.template_pair_stack, self.global_config, self.is_training, self.dap, name="template_pair_stack"
         )(act, mask_2d)
-        return carry, LayerNorm(self.global_config.kernels, name="output_layer_norm")(act)
+        output_norm = LayerNorm(self.global_config.kernels, name="output_layer_norm")
+        return carry, output_norm(act) if normalized else act
 
 
 class TemplateEmbedding(nn.Module):
@@ -307,7 +310,7 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
     The plain path stacks all templates' embeddings `[T, N, N, c_t]` (at N = 10,000 and 4 templates that is
     twice the pair) for the point-wise attention over templates. Here each template's embedding (pair stack
     in place) exists one at a time, twice: pass 1 keeps only its attention logits `[T, N, N, H]` (float32,
-    an eighth of a bf16 pair for T=4, H=4), the softmax over templates gives the weights, and pass 2 adds
+    a quarter of a bf16 pair for T=4, H=4) and their log-normaliser over templates, and pass 2 adds
     each template's weighted values, through the output projection, into the pair a slice of rows at a time
     (the projection is linear, so the sum over templates can be taken after it). The same numbers as the
     plain path up to the order of float additions; the template stacks run twice (~5% of a prediction).
@@ -319,7 +322,9 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
     template_mask = template_batch["template_mask"].astype(jnp.float32)
     num_templates = template_mask.shape[0]
     per_template = {k: v for k, v in template_batch.items() if k != "template_mask"}
-    single = pure(SingleTemplateEmbedding(c, gc, False, NO_DAP, name="single_template_embedding"))
+    single_module = SingleTemplateEmbedding(c, gc, False, NO_DAP, name="single_template_embedding")
+    single = pure(single_module, normalized=False)
+    output_norm = single_module.variables["params"]["output_layer_norm"]
     p = pointwise_template_attention(c, gc, c_z).variables["params"]
     num_head = p["query_w"].shape[1]
     key_dim = p["query_w"].shape[2]
@@ -327,9 +332,13 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
 
     def template_act(t):
         template = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, t, 0, False), per_template)
-        return single(jnp.zeros((), dtype), template, mask_2d)[1]  # [N, N, c_t]
+        return single(jnp.zeros((), dtype), template, mask_2d)[1]  # [N, N, c_t], not yet normalised
+
+    def normalized(act_rows):
+        return layer_norm(act_rows, output_norm["scale"], output_norm["offset"], kernels=gc.kernels)
 
     def logits_rows(pair_rows, act_rows):
+        act_rows = normalized(act_rows)
         q = jnp.einsum("ija,ahc->ijhc", pair_rows, p["query_w"].astype(dtype)) * key_dim ** (-0.5)
         k = jnp.einsum("ija,ahc->ijhc", act_rows, p["key_w"].astype(dtype))
         return jnp.einsum("ijhc,ijhc->ijh", q, k).astype(jnp.float32)
@@ -340,17 +349,19 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
         return jax.lax.dynamic_update_index_in_dim(logits, rows, t, 0)
 
     logits = jax.lax.fori_loop(
-        0, num_templates, pass_1, jnp.zeros((num_templates, num_res, num_res, num_head), jnp.float32)
+        0, num_templates, pass_1, output_buffer((num_templates, num_res, num_res, num_head), jnp.float32, after=pair)
     )
-    weights = jax.nn.softmax(logits, axis=0)
-    del logits
+    # The softmax over templates is taken a slice of rows at a time in pass 2, from the logits and their
+    # log-normaliser `[N, N, H]`: no second `[T, N, N, H]` array of weights beside the logits.
+    log_norm = jax.nn.logsumexp(logits, axis=0)
     any_template = (jnp.sum(template_mask) > 0.0).astype(dtype)
 
     def pass_2(t, pair):
         act = template_act(t)
-        weight = jax.lax.dynamic_index_in_dim(weights, t, 0, False)
 
-        def update_rows(pair_rows, act_rows, weight_rows):
+        def update_rows(pair_rows, act_rows, logit_rows, log_norm_rows):
+            act_rows = normalized(act_rows)
+            weight_rows = jnp.exp(jax.lax.dynamic_index_in_dim(logit_rows, t, 0, False) - log_norm_rows)
             v = jnp.einsum("ija,ahc->ijhc", act_rows, p["value_w"].astype(dtype))
             avg = weight_rows.astype(dtype)[..., None] * v
             if c.attention.gating:
@@ -360,6 +371,6 @@ def templates_in_place(module: TemplateEmbedding, pair, template_batch, mask_2d)
             out = out + (t == 0).astype(dtype) * p["output_b"].astype(dtype)  # the bias once, with template 0
             return out * any_template
 
-        return add_in_place(update_rows, pair, 0, chunk, [(act, 0), (weight, 0)])
+        return add_in_place(update_rows, pair, 0, chunk, [(act, 0), (logits, 1), (log_norm, 0)])
 
     return jax.lax.fori_loop(0, num_templates, pass_2, pair)

@@ -61,8 +61,13 @@ class LayerNormParams(nn.Module):
         )
 
 
+# The same products with `right` channel-major `[c, ., .]` (the in-place path's whole operand).
+CHANNEL_MAJOR_RIGHT = {"ikc,jkc->ijc": "ikc,cjk->ijc", "kjc,kic->ijc": "kjc,cki->ijc"}
+
+
 def triangle_update_xla(left, right, gate_input, w: OutputWeights, equation: str):
-    """XLA: einsum -> center LayerNorm (fp32 statistics) -> output projection x sigmoid(gate)."""
+    """XLA: einsum -> center LayerNorm (fp32 statistics) -> output projection x sigmoid(gate).
+    `equation` may be a `CHANNEL_MAJOR_RIGHT` one (right `[c, ., .]`)."""
     act = jnp.einsum(equation, left, right)
     act = layer_norm(act, w.center_scale, w.center_offset, kernels="xla")
     act = apply_linear(act, w.output_weights, w.output_bias)
@@ -70,27 +75,43 @@ def triangle_update_xla(left, right, gate_input, w: OutputWeights, equation: str
 
 
 def triangle_update(
-    left, right, gate_input, w: OutputWeights, equation: str, kernels: str = "xla", chunk_size: int | None = None
+    left,
+    right,
+    gate_input,
+    w: OutputWeights,
+    equation: str,
+    kernels: str = "xla",
+    chunk_size: int | None = None,
+    right_channel_major: bool = False,
 ):
     """Triangle product -> center LayerNorm -> output projection x gate, `[I, J, c_z]`.
 
     left/right: the masked, gated operands (`equation`'s layouts, e.g. outgoing `[I, K, c]`, `[J, K, c]`);
     gate_input `[I, J, c_z]`. `chunk_size > 0` computes `chunk_size` output rows at a time (incoming: the
     rows are a slice of `right`'s axis 1, taken by the chunking helper; the pair is never transposed).
+    right_channel_major: `right` is given as `[c, ., .]` (its channel axis moved first), the layout both
+    products read, so a whole operand made that way is never transposed (`whole_right_operand`).
     """
     if equation not in ROW_AXES:
         raise ValueError(f"unknown triangle multiplication equation {equation!r}; expected one of {sorted(ROW_AXES)}")
+    outgoing = equation == "ikc,jkc->ijc"
     if use_pallas(kernels):
         from pallas_kernels import triangle_multiplication as fused  # noqa: PLC0415  (optional GPU kernel)
 
         def core(l, r, g):
-            return fused.triangle_multiplication(l, r, g, *w, outgoing=equation == "ikc,jkc->ijc")
+            # The kernel's wrapper moves the channels of `r` first again: the two moves cancel in XLA.
+            r = jnp.moveaxis(r, 0, -1) if right_channel_major else r
+            return fused.triangle_multiplication(l, r, g, *w, outgoing=outgoing)
     else:
+        xla_equation = CHANNEL_MAJOR_RIGHT[equation] if right_channel_major else equation
 
         def core(l, r, g):
-            return triangle_update_xla(l, r, g, w, equation)
+            return triangle_update_xla(l, r, g, w, xla_equation)
 
-    return chunked(core, chunk_size, batch_axes=ROW_AXES[equation])(left, right, gate_input)
+    left_axis, right_axis, gate_axis = ROW_AXES[equation]
+    if right_channel_major and right_axis is not None:
+        right_axis += 1
+    return chunked(core, chunk_size, batch_axes=(left_axis, right_axis, gate_axis))(left, right, gate_input)
 
 
 class TriangleMultiplication(nn.Module):
@@ -102,14 +123,15 @@ class TriangleMultiplication(nn.Module):
     def __call__(self, act, mask, right=None):
         """act `[N, N, c_z]`, mask `[N, N]` -> update `[N, N, c_z]`.
 
-        `right`: the whole right operand `[N, N, c]` when the caller computed it (`whole_right_operand`,
-        in-place inference); `act`/`mask` are then the slice being updated (rows for the outgoing update,
-        columns for the incoming one) and the update of that slice is returned.
+        `right`: the whole right operand, channel-major `[c, N, N]`, when the caller computed it
+        (`whole_right_operand`, in-place inference); `act`/`mask` are then the slice being updated (rows for
+        the outgoing update, columns for the incoming one) and the update of that slice is returned.
         """
         gc = self.global_config
         c = self.config.num_intermediate_channel
         channels = act.shape[-1]
-        chunk_size = gc.chunk_size if right is None else 0  # a given slice is already small
+        given_right = right is not None
+        chunk_size = 0 if given_right else gc.chunk_size  # a given slice is already small
         # Part 1: parameters and the masked, gated operands [N, N, c] in either layout.
         mask = mask[..., None].astype(act.dtype)
         fused = self.config.get("fuse_projection_weights", False)
@@ -126,7 +148,9 @@ class TriangleMultiplication(nn.Module):
             *Linear(channels, initializer=final_init(gc), num_input=c, name="output_projection")(),
             *Linear(channels, initializer=final_init(gc), bias_init=1.0, num_input=channels, name="gating_linear")(),
         )
-        return triangle_update(left, right, gate_input, weights, self.config.equation, gc.kernels, chunk_size)
+        return triangle_update(
+            left, right, gate_input, weights, self.config.equation, gc.kernels, chunk_size, given_right
+        )
 
     def _operands(self, act, mask, need_right: bool = True):
         """Separate projections (AlphaFold <= 2.2 names). Returns (normed input, left, right or None)."""
@@ -157,9 +181,13 @@ class TriangleMultiplication(nn.Module):
 
 
 def whole_right_operand(params: dict, act: jax.Array, mask: jax.Array, kernels: str, chunk_size: int) -> jax.Array:
-    """The masked, gated right operand `[N, N, c]` of `TriangleMultiplication` (either parameter layout)
-    from its parameters, computed `chunk_size` rows at a time (no LayerNorm-ed copy of the pair): what every
-    slice of the in-place update needs whole."""
+    """The masked, gated right operand of `TriangleMultiplication` (either parameter layout) from its
+    parameters, channel-major `[c, N, N]`, computed `chunk_size` rows at a time (no LayerNorm-ed copy of the
+    pair): what every slice of the in-place update needs whole.
+
+    Channel-major because both products (the Pallas kernel and XLA's batched matmul) read it so: a
+    channel-last `[N, N, c]` operand was transposed into a second whole operand before the slice loop (seen
+    on a GPU at N = 10,240: 25 GiB each in bf16)."""
     fused = "projection" in params
     norm = params["left_norm_input" if fused else "layer_norm_input"]
     if fused:  # the right half of the 2c-wide projection and gate
@@ -174,6 +202,7 @@ def whole_right_operand(params: dict, act: jax.Array, mask: jax.Array, kernels: 
         right = mask_rows[..., None].astype(act_rows.dtype) * apply_linear(
             normed, projection["weights"], projection["bias"]
         )
-        return right * jax.nn.sigmoid(apply_linear(normed, gate["weights"], gate["bias"]))
+        right = right * jax.nn.sigmoid(apply_linear(normed, gate["weights"], gate["bias"]))
+        return jnp.moveaxis(right, -1, 0)  # [c, rows, N]
 
-    return chunked(rows, chunk_size)(act, mask)
+    return chunked(rows, chunk_size, out_axis=1)(act, mask)
