@@ -132,7 +132,7 @@ def in_place_block(block: EvoformerIteration, msa, pair, msa_mask, pair_mask):
     opm = OuterProductMean(c.outer_product_mean, gc, num_output_channel=pair.shape[-1], name="outer_product_mean")
 
     def outer_product_mean(pair, msa):
-        right = right_projection(opm.variables["params"], msa, msa_mask, kernels)
+        right = right_projection(opm.variables["params"], msa, msa_mask, kernels, chunk)
         return add_in_place(
             lambda _, m, mask: pure(opm)(m, mask, msa_mask, right=right),
             pair,

@@ -139,11 +139,12 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     ]
 
     def outer_product(rows: int) -> float:
-        # The whole right projection [rows, N, c_o] every slice of pair rows needs, and the copy XLA lays out
-        # for the contraction over sequences: with the extra MSA's 5,120 rows as large as the extra-MSA
-        # representation itself (measured on an H100, bench/long_sequence 2026-12-07: fp32 N=1,200 peaked
-        # 1.6 GiB above a model that counted neither); then two slices of float32 outer products.
-        return 2 * rows * n * c_o * act / d + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies(n) * pair
+        # The whole right projection [N, c_o, rows] every slice of pair rows needs (an H100 run of fp32
+        # N=1,200 peaked 1.6 GiB above a model that did not count it, when it was also laid out a second time
+        # for the contraction and made from a whole LayerNorm-ed MSA; now it is built in the contraction's
+        # layout a chunk of sequences at a time: `outer_product_mean.right_projection`); then two slices of
+        # float32 outer products.
+        return rows * n * c_o * act / d + opm_rows * n * (2 * c_o * c_o + c_z) * f32 + copies(n) * pair
 
     # Each stage: what lives through it beside `base`, plus its largest op.
     stages = [
@@ -164,14 +165,14 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     ]
     if shapes.num_templates:
         # In place: one template's pair [N, N, c_t] and its stack's operand, the logits over all templates
-        # [T, N, N, H] in float32 and their log-normaliser [N, N, H]; unchunked: every template's pair at
-        # once, and the 88-channel features.
+        # [T, N, N, H] (activation dtype) and their float32 log-normaliser [N, N, H]; unchunked: every
+        # template's pair at once, and the 88-channel features.
         ending = emb.template.template_pair_stack.triangle_attention_ending_node
         c_t = emb.template.get("num_channels") or ending.get("value_dim") or c_z // 2  # multimer: num_channels
         template_pair = n * n * c_t * act / d
         h_templ = emb.template.attention.num_head
         stages.append(
-            2 * template_pair + (shapes.num_templates + 1) * n * n * h_templ * f32
+            2 * template_pair + (shapes.num_templates * act + f32) * n * n * h_templ / d
             if in_place
             else (shapes.num_templates + 3) * template_pair + n * n * 88 * act
         )
