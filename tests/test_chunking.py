@@ -1,12 +1,14 @@
 """The one chunking helper and the in-place residual update: same numbers as the whole-array computation,
 for any chunk size (whole slices and a shorter last one), any sliced axis, pytree outputs."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfold.model.chunking import chunked
+from jaxfold.model.chunking import chunked, output_buffer
 from jaxfold.model.inplace import add_in_place
 
 
@@ -33,6 +35,35 @@ def test_chunked_output_axis():
     np.testing.assert_array_equal(chunked(fn, 4, batch_axes=(1,), out_axis=0)(x), fn(x))
     with pytest.raises(ValueError, match="disagree on the batch size"):
         chunked(lambda a, b: a, 2)(jnp.zeros((3,)), jnp.zeros((4,)))
+
+
+@pytest.mark.parametrize(
+    "anchor",
+    [jnp.array([jnp.nan, 1.0]), jnp.array([jnp.inf]), jnp.array([3], jnp.int32), jax.random.key(0), jnp.zeros((0,))],
+)
+def test_output_buffer_is_zeros_whatever_it_is_made_from(anchor):
+    """The buffer's zero comes from the loop's input (XLA must not merge it with other buffers): exactly zero
+    even from NaN or inf; integer, key and empty inputs are handled (the last two fall back to plain zeros)."""
+    got = jax.jit(lambda a: output_buffer((3, 4), jnp.bfloat16, after=(a,)))(anchor)
+    assert got.shape == (3, 4) and got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.zeros((3, 4), np.float32))
+    assert not np.signbit(np.asarray(got, np.float32)).any()  # no -0.0 either
+
+
+def test_chunked_output_buffers_are_not_one_shared_zero_array():
+    """Two chunked loops in one program: each output buffer is made from its own loop's input, so the compiled
+    program has no operand-free broadcast (a constant zero XLA could share between them, or fuse into one
+    multi-output computation that keeps every buffer alive at once)."""
+    fn = chunked(lambda v: jnp.tanh(v) * 2.0, 4)
+    text = jax.jit(lambda x: fn(fn(x) + 1.0)).lower(jnp.ones((16, 8, 32))).compile().as_text()
+    assert text.count(" while(") == 2
+    entry = text[text.index("ENTRY") :]
+    # With `jnp.zeros` buffers the CPU compiler makes one `fusion(%constant)` and copies it for each loop.
+    constant_fills = re.findall(
+        r"= f32\[16,8,32\]\{[\d,]*\} (?:fusion\(\)|fusion\(%constant[\w.]*\)|broadcast\(%constant[\w.]*\)|copy\()",
+        entry,
+    )
+    assert constant_fills == []
 
 
 @pytest.mark.parametrize("axis,chunk", [(0, 4), (1, 4), (1, 3), (0, 11), (0, 0)])

@@ -69,13 +69,17 @@ def output_buffer(shape: tuple[int, ...], dtype, after) -> jax.Array:
 
     A plain `jnp.zeros` is a broadcast of the constant 0. XLA fuses broadcasts of the same constant into one
     multi-output fusion wherever they are in the program, and then every buffer of that fusion is live from
-    the first loop to the last: on an H100 the four triangle multiplications' whole operands of one pass
-    (extra-MSA and Evoformer blocks, 25 GiB each at N = 10,240 in bf16) were made by one fusion, 100 GiB at
-    once. Here the zero is computed from one element of the loop's input (`(x != x) * 0`: exactly 0 for any
+    the first loop to the last: on a GPU (an H200, jax 0.11.2) the four triangle multiplications' whole
+    operands of one pass (extra-MSA and Evoformer blocks, 25 GiB each at N = 10,240 in bf16) were made by one
+    fusion, 100 GiB at once; the CPU compiler instead shares one zero array and copies it into each. Here the zero is computed from one element of the loop's input (`(x != x) * 0`: exactly 0 for any
     x, NaN included, and not folded to a constant by XLA, which keeps float comparisons and products with
     0 because of NaN), so each buffer has its own operand and is made only once that input exists.
     """
-    anchors = [a for a in jax.tree_util.tree_leaves(after) if hasattr(a, "ndim") and a.size > 0]
+    anchors = [
+        a
+        for a in jax.tree_util.tree_leaves(after)
+        if hasattr(a, "dtype") and a.size > 0 and (jnp.issubdtype(a.dtype, jnp.number) or a.dtype == jnp.bool_)
+    ]
     if not anchors:
         return jnp.zeros(shape, dtype)
     x = anchors[0][(0,) * anchors[0].ndim].astype(jnp.float32)  # a float: XLA folds `x != x` for integers
