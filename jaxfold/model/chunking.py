@@ -71,9 +71,10 @@ def output_buffer(shape: tuple[int, ...], dtype, after) -> jax.Array:
     multi-output fusion wherever they are in the program, and then every buffer of that fusion is live from
     the first loop to the last: on a GPU (an H200, jax 0.11.2) the four triangle multiplications' whole
     operands of one pass (extra-MSA and Evoformer blocks, 25 GiB each at N = 10,240 in bf16) were made by one
-    fusion, 100 GiB at once; the CPU compiler instead shares one zero array and copies it into each. Here the zero is computed from one element of the loop's input (`(x != x) * 0`: exactly 0 for any
-    x, NaN included, and not folded to a constant by XLA, which keeps float comparisons and products with
-    0 because of NaN), so each buffer has its own operand and is made only once that input exists.
+    fusion, 100 GiB at once; the CPU compiler instead shares one zero array and copies it into each.
+    Here the zero is computed from one element of the loop's input (`(x != x) * 0`: exactly 0 for any x, NaN
+    included, and not folded to a constant by XLA, which keeps float comparisons and products with 0 because
+    of NaN), so each buffer has its own operand and is made only once that input exists.
     """
     anchors = [
         a
