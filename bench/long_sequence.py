@@ -2,7 +2,12 @@
 
     python -m bench.long_sequence                       # the default plan (GPU): full runs, probes, bisection
     python -m bench.long_sequence --full bf16:256 fp32:1024 --probe bf16:8192 --bisect bf16
+    python -m bench.long_sequence --full bf16:2048 bf16:2048:0   # auto chunk vs unchunked, same machine
     python -m bench.long_sequence --quick                # CPU smoke run (tiny preset, small N)
+
+A case is `DTYPE:N`, or `DTYPE:N:CHUNK` for its own chunk size (`auto`, a number, 0 = none; default
+`--chunk-size`). Where a case also ran unchunked in the same run, the table adds its time against that
+(`vs unchunked`: unchunked predict time / this one, higher is faster).
 
 Each case runs `jaxfold.model.predict.predict` (the one prediction path, `outputs="lean"`, as `infer.py` runs
 it) in its own process, so that the device's `peak_bytes_in_use` is that case's alone, with
@@ -49,7 +54,7 @@ from bench._common import (
 )
 from jaxfold.model.memory import claim_device_memory
 
-DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "fp32:256", "fp32:1024", "fp32:1200"]
+DEFAULT_FULL = ["bf16:256", "bf16:1024", "bf16:2048", "bf16:2048:0", "fp32:256", "fp32:1024", "fp32:1200"]
 DEFAULT_PROBE = ["bf16:4096", "bf16:8192", "bf16:10240", "bf16:12288", "fp32:4096", "fp32:8192"]
 
 
@@ -158,8 +163,20 @@ def run_case(args) -> dict:
     return row
 
 
+def parse_case(spec: str, default_chunk: str) -> tuple[str, int, str]:
+    """`DTYPE:N[:CHUNK]` -> (dtype, N, chunk size argument); a clear error for anything else."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("bf16", "fp32") or not parts[1].isdigit():
+        raise ValueError(f"case {spec!r}: expected DTYPE:N or DTYPE:N:CHUNK with DTYPE bf16 or fp32")
+    chunk = parts[2] if len(parts) == 3 else str(default_chunk)
+    if chunk != "auto" and not chunk.isdigit():
+        raise ValueError(f"case {spec!r}: the chunk size must be 'auto' or a number (0 = none)")
+    return parts[0], int(parts[1]), chunk
+
+
 def spawn(args, mode: str, spec: str, timeout: float) -> dict:
-    dtype, n = spec.split(":")
+    dtype, num_res, chunk = parse_case(spec, args.chunk_size)
+    n = str(num_res)
     cmd = [
         "--one",
         "--mode",
@@ -179,7 +196,7 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         "--kernels",
         args.kernels,
         "--chunk-size",
-        str(args.chunk_size),
+        chunk,
     ]
     if args.quick:
         cmd.append("--quick")
@@ -203,7 +220,7 @@ def print_table(rows, device: str) -> None:
     print_header(
         f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
         f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
-        f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}",
+        f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}{'vs unchunked':>13}",
     )
     for r in rows:
 
@@ -214,7 +231,22 @@ def print_table(rows, device: str) -> None:
             f"{r['mode']:<6}{r['dtype']:<6}{r['n_res']:>7}{str(r.get('chunk_size', '-')):>7}"
             f"{str(r.get('kernels', '-')):>7}{r['status']:>15}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
             f"{f('compile_s', '.1f'):>10}{f('predict_s'):>10}{f('predict_repeat_s'):>10}"
+            f"{f('speed_vs_unchunked', '.2f'):>13}"
         )
+
+
+def add_unchunked_ratios(rows) -> None:
+    """`speed_vs_unchunked` = unchunked predict time / this row's, for rows whose (mode, dtype, N) also ran
+    with `--chunk-size 0` (a `DTYPE:N:0` case) in this run."""
+    unchunked = {
+        (r["mode"], r["dtype"], r["n_res"]): r["predict_s"]
+        for r in rows
+        if r.get("status") == "ok" and str(r.get("chunk_size_arg")) == "0" and r.get("predict_s")
+    }
+    for r in rows:
+        base = unchunked.get((r["mode"], r["dtype"], r["n_res"]))
+        if base and r.get("status") == "ok" and r.get("predict_s"):
+            r["speed_vs_unchunked"] = base / r["predict_s"]
 
 
 def main(argv=None) -> int:
@@ -254,6 +286,8 @@ def main(argv=None) -> int:
         full = DEFAULT_FULL if args.full is None else args.full
         probe = DEFAULT_PROBE if args.probe is None else args.probe
 
+    for spec in full + probe:
+        parse_case(spec, args.chunk_size)  # a malformed case stops here, before any case runs
     device = device_kind()  # the cases run in their own processes
     rows = []
     start = time.perf_counter()
@@ -282,6 +316,7 @@ def main(argv=None) -> int:
             lo, hi = (mid, hi) if row["status"] == "ok" else (lo, mid)
         if hi is not None:
             print(f"{dtype}: longest chain that fits: {lo} (shortest that did not: {hi})")
+    add_unchunked_ratios(rows)
     print_table(rows, device)
     write_results(args.out, "long-sequence", {"device": device, "args": vars(args), "rows": rows})
     return 0
