@@ -108,18 +108,25 @@ def test_template_pair_stack_matches_deepmind(shared_dir):
 
 
 @pytest.mark.parametrize(
-    "name,is_extra_msa,chunk", [("evoformer_iteration", False, 5), ("extra_msa_stack_iteration", True, 4)]
+    "name,is_extra_msa,chunk,kernels",
+    [
+        ("evoformer_iteration", False, 5, "xla"),
+        ("extra_msa_stack_iteration", True, 4, "xla"),
+        ("evoformer_iteration", False, 8, "pallas"),  # what long chains run on a GPU (here in interpret mode)
+    ],
 )
-def test_in_place_chunked_block_equals_unchunked(shared_dir, name, is_extra_msa, chunk):
+def test_in_place_chunked_block_equals_unchunked(shared_dir, name, is_extra_msa, chunk, kernels):
     """chunk_size > 0 at inference updates the MSA and pair in place, a slice of rows or columns at a time
     (23 residues: whole slices and a shorter last one); the numbers must not change, and must still match
-    DeepMind's block."""
+    DeepMind's block. With the Pallas kernels the triangle products read the channel-major whole operand."""
     io, params = module_reference(shared_dir, name)
     (scope,) = params
     args = ((io["input/msa"], io["input/pair"]), io["input/msa_mask"], io["input/pair_mask"])
     p = {"params": params[scope]}
     (msa, pair), _ = EvoformerIteration(EVO, GC, is_extra_msa=is_extra_msa).apply(p, *args)
-    chunked_gc = CONFIG.replace(**{"model.global_config.chunk_size": chunk}).model.global_config
+    chunked_gc = CONFIG.replace(
+        **{"model.global_config.chunk_size": chunk, "model.global_config.kernels": kernels}
+    ).model.global_config
     block = EvoformerIteration(EVO, chunked_gc, is_extra_msa=is_extra_msa)
     (msa_c, pair_c), _ = block.apply(p, *args)
     np.testing.assert_allclose(msa_c, msa, atol=1e-5, rtol=1e-5)
