@@ -26,17 +26,28 @@ from jaxfold.model.inplace import copies_in_compiled
 N_RES, N_SEQ, CHUNK = 48, 16, 16
 
 
-def compiled_block_text(chunk_size: int) -> str:
+def compiled_blocks(chunk_size: int, n_res: int = N_RES, n_seq: int = N_SEQ, num_blocks: int = 1):
+    """`num_blocks` chained Evoformer blocks (XLA kernels, fp32, random inputs) compiled with the MSA and pair
+    donated, as a prediction pass runs them; returns (compiled program, pair)."""
     cfg = model_config("model_1_ptm", kernels="xla", zero_init=False)
     cfg = cfg.replace(**{"model.global_config.chunk_size": chunk_size})
     block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
     key = jax.random.PRNGKey(0)
-    msa = jax.random.normal(key, (N_SEQ, N_RES, 256))
-    pair = jax.random.normal(key, (N_RES, N_RES, 128))
-    msa_mask, pair_mask = jnp.ones((N_SEQ, N_RES)), jnp.ones((N_RES, N_RES))
+    msa = jax.random.normal(key, (n_seq, n_res, 256))
+    pair = jax.random.normal(key, (n_res, n_res, 128))
+    msa_mask, pair_mask = jnp.ones((n_seq, n_res)), jnp.ones((n_res, n_res))
     params = block.init(key, (msa, pair), msa_mask, pair_mask)
-    apply = jax.jit(lambda p, m, z: block.apply(p, (m, z), msa_mask, pair_mask)[0], donate_argnums=(1, 2))
-    return apply.lower(params, msa, pair).compile().as_text()
+
+    def blocks(p, m, z):
+        for _ in range(num_blocks):
+            (m, z), _ = block.apply(p, (m, z), msa_mask, pair_mask)
+        return m, z
+
+    return jax.jit(blocks, donate_argnums=(1, 2)).lower(params, msa, pair).compile(), pair
+
+
+def compiled_block_text(chunk_size: int) -> str:
+    return compiled_blocks(chunk_size)[0].as_text()
 
 
 def copies_of_the_pair(text: str) -> list[str]:
@@ -71,21 +82,6 @@ def test_chained_in_place_blocks_hold_one_whole_operand():
     buffer was made from its own input (`chunking.output_buffer`) and the operand was built channel-major, the
     CPU compiler shared one zero array copied into each buffer and transposed each operand (6.2 pairs at this
     size), and the GPU compiler made the four operands' buffers at once (100 GiB at N = 10,240 in bf16)."""
-    n_res, n_seq = 160, 8
-    cfg = model_config("model_1_ptm", kernels="xla", zero_init=False)
-    cfg = cfg.replace(**{"model.global_config.chunk_size": CHUNK})
-    block = EvoformerIteration(cfg.model.embeddings_and_evoformer.evoformer, cfg.model.global_config)
-    key = jax.random.PRNGKey(0)
-    msa = jax.random.normal(key, (n_seq, n_res, 256))
-    pair = jax.random.normal(key, (n_res, n_res, 128))
-    msa_mask, pair_mask = jnp.ones((n_seq, n_res)), jnp.ones((n_res, n_res))
-    params = block.init(key, (msa, pair), msa_mask, pair_mask)
-
-    def two_blocks(p, m, z):
-        for _ in range(2):
-            (m, z), _ = block.apply(p, (m, z), msa_mask, pair_mask)
-        return m, z
-
-    compiled = jax.jit(two_blocks, donate_argnums=(1, 2)).lower(params, msa, pair).compile()
+    compiled, pair = compiled_blocks(CHUNK, n_res=160, n_seq=8, num_blocks=2)
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 3 * pair.nbytes, f"temporaries {temp / pair.nbytes:.2f} pairs"
