@@ -156,6 +156,7 @@ def run_case(args) -> dict:
             kernels=settings.kernels,
             estimated_peak_gib=settings.estimated_peak_bytes / 2**30,
             budget_gib=settings.budget_bytes / 2**30,
+            autotune=settings.autotune,
         )
     peak = peak_bytes()
     if peak is not None:

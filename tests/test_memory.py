@@ -129,3 +129,26 @@ def test_kernels_switch_resolves_once_and_rejects_unknown_values():
     assert resolve_kernels("xla", backend="gpu") == "xla"
     with pytest.raises(ValueError, match="unknown kernels 'triton'"):
         resolve_kernels("triton")
+
+
+def test_autotuner_is_switched_off_only_where_pair_sized_buffers_cannot_fit(monkeypatch):
+    """XLA's GPU autotuner times an instruction that reads or writes the whole pair on fresh pair-sized
+    buffers (~3 of them): at N = 10,240 in bf16 that is 75 GiB, more than an 80 GB card gives JAX. There the
+    prediction compiles without it; at N = 2,048 (4 GiB per pair) it stays on."""
+    from jaxfold.model.predict import resolve_settings
+
+    bf16 = model_config("model_1_ptm", dtype="bfloat16")
+    fp32 = model_config("model_1_ptm")
+    long, medium = memory.ModelShapes(num_res=10240, **DEEP), memory.ModelShapes(num_res=2048, **DEEP)
+    assert not memory.autotuner_fits(long, bf16, 75 * GIB)
+    assert memory.autotuner_fits(long, bf16, 75 * GIB, dap_size=2)  # DAP splits the pair
+    assert memory.autotuner_fits(medium, bf16, 75 * GIB)
+    assert not memory.autotuner_fits(memory.ModelShapes(num_res=7168, **DEEP), fp32, 75 * GIB)
+
+    _, settings = resolve_settings(bf16, long, kernels="pallas", chunk_size="auto", budget_bytes=75 * GIB)
+    assert settings.autotune is False and settings.chunk_size > 0
+    assert settings.compiler_options() == {}  # this is a CPU: no autotuner to switch off
+    monkeypatch.setattr("jax.default_backend", lambda: "gpu")
+    assert settings.compiler_options() == {"xla_gpu_autotune_level": 0}
+    _, settings = resolve_settings(bf16, medium, kernels="pallas", chunk_size="auto", budget_bytes=75 * GIB)
+    assert settings.autotune is True and settings.compiler_options() == {}

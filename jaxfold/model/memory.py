@@ -188,6 +188,24 @@ def claim_device_memory(environ, leave_room_for_openmm: bool = False) -> None:
         environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", DEVICE_MEMORY_FRACTION)
 
 
+# XLA's GPU autotuner times candidate kernels of an instruction on fresh buffers as large as its operands and
+# outputs, plus a reference output to check them against. An instruction that reads or writes the whole pair
+# (a fusion that slices it or updates it in place) then needs about three pair-sized buffers while compiling:
+# 75 GiB at N = 10,240 in bf16, which ran an H100 and an H200 (75 GiB each for JAX) out of memory before the
+# program existed. One more pair of slack covers the redzones and the allocator.
+AUTOTUNER_PAIR_COPIES = 4
+
+
+def autotuner_fits(shapes: ModelShapes, config, budget_bytes: int, dap_size: int = 1) -> bool:
+    """Whether XLA's GPU autotuner can time kernels on pair-sized buffers within `budget_bytes`. When it
+    cannot, the prediction compiles with autotuning off (XLA's default kernel choices; slower kernels, but
+    the chain runs)."""
+    m = config.model
+    act = 2 if m.global_config.dtype == "bfloat16" else 4
+    pair = shapes.num_res**2 * m.embeddings_and_evoformer.pair_channel * act / max(1, dap_size)
+    return AUTOTUNER_PAIR_COPIES * pair <= budget_bytes
+
+
 def device_memory_budget(device=None) -> int:
     """Bytes this process may still allocate on `device` (default: the first local device).
 

@@ -55,6 +55,11 @@ class RunSettings:
     dap_size: int
     estimated_peak_bytes: int
     budget_bytes: int
+    autotune: bool = True  # XLA's GPU autotuner on (off when it cannot fit pair-sized buffers)
+
+    def compiler_options(self) -> dict:
+        """XLA options for compiling this prediction's programs (only GPUs have an autotuner)."""
+        return {} if self.autotune or jax.default_backend() != "gpu" else {"xla_gpu_autotune_level": 0}
 
 
 def _numeric(features: Mapping) -> dict[str, np.ndarray]:
@@ -93,6 +98,7 @@ def resolve_settings(
         dap_size=dap_size,
         estimated_peak_bytes=memory.estimate_peak_bytes(shapes, config, chunk, kernels, dap_size),
         budget_bytes=budget,
+        autotune=memory.autotuner_fits(shapes, config, budget, dap_size),
     )
     return resolved, settings
 
@@ -143,8 +149,17 @@ def _signature(tree) -> tuple:
     return treedef, tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves)
 
 
-def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
-    key = (config.model, mesh, outputs, _signature(params), _signature(batch), _signature(prev))
+def _programs(config, mesh, outputs: str, params, batch, prev, compiler_options=None) -> _Programs:
+    compiler_options = dict(compiler_options or {})
+    key = (
+        config.model,
+        mesh,
+        outputs,
+        tuple(sorted(compiler_options.items())),
+        _signature(params),
+        _signature(batch),
+        _signature(prev),
+    )
     if key in _PROGRAMS:
         return dataclasses.replace(_PROGRAMS[key], compile_seconds=0.0)
     dap = dap_for_mesh(mesh)
@@ -169,9 +184,9 @@ def _programs(config, mesh, outputs: str, params, batch, prev) -> _Programs:
         heads = jax.shard_map(heads, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
     start = time.perf_counter()
     # The recycled inputs are donated: the next pass may write its pair into the previous pair's buffer.
-    iteration_fn = jax.jit(iteration, donate_argnums=(2,)).lower(params, batch, prev).compile()
+    iteration_fn = jax.jit(iteration, donate_argnums=(2,)).lower(params, batch, prev).compile(compiler_options)
     representations_shape = jax.eval_shape(lambda p, b, r: iteration(p, b, r)["representations"], params, batch, prev)
-    heads_fn = jax.jit(heads).lower(params, representations_shape, batch).compile()
+    heads_fn = jax.jit(heads).lower(params, representations_shape, batch).compile(compiler_options)
     programs = _Programs(iteration_fn, heads_fn, time.perf_counter() - start)
     if len(_PROGRAMS) >= _PROGRAMS_MAX:
         _PROGRAMS.pop(next(iter(_PROGRAMS)))
@@ -290,6 +305,7 @@ def predict(
         params,
         jax.eval_shape(lambda: pass_batch(0)),
         jax.eval_shape(lambda: initial_recycling_inputs(model, num_res)),
+        timings["settings"].compiler_options(),
     )
     prev = initial_recycling_inputs(model, num_res)
     timings["compile"] = programs.compile_seconds
@@ -355,7 +371,7 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     rng = jax.random.PRNGKey(0) if rng is None else rng
     program = _multimer_program(config, mesh)
     start = time.perf_counter()
-    compiled = program.lower(params, batch, haiku_rng_key(rng)).compile()
+    compiled = program.lower(params, batch, haiku_rng_key(rng)).compile(timings["settings"].compiler_options())
     timings["compile"] = time.perf_counter() - start
     timings["compiled_bytes"] = {"model": compiled_bytes(compiled)}
     start = time.perf_counter()
