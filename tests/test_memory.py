@@ -152,3 +152,33 @@ def test_autotuner_is_switched_off_only_where_pair_sized_buffers_cannot_fit(monk
     assert settings.compiler_options() == {"xla_gpu_autotune_level": 0}
     _, settings = resolve_settings(bf16, medium, kernels="pallas", chunk_size="auto", budget_bytes=75 * GIB)
     assert settings.autotune is True and settings.compiler_options() == {}
+
+
+def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_the_same_outputs(monkeypatch):
+    """`predict` passes `RunSettings.compiler_options()` to XLA: the programs compiled with the autotuner off
+    (here forced; XLA's CPU compiler accepts the option and has nothing to tune) are a separate cache entry
+    and compute the same prediction."""
+    import importlib
+
+    import jax
+    import numpy as np
+
+    from bench.long_sequence import tiled_features
+    from jaxfold.model.init import init_params
+
+    predict_module = importlib.import_module("jaxfold.model.predict")
+
+    cfg = model_config("tiny", num_recycle=1)
+    features = tiled_features(24, 8, 16, 2, 2)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    predict_module.clear_compiled()
+    plain = predict_module.predict(cfg, params, features, kernels="xla", chunk_size=8, outputs="lean")
+    monkeypatch.setattr(predict_module.RunSettings, "compiler_options", lambda self: {"xla_gpu_autotune_level": 0})
+    timings: dict = {}
+    untuned = predict_module.predict(
+        cfg, params, features, kernels="xla", chunk_size=8, outputs="lean", timings=timings
+    )
+    assert timings["compile"] > 0  # not the first program from the cache
+    assert len(predict_module._PROGRAMS) == 2
+    for key, value in plain.items():
+        np.testing.assert_allclose(untuned[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
