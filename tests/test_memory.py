@@ -182,3 +182,50 @@ def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_t
     assert len(predict_module._PROGRAMS) == 2
     for key, value in plain.items():
         np.testing.assert_allclose(untuned[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_refused_otherwise(monkeypatch):
+    """XLA's memory analysis of the compiled pass is checked against the free memory before anything runs.
+    With `chunk_size="auto"` a pass whose estimate fitted but whose compiled program does not is compiled
+    again at the next smaller chunk (here the estimate is faked to 0, so auto first picks unchunked); with a
+    chunk the user chose, it is a ChainTooLongError naming what the program needs, not an XLA failure."""
+    import importlib
+
+    import jax
+    import numpy as np
+
+    from bench.long_sequence import tiled_features
+    from jaxfold.model.init import init_params
+
+    predict_module = importlib.import_module("jaxfold.model.predict")
+    cfg = model_config("tiny", num_recycle=1)
+    features = tiled_features(24, 8, 16, 2, 2)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+    predict_module.clear_compiled()
+    timings: dict = {}
+    chunked = predict_module.predict(
+        cfg, params, features, kernels="xla", chunk_size=16, outputs="lean", timings=timings
+    )
+    compiled = timings["compiled_bytes"]
+    need_16 = memory.compiled_program_bytes([compiled["iteration"], compiled["heads"]], resident_bytes=resident)
+
+    with pytest.raises(memory.ChainTooLongError, match=r"compiled prediction pass \(chunk size 16\) needs"):
+        predict_module.predict(cfg, params, features, kernels="xla", chunk_size=16, budget_bytes=need_16 - 1)
+
+    monkeypatch.setattr(memory, "estimate_peak_bytes", lambda *args, **kwargs: 0)
+    timings = {}
+    with pytest.warns(RuntimeWarning, match="compiling again with chunk size 16"):
+        auto = predict_module.predict(
+            cfg,
+            params,
+            features,
+            kernels="xla",
+            chunk_size="auto",
+            outputs="lean",
+            timings=timings,
+            budget_bytes=need_16,
+        )
+    assert timings["settings"].chunk_size == 16
+    for key, value in chunked.items():
+        np.testing.assert_array_equal(auto[key], value, err_msg=key)

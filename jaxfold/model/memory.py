@@ -254,6 +254,23 @@ def choose_chunk_size(
             return chunk
     need = estimate_peak_bytes(shapes, config, 1, kernels, dap_size)
     gc = config.model.global_config
+    raise ChainTooLongError(
+        f"{_describe(shapes, gc.dtype)} need about {need / GIB:.1f} GiB even one row at a time, but "
+        f"{budget_bytes / GIB:.1f} GiB of device memory is free. What would fit: "
+        + "; ".join(_what_would_fit(shapes, config, kernels, dap_size))
+        + "."
+    )
+
+
+def _describe(shapes: ModelShapes, dtype: str) -> str:
+    return (
+        f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
+        f"{shapes.num_templates} templates, {dtype})"
+    )
+
+
+def _what_would_fit(shapes: ModelShapes, config, kernels: str, dap_size: int) -> list[str]:
+    gc = config.model.global_config
     hints = []
     if gc.dtype != "bfloat16":
         hints.append("--precision bf16 (halves the pair representation)")
@@ -268,8 +285,37 @@ def choose_chunk_size(
             f"a larger share of the GPU for JAX (XLA_PYTHON_CLIENT_MEM_FRACTION={fraction or '0.75, the default'} "
             f"now; infer.py uses {DEVICE_MEMORY_FRACTION})"
         )
-    raise ChainTooLongError(
-        f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
-        f"{shapes.num_templates} templates, {gc.dtype}) need about {need / GIB:.1f} GiB even one row at a "
-        f"time, but {budget_bytes / GIB:.1f} GiB of device memory is free. What would fit: " + "; ".join(hints) + "."
+    return hints
+
+
+def compiled_program_bytes(analyses, resident_bytes: int = 0) -> int | None:
+    """Device bytes the largest of these compiled programs needs to run (`predict.compiled_bytes` of each):
+    its arguments, temporaries and the outputs not written over donated arguments, less `resident_bytes` of
+    arguments already on the device (counted in its used memory). None when the backend gives no analysis."""
+    if any(a is None for a in analyses):
+        return None
+    return max(a["argument"] + a["temp"] + a["output"] - a["alias"] for a in analyses) - int(resident_bytes)
+
+
+def next_smaller_chunk(chunk_size: int, num_res: int) -> int | None:
+    """The candidate chunk below `chunk_size` (0 = unchunked, i.e. every row) that slices `num_res` rows,
+    or None below the smallest."""
+    effective = num_res if chunk_size <= 0 else min(chunk_size, num_res)
+    smaller = [c for c in CHUNK_CANDIDATES if c < effective]
+    return smaller[0] if smaller else None
+
+
+def compiled_too_large_message(
+    shapes: ModelShapes, config, kernels: str, dap_size: int, need_bytes: int, budget_bytes: int
+) -> str:
+    gc = config.model.global_config
+    chunk = gc.chunk_size or "none"
+    return (
+        f"{_describe(shapes, gc.dtype)}: the compiled prediction pass (chunk size {chunk}) needs "
+        f"{need_bytes / GIB:.1f} GiB of device memory, but {budget_bytes / GIB:.1f} GiB is free. What would fit: "
+        + "; ".join(
+            (["--chunk-size auto (or a smaller chunk)"] if gc.chunk_size != 1 else [])
+            + _what_would_fit(shapes, config, kernels, dap_size)
+        )
+        + "."
     )

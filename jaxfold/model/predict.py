@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 import flax.linen as nn
@@ -280,35 +281,60 @@ def predict(
             f"features hold {num_slices} recycling slice(s) but the config runs {num_passes} "
             "passes: process them with the same config (num_recycle)"
         )
-    config, timings["settings"] = resolve_settings(
-        config,
-        memory.ModelShapes.from_features(batch_all, config),
-        mesh=mesh,
-        kernels=kernels,
-        chunk_size=chunk_size,
-        budget_bytes=budget_bytes,
-    )
-    model = config.model
+    shapes = memory.ModelShapes.from_features(batch_all, config)
     params = params["alphafold_iteration"] if "alphafold_iteration" in params else params
+    # Parameters already on the device are in its used memory and in the program's arguments: count them once.
+    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array))
+    auto_chunk = (config.model.global_config.chunk_size if chunk_size is None else chunk_size) == "auto"
 
     def pass_batch(i: int) -> dict:
         i = i if model.resample_msa_in_recycling else 0
         return {k: jnp.asarray(v[i]) for k, v in batch_all.items()}
 
-    # Compiled from shapes alone, before the pass's arrays exist on the device: XLA's GPU autotuner runs
-    # candidate kernels on buffers as large as their operands (a pair-sized fusion's input and output: 50 GiB
-    # at N = 10,240 in bf16), and it ran an H200 with 75 GiB out of memory while the recycled pair was resident.
-    programs = _programs(
-        config,
-        mesh,
-        outputs,
-        params,
-        jax.eval_shape(lambda: pass_batch(0)),
-        jax.eval_shape(lambda: initial_recycling_inputs(model, num_res)),
-        timings["settings"].compiler_options(),
-    )
+    compile_seconds = 0.0
+    while True:
+        resolved, settings = resolve_settings(
+            config, shapes, mesh=mesh, kernels=kernels, chunk_size=chunk_size, budget_bytes=budget_bytes
+        )
+        # Compiled from shapes alone, before the pass's arrays exist on the device: XLA's GPU autotuner runs
+        # candidate kernels on buffers as large as their operands (a pair-sized fusion's input and output:
+        # 50 GiB at N = 10,240 in bf16), and it ran an H200 with 75 GiB out of memory while the recycled pair
+        # was resident.
+        programs = _programs(
+            resolved,
+            mesh,
+            outputs,
+            params,
+            jax.eval_shape(lambda: pass_batch(0)),
+            jax.eval_shape(lambda: initial_recycling_inputs(model, num_res)),
+            settings.compiler_options(),
+        )
+        compile_seconds += programs.compile_seconds
+        # XLA knows what the compiled pass needs; the estimate that chose the chunk only approximates it. A
+        # pass that cannot fit stops here, before it runs, instead of failing in XLA's allocator.
+        need = memory.compiled_program_bytes(
+            [compiled_bytes(programs.iteration), compiled_bytes(programs.heads)], resident_bytes=resident
+        )
+        if need is None or need <= settings.budget_bytes:
+            break
+        smaller = memory.next_smaller_chunk(settings.chunk_size, num_res) if auto_chunk else None
+        if smaller is None:
+            raise memory.ChainTooLongError(
+                memory.compiled_too_large_message(
+                    shapes, resolved, settings.kernels, settings.dap_size, need, settings.budget_bytes
+                )
+            )
+        warnings.warn(
+            f"the compiled pass at chunk size {settings.chunk_size or 'none'} needs {need / memory.GIB:.1f} GiB "
+            f"but {settings.budget_bytes / memory.GIB:.1f} GiB is free: compiling again with chunk size {smaller}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        chunk_size = smaller
+    config, timings["settings"] = resolved, settings
+    model = config.model
     prev = initial_recycling_inputs(model, num_res)
-    timings["compile"] = programs.compile_seconds
+    timings["compile"] = compile_seconds
     timings["compiled_bytes"] = {
         "iteration": compiled_bytes(programs.iteration),
         "heads": compiled_bytes(programs.heads),
