@@ -187,8 +187,9 @@ def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_t
 def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_refused_otherwise(monkeypatch):
     """XLA's memory analysis of the compiled pass is checked against the free memory before anything runs.
     With `chunk_size="auto"` a pass whose estimate fitted but whose compiled program does not is compiled
-    again at the next smaller chunk (here the estimate is faked to 0, so auto first picks unchunked); with a
-    chunk the user chose, it is a ChainTooLongError naming what the program needs, not an XLA failure."""
+    again at the largest smaller chunk the estimate says saves enough (here auto is faked to pick unchunked
+    first); when no chunk would, or with a chunk the user chose, it is a ChainTooLongError
+    naming what the program needs, not an XLA failure."""
     import importlib
 
     import jax
@@ -213,7 +214,10 @@ def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_re
     with pytest.raises(memory.ChainTooLongError, match=r"compiled prediction pass \(chunk size 16\) needs"):
         predict_module.predict(cfg, params, features, kernels="xla", chunk_size=16, budget_bytes=need_16 - 1)
 
-    monkeypatch.setattr(memory, "estimate_peak_bytes", lambda *args, **kwargs: 0)
+    # Auto first picks unchunked, and the (faked) estimate says chunking saves the whole pass.
+    fake = {0: need_16}
+    monkeypatch.setattr(memory, "choose_chunk_size", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(memory, "estimate_peak_bytes", lambda shapes, config, chunk, *a, **k: fake.get(chunk, 0))
     timings = {}
     with pytest.warns(RuntimeWarning, match="compiling again with chunk size 16"):
         auto = predict_module.predict(
@@ -227,5 +231,12 @@ def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_re
             budget_bytes=need_16,
         )
     assert timings["settings"].chunk_size == 16
+    fake[0] = 1  # chunking would save a byte: one compile, then the clear error rather than six more compiles
+    with pytest.raises(
+        memory.ChainTooLongError,
+        match=r"chunk size none\) needs [0-9.]+ MiB of device memory, but [0-9.]+ MiB is free\. "
+        r"What would fit: --precision bf16",
+    ):
+        predict_module.predict(cfg, params, features, kernels="xla", chunk_size="auto", budget_bytes=need_16)
     for key, value in chunked.items():
         np.testing.assert_array_equal(auto[key], value, err_msg=key)

@@ -262,6 +262,11 @@ def choose_chunk_size(
     )
 
 
+def format_bytes(n: float) -> str:
+    """`12.3 GiB`, or MiB below a GiB."""
+    return f"{n / GIB:.1f} GiB" if abs(n) >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 def _describe(shapes: ModelShapes, dtype: str) -> str:
     return (
         f"{shapes.num_res} residues ({shapes.num_msa} MSA rows, {shapes.num_extra_msa} extra rows, "
@@ -297,24 +302,33 @@ def compiled_program_bytes(analyses, resident_bytes: int = 0) -> int | None:
     return max(a["argument"] + a["temp"] + a["output"] - a["alias"] for a in analyses) - int(resident_bytes)
 
 
-def next_smaller_chunk(chunk_size: int, num_res: int) -> int | None:
-    """The candidate chunk below `chunk_size` (0 = unchunked, i.e. every row) that slices `num_res` rows,
-    or None below the smallest."""
-    effective = num_res if chunk_size <= 0 else min(chunk_size, num_res)
-    smaller = [c for c in CHUNK_CANDIDATES if c < effective]
-    return smaller[0] if smaller else None
+def smaller_chunk_saving(
+    shapes: ModelShapes, config, kernels: str, dap_size: int, chunk_size: int, excess_bytes: int
+) -> int | None:
+    """The largest candidate chunk below `chunk_size` (0 = unchunked) that the estimate says saves at least
+    `excess_bytes` against it: what a compiled pass `excess_bytes` too large is compiled again with. None
+    when even one row at a time would not save that much (recompiling cannot help), so the prediction stops
+    after one compile instead of walking down every candidate (minutes each for long chains)."""
+    effective = shapes.num_res if chunk_size <= 0 else min(chunk_size, shapes.num_res)
+    current = estimate_peak_bytes(shapes, config, chunk_size, kernels, dap_size)
+    for chunk in (c for c in CHUNK_CANDIDATES if c < effective):
+        if current - estimate_peak_bytes(shapes, config, chunk, kernels, dap_size) >= excess_bytes:
+            return chunk
+    return None
 
 
 def compiled_too_large_message(
-    shapes: ModelShapes, config, kernels: str, dap_size: int, need_bytes: int, budget_bytes: int
+    shapes: ModelShapes, config, kernels: str, dap_size: int, need_bytes: int, budget_bytes: int, auto: bool
 ) -> str:
+    """The error for a compiled pass larger than the free memory; `auto`: the chunk was chosen automatically
+    (so a smaller one is not worth suggesting)."""
     gc = config.model.global_config
     chunk = gc.chunk_size or "none"
     return (
         f"{_describe(shapes, gc.dtype)}: the compiled prediction pass (chunk size {chunk}) needs "
-        f"{need_bytes / GIB:.1f} GiB of device memory, but {budget_bytes / GIB:.1f} GiB is free. What would fit: "
+        f"{format_bytes(need_bytes)} of device memory, but {format_bytes(budget_bytes)} is free. What would fit: "
         + "; ".join(
-            (["--chunk-size auto (or a smaller chunk)"] if gc.chunk_size != 1 else [])
+            (["--chunk-size auto (or a smaller chunk)"] if not auto and gc.chunk_size != 1 else [])
             + _what_would_fit(shapes, config, kernels, dap_size)
         )
         + "."

@@ -317,16 +317,20 @@ def predict(
         )
         if need is None or need <= settings.budget_bytes:
             break
-        smaller = memory.next_smaller_chunk(settings.chunk_size, num_res) if auto_chunk else None
+        smaller = None
+        if auto_chunk:
+            smaller = memory.smaller_chunk_saving(
+                shapes, resolved, settings.kernels, settings.dap_size, settings.chunk_size, need - settings.budget_bytes
+            )
         if smaller is None:
             raise memory.ChainTooLongError(
                 memory.compiled_too_large_message(
-                    shapes, resolved, settings.kernels, settings.dap_size, need, settings.budget_bytes
+                    shapes, resolved, settings.kernels, settings.dap_size, need, settings.budget_bytes, auto_chunk
                 )
             )
         warnings.warn(
-            f"the compiled pass at chunk size {settings.chunk_size or 'none'} needs {need / memory.GIB:.1f} GiB "
-            f"but {settings.budget_bytes / memory.GIB:.1f} GiB is free: compiling again with chunk size {smaller}",
+            f"the compiled pass at chunk size {settings.chunk_size or 'none'} needs {memory.format_bytes(need)} "
+            f"but {memory.format_bytes(settings.budget_bytes)} is free: compiling again with chunk size {smaller}",
             RuntimeWarning,
             stacklevel=2,
         )
