@@ -312,9 +312,14 @@ def predict(
         compile_seconds += programs.compile_seconds
         # XLA knows what the compiled pass needs; the estimate that chose the chunk only approximates it. A
         # pass that cannot fit stops here, before it runs, instead of failing in XLA's allocator.
-        need = memory.compiled_program_bytes(
-            [compiled_bytes(programs.iteration), compiled_bytes(programs.heads)], resident_bytes=resident
-        )
+        # Set before anything can fail, so that a refused prediction still reports what it would have needed.
+        timings["settings"] = settings
+        timings["compile"] = compile_seconds
+        timings["compiled_bytes"] = {
+            "iteration": compiled_bytes(programs.iteration),
+            "heads": compiled_bytes(programs.heads),
+        }
+        need = memory.compiled_program_bytes(list(timings["compiled_bytes"].values()), resident_bytes=resident)
         if need is None or need <= settings.budget_bytes:
             break
         smaller = None
@@ -335,16 +340,11 @@ def predict(
             stacklevel=2,
         )
         chunk_size = smaller
-    config, timings["settings"] = resolved, settings
+    config = resolved
     model = config.model
     prev = initial_recycling_inputs(model, num_res)
-    timings["compile"] = compile_seconds
-    timings["compiled_bytes"] = {
-        "iteration": compiled_bytes(programs.iteration),
-        "heads": compiled_bytes(programs.heads),
-    }
     if on_compiled is not None:
-        on_compiled(programs.compile_seconds)
+        on_compiled(compile_seconds)
     start_all = time.perf_counter()
     for i in range(num_passes):
         start = time.perf_counter()
@@ -404,6 +404,15 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     compiled = program.lower(params, batch, haiku_rng_key(rng)).compile(timings["settings"].compiler_options())
     timings["compile"] = time.perf_counter() - start
     timings["compiled_bytes"] = {"model": compiled_bytes(compiled)}
+    settings = timings["settings"]
+    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array))
+    need = memory.compiled_program_bytes([timings["compiled_bytes"]["model"]], resident_bytes=resident)
+    if need is not None and need > settings.budget_bytes:  # one program: refused, not recompiled
+        raise memory.ChainTooLongError(
+            memory.compiled_too_large_message(
+                shapes, config, settings.kernels, settings.dap_size, need, settings.budget_bytes, auto=False
+            )
+        )
     start = time.perf_counter()
     out = jax.device_get(compiled(params, batch, haiku_rng_key(rng)))
     timings["predict"] = time.perf_counter() - start
