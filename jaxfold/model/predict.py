@@ -56,7 +56,7 @@ class RunSettings:
     dap_size: int
     estimated_peak_bytes: int
     budget_bytes: int
-    autotune: bool = True  # XLA's GPU autotuner on (off when it cannot fit pair-sized buffers)
+    autotune: bool  # XLA's GPU autotuner on (off when it cannot fit pair-sized buffers: `memory.autotuner_fits`)
 
     def compiler_options(self) -> dict:
         """XLA options for compiling this prediction's programs (only GPUs have an autotuner)."""
@@ -211,6 +211,12 @@ def compiled_bytes(compiled) -> dict | None:
         return None
 
 
+def _resident_bytes(params) -> int:
+    """Bytes of the parameters already on the device: they are in its used memory and in the compiled
+    programs' arguments, and are counted once."""
+    return sum(x.nbytes for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array))
+
+
 def number_of_passes(config, features: Mapping) -> int:
     """Recycling passes the model runs: `num_recycle + 1`, lowered by `num_iter_recycling` if given."""
     num_iter = int(config.model.num_recycle)
@@ -283,8 +289,7 @@ def predict(
         )
     shapes = memory.ModelShapes.from_features(batch_all, config)
     params = params["alphafold_iteration"] if "alphafold_iteration" in params else params
-    # Parameters already on the device are in its used memory and in the program's arguments: count them once.
-    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array))
+    resident = _resident_bytes(params)
     auto_chunk = (config.model.global_config.chunk_size if chunk_size is None else chunk_size) == "auto"
 
     def pass_batch(i: int) -> dict:
@@ -310,15 +315,15 @@ def predict(
             settings.compiler_options(),
         )
         compile_seconds += programs.compile_seconds
-        # XLA knows what the compiled pass needs; the estimate that chose the chunk only approximates it. A
-        # pass that cannot fit stops here, before it runs, instead of failing in XLA's allocator.
-        # Set before anything can fail, so that a refused prediction still reports what it would have needed.
+        # Set before the check, so that a refused prediction still reports what it would have needed.
         timings["settings"] = settings
         timings["compile"] = compile_seconds
         timings["compiled_bytes"] = {
             "iteration": compiled_bytes(programs.iteration),
             "heads": compiled_bytes(programs.heads),
         }
+        # XLA knows what the compiled pass needs; the estimate that chose the chunk only approximates it. A
+        # pass that cannot fit stops here, before it runs, instead of failing in XLA's allocator.
         need = memory.compiled_program_bytes(list(timings["compiled_bytes"].values()), resident_bytes=resident)
         if need is None or need <= settings.budget_bytes:
             break
@@ -405,8 +410,7 @@ def _predict_multimer(config, params, features, *, mesh, rng, kernels, chunk_siz
     timings["compile"] = time.perf_counter() - start
     timings["compiled_bytes"] = {"model": compiled_bytes(compiled)}
     settings = timings["settings"]
-    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params) if isinstance(x, jax.Array))
-    need = memory.compiled_program_bytes([timings["compiled_bytes"]["model"]], resident_bytes=resident)
+    need = memory.compiled_program_bytes([timings["compiled_bytes"]["model"]], resident_bytes=_resident_bytes(params))
     if need is not None and need > settings.budget_bytes:  # one program: refused, not recompiled
         raise memory.ChainTooLongError(
             memory.compiled_too_large_message(
