@@ -9,6 +9,23 @@ GIB = memory.GIB
 DEEP = dict(num_msa=512, num_extra_msa=5120, num_templates=4)
 
 
+@pytest.fixture
+def tiny_prediction():
+    """(the predict module, config, features, parameters) of a tiny model at 24 residues, with no compiled
+    program cached (the tests count and reuse them)."""
+    import importlib
+
+    import jax
+
+    from bench.long_sequence import tiled_features
+    from jaxfold.model.init import init_params
+
+    predict_module = importlib.import_module("jaxfold.model.predict")
+    cfg = model_config("tiny", num_recycle=1)
+    predict_module.clear_compiled()
+    return predict_module, cfg, tiled_features(24, 8, 16, 2, 2), init_params(cfg, jax.random.PRNGKey(0))
+
+
 def test_short_chain_with_ample_memory_is_not_chunked():
     cfg = model_config("model_1_ptm")
     shapes = memory.ModelShapes(num_res=256, num_msa=512, num_extra_msa=1024, num_templates=4)
@@ -154,24 +171,15 @@ def test_autotuner_is_switched_off_only_where_pair_sized_buffers_cannot_fit(monk
     assert settings.autotune is True and settings.compiler_options() == {}
 
 
-def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_the_same_outputs(monkeypatch):
+def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_the_same_outputs(
+    monkeypatch, tiny_prediction
+):
     """`predict` passes `RunSettings.compiler_options()` to XLA: the programs compiled with the autotuner off
     (here forced; XLA's CPU compiler accepts the option and has nothing to tune) are a separate cache entry
     and compute the same prediction."""
-    import importlib
-
-    import jax
     import numpy as np
 
-    from bench.long_sequence import tiled_features
-    from jaxfold.model.init import init_params
-
-    predict_module = importlib.import_module("jaxfold.model.predict")
-
-    cfg = model_config("tiny", num_recycle=1)
-    features = tiled_features(24, 8, 16, 2, 2)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    predict_module.clear_compiled()
+    predict_module, cfg, features, params = tiny_prediction
     plain = predict_module.predict(cfg, params, features, kernels="xla", chunk_size=8, outputs="lean")
     monkeypatch.setattr(predict_module.RunSettings, "compiler_options", lambda self: {"xla_gpu_autotune_level": 0})
     timings: dict = {}
@@ -184,26 +192,18 @@ def test_a_prediction_compiled_without_the_autotuner_is_cached_apart_and_gives_t
         np.testing.assert_allclose(untuned[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
 
 
-def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_refused_otherwise(monkeypatch):
+def test_a_compiled_pass_that_cannot_fit_is_recompiled_smaller_under_auto_and_refused_otherwise(
+    monkeypatch, tiny_prediction
+):
     """XLA's memory analysis of the compiled pass is checked against the free memory before anything runs.
     With `chunk_size="auto"` a pass whose estimate fitted but whose compiled program does not is compiled
     again at the largest smaller chunk the estimate says saves enough (here auto is faked to pick unchunked
     first); when no chunk would, or with a chunk the user chose, it is a ChainTooLongError
     naming what the program needs, not an XLA failure."""
-    import importlib
-
-    import jax
     import numpy as np
 
-    from bench.long_sequence import tiled_features
-    from jaxfold.model.init import init_params
-
-    predict_module = importlib.import_module("jaxfold.model.predict")
-    cfg = model_config("tiny", num_recycle=1)
-    features = tiled_features(24, 8, 16, 2, 2)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    resident = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
-    predict_module.clear_compiled()
+    predict_module, cfg, features, params = tiny_prediction
+    resident = predict_module._resident_bytes(params)
     timings: dict = {}
     chunked = predict_module.predict(
         cfg, params, features, kernels="xla", chunk_size=16, outputs="lean", timings=timings

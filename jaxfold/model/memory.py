@@ -78,6 +78,17 @@ class ModelShapes:
         )
 
 
+def activation_bytes(config) -> int:
+    """Bytes per element of the stored activations (the pair, the MSA): 2 in bf16, 4 in fp32."""
+    return 2 if config.model.global_config.dtype == "bfloat16" else 4
+
+
+def pair_bytes(shapes: ModelShapes, config, dap_size: int = 1) -> float:
+    """Bytes of the pair representation `[N, N, c_z]` on one device (DAP splits it)."""
+    c_z = config.model.embeddings_and_evoformer.pair_channel
+    return shapes.num_res**2 * c_z * activation_bytes(config) / max(1, dap_size)
+
+
 def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: str = "xla", dap_size: int = 1) -> int:
     """Estimated peak device memory of one prediction pass, in bytes (see the module doc for the model).
 
@@ -86,8 +97,7 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     """
     m = config.model
     emb = m.embeddings_and_evoformer
-    gc = m.global_config
-    act = 2 if gc.dtype == "bfloat16" else 4
+    act = activation_bytes(config)
     f32 = 4
     n, s, e = shapes.num_res, shapes.num_msa, shapes.num_extra_msa
     d = max(1, dap_size)
@@ -100,7 +110,7 @@ def estimate_peak_bytes(shapes: ModelShapes, config, chunk_size: int, kernels: s
     c_o = evo.outer_product_mean.num_outer_channel
     pallas = kernels == "pallas"
 
-    pair = n * n * c_z * act / d
+    pair = pair_bytes(shapes, config, dap_size)
     msa = s * n * c_m * act / d
     extra = e * n * c_e * act / d
     features = (s * n * 49 + e * n * 3 + n * 60) * f32 + shapes.num_templates * n * (37 * 4 + 1) * f32
@@ -200,10 +210,7 @@ def autotuner_fits(shapes: ModelShapes, config, budget_bytes: int, dap_size: int
     """Whether XLA's GPU autotuner can time kernels on pair-sized buffers within `budget_bytes`. When it
     cannot, the prediction compiles with autotuning off (XLA's default kernel choices; slower kernels, but
     the chain runs)."""
-    m = config.model
-    act = 2 if m.global_config.dtype == "bfloat16" else 4
-    pair = shapes.num_res**2 * m.embeddings_and_evoformer.pair_channel * act / max(1, dap_size)
-    return AUTOTUNER_PAIR_COPIES * pair <= budget_bytes
+    return AUTOTUNER_PAIR_COPIES * pair_bytes(shapes, config, dap_size) <= budget_bytes
 
 
 def device_memory_budget(device=None) -> int:
