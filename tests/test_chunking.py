@@ -41,13 +41,24 @@ def test_chunked_output_axis():
     "anchor",
     [jnp.array([jnp.nan, 1.0]), jnp.array([jnp.inf]), jnp.array([3], jnp.int32), jax.random.key(0), jnp.zeros((0,))],
 )
-def test_output_buffer_is_zeros_whatever_it_is_made_from(anchor):
-    """The buffer's zero comes from the loop's input (XLA must not merge it with other buffers): exactly zero
-    even from NaN or inf; integer, key and empty inputs are handled (the last two fall back to plain zeros)."""
+def test_output_buffer_from_any_input(anchor):
+    """The buffer is made from one element of the loop's input (float, integer), or is plain zeros when there
+    is no numeric element (a key, an empty array)."""
     got = jax.jit(lambda a: output_buffer((3, 4), jnp.bfloat16, after=(a,)))(anchor)
     assert got.shape == (3, 4) and got.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.zeros((3, 4), np.float32))
-    assert not np.signbit(np.asarray(got, np.float32)).any()  # no -0.0 either
+    numeric = jnp.issubdtype(anchor.dtype, jnp.number) and anchor.size > 0
+    expected = np.full((3, 4), np.asarray(anchor, np.float32).ravel()[0] if numeric else 0.0, np.float32)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), expected)
+
+
+@pytest.mark.parametrize("chunk", [4, 3])
+def test_chunked_overwrites_every_element_of_its_buffer(chunk):
+    """The buffer starts as a broadcast of the input's first element: a NaN there must reach no other output
+    element (every slice, the remainder included, is written)."""
+    x = np.arange(11 * 5, dtype=np.float32).reshape(11, 5)
+    x[0, 0] = np.nan
+    got = jax.jit(chunked(lambda v: v * 2.0, chunk))(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got), x * 2.0)
 
 
 def test_chunked_output_buffers_are_not_one_shared_zero_array():

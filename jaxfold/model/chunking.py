@@ -64,17 +64,18 @@ def chunked(
 
 
 def output_buffer(shape: tuple[int, ...], dtype, after) -> jax.Array:
-    """A zero-filled buffer `shape` for a slice loop to write into, made from a value of `after` (any
-    pytree of arrays: the loop's inputs) so that XLA creates it where the loop starts.
+    """A buffer `shape` for a slice loop that writes every element of it, made from a value of `after` (any
+    pytree of arrays: the loop's inputs) so that XLA creates it where the loop starts. Its initial contents
+    are one element of that input, broadcast: they are never read.
 
-    A plain `jnp.zeros` is a broadcast of the constant 0. XLA fuses broadcasts of the same constant into one
-    multi-output fusion wherever they are in the program, and then every buffer of that fusion is live from
-    the first loop to the last: on a GPU (an H200, jax 0.11.2) the four triangle multiplications' whole
-    operands of one pass (extra-MSA and Evoformer blocks, 25 GiB each at N = 10,240 in bf16) were made by one
-    fusion, 100 GiB at once; the CPU compiler instead shares one zero array and copies it into each.
-    Here the zero is computed from one element of the loop's input (`(x != x) * 0`: exactly 0 for any x, NaN
-    included, and not folded to a constant by XLA, which keeps float comparisons and products with 0 because
-    of NaN), so each buffer has its own operand and is made only once that input exists.
+    A `jnp.zeros` buffer is a broadcast of the constant 0. XLA merges equal broadcasts and gives each loop
+    its own copy: the CPU compiler copies one zero array into every buffer; the GPU compiler (jax 0.11.2,
+    H100) fuses the broadcast and its copies into one multi-output fusion, so the four triangle
+    multiplications' whole operands of one pass (extra-MSA and Evoformer blocks, 25 GiB each at N = 10,240 in
+    bf16) were made at once: 100 GiB. A zero computed from the input does not prevent this: the GPU compiler
+    folded `(x != x) * 0` back to the constant, and XLA expands an `optimization_barrier` into scheduling
+    edges before it simplifies, so a zero passed through one is folded too. An element of the input cannot
+    be folded, so each buffer has its own operand and is made only once that input exists.
     """
     anchors = [
         a
@@ -83,9 +84,8 @@ def output_buffer(shape: tuple[int, ...], dtype, after) -> jax.Array:
     ]
     if not anchors:
         return jnp.zeros(shape, dtype)
-    x = anchors[0][(0,) * anchors[0].ndim].astype(jnp.float32)  # a float: XLA folds `x != x` for integers
-    zero = (x != x).astype(dtype) * jnp.zeros((), dtype)
-    return jnp.broadcast_to(zero, shape)
+    element = lax.stop_gradient(anchors[0][(0,) * anchors[0].ndim]).astype(dtype)
+    return jnp.broadcast_to(element, shape)
 
 
 def over_slices(step: Callable, carry, size: int, chunk_size: int):
