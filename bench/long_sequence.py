@@ -19,8 +19,10 @@ the shapes only).
 - `full`: 48 Evoformer blocks, 4 extra-MSA blocks, 3 recycles: the time a user waits (compile reported
   apart; the steady-state time is a second, cached run when `--repeat`).
 - `probe`: every width real but one block per stack (Evoformer, extra MSA, template pair stack) and one
-  recycle, for lengths too slow to run whole: a scanned stack's peak memory does not grow with its depth,
-  so a probe's peak is the full model's to within the per-layer parameters (the probe's time is not).
+  recycle (none with `--num-recycle 0`: one pass, for lengths where even two probe passes take minutes),
+  for lengths too slow to run whole: a scanned stack's peak memory does not grow with its depth, and every
+  pass is the same program with the recycled pair donated, so a probe's peak is the full model's to within
+  the per-layer parameters (the probe's time is not).
 - `--bisect DTYPE`: probes between the longest N that fitted and the shortest that did not, to 256 residues.
 
 Expected (written before measuring, H100 80 GB): the pair `[N, N, 128]` is 32 KiB x N^2 in bf16 (N=10,000:
@@ -107,7 +109,10 @@ def run_case(args) -> dict:
     preset = "tiny" if args.quick else "model_1_ptm"
     if args.mode == "probe":
         overrides.update(
-            evoformer_num_block=1, extra_msa_stack_num_block=1, template_pair_stack_num_block=1, num_recycle=1
+            evoformer_num_block=1,
+            extra_msa_stack_num_block=1,
+            template_pair_stack_num_block=1,
+            num_recycle=min(1, args.num_recycle),
         )
     cfg = model_config(preset, **overrides)
     num_passes = cfg.model.num_recycle + 1
