@@ -48,6 +48,22 @@ def test_larger_predictions_run_in_large_in_place_slices_even_when_they_would_fi
     )
 
 
+def test_a_pass_that_fits_and_would_save_little_by_chunking_is_not_chunked():
+    """bf16 N=2,048 with the deep MSA fits 75 GiB unchunked (~14 GiB), and a chunk as long as the chain saves
+    nothing there: auto runs it unchunked, as fast as the unchunked pass, where slices of 1,024 cost time.
+    Shorten the budget until the unchunked pass no longer fits, and it is chunked."""
+    bf16 = model_config("model_1_ptm", dtype="bfloat16")
+    shapes = memory.ModelShapes(num_res=2048, **DEEP)
+    unchunked = memory.estimate_peak_bytes(shapes, bf16, 0, "pallas")
+    assert unchunked > memory.UNCHUNKED_FRACTION * 75 * GIB  # not the short-chain rule
+    assert memory.estimate_peak_bytes(shapes, bf16, 2048, "pallas") > (1 - memory.MIN_CHUNK_SAVING) * unchunked
+    assert memory.choose_chunk_size(shapes, bf16, "pallas", 75 * GIB) == 0
+    tight = int(unchunked / memory.DEFAULT_HEADROOM) - 1
+    chunk = memory.choose_chunk_size(shapes, bf16, "pallas", tight)
+    assert 0 < chunk < 2048
+    assert memory.estimate_peak_bytes(shapes, bf16, chunk, "pallas") <= memory.DEFAULT_HEADROOM * tight
+
+
 def test_deep_msa_fp32_xla_at_1024_is_chunked_to_fit():
     """AlphaFold's deep MSA at N=1,024 in fp32 with XLA attention: the extra-MSA row attention logits alone
     are 5,120 x 8 x 1,024^2 x 4 B = 172 GB unchunked; auto must pick a chunk that fits 10 GiB."""

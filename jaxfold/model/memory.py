@@ -38,8 +38,12 @@ DEVICE_MEMORY_FRACTION = "0.95"
 # Fraction of the free device memory the estimate may use: XLA's allocator fragments, keeps a few
 # buffers live across fusions, and the estimate is approximate.
 DEFAULT_HEADROOM = 0.80
-# An unchunked pass is chosen only when its estimate is at most this fraction of the free memory.
+# An unchunked pass is chosen when its estimate is at most this fraction of the free memory,
 UNCHUNKED_FRACTION = 0.125
+# or when it fits and chunking would not save at least this share of it: slices of the pair cost time (bf16
+# N=2,048 on an H100: 43.5 s in slices of 1,024, f142231; 37.3 s unchunked when the issue was filed), and at
+# that length a chunk as long as the chain saves nothing, so auto ran slower for no memory gained.
+MIN_CHUNK_SAVING = 0.25
 # Candidate chunk sizes, largest first.
 CHUNK_CANDIDATES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -246,15 +250,21 @@ def choose_chunk_size(
     unchunked_fraction: float = UNCHUNKED_FRACTION,
 ) -> int:
     """The `chunk_size="auto"` rule: 0 (no chunking) when the unchunked pass needs at most
-    `unchunked_fraction` of the free memory (short chains: nothing to gain), else the largest candidate
-    chunk whose estimate fits in `headroom * budget_bytes`. Large slices cost little time (each is still a
-    big matrix product) and the in-place updates they enable drop the second copy of every updated tensor,
-    so a prediction is not run unchunked merely because it would fit.
+    `unchunked_fraction` of the free memory (short chains: nothing to gain), or when it fits in `headroom *
+    budget_bytes` and chunking would save less than `MIN_CHUNK_SAVING` of it, judged at a chunk as long as
+    the chain (which slices only the MSA rows' ops, the cheapest saving); else the largest candidate chunk
+    whose estimate fits in `headroom * budget_bytes`. So fp32 N=1,024 with a deep MSA runs in slices of
+    1,024 (the 5,120 extra rows' temporaries are most of its unchunked peak: ~12 -> ~6 GiB), while bf16
+    N=2,048, where chunking the rows saves nothing, runs unchunked (~14 GiB of 75).
 
     Raises ChainTooLongError, naming what would help, when not even one row at a time fits.
     """
     allowed = headroom * budget_bytes
-    if estimate_peak_bytes(shapes, config, 0, kernels, dap_size) <= min(allowed, unchunked_fraction * budget_bytes):
+    unchunked = estimate_peak_bytes(shapes, config, 0, kernels, dap_size)
+    if unchunked <= min(allowed, unchunked_fraction * budget_bytes):
+        return 0
+    rows_only = estimate_peak_bytes(shapes, config, shapes.num_res, kernels, dap_size)
+    if unchunked <= allowed and rows_only > (1.0 - MIN_CHUNK_SAVING) * unchunked:
         return 0
     for chunk in CHUNK_CANDIDATES:
         if estimate_peak_bytes(shapes, config, chunk, kernels, dap_size) <= allowed:
