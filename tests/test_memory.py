@@ -95,6 +95,23 @@ def test_estimate_grows_with_length_and_halves_pair_in_bf16():
     assert memory.estimate_peak_bytes(large, bf16, 64, "pallas") < memory.estimate_peak_bytes(large, bf16, 0, "pallas")
 
 
+def test_a_chain_that_fits_only_beyond_the_headroom_is_left_to_the_compiled_check():
+    """Between 80% and all of the free memory the estimate does not refuse: it picks the largest chunk whose
+    estimate fits the whole budget (predict then checks the compiled pass); below the one-row estimate it
+    refuses before compiling."""
+    cfg = model_config("model_1_ptm", dtype="bfloat16")
+    shapes = memory.ModelShapes(num_res=11264, **DEEP)
+    one_row = memory.estimate_peak_bytes(shapes, cfg, 1, "pallas")
+    budget = int(one_row / 0.9)  # the one-row pass needs 90% of it: beyond the headroom, within the budget
+    chunk = memory.choose_chunk_size(shapes, cfg, "pallas", budget)
+    assert chunk >= 1
+    assert memory.estimate_peak_bytes(shapes, cfg, chunk, "pallas") <= budget
+    larger = [c for c in memory.CHUNK_CANDIDATES if c > chunk]
+    assert not larger or memory.estimate_peak_bytes(shapes, cfg, min(larger), "pallas") > budget
+    with pytest.raises(memory.ChainTooLongError):
+        memory.choose_chunk_size(shapes, cfg, "pallas", int(one_row) - 1)
+
+
 def test_chain_too_long_is_a_clear_error_naming_what_would_fit():
     cfg = model_config("model_1_ptm")
     shapes = memory.ModelShapes(num_res=20000, **DEEP)
