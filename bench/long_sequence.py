@@ -11,10 +11,12 @@ A case is `DTYPE:N`, or `DTYPE:N:CHUNK` for its own chunk size (`auto`, a number
 
 Each case runs `jaxfold.model.predict.predict` (the one prediction path, `outputs="lean"`, as `infer.py` runs
 it) in its own process, so that the device's `peak_bytes_in_use` is that case's alone, with
-`XLA_PYTHON_CLIENT_PREALLOCATE=false`. Model: full `model_1_ptm` with a deep MSA: 508 MSA clusters + 4
-template rows, 5,120 extra MSA rows, 4 templates, 3 recycles. Features: the bundled example 1psm_A (its
-sequence and its real MSA rows) tiled to N residues and to the row counts (the work and memory depend on
-the shapes only).
+`XLA_PYTHON_CLIENT_PREALLOCATE=false`; it prints a line once compiled and after every pass, so a case that
+`--timeout` stops is still reported with its chunk size, XLA's account of the compiled pass, the passes it
+finished and its peak so far (status `timeout/compiled` or `timeout/running`). Model: full `model_1_ptm`
+with a deep MSA: 508 MSA clusters + 4 template rows, 5,120 extra MSA rows, 4 templates, 3 recycles.
+Features: the bundled example 1psm_A (its sequence and its real MSA rows) tiled to N residues and to the
+row counts (the work and memory depend on the shapes only).
 
 - `full`: 48 Evoformer blocks, 4 extra-MSA blocks, 3 recycles: the time a user waits (compile reported
   apart; the steady-state time is a second, cached run when `--repeat`).
@@ -132,8 +134,29 @@ def run_case(args) -> dict:
     params = jax.device_put(init_params(cfg, jax.random.PRNGKey(0)))
     chunk = args.chunk_size if args.chunk_size == "auto" else int(args.chunk_size)
     timings: dict = {}
+
+    def progress(status: str, **extra) -> None:
+        # A line per stage, so that a case stopped by its timeout still reports how far it got (`spawn`).
+        print(json.dumps(with_timings(dict(row, status=status, **extra), timings)), flush=True)
+
+    passes: list[float] = []
+
+    def on_pass(index: int, num_passes: int, seconds: float) -> None:
+        passes.append(seconds)
+        progress("running", pass_s=list(passes))
+
     try:
-        out = predict(cfg, params, features, kernels=args.kernels, chunk_size=chunk, outputs="lean", timings=timings)
+        out = predict(
+            cfg,
+            params,
+            features,
+            kernels=args.kernels,
+            chunk_size=chunk,
+            outputs="lean",
+            timings=timings,
+            on_compiled=lambda seconds: progress("compiled"),
+            on_pass=on_pass,
+        )
         row["compile_s"] = timings["compile"]
         row["predict_s"] = timings["predict"]
         if args.repeat:
@@ -150,10 +173,18 @@ def run_case(args) -> dict:
         text = f"{type(err).__name__}: {err}"
         row["status"] = "oom" if is_oom(text) else "error"
         row["error"] = text[:400]
+    return with_timings(row, timings)
+
+
+def with_timings(row: dict, timings: dict) -> dict:
+    """`row` with what `predict` has put in `timings` so far (settings, compile time, XLA's account of the
+    compiled pass) and the device's peak memory."""
     compiled = (timings.get("compiled_bytes") or {}).get("iteration")
     if compiled:  # XLA's own account of the pass's program, beside the estimate and the measured peak
         row["compiled_temp_gib"] = compiled["temp"] / 2**30
         row["compiled_argument_gib"] = compiled["argument"] / 2**30
+    if "compile" in timings:
+        row.setdefault("compile_s", timings["compile"])
     settings = timings.get("settings")
     if settings is not None:
         row.update(
@@ -213,8 +244,11 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         claim_device_memory(env)  # the GPU share infer.py gives JAX (an explicit setting wins)
         proc = run_module("long_sequence", cmd, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "timeout", "wall_s": timeout}
+    except subprocess.TimeoutExpired as err:
+        # The case's last progress line says how far it got (compiled, passes done, peak so far).
+        partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        row = last_json_line(partial) or {"mode": mode, "dtype": dtype, "n_res": int(n)}
+        return dict(row, status="timeout", reached=row.get("status"), wall_s=timeout)
     row = last_json_line(proc.stdout)
     if row is None:
         row = {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "crashed", "error": proc.stderr[-600:]}
@@ -225,17 +259,18 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
 def print_table(rows, device: str) -> None:
     print_header(
         f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
-        f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>15}{'peak GiB':>10}{'est GiB':>9}"
+        f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>17}{'peak GiB':>10}{'est GiB':>9}"
         f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}{'vs unchunked':>13}",
     )
     for r in rows:
+        status = r["status"] + (f"/{r['reached']}" if r.get("reached") else "")  # timeout/running: how far it got
 
         def f(key, spec=".2f"):
             return cell(r.get(key), spec)
 
         print(
             f"{r['mode']:<6}{r['dtype']:<6}{r['n_res']:>7}{str(r.get('chunk_size', '-')):>7}"
-            f"{str(r.get('kernels', '-')):>7}{r['status']:>15}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
+            f"{str(r.get('kernels', '-')):>7}{status:>17}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
             f"{f('compile_s', '.1f'):>10}{f('predict_s'):>10}{f('predict_repeat_s'):>10}"
             f"{f('speed_vs_unchunked', '.2f'):>13}"
         )

@@ -1,4 +1,5 @@
-"""bench/long_sequence.py's case specs (`DTYPE:N[:CHUNK]`) and its same-run ratio against the unchunked case."""
+"""bench/long_sequence.py: its case specs (`DTYPE:N[:CHUNK]`), the same-run ratio against the unchunked case, and
+the progress a case reports (kept when its timeout stops it)."""
 
 import pytest
 
@@ -25,3 +26,51 @@ def test_ratio_against_the_unchunked_run_of_the_same_case():
     assert rows[0]["speed_vs_unchunked"] == pytest.approx(0.9)
     assert rows[1]["speed_vs_unchunked"] == pytest.approx(1.0)
     assert "speed_vs_unchunked" not in rows[2] and "speed_vs_unchunked" not in rows[3]  # no unchunked twin
+
+
+def quick_args(**overrides):
+    import argparse
+
+    fields = dict(mode="full", dtype="fp32", n=24, n_msa=8, n_extra=16, n_templates=2, num_recycle=1)
+    fields.update(kernels="auto", chunk_size="auto", quick=True, repeat=False)
+    fields.update(overrides)
+    return argparse.Namespace(**fields)
+
+
+def test_a_case_reports_each_stage_as_it_goes(capsys):
+    """The tiny model through `run_case`: a line when compiled and after every pass (what a case stopped by its
+    timeout is reported from), then the result."""
+    import json
+
+    from bench.long_sequence import run_case
+
+    row = run_case(quick_args())
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["status"] for line in lines] == ["compiled", "running", "running"]
+    assert lines[0]["compile_s"] >= 0 and lines[0]["chunk_size"] == row["chunk_size"]
+    assert [len(line["pass_s"]) for line in lines[1:]] == [1, 2]
+    assert row["status"] == "ok" and row["finite"]
+
+
+def test_a_timed_out_case_keeps_how_far_it_got(monkeypatch):
+    import json
+    import subprocess
+
+    from bench import long_sequence
+
+    progress = {"mode": "probe", "dtype": "bf16", "n_res": 10240, "status": "running", "pass_s": [114.0]}
+
+    def stopped(*args, **kwargs):
+        raise subprocess.TimeoutExpired("python", 5, output=(json.dumps(progress) + "\n").encode())
+
+    monkeypatch.setattr(long_sequence, "run_module", stopped)
+    row = long_sequence.spawn(quick_args(), "probe", "bf16:10240", timeout=5)
+    assert row["status"] == "timeout" and row["reached"] == "running"
+    assert row["pass_s"] == [114.0] and row["wall_s"] == 5
+
+    def silent(*args, **kwargs):  # stopped before its first line
+        raise subprocess.TimeoutExpired("python", 5)
+
+    monkeypatch.setattr(long_sequence, "run_module", silent)
+    row = long_sequence.spawn(quick_args(), "probe", "bf16:10240", timeout=5)
+    assert row["status"] == "timeout" and row["n_res"] == 10240 and row["reached"] is None
