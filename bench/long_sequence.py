@@ -25,7 +25,8 @@ row counts (the work and memory depend on the shapes only).
   for lengths too slow to run whole: a scanned stack's peak memory does not grow with its depth, and every
   pass is the same program with the recycled pair donated, so a probe's peak is the full model's to within
   the per-layer parameters (the probe's time is not).
-- `--bisect DTYPE`: probes between the longest N that fitted and the shortest that did not, to 256 residues.
+- `--bisect DTYPE`: probes between the longest N that fitted and the shortest that did not, to 256 residues
+  (a probe that its timeout stopped after a whole pass fitted).
 
 Expected (written before measuring, H100 80 GB): the pair `[N, N, 128]` is 32 KiB x N^2 in bf16 (N=10,000:
 25.6 GB) and twice that in fp32; the triangle multiplication holds the pair, one whole operand
@@ -256,6 +257,12 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
     return row
 
 
+def fits(row: dict) -> bool:
+    """Whether a case showed that its length fits the device: it finished, or its timeout stopped it after at
+    least one whole pass (a long probe's memory is known before its time is)."""
+    return row["status"] == "ok" or (row["status"] == "timeout" and row.get("reached") == "running")
+
+
 def print_table(rows, device: str) -> None:
     print_header(
         f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
@@ -344,8 +351,8 @@ def main(argv=None) -> int:
             if within_budget(spec):
                 record(rows, spawn(args, mode, spec, args.timeout))
     for dtype in args.bisect:
-        ok = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] == "ok"]
-        bad = [r["n_res"] for r in rows if r["dtype"] == dtype and r["status"] != "ok"]
+        ok = [r["n_res"] for r in rows if r["dtype"] == dtype and fits(r)]
+        bad = [r["n_res"] for r in rows if r["dtype"] == dtype and not fits(r)]
         lo, hi = (max(ok) if ok else 256), (min(n for n in bad if n > max(ok, default=0)) if bad else None)
         while hi is not None and hi - lo > 256:
             mid = (lo + hi) // 2 // 128 * 128
@@ -354,7 +361,7 @@ def main(argv=None) -> int:
             row = spawn(args, "probe", f"{dtype}:{mid}", args.timeout)
             row["bisection"] = True
             record(rows, row)
-            lo, hi = (mid, hi) if row["status"] == "ok" else (lo, mid)
+            lo, hi = (mid, hi) if fits(row) else (lo, mid)
         if hi is not None:
             print(f"{dtype}: longest chain that fits: {lo} (shortest that did not: {hi})")
     add_unchunked_ratios(rows)

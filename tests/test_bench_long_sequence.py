@@ -74,3 +74,13 @@ def test_a_timed_out_case_keeps_how_far_it_got(monkeypatch):
     monkeypatch.setattr(long_sequence, "run_module", silent)
     row = long_sequence.spawn(quick_args(), "probe", "bf16:10240", timeout=5)
     assert row["status"] == "timeout" and row["n_res"] == 10240 and row["reached"] is None
+
+
+def test_a_length_fits_when_its_case_finished_or_ran_a_whole_pass_before_its_timeout():
+    from bench.long_sequence import fits
+
+    assert fits({"status": "ok"})
+    assert fits({"status": "timeout", "reached": "running"})
+    assert not fits({"status": "timeout", "reached": "compiled"})  # no pass finished: not shown to fit
+    assert not fits({"status": "timeout", "reached": None})
+    assert not fits({"status": "oom"}) and not fits({"status": "too_long_error"})
