@@ -13,7 +13,11 @@ Each case runs `jaxfold.model.predict.predict` (the one prediction path, `output
 it) in its own process, so that the device's `peak_bytes_in_use` is that case's alone, with
 `XLA_PYTHON_CLIENT_PREALLOCATE=false`; it prints a line once compiled and after every pass, so a case that
 `--timeout` stops is still reported with its chunk size, XLA's account of the compiled pass, the passes it
-finished and its peak so far (status `timeout/compiled` or `timeout/running`). Model: full `model_1_ptm`
+finished and its peak so far (status `timeout/compiled` or `timeout/running`). With `--warm-cache` a case is
+compiled in one process (into a compilation cache of its own) and predicted in a second that loads the
+programs: its `peak_gib` is then the prediction's without XLA's compile-time buffers (the GPU autotuner
+times kernels on fresh operand-sized buffers), as a repeat run of `infer.py` (cache on by default) sees it;
+the compiling process's peak is `cold_peak_gib` ("cold GiB"). Model: full `model_1_ptm`
 with a deep MSA: 508 MSA clusters + 4 template rows, 5,120 extra MSA rows, 4 templates, 3 recycles.
 Features: the bundled example 1psm_A (its sequence and its real MSA rows) tiled to N residues and to the
 row counts (the work and memory depend on the shapes only).
@@ -42,6 +46,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 from bench._common import (
@@ -98,10 +103,15 @@ def tiled_features(num_res: int, num_msa: int, num_extra: int, num_templates: in
     return features
 
 
+class CompiledOnly(Exception):
+    """Stops a `--compile-only` case once its programs are compiled (and in the compilation cache)."""
+
+
 def run_case(args) -> dict:
     """One case in this process (called by the parent through `--one`)."""
     import jax
 
+    from jaxfold.common.compilation_cache import enable_compilation_cache
     from jaxfold.config import model_config
     from jaxfold.model.init import init_params
     from jaxfold.model.memory import ChainTooLongError
@@ -131,6 +141,10 @@ def run_case(args) -> dict:
         "kernels": args.kernels,
         "chunk_size_arg": args.chunk_size,
     }
+    if args.compilation_cache:
+        warning = enable_compilation_cache(args.compilation_cache)
+        if warning:
+            raise SystemExit(f"--compilation-cache: {warning}")
     features = tiled_features(args.n, args.n_msa, args.n_extra, args.n_templates, num_passes)
     params = jax.device_put(init_params(cfg, jax.random.PRNGKey(0)))
     chunk = args.chunk_size if args.chunk_size == "auto" else int(args.chunk_size)
@@ -146,6 +160,11 @@ def run_case(args) -> dict:
         passes.append(seconds)
         progress("running", pass_s=list(passes))
 
+    def on_compiled(seconds: float) -> None:
+        progress("compiled")
+        if args.compile_only:
+            raise CompiledOnly
+
     try:
         out = predict(
             cfg,
@@ -155,7 +174,7 @@ def run_case(args) -> dict:
             chunk_size=chunk,
             outputs="lean",
             timings=timings,
-            on_compiled=lambda seconds: progress("compiled"),
+            on_compiled=on_compiled,
             on_pass=on_pass,
         )
         row["predict_s"] = timings["predict"]
@@ -166,6 +185,8 @@ def run_case(args) -> dict:
         row["mean_plddt"] = float(out["confidence/plddt"].mean())
         row["finite"] = bool(jax.numpy.isfinite(out["structure_module/final_atom_positions"]).all())
         row["status"] = "ok"
+    except CompiledOnly:
+        row["status"] = "compiled"
     except ChainTooLongError as err:
         row["status"] = "too_long_error"
         row["error"] = str(err)[:400]
@@ -239,19 +260,42 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         cmd.append("--quick")
     if args.repeat and mode == "full":
         cmd.append("--repeat")
+    if not args.warm_cache:
+        return run_one(cmd, mode, dtype, int(n), timeout)
+    # Compile in one process, into a compilation cache of this case's own; then predict in a second process
+    # that loads the programs, so its peak is the prediction's without XLA's compile-time buffers (the GPU
+    # autotuner times kernels on fresh operand-sized buffers), as a repeat run of infer.py (whose cache is
+    # on by default) sees it.
+    with tempfile.TemporaryDirectory(prefix="jaxfold-bench-cache-") as cache:
+        start = time.perf_counter()
+        cold = run_one(cmd + ["--compilation-cache", cache, "--compile-only"], mode, dtype, int(n), timeout)
+        if cold["status"] != "compiled":
+            return dict(cold, warm_cache=False)
+        row = run_one(cmd + ["--compilation-cache", cache], mode, dtype, int(n), timeout - (time.perf_counter() - start))
+    row.update(
+        warm_cache=True,
+        cold_compile_s=cold.get("compile_s"),
+        cold_peak_gib=cold.get("peak_gib"),  # the compiling process's peak: parameters, features, autotuner
+        wall_s=time.perf_counter() - start,
+    )
+    return row
+
+
+def run_one(cmd: list[str], mode: str, dtype: str, n: int, timeout: float) -> dict:
+    """One `--one` case process: its result row, or how far it got when `timeout` stopped it."""
     start = time.perf_counter()
     try:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         claim_device_memory(env)  # the GPU share infer.py gives JAX (an explicit setting wins)
-        proc = run_module("long_sequence", cmd, timeout=timeout, env=env)
+        proc = run_module("long_sequence", cmd, timeout=max(1.0, timeout), env=env)
     except subprocess.TimeoutExpired as err:
         # The case's last progress line says how far it got (compiled, passes done, peak so far).
         partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        row = last_json_line(partial) or {"mode": mode, "dtype": dtype, "n_res": int(n)}
+        row = last_json_line(partial) or {"mode": mode, "dtype": dtype, "n_res": n}
         return dict(row, status="timeout", reached=row.get("status"), wall_s=timeout)
     row = last_json_line(proc.stdout)
     if row is None:
-        row = {"mode": mode, "dtype": dtype, "n_res": int(n), "status": "crashed", "error": proc.stderr[-600:]}
+        row = {"mode": mode, "dtype": dtype, "n_res": n, "status": "crashed", "error": proc.stderr[-600:]}
     row["wall_s"] = time.perf_counter() - start
     return row
 
@@ -265,7 +309,8 @@ def fits(row: dict) -> bool:
 def print_table(rows, device: str) -> None:
     print_header(
         f"Long chains on {device} (model_1_ptm widths, lean outputs, deep MSA)",
-        f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>17}{'peak GiB':>10}{'est GiB':>9}"
+        f"{'mode':<6}{'dtype':<6}{'N':>7}{'chunk':>7}{'kern':>7}{'status':>17}{'peak GiB':>10}{'cold GiB':>9}"
+        f"{'est GiB':>9}"
         f"{'compile s':>10}{'predict s':>10}{'repeat s':>10}{'vs unchunked':>13}",
     )
     for r in rows:
@@ -276,7 +321,8 @@ def print_table(rows, device: str) -> None:
 
         print(
             f"{r['mode']:<6}{r['dtype']:<6}{r['n_res']:>7}{str(r.get('chunk_size', '-')):>7}"
-            f"{str(r.get('kernels', '-')):>7}{status:>17}{f('peak_gib'):>10}{f('estimated_peak_gib'):>9}"
+            f"{str(r.get('kernels', '-')):>7}{status:>17}{f('peak_gib'):>10}{f('cold_peak_gib'):>9}"
+            f"{f('estimated_peak_gib'):>9}"
             f"{f('compile_s', '.1f'):>10}{f('predict_s'):>10}{f('predict_repeat_s'):>10}"
             f"{f('speed_vs_unchunked', '.2f'):>13}"
         )
@@ -315,12 +361,21 @@ def main(argv=None) -> int:
         default=None,
         help="start no case after this many seconds (the rows so far are written)",
     )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="compile each case in a process of its own first, then measure it in a second process that loads "
+        "the programs from the compilation cache: a peak without XLA's compile-time buffers (the first "
+        "process's peak is kept as cold_peak_gib)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny preset, small N and MSA")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="full", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--compilation-cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_case(args)), flush=True)

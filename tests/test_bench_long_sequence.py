@@ -1,5 +1,6 @@
-"""bench/long_sequence.py: its case specs (`DTYPE:N[:CHUNK]`), the same-run ratio against the unchunked case, and
-the progress a case reports (kept when its timeout stops it)."""
+"""bench/long_sequence.py: its case specs (`DTYPE:N[:CHUNK]`), the same-run ratio against the unchunked case,
+the progress a case reports (kept when its timeout stops it), and `--warm-cache` (compile in one process,
+measure in another)."""
 
 import pytest
 
@@ -33,6 +34,7 @@ def quick_args(**overrides):
 
     fields = dict(mode="full", dtype="fp32", n=24, n_msa=8, n_extra=16, n_templates=2, num_recycle=1)
     fields.update(kernels="auto", chunk_size="auto", quick=True, repeat=False)
+    fields.update(warm_cache=False, compilation_cache=None, compile_only=False)
     fields.update(overrides)
     return argparse.Namespace(**fields)
 
@@ -84,3 +86,42 @@ def test_a_length_fits_when_its_case_finished_or_ran_a_whole_pass_before_its_tim
     assert not fits({"status": "timeout", "reached": "compiled"})  # no pass finished: not shown to fit
     assert not fits({"status": "timeout", "reached": None})
     assert not fits({"status": "oom"}) and not fits({"status": "too_long_error"})
+
+
+def test_a_compile_only_case_stops_once_compiled(capsys):
+    from bench.long_sequence import run_case
+
+    row = run_case(quick_args(compile_only=True))
+    assert row["status"] == "compiled" and row["compile_s"] >= 0  # 0 when this process already compiled it
+    assert "predict_s" not in row and "pass_s" not in row
+
+
+def test_warm_cache_compiles_in_one_process_and_predicts_in_a_second_that_shares_its_cache(monkeypatch):
+    import json
+    import subprocess
+
+    from bench import long_sequence
+
+    calls = []
+    replies = [
+        {"mode": "full", "dtype": "fp32", "n_res": 1200, "status": "compiled", "compile_s": 41.0, "peak_gib": 5.7},
+        {"mode": "full", "dtype": "fp32", "n_res": 1200, "status": "ok", "compile_s": 0.4, "peak_gib": 4.6},
+    ]
+
+    def child(name, argv, timeout=None, env=None):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout=json.dumps(replies[len(calls) - 1]) + "\n", stderr="")
+
+    monkeypatch.setattr(long_sequence, "run_module", child)
+    row = long_sequence.spawn(quick_args(warm_cache=True), "full", "fp32:1200:32", timeout=100)
+    cold, warm = calls
+    assert "--compile-only" in cold and "--compile-only" not in warm
+    cache = cold[cold.index("--compilation-cache") + 1]
+    assert warm[warm.index("--compilation-cache") + 1] == cache  # the second process loads what the first compiled
+    assert row["status"] == "ok" and row["warm_cache"]
+    assert row["peak_gib"] == 4.6 and row["cold_peak_gib"] == 5.7 and row["cold_compile_s"] == 41.0
+
+    calls.clear()
+    replies[0] = dict(replies[0], status="oom", error="RESOURCE_EXHAUSTED")  # compiling failed: no second process
+    row = long_sequence.spawn(quick_args(warm_cache=True), "full", "fp32:1200:32", timeout=100)
+    assert len(calls) == 1 and row["status"] == "oom" and row["warm_cache"] is False
