@@ -271,7 +271,9 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
         cold = run_one(cmd + ["--compilation-cache", cache, "--compile-only"], mode, dtype, int(n), timeout)
         if cold["status"] != "compiled":
             return dict(cold, warm_cache=False)
-        row = run_one(cmd + ["--compilation-cache", cache], mode, dtype, int(n), timeout - (time.perf_counter() - start))
+        row = run_one(
+            cmd + ["--compilation-cache", cache], mode, dtype, int(n), timeout - (time.perf_counter() - start)
+        )
     row.update(
         warm_cache=True,
         cold_compile_s=cold.get("compile_s"),
