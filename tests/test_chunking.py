@@ -77,6 +77,21 @@ def test_chunked_output_buffers_are_not_one_shared_zero_array():
     assert constant_fills == []
 
 
+def test_chunked_output_buffer_made_from_after():
+    """`after` replaces the arguments as what the output buffer is made from: the buffer (and with it the
+    loop) cannot exist before `after` does. A program's inputs as arguments would let XLA make the buffer at
+    the program's start. The values are those of the arguments alone."""
+    fn = lambda v: jnp.tanh(v) * 2.0  # noqa: E731
+    x, dependency = jnp.ones((10, 3)), jnp.full((2, 2), 7.0)
+    jaxpr = jax.make_jaxpr(lambda v, d: chunked(fn, 4, after=d)(v))(x, dependency).jaxpr
+    dependency_var = jaxpr.invars[1]
+    users = [eqn.primitive.name for eqn in jaxpr.eqns if dependency_var in eqn.invars]
+    assert users, "the dependency is not used: the buffer is made from the arguments"
+    untied = jax.make_jaxpr(lambda v, d: chunked(fn, 4)(v))(x, dependency).jaxpr
+    assert not any(untied.invars[1] in eqn.invars for eqn in untied.eqns)
+    np.testing.assert_array_equal(jax.jit(lambda v, d: chunked(fn, 4, after=d)(v))(x, dependency), fn(x))
+
+
 @pytest.mark.parametrize("axis,chunk", [(0, 4), (1, 4), (1, 3), (0, 11), (0, 0)])
 def test_add_in_place_equals_out_of_place(axis, chunk):
     key = jax.random.PRNGKey(1)

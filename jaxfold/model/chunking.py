@@ -19,13 +19,20 @@ from jaxfold.parallel.dap import vary_like
 
 
 def chunked(
-    fn: Callable, chunk_size: int | str | None, batch_axes: Sequence[int | None] | None = None, out_axis: int = 0
+    fn: Callable,
+    chunk_size: int | str | None,
+    batch_axes: Sequence[int | None] | None = None,
+    out_axis: int = 0,
+    after=None,
 ) -> Callable:
     """Wrap `fn` so it runs in slices of `chunk_size` along the batch axis of each argument.
 
     batch_axes: per positional argument, the axis that is sliced, or None for arguments passed whole
       (default: axis 0 of every argument). The sliced axes must all have the same length.
     out_axis: the axis of every output that the slices are written along.
+    after: arrays the output buffer is made from instead of the arguments (`output_buffer`), so that it
+      cannot exist before them. For arguments that are the program's inputs (features) XLA may otherwise
+      make the buffer at the program's start: the MSA embeddings pass the pair before them.
     A `chunk_size` of None, 0 or "auto" (not yet resolved by the prediction runner), or not smaller than
     the batch, calls `fn` directly.
     """
@@ -55,7 +62,10 @@ def chunked(
 
         shapes = jax.eval_shape(lambda: call(0, chunk_size))
         out = jax.tree_util.tree_map(
-            lambda s: output_buffer(s.shape[:out_axis] + (size,) + s.shape[out_axis + 1 :], s.dtype, args), shapes
+            lambda s: output_buffer(
+                s.shape[:out_axis] + (size,) + s.shape[out_axis + 1 :], s.dtype, args if after is None else after
+            ),
+            shapes,
         )
         out = vary_like(out, *args)  # under shard_map the loop carry varies like what is written into it
         return over_slices(write, out, size, chunk_size)

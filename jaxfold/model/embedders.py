@@ -57,7 +57,7 @@ def relative_position_encoding(residue_index: jax.Array, c) -> jax.Array:
 
 
 def msa_embedding(
-    batch: dict, c, kernels: str = "xla", dtype=jnp.float32, chunk_size: int | str | None = 0
+    batch: dict, c, kernels: str = "xla", dtype=jnp.float32, chunk_size: int | str | None = 0, after=None
 ) -> jax.Array:
     """target_feat `[N_res, 22]`, msa_feat `[N_seq, N_res, 49]` (+ the normalised `prev_msa_first_row`
     `[N_res, c_m]` added to row 0 when `c.recycle_features`) -> msa `[N_seq, N_res, c_m]` in `dtype`, summed
@@ -65,6 +65,8 @@ def msa_embedding(
 
     chunk_size: an int > 0 embeds `chunk_size` MSA rows at a time into the result, so no float32
     `[N_seq, N_res, c_m]` array exists beside the (bfloat16) result; 0, None or "auto" embeds all at once.
+    after: with a chunk size, arrays the result's buffer is made from (`chunking.chunked`): the trunk passes
+    the pair after the extra-MSA stack, so the buffer cannot live through that stack.
     """
     preprocess_1d = Linear(c.msa_channel, name="preprocess_1d")(batch["target_feat"])
     msa_feat = batch["msa_feat"]
@@ -81,7 +83,7 @@ def msa_embedding(
         return msa.astype(dtype)
 
     row_index = jnp.arange(msa_feat.shape[0])
-    return chunked(rows, chunk_size)(msa_feat, row_index)
+    return chunked(rows, chunk_size, after=after)(msa_feat, row_index)
 
 
 def pair_embedding(
@@ -189,11 +191,12 @@ def relative_position_one_hot(row_residue_index: jax.Array, residue_index: jax.A
     return jax.nn.one_hot(jnp.clip(offset + max_rel, 0, 2 * max_rel), 2 * max_rel + 1)
 
 
-def extra_msa_embedding(batch: dict, c, dtype=jnp.float32, chunk_size: int | str | None = 0) -> jax.Array:
+def extra_msa_embedding(batch: dict, c, dtype=jnp.float32, chunk_size: int | str | None = 0, after=None) -> jax.Array:
     """extra_msa `[N_extra, N_res]` (ids), has_deletion, deletion_value -> `[N_extra, N_res, c_e]` in `dtype`
     (computed in float32). chunk_size: an int > 0 embeds `chunk_size` rows at a time into the result: no
     float32 one-hot `[N_extra, N_res, 25]` or float32 output of the whole extra MSA (at 10,240 residues and
-    5,120 rows, 5 and 12.5 GiB) exists; 0, None or "auto" embeds all rows at once."""
+    5,120 rows, 5 and 12.5 GiB) exists; 0, None or "auto" embeds all rows at once. after: as for
+    `msa_embedding` (the trunk passes the pair after the templates)."""
     weights, bias = Linear(c.extra_msa_channel, num_input=25, name="extra_msa_activations")()
 
     def rows(ids, has_deletion, deletion_value):
@@ -202,7 +205,8 @@ def extra_msa_embedding(batch: dict, c, dtype=jnp.float32, chunk_size: int | str
         )
         return apply_linear(features, weights, bias).astype(dtype)
 
-    return chunked(rows, chunk_size)(batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
+    features = (batch["extra_msa"], batch["extra_has_deletion"], batch["extra_deletion_value"])
+    return chunked(rows, chunk_size, after=after)(*features)
 
 
 def template_single_embedding(batch: dict, c, zero_init: bool) -> tuple[jax.Array, jax.Array]:

@@ -43,18 +43,22 @@ class EmbeddingsAndEvoformer(nn.Module):
         # Input, recycled and relative-position embeddings of the pair, built in float32 and stored in the
         # activation dtype (with a chunk size a slice of rows at a time, into the recycled pair's buffer).
         pair = embedders.pair_embedding(batch, c, gc.kernels, dtype, gc.chunk_size)
+        in_place = updates_in_place(self, gc, self.is_training, self.dap)  # long chains: every update in place
 
         if c.template.enabled:
             template_batch = {k: batch[k] for k in batch if k.startswith("template_")}
             templates = TemplateEmbedding(c.template, gc, self.is_training, self.dap, name="template_embedding")
-            if updates_in_place(self, gc, self.is_training, self.dap):  # long chains: added into the pair
+            if in_place:  # added into the pair
                 pair = templates(pair, template_batch, mask_2d.astype(dtype), in_place=True)
             else:
                 template_update = templates(pair, template_batch, mask_2d.astype(dtype))
                 self.sow("intermediates", "template_embedding_output", template_update)
                 pair = pair + template_update
 
-        extra_msa = embedders.extra_msa_embedding(batch, c, dtype, gc.chunk_size)
+        # The MSA embeddings' buffers are made from the pair before them (`after`): made from the features
+        # alone, XLA may place them at the program's start (the CPU compiler did: the main MSA's buffer then
+        # lived through the extra-MSA stack, the stage with the highest peak).
+        extra_msa = embedders.extra_msa_embedding(batch, c, dtype, gc.chunk_size, after=pair if in_place else None)
         # Under shard_map, loop carries must already vary over whatever the loop body mixes in.
         vary_refs = dropout_rng_refs(self, self.is_training, gc)
         self.sow("intermediates", "extra_msa_stack_input", (extra_msa, pair))
@@ -66,7 +70,7 @@ class EmbeddingsAndEvoformer(nn.Module):
         # The MSA is embedded only now: it is not needed before the Evoformer, and it is float32 until cast, so
         # embedding it first kept [N_seq, N, c_m] float32 alive through the templates and the extra-MSA stack
         # (5 GiB at 10,240 residues).
-        msa = embedders.msa_embedding(batch, c, gc.kernels, dtype, gc.chunk_size)
+        msa = embedders.msa_embedding(batch, c, gc.kernels, dtype, gc.chunk_size, after=pair if in_place else None)
         msa_mask = batch["msa_mask"]
         num_sequences = batch["msa_feat"].shape[0]
         if c.template.enabled and c.template.embed_torsion_angles:
