@@ -292,6 +292,23 @@ def cell(value, spec: str = ".3f", width: int = 0) -> str:
     return f"{text:>{width}}"
 
 
+HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+?)(?:\{[\d,]*\})? ")
+HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name -> (result type, `op_name` of its metadata, "" when none) for every instruction of
+    an HLO program's text (`compiled.as_text()` or an `--xla_dump_to` file). The op_name carries the JAX
+    name stack (the Flax module path) of the line that made the instruction."""
+    index = {}
+    for line in hlo_text.splitlines():
+        m = HLO_INSTRUCTION.match(line)
+        if m:
+            op = HLO_OP_NAME.search(line)
+            index[m.group(1)] = (m.group(2), op.group(1) if op else "")
+    return index
+
+
 def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...] = ()) -> dict:
     """Where a compiled function's device time goes: run it `calls` times under `jax.profiler`, read the
     trace back (`jax.profiler.ProfileData`) and sum the GPU kernel events per kernel and per label.
@@ -307,9 +324,7 @@ def device_kernel_profile(compiled, args, calls: int = 5, labels: tuple[str, ...
 
     import jax  # noqa: PLC0415
 
-    op_names = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", compiled.as_text(), re.M):
-        op_names[m.group(1)] = m.group(2)
+    op_names = {name: op for name, (_, op) in hlo_instructions(compiled.as_text()).items() if op}
 
     def label_of(hlo_op: str) -> str:
         # Kernel names spell the instruction's "." as "_" (fusion.382 -> fusion_382) when no hlo_op stat is given.

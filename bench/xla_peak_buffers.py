@@ -22,10 +22,10 @@ import re
 import sys
 from pathlib import Path
 
+from bench._common import hlo_instructions
+
 PEAK_HEADER = re.compile(r"Live ranges at (\d+) \(peak\):")
 PEAK_VALUE = re.compile(r"^\s+(\S+?)(\{[\d,]*\})?: (\d+) bytes")
-INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+?)(?:\{[\d,]*\})? ")
-OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def read_text(path: Path) -> str:
@@ -56,20 +56,9 @@ def peak_values(live_range_text: str) -> tuple[int, list[tuple[str, int]]]:
     raise SystemExit("no 'Live ranges at N (peak):' section in the live-range dump")
 
 
-def instruction_index(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """Instruction name -> (result type, op_name of its metadata) for every instruction of a program's text."""
-    index = {}
-    for line in hlo_text.splitlines():
-        m = INSTRUCTION.match(line)
-        if m:
-            op = OP_NAME.search(line)
-            index[m.group(1)] = (m.group(2), op.group(1) if op else "")
-    return index
-
-
 def report(folder: Path, module: str, min_bytes: int) -> list[dict]:
     position, values = peak_values(read_text(find_dump_file(folder, module, "live-range")))
-    index = instruction_index(read_text(find_dump_file(folder, module, "after_optimizations")))
+    index = hlo_instructions(read_text(find_dump_file(folder, module, "after_optimizations")))
     rows = []
     for name, size in values:
         if size < min_bytes:
