@@ -16,6 +16,7 @@ in the channel-major layout the product reads (`test_chained_in_place_blocks_hol
 from __future__ import annotations
 
 import jax
+import pytest
 import jax.numpy as jnp
 from jax import lax
 
@@ -76,12 +77,16 @@ def test_the_copy_check_sees_a_pair_kept_alive():
     assert len(copies_of_the_pair(text)) == 1
 
 
-def test_chained_in_place_blocks_hold_one_whole_operand():
-    """Two in-place Evoformer blocks in one program: XLA's temporaries stay under 3 pairs (one whole triangle
+@pytest.mark.parametrize("n_res", [160, 168])
+def test_chained_in_place_blocks_hold_one_whole_operand(n_res):
+    """Two in-place Evoformer blocks in one program: XLA's temporaries stay near 2 pairs (one whole triangle
     operand `[c, N, N]`, as large as the pair here, plus slices and the MSA). Before every slice loop's output
     buffer was made from its own input (`chunking.output_buffer`) and the operand was built channel-major, the
     CPU compiler shared one zero array copied into each buffer and transposed each operand (6.2 pairs at this
-    size), and the GPU compiler made the four operands' buffers at once (100 GiB at N = 10,240 in bf16)."""
-    compiled, pair = compiled_blocks(CHUNK, n_res=160, n_seq=8, num_blocks=2)
+    size), and the GPU compiler made the four operands' buffers at once (100 GiB at N = 10,240 in bf16).
+    168 residues end in a part slice (10 x 16 + 8): with the remainder as a step after the loop this was 2.35
+    pairs on the CPU (and on a GPU a copy and two transposes of the pair); as an overlapping last slice in
+    the loop (`chunking.over_slices`) 1.94."""
+    compiled, pair = compiled_blocks(CHUNK, n_res=n_res, n_seq=8, num_blocks=2)
     temp = compiled.memory_analysis().temp_size_in_bytes
-    assert temp < 3 * pair.nbytes, f"temporaries {temp / pair.nbytes:.2f} pairs"
+    assert temp < 2.2 * pair.nbytes, f"temporaries {temp / pair.nbytes:.2f} pairs"

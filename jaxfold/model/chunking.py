@@ -3,8 +3,8 @@
 `chunked(fn, chunk_size)(*args)` equals `fn(*args)` when `fn` treats the leading axis of its batched
 arguments independently, but materialises temporaries for only `chunk_size` rows at a time. The slices
 are read with `dynamic_slice` and the results written into the output with `dynamic_update_slice` inside
-a `fori_loop` (plus one static slice for a remainder; `over_slices`), so neither the inputs nor the output are ever
-padded, reshaped or concatenated: for a pair-sized output that would be a second full-size array.
+one `fori_loop` (`over_slices`), so neither the inputs nor the output are ever padded, reshaped or
+concatenated: for a pair-sized output that would be a second full-size array.
 """
 
 from __future__ import annotations
@@ -53,11 +53,14 @@ def chunked(
                 *(a if ax is None else lax.dynamic_slice_in_dim(a, start, length, ax) for a, ax in zip(args, axes))
             )
 
-        def write(out, start, length):
+        def write(out, start, done):
+            # The rows of an overlapping last slice that are already written (`done`) are written again with
+            # the same values (`fn` is row-wise): no select is needed.
+            del done
             return jax.tree_util.tree_map(
                 lambda buffer, piece: lax.dynamic_update_slice_in_dim(buffer, piece, start, out_axis),
                 out,
-                call(start, length),
+                call(start, chunk_size),
             )
 
         shapes = jax.eval_shape(lambda: call(0, chunk_size))
@@ -99,18 +102,37 @@ def output_buffer(shape: tuple[int, ...], dtype, after) -> jax.Array:
 
 
 def over_slices(step: Callable, carry, size: int, chunk_size: int):
-    """`carry = step(carry, start, length)` for consecutive slices `[start, start + length)` covering
-    `[0, size)`: a `fori_loop` over the `size // chunk_size` whole slices (`start` traced, `length` the
-    static `chunk_size`), then one call for the remainder, if any (static start and length).
+    """`carry = step(carry, start, done)` for slices `[start, start + chunk_size)` covering `[0, size)`, in one
+    `fori_loop` of `ceil(size / chunk_size)` iterations (`start` traced, the length always `chunk_size`).
+
+    When `chunk_size` does not divide `size`, the last slice is moved back to end at `size`: its first `done`
+    elements (traced) were written by the slice before it, and the step must leave them as they are
+    (`keep_done`); `done` is the Python int 0 when `chunk_size` divides `size`, and for every other slice.
 
     The one slice loop of every chunked writer (`chunked`, `inplace.add_in_place`, `embedders.fill_rows`):
-    a buffer carried through it is updated by XLA in its own memory, and no shape depends on whether
-    `chunk_size` divides `size`, so nothing is padded, reshaped or concatenated.
+    a buffer carried through it is updated by XLA in its own memory. There is no remainder step outside the
+    loop: a step at static offsets let XLA's GPU compiler fold `slice(update(pair))` into the update, read
+    the old pair after it was written and so copy it (a second pair), and lay out column slices by transposing
+    the whole pair twice (fp32, N = 8,000, chunk 128, H100: 30.5 + 15.3 GiB of the 65.4 GiB of temporaries).
     """
-    num_full = size // chunk_size
-    carry = lax.fori_loop(0, num_full, lambda i, c: step(c, i * chunk_size, chunk_size), carry)
-    tail = size - num_full * chunk_size
-    return step(carry, num_full * chunk_size, tail) if tail else carry
+    num_slices = -(-size // chunk_size)
+    if size % chunk_size == 0:
+        return lax.fori_loop(0, num_slices, lambda i, c: step(c, i * chunk_size, 0), carry)
+
+    def one(i, c):
+        start = jnp.minimum(i * chunk_size, size - chunk_size)
+        return step(c, start, i * chunk_size - start)
+
+    return lax.fori_loop(0, num_slices, one, carry)
+
+
+def keep_done(old: jax.Array, new: jax.Array, done, axis: int) -> jax.Array:
+    """`new` with its first `done` elements along `axis` taken from `old` (`over_slices`' overlapping last
+    slice): a select, so whatever `new` holds there (even NaN) does not reach the result."""
+    if isinstance(done, int) and done == 0:
+        return new
+    index = lax.broadcasted_iota(jnp.int32, new.shape, axis)
+    return jnp.where(index < done, old, new)
 
 
 def pair_rows_chunk(chunk_size, num_res: int) -> int:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxfold.common import all_atom
-from jaxfold.model.chunking import chunked, output_buffer, over_slices
+from jaxfold.model.chunking import chunked, keep_done, output_buffer, over_slices
 from jaxfold.model.distogram import dgram_from_positions
 from jaxfold.model.primitives import LayerNorm, Linear, apply_linear, layer_norm
 
@@ -166,10 +166,12 @@ def fill_rows(rows_at: Callable, buffer: jax.Array, chunk_size: int) -> jax.Arra
     (the recycled pair becomes the pair embedding without a second full-size array).
     """
 
-    def one(buffer, start, length):
-        return lax.dynamic_update_slice_in_dim(
-            buffer, rows_at(buffer, start, length).astype(buffer.dtype), start, axis=0
-        )
+    def one(buffer, start, done):
+        rows = rows_at(buffer, start, chunk_size).astype(buffer.dtype)
+        # The rows of an overlapping last slice already written (`done`) are kept: computed again from
+        # themselves they would be wrong where the buffer is also the input (the recycled pair).
+        old = lax.dynamic_slice_in_dim(buffer, start, chunk_size, axis=0)
+        return lax.dynamic_update_slice_in_dim(buffer, keep_done(old, rows, done, 0), start, axis=0)
 
     return over_slices(one, buffer, buffer.shape[0], chunk_size)
 

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-from jaxfold.model.chunking import chunked, over_slices
+from jaxfold.model.chunking import chunked, keep_done, over_slices
 
 
 def pure(module: nn.Module, **fixed) -> Callable:
@@ -48,11 +48,12 @@ def add_in_place(
     if chunk_size <= 0 or chunk_size >= size:
         return act + block_update(act, *(a for a, _ in sliced)).astype(act.dtype)
 
-    def one(act, start, length):
-        block = lax.dynamic_slice_in_dim(act, start, length, axis)
-        args = [lax.dynamic_slice_in_dim(a, start, length, ax) for a, ax in sliced]
+    def one(act, start, done):
+        block = lax.dynamic_slice_in_dim(act, start, chunk_size, axis)
+        args = [lax.dynamic_slice_in_dim(a, start, chunk_size, ax) for a, ax in sliced]
         update = block_update(block, *args).astype(act.dtype)
-        return lax.dynamic_update_slice_in_dim(act, block + update, start, axis)
+        # An overlapping last slice adds nothing to the elements already updated (`done`).
+        return lax.dynamic_update_slice_in_dim(act, keep_done(block, block + update, done, axis), start, axis)
 
     return over_slices(one, act, size, chunk_size)
 
