@@ -16,8 +16,8 @@ in the channel-major layout the product reads (`test_chained_in_place_blocks_hol
 from __future__ import annotations
 
 import jax
-import pytest
 import jax.numpy as jnp
+import pytest
 from jax import lax
 
 from jaxfold.config import model_config
