@@ -218,7 +218,23 @@ def with_timings(row: dict, timings: dict) -> dict:
     peak = peak_bytes()
     if peak is not None:
         row["peak_gib"] = peak / 2**30
+    pool = allocator_pool_bytes()
+    if pool is not None:  # what the allocator holds from the driver (its regions), beside what is in use
+        row["peak_pool_gib"] = pool / 2**30
     return row
+
+
+def allocator_pool_bytes() -> int | None:
+    """The largest the GPU allocator's pool (its regions from the driver) has been, where reported: with
+    preallocation off it grows region by region, and a large allocation needs a new region of its own."""
+    import jax
+
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001  (backends without statistics)
+        return None
+    value = stats.get("peak_pool_bytes")
+    return int(value) if value is not None else None
 
 
 def parse_case(spec: str, default_chunk: str) -> tuple[str, int, str]:
@@ -261,20 +277,28 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
     if args.repeat and mode == "full":
         cmd.append("--repeat")
     if not args.warm_cache:
-        return run_one(cmd, mode, dtype, int(n), timeout)
+        return dict(run_one(cmd, mode, dtype, int(n), timeout, args.preallocate), preallocated=args.preallocate)
     # Compile in one process, into a compilation cache of this case's own; then predict in a second process
     # that loads the programs, so its peak is the prediction's without XLA's compile-time buffers (the GPU
     # autotuner times kernels on fresh operand-sized buffers), as a repeat run of infer.py (whose cache is
     # on by default) sees it.
     with tempfile.TemporaryDirectory(prefix="jaxfold-bench-cache-") as cache:
         start = time.perf_counter()
-        cold = run_one(cmd + ["--compilation-cache", cache, "--compile-only"], mode, dtype, int(n), timeout)
+        cold = run_one(
+            cmd + ["--compilation-cache", cache, "--compile-only"], mode, dtype, int(n), timeout, args.preallocate
+        )
         if cold["status"] != "compiled":
             return dict(cold, warm_cache=False)
         row = run_one(
-            cmd + ["--compilation-cache", cache], mode, dtype, int(n), timeout - (time.perf_counter() - start)
+            cmd + ["--compilation-cache", cache],
+            mode,
+            dtype,
+            int(n),
+            timeout - (time.perf_counter() - start),
+            args.preallocate,
         )
     row.update(
+        preallocated=args.preallocate,
         warm_cache=True,
         cold_compile_s=cold.get("compile_s"),
         cold_peak_gib=cold.get("peak_gib"),  # the compiling process's peak: parameters, features, autotuner
@@ -283,11 +307,11 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
     return row
 
 
-def run_one(cmd: list[str], mode: str, dtype: str, n: int, timeout: float) -> dict:
+def run_one(cmd: list[str], mode: str, dtype: str, n: int, timeout: float, preallocate: bool = False) -> dict:
     """One `--one` case process: its result row, or how far it got when `timeout` stopped it."""
     start = time.perf_counter()
     try:
-        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="true" if preallocate else "false")
         claim_device_memory(env)  # the GPU share infer.py gives JAX (an explicit setting wins)
         proc = run_module("long_sequence", cmd, timeout=max(1.0, timeout), env=env)
     except subprocess.TimeoutExpired as err:
@@ -369,6 +393,13 @@ def main(argv=None) -> int:
         help="compile each case in a process of its own first, then measure it in a second process that loads "
         "the programs from the compilation cache: a peak without XLA's compile-time buffers (the first "
         "process's peak is kept as cold_peak_gib)",
+    )
+    p.add_argument(
+        "--preallocate",
+        action="store_true",
+        help="run each case with XLA_PYTHON_CLIENT_PREALLOCATE=true (JAX's default, and infer.py's): the allocator "
+        "takes its whole share as one region at start instead of growing region by region; peak_gib is "
+        "measured the same way (bytes in use)",
     )
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny preset, small N and MSA")
     p.add_argument("--out", default=str(RESULTS))

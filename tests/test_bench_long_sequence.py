@@ -34,7 +34,7 @@ def quick_args(**overrides):
 
     fields = dict(mode="full", dtype="fp32", n=24, n_msa=8, n_extra=16, n_templates=2, num_recycle=1)
     fields.update(kernels="auto", chunk_size="auto", quick=True, repeat=False)
-    fields.update(warm_cache=False, compilation_cache=None, compile_only=False)
+    fields.update(warm_cache=False, compilation_cache=None, compile_only=False, preallocate=False)
     fields.update(overrides)
     return argparse.Namespace(**fields)
 
@@ -125,3 +125,25 @@ def test_warm_cache_compiles_in_one_process_and_predicts_in_a_second_that_shares
     replies[0] = dict(replies[0], status="oom", error="RESOURCE_EXHAUSTED")  # compiling failed: no second process
     row = long_sequence.spawn(quick_args(warm_cache=True), "full", "fp32:1200:32", timeout=100)
     assert len(calls) == 1 and row["status"] == "oom" and row["warm_cache"] is False
+
+
+@pytest.mark.parametrize("preallocate", [False, True])
+def test_a_case_process_preallocates_only_when_asked(monkeypatch, preallocate):
+    """Peaks are measured with preallocation off (the allocator grows region by region); `--preallocate` runs
+    a case as infer.py does by default, the whole share taken as one region at start."""
+    import json
+    import subprocess
+
+    from bench import long_sequence
+
+    envs = []
+
+    def child(name, argv, timeout=None, env=None):
+        envs.append(env)
+        reply = {"mode": "probe", "dtype": "fp32", "n_res": 8000, "status": "ok"}
+        return subprocess.CompletedProcess(argv, 0, stdout=json.dumps(reply) + "\n", stderr="")
+
+    monkeypatch.setattr(long_sequence, "run_module", child)
+    row = long_sequence.spawn(quick_args(preallocate=preallocate), "probe", "fp32:8000", timeout=100)
+    assert envs[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] == ("true" if preallocate else "false")
+    assert row["preallocated"] is preallocate
