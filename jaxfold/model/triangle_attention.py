@@ -26,11 +26,14 @@ class TriangleAttention(nn.Module):
         """`nonbatched_bias` `[H, N_res, N_res]` (in the attention's orientation): the projected bias when
         the caller computed it from the whole pair (in-place inference works on slices of rows/columns)."""
         per_column = self.config.orientation == "per_column"
+        # The LayerNorm (per position) before the transpose: a Pallas LayerNorm fixes its operand's layout, and
+        # on the transposed view that layout is column-major, which XLA's GPU compiler propagated into a slice
+        # loop's carry, transposing the whole pair before and after the loop (a second pair in memory).
+        pair_act = LayerNorm(self.global_config.kernels, name="query_norm")(pair_act)
         if per_column:
             pair_act = jnp.swapaxes(pair_act, -2, -3)
             pair_mask = jnp.swapaxes(pair_mask, -1, -2)
         bias = mask_to_bias(pair_mask)[:, None, None, :].astype(jnp.float32)
-        pair_act = LayerNorm(self.global_config.kernels, name="query_norm")(pair_act)
         if nonbatched_bias is None:
             nonbatched_bias = pair_bias(self, pair_act, self.config.num_head, self.global_config.kernels)
             nonbatched_bias = self.dap.gather(nonbatched_bias, axis=1)
