@@ -9,6 +9,7 @@ architecture) and in-process for its error paths, which fail before any compilat
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -777,7 +778,7 @@ def test_params_resolution(tmp_path, params_file):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_dir):
+def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_dir, monkeypatch):
     """`--relax best` glue: a deposited structure (1L2Y, Trp-cage) standing in for a prediction, two atoms
     pushed into a clash; only the best-ranked model is relaxed, its files keep the pLDDT B-factors, the
     clash is gone and the stats land in what ranking.json receives (`extra`) and the timings."""
@@ -805,6 +806,11 @@ def test_relax_models_relaxes_the_best_model_and_keeps_plddt(tmp_path, shared_di
 
     results = {"model_a": prediction(1.0), "model_b": prediction(2.0)}
     assert outputs.ranking_summary(results)["order"] == ["model_b", "model_a"]
+    # One OpenMM thread: with several, the force sums' order varies from run to run, and so can the minimiser's
+    # path (once in a loaded CI run, two residues still violated after the three rounds).
+    import jaxfold.relax
+
+    monkeypatch.setattr(jaxfold.relax, "relax_structure", functools.partial(jaxfold.relax.relax_structure, threads=1))
     # Through the runners' step (inference.relax_ranked -> outputs.relax_models), as infer.py takes it.
     report, extra, timings = inference.SequenceReport(name="trp", output_dir=tmp_path), {}, {}
     inference.relax_ranked(report, extra, timings, results, "none", "cpu", False, NO_PROGRESS, print)
