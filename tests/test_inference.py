@@ -851,3 +851,19 @@ def test_bucketed_prediction_equals_exact_shapes(data):
         "confidence/ranking_confidence",
     ):
         np.testing.assert_allclose(padded[key], exact[key], rtol=1e-4, atol=2e-3, err_msg=key)
+
+
+@pytest.mark.parametrize("preallocate", [None, "false"])
+def test_an_out_of_memory_failure_says_what_would_help(monkeypatch, preallocate):
+    from jaxfold.data.parsers import FastaRecord
+
+    if preallocate is None:
+        monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    else:
+        monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", preallocate)
+    record = FastaRecord(name="long", description="long", sequence="A" * 8000)
+    error = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 36.95GiB")
+    reason = inference.failure_reason(error, record)
+    assert reason.startswith("out of device memory (8000 residues)") and "--precision bf16" in reason
+    assert ("XLA_PYTHON_CLIENT_PREALLOCATE=false is set" in reason) == (preallocate == "false")
+    assert inference.failure_reason(ValueError("bad"), record).startswith("unexpected ValueError: bad")
