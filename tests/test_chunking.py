@@ -123,6 +123,11 @@ def test_over_slices_writes_every_element_once_in_one_loop(size, chunk):
     assert [e.primitive.name in ("while", "scan") for e in jaxpr.eqns] == [True]  # (fori_loop lowers to either)
 
 
+def test_over_slices_refuses_a_chunk_longer_than_the_axis():
+    with pytest.raises(ValueError, match="chunk size 8 must be in"):
+        over_slices(lambda c, start, done: c, jnp.zeros(5), 5, 8)
+
+
 def test_keep_done_selects_so_nan_does_not_leak():
     old = jnp.ones((4, 2))
     new = jnp.full((4, 2), jnp.nan).at[2:].set(5.0)

@@ -115,6 +115,10 @@ def over_slices(step: Callable, carry, size: int, chunk_size: int):
     the old pair after it was written and so copy it (a second pair), and lay out column slices by transposing
     the whole pair twice (fp32, N = 8,000, chunk 128, H100: 30.5 + 15.3 GiB of the 65.4 GiB of temporaries).
     """
+    if not 0 < chunk_size <= size:
+        raise ValueError(
+            f"over_slices: chunk size {chunk_size} must be in [1, {size}] (callers run a longer one whole)"
+        )
     num_slices = -(-size // chunk_size)
     if size % chunk_size == 0:
         return lax.fori_loop(0, num_slices, lambda i, c: step(c, i * chunk_size, 0), carry)
