@@ -24,11 +24,12 @@ row counts (the work and memory depend on the shapes only).
 
 - `full`: 48 Evoformer blocks, 4 extra-MSA blocks, 3 recycles: the time a user waits (compile reported
   apart; the steady-state time is a second, cached run when `--repeat`).
-- `probe`: every width real but one block per stack (Evoformer, extra MSA, template pair stack) and one
-  recycle (none with `--num-recycle 0`: one pass, for lengths where even two probe passes take minutes),
-  for lengths too slow to run whole: a scanned stack's peak memory does not grow with its depth, and every
-  pass is the same program with the recycled pair donated, so a probe's peak is the full model's to within
-  the per-layer parameters (the probe's time is not).
+- `probe`: every width real but two blocks of the Evoformer and extra-MSA stacks, one template pair block
+  (`probe_overrides`: why two) and one recycle (none with `--num-recycle 0`: one pass, for lengths where even
+  two probe passes take minutes), for lengths too slow to run whole: a scanned stack's peak memory does not
+  grow with its depth beyond two blocks, and every pass is the same program with the recycled pair donated,
+  so a probe's peak is the full model's to within the per-layer parameters (the probe's time is not). Rows
+  before 20261208's last commits probed one block per stack, which can understate the peak by an MSA.
 - `--bisect DTYPE`: probes between the longest N that fitted and the shortest that did not, to 256 residues
   (a probe that its timeout stopped after a whole pass fitted).
 
@@ -103,6 +104,24 @@ def tiled_features(num_res: int, num_msa: int, num_extra: int, num_templates: in
     return features
 
 
+def probe_overrides(num_recycle: int) -> dict:
+    """The model of a probe: two blocks of the Evoformer and extra-MSA stacks, one template pair block, at most
+    one recycle.
+
+    Two blocks, not one: a block's MSA output is the next block's input, so in a real stack the (extra) MSA
+    lives through every block's pair updates. With one block XLA drops it once the block's outer product mean
+    has read it, and the pair updates then run beside one MSA fewer: an H100 probe of fp32 8,000 (one block)
+    peaked at 68.6 GiB with no extra MSA (9.8 GiB) among the values live at its peak. With two, the peak is the
+    full stack's (a scanned stack's peak does not grow beyond that). The template pair stack's output is read
+    after it either way, so one block stands for it."""
+    return dict(
+        evoformer_num_block=2,
+        extra_msa_stack_num_block=2,
+        template_pair_stack_num_block=1,
+        num_recycle=min(1, num_recycle),
+    )
+
+
 class CompiledOnly(Exception):
     """Stops a `--compile-only` case once its programs are compiled (and in the compilation cache)."""
 
@@ -121,12 +140,7 @@ def run_case(args) -> dict:
     overrides = dict(dtype=dtype, num_recycle=args.num_recycle)
     preset = "tiny" if args.quick else "model_1_ptm"
     if args.mode == "probe":
-        overrides.update(
-            evoformer_num_block=1,
-            extra_msa_stack_num_block=1,
-            template_pair_stack_num_block=1,
-            num_recycle=min(1, args.num_recycle),
-        )
+        overrides.update(probe_overrides(args.num_recycle))
     cfg = model_config(preset, **overrides)
     num_passes = cfg.model.num_recycle + 1
     row = {

@@ -147,3 +147,14 @@ def test_a_case_process_preallocates_only_when_asked(monkeypatch, preallocate):
     row = long_sequence.spawn(quick_args(preallocate=preallocate), "probe", "fp32:8000", timeout=100)
     assert envs[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] == ("true" if preallocate else "false")
     assert row["preallocated"] is preallocate
+
+
+def test_a_probe_keeps_two_blocks_of_the_stacks_whose_msa_lives_across_blocks():
+    from bench.long_sequence import probe_overrides
+    from jaxfold.config import model_config
+
+    cfg = model_config("model_1_ptm", **probe_overrides(3))
+    emb = cfg.model.embeddings_and_evoformer
+    assert emb.evoformer_num_block == 2 and emb.extra_msa_stack_num_block == 2
+    assert emb.template.template_pair_stack.num_block == 1 and cfg.model.num_recycle == 1
+    assert model_config("model_1_ptm", **probe_overrides(0)).model.num_recycle == 0
