@@ -29,7 +29,7 @@ row counts (the work and memory depend on the shapes only).
   two probe passes take minutes), for lengths too slow to run whole: a scanned stack's peak memory does not
   grow with its depth beyond two blocks, and every pass is the same program with the recycled pair donated,
   so a probe's peak is the full model's to within the per-layer parameters (the probe's time is not). Rows
-  before 20261208's last commits probed one block per stack, which can understate the peak by an MSA.
+  before 3d2e412 probed one block per stack, which can understate the peak by an MSA.
 - `--bisect DTYPE`: probes between the longest N that fitted and the shortest that did not, to 256 residues
   (a probe that its timeout stopped after a whole pass fitted).
 
