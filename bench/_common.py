@@ -77,9 +77,10 @@ def jaxlib_version() -> str | None:
         return None
 
 
-def peak_bytes(devices=None) -> int | None:
-    """Largest `memory_stats()["peak_bytes_in_use"]` over `devices` (default: the first local device);
-    None where the backend keeps no statistics (CPU)."""
+def peak_bytes(devices=None, stat: str = "peak_bytes_in_use") -> int | None:
+    """Largest `memory_stats()[stat]` over `devices` (default: the first local device); None where the
+    backend keeps no such statistic (CPU). `stat="peak_pool_bytes"`: the most the GPU allocator has held from
+    the driver (its regions), beside the bytes in use."""
     import jax  # noqa: PLC0415
 
     peaks = []
@@ -88,8 +89,8 @@ def peak_bytes(devices=None) -> int | None:
             stats = d.memory_stats() or {}
         except Exception:  # noqa: BLE001  (some backends raise instead of returning None)
             stats = {}
-        if "peak_bytes_in_use" in stats:
-            peaks.append(int(stats["peak_bytes_in_use"]))
+        if stat in stats:
+            peaks.append(int(stats[stat]))
     return max(peaks) if peaks else None
 
 

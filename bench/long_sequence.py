@@ -232,23 +232,12 @@ def with_timings(row: dict, timings: dict) -> dict:
     peak = peak_bytes()
     if peak is not None:
         row["peak_gib"] = peak / 2**30
-    pool = allocator_pool_bytes()
-    if pool is not None:  # what the allocator holds from the driver (its regions), beside what is in use
+    # What the allocator has held from the driver: with preallocation off it grows region by region, and a
+    # large allocation needs a new region of its own.
+    pool = peak_bytes(stat="peak_pool_bytes")
+    if pool is not None:
         row["peak_pool_gib"] = pool / 2**30
     return row
-
-
-def allocator_pool_bytes() -> int | None:
-    """The largest the GPU allocator's pool (its regions from the driver) has been, where reported: with
-    preallocation off it grows region by region, and a large allocation needs a new region of its own."""
-    import jax
-
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001  (backends without statistics)
-        return None
-    value = stats.get("peak_pool_bytes")
-    return int(value) if value is not None else None
 
 
 def parse_case(spec: str, default_chunk: str) -> tuple[str, int, str]:
@@ -291,7 +280,7 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
     if args.repeat and mode == "full":
         cmd.append("--repeat")
     if not args.warm_cache:
-        return dict(run_one(cmd, mode, dtype, int(n), timeout, args.preallocate), preallocated=args.preallocate)
+        return run_one(cmd, mode, dtype, int(n), timeout, args.preallocate)
     # Compile in one process, into a compilation cache of this case's own; then predict in a second process
     # that loads the programs, so its peak is the prediction's without XLA's compile-time buffers (the GPU
     # autotuner times kernels on fresh operand-sized buffers), as a repeat run of infer.py (whose cache is
@@ -312,7 +301,6 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
             args.preallocate,
         )
     row.update(
-        preallocated=args.preallocate,
         warm_cache=True,
         cold_compile_s=cold.get("compile_s"),
         cold_peak_gib=cold.get("peak_gib"),  # the compiling process's peak: parameters, features, autotuner
@@ -322,7 +310,8 @@ def spawn(args, mode: str, spec: str, timeout: float) -> dict:
 
 
 def run_one(cmd: list[str], mode: str, dtype: str, n: int, timeout: float, preallocate: bool = False) -> dict:
-    """One `--one` case process: its result row, or how far it got when `timeout` stopped it."""
+    """One `--one` case process: its result row, or how far it got when `timeout` stopped it; either says
+    whether the process ran with preallocation (`preallocated`)."""
     start = time.perf_counter()
     try:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="true" if preallocate else "false")
@@ -332,12 +321,11 @@ def run_one(cmd: list[str], mode: str, dtype: str, n: int, timeout: float, preal
         # The case's last progress line says how far it got (compiled, passes done, peak so far).
         partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
         row = last_json_line(partial) or {"mode": mode, "dtype": dtype, "n_res": n}
-        return dict(row, status="timeout", reached=row.get("status"), wall_s=timeout)
+        return dict(row, status="timeout", reached=row.get("status"), wall_s=timeout, preallocated=preallocate)
     row = last_json_line(proc.stdout)
     if row is None:
         row = {"mode": mode, "dtype": dtype, "n_res": n, "status": "crashed", "error": proc.stderr[-600:]}
-    row["wall_s"] = time.perf_counter() - start
-    return row
+    return dict(row, wall_s=time.perf_counter() - start, preallocated=preallocate)
 
 
 def fits(row: dict) -> bool:

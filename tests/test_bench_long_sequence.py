@@ -148,6 +148,11 @@ def test_a_case_process_preallocates_only_when_asked(monkeypatch, preallocate):
     assert envs[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] == ("true" if preallocate else "false")
     assert row["preallocated"] is preallocate
 
+    envs.clear()  # with --warm-cache both processes, and a row whose compiling process failed says so too
+    row = long_sequence.spawn(quick_args(preallocate=preallocate, warm_cache=True), "probe", "fp32:8000", 100)
+    assert [e["XLA_PYTHON_CLIENT_PREALLOCATE"] for e in envs] == ["true" if preallocate else "false"]
+    assert row["warm_cache"] is False and row["preallocated"] is preallocate  # reply "ok", not "compiled"
+
 
 def test_a_probe_keeps_two_blocks_of_the_stacks_whose_msa_lives_across_blocks():
     from bench.long_sequence import probe_overrides
